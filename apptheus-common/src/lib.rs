@@ -1,0 +1,107 @@
+//! The `#[repr(C)]` types both sides of apptheus agree on: the load-time configuration handed to
+//! the eBPF programs, the values of their maps, and the events they send through the ring buffer.
+#![no_std]
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Capacity of the map of tracked processes (tgid -> container key).
+pub const MAX_TRACKED_PROCESSES: u32 = 1 << 17;
+/// Capacity of the map of per-container counters.
+pub const MAX_CONTAINERS: u32 = 1 << 14;
+/// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// `CLONE_THREAD` from `<linux/sched.h>`: the new task joins its parent's thread group.
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// Offset value meaning "this kernel's tracepoint has no such field".
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// Field offsets of the tracepoints the programs read, parsed by userspace from
+/// `/sys/kernel/tracing/events/<category>/<event>/format` at load time: layouts differ between
+/// kernels, so nothing here is hard-coded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    /// `task/task_newtask`: `pid_t pid` (the new task's id).
+    pub newtask_pid: u32,
+    /// `task/task_newtask`: `u64 clone_flags`.
+    pub newtask_clone_flags: u32,
+    /// `sched/sched_process_fork`: `pid_t child_pid`.
+    pub fork_child_pid: u32,
+    /// `sched/sched_process_exit`: `bool group_dead`, or [`NO_FIELD`] on kernels without it.
+    pub exit_group_dead: u32,
+}
+
+impl TracepointOffsets {
+    /// The value the object is built with; a program that sees it was not configured.
+    pub const UNSET: Self = Self {
+        newtask_pid: NO_FIELD,
+        newtask_clone_flags: NO_FIELD,
+        fork_child_pid: NO_FIELD,
+        exit_group_dead: NO_FIELD,
+    };
+}
+
+/// Per-container counters kept in kernel space, updated atomically by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// New processes (not threads) forked by the container's processes.
+    pub forks: u64,
+    /// Successful execve calls by the container's processes.
+    pub execs: u64,
+    /// Processes of the container that exited (their whole thread group).
+    pub exits: u64,
+    /// Processes the programs added minus those that exited. Processes that userspace adopted
+    /// at registration are counted there, not here, so this can go below zero.
+    pub live: i64,
+}
+
+/// What happened to a tracked process.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Fork = 1,
+    Exec = 2,
+    Exit = 3,
+}
+
+/// One ring-buffer record about a tracked process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// The container key the process belongs to.
+    pub key: u64,
+    /// `CLOCK_MONOTONIC` time of the event (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// An [`EventKind`] as u32 (a raw integer, so any value from the kernel is safe to read).
+    pub kind: u32,
+    /// The process: the new child for a fork, the exec'ing or exiting process otherwise.
+    pub pid: u32,
+    /// The forking process for a fork; 0 otherwise.
+    pub ppid: u32,
+    pub _pad: u32,
+    /// The task's `comm` (NUL-padded).
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl Event {
+    pub fn kind(&self) -> Option<EventKind> {
+        match self.kind {
+            1 => Some(EventKind::Fork),
+            2 => Some(EventKind::Exec),
+            3 => Some(EventKind::Exit),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers, no padding holes that carry meaning.
+    unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::Event {}
+}

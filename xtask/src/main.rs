@@ -1,0 +1,170 @@
+//! `cargo xtask`: the developer commands of apptheus. Every command that builds first runs
+//! `setup`, which installs what the build needs on a fresh machine and does nothing (fast) when
+//! everything is present.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "apptheus developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the build's needs: nightly rust-src and bpf-linker (and, with --test, the test tools).
+    Setup {
+        /// Also install the Debian packages the test suite uses (promtool, prometheus, systemd).
+        #[arg(long)]
+        test: bool,
+    },
+    /// Build the daemon (with its embedded eBPF object) and apptheus-exec.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the daemon as root. With no daemon flags it trusts this workspace's
+    /// apptheus-exec (and Apptainer's starters where installed).
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Flags for the daemon, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Format check, clippy, and the whole test suite on the real kernel (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup { test } => {
+            setup::build_deps()?;
+            if test {
+                setup::test_deps()?;
+            }
+            Ok(())
+        }
+        Cmd::Build { release } => {
+            setup::build_deps()?;
+            build(release)
+        }
+        Cmd::Run { release, args } => {
+            setup::build_deps()?;
+            build(release)?;
+            run(release, args)
+        }
+        Cmd::Test { args } => {
+            setup::build_deps()?;
+            setup::test_deps()?;
+            test(args)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// A `cargo` command at the workspace root, with ~/.cargo/bin (bpf-linker) on PATH.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "apptheus", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)
+}
+
+fn target_dir(release: bool) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(release: bool, mut args: Vec<String>) -> Result<()> {
+    let dir = target_dir(release);
+    let daemon = dir.join("apptheus");
+    if args.is_empty() {
+        let mut trusted = vec![dir.join("apptheus-exec").display().to_string()];
+        for prefix in ["/usr/libexec/apptainer/bin", "/usr/local/libexec/apptainer/bin"] {
+            for starter in ["starter", "starter-suid"] {
+                let p = Path::new(prefix).join(starter);
+                if p.exists() {
+                    trusted.push(p.display().to_string());
+                }
+            }
+        }
+        args.push(format!("--trust.path={}", trusted.join(";")));
+        println!("apptheus: trusting {}", trusted.join(";"));
+        println!(
+            "apptheus: try it from another shell:\n    {} -- sh -c 'yes > /dev/null & sleep 5; kill $!'\n  then: curl -s localhost:9091/metrics | grep apptheus_container_",
+            dir.join("apptheus-exec").display()
+        );
+    }
+    let mut cmd = if is_root() {
+        Command::new(&daemon)
+    } else {
+        println!("apptheus needs root: running it through sudo");
+        let mut c = Command::new("sudo");
+        c.arg(&daemon);
+        c
+    };
+    status(cmd.args(&args))
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the test suite loads eBPF programs, creates cgroups and moves processes: run `cargo xtask test` as root"
+        );
+    }
+    status(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // Build the binaries the integration tests start.
+    build(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "apptheus-ebpf"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(&args);
+    }
+    status(&mut cmd)
+}

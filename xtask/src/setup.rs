@@ -1,0 +1,129 @@
+//! `cargo xtask setup`: install what building and testing apptheus needs, idempotently.
+//!
+//! Build needs (see README): the nightly toolchain's `rust-src` (eBPF crates build `core` from
+//! source) and `bpf-linker`, built against nightly rustc's own libLLVM, which is the LLVM it must
+//! match. Test needs: Debian's `prometheus` (promtool, the server) and `systemd`
+//! (systemd-analyze). Each step checks first, so a machine that has everything pays a few
+//! milliseconds.
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The bpf-linker release the build is pinned to.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the test suite drives: binary that proves presence -> package.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/promtool", "prometheus"),
+    ("/usr/bin/systemd-analyze", "systemd"),
+];
+
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin")
+}
+
+/// PATH with cargo's bin directory first, where bpf-linker is installed.
+pub fn path_with_cargo_bin() -> OsString {
+    let mut paths = vec![cargo_bin()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("the nightly toolchain is needed to build eBPF (rustup toolchain install nightly)")?;
+    Ok(PathBuf::from(sysroot))
+}
+
+pub fn build_deps() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    ensure_rust_src(&sysroot)?;
+    ensure_bpf_linker(&sysroot)
+}
+
+fn ensure_rust_src(sysroot: &Path) -> Result<()> {
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    println!("xtask setup: adding rust-src to the nightly toolchain (eBPF builds core from source)");
+    crate::status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
+    let linker = cargo_bin().join("bpf-linker");
+    if linker.exists()
+        && output(Command::new(&linker).arg("--version"))
+            .is_ok_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
+        return Ok(());
+    }
+    let llvm_major = output(Command::new("rustc").args(["+nightly", "-vV"]))?
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next().map(str::to_owned))
+        .context("nightly rustc does not report its LLVM version")?;
+    let libdir = sysroot.join("lib");
+    let libllvm = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM") && n.contains(".so"))
+        .with_context(|| format!("no libLLVM*.so in {}", libdir.display()))?;
+    println!(
+        "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} ({libllvm}); this takes a minute or two, once"
+    );
+    let lib = libdir.display();
+    crate::status(
+        Command::new("cargo")
+            .args(["+nightly", "install", "bpf-linker", "--locked", "--force"])
+            .args(["--version", BPF_LINKER_VERSION, "--no-default-features"])
+            .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-L{lib} -C link-arg=-l:{libllvm} -C link-arg=-Wl,-rpath,{lib}"),
+            ),
+    )
+}
+
+pub fn test_deps() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !Path::new(bin).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask setup: installing Debian packages for the tests: {}", missing.join(" "));
+    crate::status(Command::new("apt-get").arg("update").arg("-q"))?;
+    crate::status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
