@@ -1,0 +1,10 @@
+//! apptheus: per-container telemetry for HPC and batch hosts.
+//!
+//! A trusted launcher (Apptainer's starter, or `apptheus-exec`) connects to the `gateway` socket;
+//! the `registry` gives it a container: a cgroup in every hierarchy (`cgroup`), and its whole
+//! process tree followed by eBPF (`tracker`). The sampler reads the cgroups' counters into
+//! `metrics`, which `http` serves to Prometheus.
+pub mod cgroup;
+pub mod cli;
+pub mod logging;
+pub mod tracker;
