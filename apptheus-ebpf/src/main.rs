@@ -1,9 +1,11 @@
 //! apptheus's eBPF programs: follow the process trees of registered containers.
 //!
 //! Userspace puts a container's root process into `TRACKED` (tgid -> container key). From then on:
-//! - `task/task_newtask` (runs in the parent, knows the clone flags) adds every new *process* whose
-//!   parent is tracked, under the parent's key; new threads add nothing.
-//! - `sched/sched_process_fork` counts the fork and reports it, for children that are tracked.
+//! - `task/task_newtask` runs in the parent inside copy_process and knows the clone flags: when a
+//!   tracked process creates a new *process* (not a thread) it marks the child `PENDING`.
+//! - `sched/sched_process_fork` runs right after, before the child can run: it moves a pending
+//!   child into `TRACKED` under the parent's key, counts the fork and reports it. (It has no clone
+//!   flags itself, and its pids are thread ids, so it cannot tell a thread from a process alone.)
 //! - `sched/sched_process_exec` counts execs of tracked processes.
 //! - `sched/sched_process_exit` removes a tracked process when its thread group is gone.
 //!
@@ -25,7 +27,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -37,6 +39,11 @@ static OFFSETS: TracepointOffsets = TracepointOffsets::UNSET;
 /// Tracked processes: tgid -> container key.
 #[map]
 static TRACKED: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
+/// New processes of tracked parents between task_newtask and sched_process_fork: child pid ->
+/// key. LRU so that an entry can never leak for good.
+#[map]
+static PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Per-container counters; userspace creates the entry when it registers the container.
 #[map]
@@ -129,32 +136,26 @@ fn emit(kind: EventKind, key: u64, pid: u32, ppid: u32) {
 
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    let parent = current_tgid();
-    let Some(key) = tracked_key(parent) else {
+    let Some(key) = tracked_key(current_tgid()) else {
         return 0;
     };
     let off = offsets();
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (Ok(flags), Ok(child)) = (unsafe { ctx.read_at::<u64>(off.newtask_clone_flags as usize) }, unsafe {
-        ctx.read_at::<i32>(off.newtask_pid as usize)
-    }) else {
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(off.newtask_clone_flags as usize),
+            ctx.read_at::<i32>(off.newtask_pid as usize),
+        )
+    };
+    let (Ok(flags), Ok(child)) = fields else {
         warn!(&ctx, "apptheus: cannot read task_newtask fields");
         return 0;
     };
-    if flags & CLONE_THREAD != 0 {
-        return 0;
-    }
-    // A new thread group leader: its pid is its tgid. NOEXIST, because userspace's walk of a
-    // registering tree may have added it first; whoever adds it counts it live, once.
-    match TRACKED.insert(&(child as u32), &key, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            if let Some(c) = COUNTERS.get_ptr_mut(&key) {
-                // SAFETY: as in `count`.
-                unsafe { add(&raw mut (*c).live, 1i64) };
-            }
-        }
-        Err(e) if e == -EEXIST => {}
-        Err(e) => warn!(&ctx, "apptheus: cannot track pid {} of container {}: error {}", child, key, e),
+    if flags & CLONE_THREAD == 0 && PENDING.insert(&(child as u32), &key, 0).is_err() {
+        warn!(
+            &ctx,
+            "apptheus: cannot mark new process {} of container {}", child, key
+        );
     }
     0
 }
@@ -162,19 +163,31 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let off = offsets();
-    if off.fork_child_pid == NO_FIELD {
-        return 0;
-    }
     // SAFETY: offset from this kernel's format file.
     let Ok(child) = (unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) }) else {
         return 0;
     };
-    // Only new processes of tracked parents were added by task_newtask; threads never are.
-    let Some(key) = tracked_key(child as u32) else {
+    let child = child as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(key) = (unsafe { PENDING.get(&child) }).copied() else {
         return 0;
     };
-    count(&ctx, key, Field::Forks, 0);
-    emit(EventKind::Fork, key, child as u32, current_tgid());
+    let _ = PENDING.remove(&child);
+    // NOEXIST: userspace's walk of a registering tree may have added the child first; whoever
+    // adds it counts it live, once.
+    let live = match TRACKED.insert(&child, &key, BPF_NOEXIST as u64) {
+        Ok(()) => 1,
+        Err(e) if e == -EEXIST => 0,
+        Err(e) => {
+            warn!(
+                &ctx,
+                "apptheus: cannot track pid {} of container {}: error {}", child, key, e
+            );
+            0
+        }
+    };
+    count(&ctx, key, Field::Forks, live);
+    emit(EventKind::Fork, key, child, current_tgid());
     0
 }
 

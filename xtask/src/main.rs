@@ -124,7 +124,10 @@ fn run(release: bool, mut args: Vec<String>) -> Result<()> {
     let daemon = dir.join("apptheus");
     if args.is_empty() {
         let mut trusted = vec![dir.join("apptheus-exec").display().to_string()];
-        for prefix in ["/usr/libexec/apptainer/bin", "/usr/local/libexec/apptainer/bin"] {
+        for prefix in [
+            "/usr/libexec/apptainer/bin",
+            "/usr/local/libexec/apptainer/bin",
+        ] {
             for starter in ["starter", "starter-suid"] {
                 let p = Path::new(prefix).join(starter);
                 if p.exists() {

@@ -54,8 +54,9 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("the nightly toolchain is needed to build eBPF (rustup toolchain install nightly)")?;
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "the nightly toolchain is needed to build eBPF (rustup toolchain install nightly)",
+    )?;
     Ok(PathBuf::from(sysroot))
 }
 
@@ -69,8 +70,16 @@ fn ensure_rust_src(sysroot: &Path) -> Result<()> {
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         return Ok(());
     }
-    println!("xtask setup: adding rust-src to the nightly toolchain (eBPF builds core from source)");
-    crate::status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    println!(
+        "xtask setup: adding rust-src to the nightly toolchain (eBPF builds core from source)"
+    );
+    crate::status(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
@@ -104,7 +113,9 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
             .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
             .env(
                 "RUSTFLAGS",
-                format!("-C link-arg=-L{lib} -C link-arg=-l:{libllvm} -C link-arg=-Wl,-rpath,{lib}"),
+                format!(
+                    "-C link-arg=-L{lib} -C link-arg=-l:{libllvm} -C link-arg=-Wl,-rpath,{lib}"
+                ),
             ),
     )
 }
@@ -118,7 +129,10 @@ pub fn test_deps() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("xtask setup: installing Debian packages for the tests: {}", missing.join(" "));
+    println!(
+        "xtask setup: installing Debian packages for the tests: {}",
+        missing.join(" ")
+    );
     crate::status(Command::new("apt-get").arg("update").arg("-q"))?;
     crate::status(
         Command::new("apt-get")

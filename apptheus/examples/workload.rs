@@ -1,0 +1,185 @@
+//! A scriptable workload for apptheus's tests and benchmarks: real processes that fork, exec,
+//! burn CPU and allocate memory in exactly the amounts a test asks for.
+//!
+//! `workload STEP...`, each step one argument, run in order:
+//! - `ready`: print "ready <pid>" and flush (the test reads it).
+//! - `wait`: block until a line arrives on stdin.
+//! - `forks:N`: fork N children that exit at once, reaping each.
+//! - `execs:N`: fork N children that each exec /bin/true.
+//! - `tree:C:G`: fork C children that each fork G grandchildren; all stay alive until `release`.
+//! - `release`: let the tree's processes exit and reap them.
+//! - `storm:SECS`: fork-and-reap as fast as possible for SECS seconds; prints "forks <n>".
+//! - `burn:SECS`: burn SECS of CPU in this process.
+//! - `burn-child:SECS`: fork a child that burns SECS of CPU; wait for it.
+//! - `alloc:MB`: allocate and touch MB MiB (kept until exit); prints "alloc ok" (or dies).
+//! - `thread-forks:N`: fork N exiting children from a second thread.
+//! - `threads:N`: start N threads that idle until exit (no processes).
+//! - `sleep:SECS`: sleep.
+//! - `exit:CODE`: exit with CODE.
+use std::{
+    io::{BufRead as _, Write as _},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::wait::waitpid,
+    unistd::{ForkResult, Pid, close, fork, pipe, read},
+};
+
+struct Tree {
+    release_w: Option<std::os::fd::OwnedFd>,
+    children: Vec<Pid>,
+}
+
+fn main() {
+    let mut tree = Tree {
+        release_w: None,
+        children: Vec::new(),
+    };
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for step in std::env::args().skip(1) {
+        let mut parts = step.split(':');
+        let cmd = parts.next().unwrap_or_default();
+        let num = |s: Option<&str>| -> f64 { s.and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+        let a = num(parts.next());
+        let b = num(parts.next());
+        match cmd {
+            "ready" => say(&format!("ready {}", std::process::id())),
+            "wait" => {
+                let mut line = String::new();
+                let _ = std::io::stdin().lock().read_line(&mut line);
+            }
+            "forks" => (0..a as u64).for_each(|_| fork_and_reap(|| {})),
+            "execs" => (0..a as u64).for_each(|_| {
+                fork_and_reap(|| {
+                    let _ = nix::unistd::execv(c"/bin/true", &[c"true"]);
+                })
+            }),
+            "tree" => start_tree(&mut tree, a as usize, b as usize),
+            "release" => release(&mut tree),
+            "storm" => {
+                let end = Instant::now() + Duration::from_secs_f64(a);
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    fork_and_reap(|| {});
+                    n += 1;
+                }
+                say(&format!("forks {n}"));
+            }
+            "burn" => burn(a),
+            "burn-child" => fork_and_reap(|| burn(a)),
+            "alloc" => {
+                let mut v = vec![0u8; (a * 1024.0 * 1024.0) as usize];
+                // Touch every page so it is really resident.
+                v.iter_mut().step_by(4096).for_each(|x| *x = 1);
+                kept.push(v);
+                say("alloc ok");
+            }
+            "thread-forks" => {
+                let n = a as u64;
+                std::thread::spawn(move || (0..n).for_each(|_| fork_and_reap(|| {})))
+                    .join()
+                    .expect("forking thread");
+            }
+            "threads" => (0..a as u64).for_each(|_| {
+                std::thread::spawn(|| {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                });
+            }),
+            "sleep" => std::thread::sleep(Duration::from_secs_f64(a)),
+            "exit" => std::process::exit(a as i32),
+            other => {
+                eprintln!("workload: unknown step {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+    release(&mut tree);
+    drop(kept);
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn burn(secs: f64) {
+    let start = cpu_time();
+    let mut x = 0u64;
+    while cpu_time() - start < secs {
+        for i in 0..100_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+}
+
+fn cpu_time() -> f64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).expect("clock");
+    t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9
+}
+
+/// Fork a child that runs `child` and exits 0; wait for it.
+fn fork_and_reap(child: impl FnOnce()) {
+    // SAFETY: the child only runs `child` (single-threaded callers, or code that does not touch
+    // locks held by other threads) and then _exits.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            child();
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            let _ = waitpid(child, None);
+        }
+    }
+}
+
+fn start_tree(tree: &mut Tree, children: usize, grandchildren: usize) {
+    let (r, w) = pipe().expect("pipe");
+    for _ in 0..children {
+        // SAFETY: single-threaded here; the child only forks, reads and exits.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let _ = close(w);
+                let mut kids = Vec::new();
+                for _ in 0..grandchildren {
+                    // SAFETY: as above.
+                    match unsafe { fork() }.expect("fork") {
+                        ForkResult::Child => {
+                            wait_eof(&r);
+                            // SAFETY: async-signal-safe exit.
+                            unsafe { libc::_exit(0) }
+                        }
+                        ForkResult::Parent { child } => kids.push(child),
+                    }
+                }
+                wait_eof(&r);
+                for k in kids {
+                    let _ = waitpid(k, None);
+                }
+                // SAFETY: async-signal-safe exit.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => tree.children.push(child),
+        }
+    }
+    drop(r);
+    tree.release_w = Some(w);
+}
+
+/// Block until every holder of the pipe's write end has closed it.
+fn wait_eof(r: &std::os::fd::OwnedFd) {
+    let mut buf = [0u8; 1];
+    while matches!(read(r, &mut buf), Ok(n) if n > 0) {}
+}
+
+fn release(tree: &mut Tree) {
+    tree.release_w = None;
+    for c in tree.children.drain(..) {
+        let _ = waitpid(c, None);
+    }
+}

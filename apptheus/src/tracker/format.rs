@@ -1,0 +1,235 @@
+//! Parser of tracefs event format files (`/sys/kernel/tracing/events/<cat>/<event>/format`).
+//!
+//! Tracepoint layouts change between kernels (6.x has `__data_loc` comms and `group_dead` in
+//! `sched_process_exit`, 5.x has `char comm[16]`), so the eBPF programs get their field offsets
+//! from this parser at load time instead of from constants.
+use anyhow::{Context as _, Result, bail};
+
+use apptheus_common::{NO_FIELD, TracepointOffsets};
+
+/// One `field:` line of a format file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    /// The C declaration without the name, e.g. `pid_t`, `char[16]`, `__data_loc char[]`.
+    pub decl: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// The fields of one event, in the file's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Format {
+    pub name: String,
+    pub fields: Vec<Field>,
+}
+
+impl Format {
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// The offset of a field that must be there with the given size.
+    pub fn require(&self, name: &str, size: u32) -> Result<u32> {
+        let f = self
+            .field(name)
+            .with_context(|| format!("tracepoint {} has no field `{name}`", self.name))?;
+        if f.size != size {
+            bail!(
+                "tracepoint {} field `{name}` has size {}, expected {size}",
+                self.name,
+                f.size
+            );
+        }
+        Ok(f.offset)
+    }
+}
+
+/// Parse the text of a format file.
+pub fn parse(text: &str) -> Result<Format> {
+    let mut name = None;
+    let mut fields = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(v) = line.strip_prefix("name:") {
+            name = Some(v.trim().to_string());
+        } else if line.starts_with("field:") {
+            fields.push(
+                parse_field(line).with_context(|| format!("format line {}: {line:?}", n + 1))?,
+            );
+        }
+    }
+    let name = name.context("format text has no `name:` line")?;
+    if fields.is_empty() {
+        bail!("format of {name} has no fields");
+    }
+    Ok(Format { name, fields })
+}
+
+/// `field:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;`
+fn parse_field(line: &str) -> Result<Field> {
+    let mut decl = None;
+    let mut offset = None;
+    let mut size = None;
+    for part in line.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once(':').context("expected `key:value`")?;
+        match key.trim() {
+            "field" => decl = Some(value.trim()),
+            "offset" => offset = Some(value.trim().parse::<u32>().context("bad offset")?),
+            "size" => size = Some(value.trim().parse::<u32>().context("bad size")?),
+            _ => {}
+        }
+    }
+    let decl = decl.context("no field declaration")?;
+    let (ty, name) = split_decl(decl).context("field declaration without a name")?;
+    Ok(Field {
+        name,
+        decl: ty,
+        offset: offset.context("no offset")?,
+        size: size.context("no size")?,
+    })
+}
+
+/// `char comm[16]` -> (`char[16]`, `comm`); `__data_loc char[] filename` -> (`__data_loc char[]`, `filename`).
+fn split_decl(decl: &str) -> Option<(String, String)> {
+    let (ty, last) = decl.rsplit_once(char::is_whitespace)?;
+    let (name, array) = match last.find('[') {
+        Some(i) => (&last[..i], &last[i..]),
+        None => (last, ""),
+    };
+    let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    name_ok.then(|| (format!("{}{array}", ty.trim()), name.to_string()))
+}
+
+/// The offsets the eBPF programs need, from the four events' format texts.
+pub fn offsets(newtask: &Format, fork: &Format, exit: &Format) -> Result<TracepointOffsets> {
+    Ok(TracepointOffsets {
+        newtask_pid: newtask.require("pid", 4)?,
+        newtask_clone_flags: newtask.require("clone_flags", 8)?,
+        fork_child_pid: fork.require("child_pid", 4)?,
+        exit_group_dead: match exit.field("group_dead") {
+            Some(f) if f.size == 1 => f.offset,
+            Some(f) => bail!(
+                "sched_process_exit field `group_dead` has size {}, expected 1",
+                f.size
+            ),
+            None => NO_FIELD,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(kernel: &str, event: &str) -> Format {
+        let path = format!(
+            "{}/src/tracker/fixtures/{kernel}-{event}.format",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn offsets_of(kernel: &str) -> TracepointOffsets {
+        offsets(
+            &fixture(kernel, "task_newtask"),
+            &fixture(kernel, "sched_process_fork"),
+            &fixture(kernel, "sched_process_exit"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn kernel_6_layout() {
+        let fork = fixture("6.18", "sched_process_fork");
+        assert_eq!(fork.name, "sched_process_fork");
+        let comm = fork.field("parent_comm").unwrap();
+        assert_eq!(
+            (comm.decl.as_str(), comm.offset, comm.size),
+            ("__data_loc char[]", 8, 4)
+        );
+        assert_eq!(fork.field("parent_pid").unwrap().offset, 12);
+        assert_eq!(
+            offsets_of("6.18"),
+            TracepointOffsets {
+                newtask_pid: 8,
+                newtask_clone_flags: 32,
+                fork_child_pid: 20,
+                exit_group_dead: 32,
+            }
+        );
+    }
+
+    #[test]
+    fn kernel_5_layout() {
+        let fork = fixture("5.15", "sched_process_fork");
+        let comm = fork.field("child_comm").unwrap();
+        assert_eq!(
+            (comm.decl.as_str(), comm.offset, comm.size),
+            ("char[16]", 28, 16)
+        );
+        assert_eq!(
+            offsets_of("5.15"),
+            TracepointOffsets {
+                newtask_pid: 8,
+                newtask_clone_flags: 32,
+                fork_child_pid: 44,
+                exit_group_dead: NO_FIELD,
+            }
+        );
+    }
+
+    #[test]
+    fn common_fields_are_parsed() {
+        let exec = fixture("6.18", "sched_process_exec");
+        assert_eq!(exec.fields.len(), 7);
+        assert_eq!(exec.field("common_pid").unwrap().decl, "int");
+        assert_eq!(exec.field("old_pid").unwrap().offset, 16);
+    }
+
+    #[test]
+    fn malformed_texts_are_errors() {
+        for (text, want) in [
+            ("", "no `name:`"),
+            ("name: x\nformat:\n", "no fields"),
+            (
+                "name: x\n\tfield:int a;\toffset:zz;\tsize:4;\n",
+                "bad offset",
+            ),
+            ("name: x\n\tfield:int a;\tsize:4;\n", "no offset"),
+            (
+                "name: x\n\tfield:int;\toffset:0;\tsize:4;\n",
+                "without a name",
+            ),
+            ("name: x\n\tfield:int a;\toffset:0;\tsize:-1;\n", "bad size"),
+            ("name: x\n\tfield:int a;\toffset 0;\n", "key:value"),
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_or_resized_fields_are_errors() {
+        let fork =
+            parse("name: sched_process_fork\n\tfield:pid_t child_pid;\toffset:20;\tsize:8;\n")
+                .unwrap();
+        let err = fork.require("child_pid", 4).unwrap_err().to_string();
+        assert!(err.contains("size 8"), "{err}");
+        let err = fork.require("parent_pid", 4).unwrap_err().to_string();
+        assert!(err.contains("no field `parent_pid`"), "{err}");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in [
+            "\u{0}\u{1}",
+            "field:",
+            "name:\nfield:;;;;",
+            "name: a\nfield:x y[;offset:1;size:1",
+            "field:a b;offset:99999999999;size:1;",
+        ] {
+            let _ = parse(text);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The eBPF tracker on the real kernel: process trees are followed exactly.
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use apptheus::tracker::{ProcessCounters, Tracker};
+use apptheus_common::{Event, EventKind};
+use common::{Workload, eventually, require_root};
+
+const KEY: u64 = 0xA9_0001;
+
+fn load() -> (Tracker, apptheus::tracker::EventStream) {
+    require_root();
+    Tracker::load().unwrap_or_else(|e| panic!("the eBPF tracker cannot load here: {e:#}"))
+}
+
+/// Wait until the counters of `key` equal `want`; return what they were last.
+fn counters_become(t: &Tracker, key: u64, want: ProcessCounters) -> ProcessCounters {
+    let mut last = None;
+    eventually(Duration::from_secs(10), || {
+        last = t.counters(key).unwrap();
+        (last == Some(want)).then_some(())
+    });
+    last.unwrap_or_default()
+}
+
+/// Collect events until `n` of `kind` arrived (or 10 s passed).
+async fn collect(
+    events: &mut apptheus::tracker::EventStream,
+    out: &mut Vec<Event>,
+    kind: EventKind,
+    n: usize,
+) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while out.iter().filter(|e| e.kind() == Some(kind)).count() < n {
+            events.next_batch(out).await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_processes_forked_after_registration() {
+    let (t, mut events) = load();
+    let mut w = Workload::spawn(&[
+        "ready",
+        "wait",
+        "tree:3:2",
+        "forks:5",
+        "execs:4",
+        "threads:3",
+        "thread-forks:2",
+        "ready",
+        "wait",
+        "release",
+        "ready",
+        "wait",
+        "exit:0",
+    ]);
+    w.ready();
+    let members = t.register(w.pid(), KEY).unwrap();
+    assert_eq!(members, vec![w.pid()]);
+    w.go();
+    w.ready();
+    // 3 children + 6 grandchildren + 5 + 4 exec'ing children + 2 from a second thread; threads add nothing.
+    let c = counters_become(
+        &t,
+        KEY,
+        ProcessCounters {
+            forks: 20,
+            execs: 4,
+            exits: 11,
+            live: 10,
+        },
+    );
+    assert_eq!(
+        c,
+        ProcessCounters {
+            forks: 20,
+            execs: 4,
+            exits: 11,
+            live: 10
+        }
+    );
+    let tracked = t.pids(KEY);
+    assert_eq!(
+        tracked.len(),
+        10,
+        "root and the 9 processes of the tree: {tracked:?}"
+    );
+    w.go();
+    w.ready();
+    let c = counters_become(
+        &t,
+        KEY,
+        ProcessCounters {
+            forks: 20,
+            execs: 4,
+            exits: 20,
+            live: 1,
+        },
+    );
+    assert_eq!(c.live, 1, "{c:?}");
+    w.go();
+    assert!(w.wait().success());
+    let c = counters_become(
+        &t,
+        KEY,
+        ProcessCounters {
+            forks: 20,
+            execs: 4,
+            exits: 21,
+            live: 0,
+        },
+    );
+    assert_eq!(
+        c,
+        ProcessCounters {
+            forks: 20,
+            execs: 4,
+            exits: 21,
+            live: 0
+        }
+    );
+    assert!(
+        t.pids(KEY).is_empty(),
+        "the map still holds {:?}",
+        t.pids(KEY)
+    );
+    assert_eq!(t.key_of(w.pid()).unwrap(), None);
+
+    let mut got = Vec::new();
+    collect(&mut events, &mut got, EventKind::Exit, 21).await;
+    let count = |k| {
+        got.iter()
+            .filter(|e| e.key == KEY && e.kind() == Some(k))
+            .count()
+    };
+    assert_eq!(
+        (
+            count(EventKind::Fork),
+            count(EventKind::Exec),
+            count(EventKind::Exit)
+        ),
+        (20, 4, 21)
+    );
+    let exec = got
+        .iter()
+        .find(|e| e.kind() == Some(EventKind::Exec))
+        .unwrap();
+    assert!(
+        exec.comm.starts_with(b"true"),
+        "exec event comm {:?}",
+        exec.comm
+    );
+    assert_eq!(t.lost_events().unwrap(), 0);
+    t.unregister(KEY).unwrap();
+    assert_eq!(t.counters(KEY).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopts_processes_forked_before_registration() {
+    let (t, _events) = load();
+    let key = KEY + 1;
+    let mut w = Workload::spawn(&["tree:2:3", "ready", "wait", "release", "ready", "wait"]);
+    w.ready();
+    let members: HashSet<i32> = t.register(w.pid(), key).unwrap().into_iter().collect();
+    assert_eq!(
+        members.len(),
+        9,
+        "root, 2 children, 6 grandchildren: {members:?}"
+    );
+    let tracked: HashSet<i32> = t.pids(key).into_iter().collect();
+    assert_eq!(tracked, members);
+    assert_eq!(t.counters(key).unwrap().unwrap().live, 9);
+    w.go();
+    w.ready();
+    let c = counters_become(
+        &t,
+        key,
+        ProcessCounters {
+            forks: 0,
+            execs: 0,
+            exits: 8,
+            live: 1,
+        },
+    );
+    assert_eq!(
+        c,
+        ProcessCounters {
+            forks: 0,
+            execs: 0,
+            exits: 8,
+            live: 1
+        }
+    );
+    w.go();
+    w.wait();
+    let c = counters_become(
+        &t,
+        key,
+        ProcessCounters {
+            forks: 0,
+            execs: 0,
+            exits: 9,
+            live: 0,
+        },
+    );
+    assert_eq!(c.live, 0, "{c:?}");
+    assert!(t.pids(key).is_empty());
+    t.unregister(key).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_storm_is_counted_exactly_and_never_leaks() {
+    let (t, mut events) = load();
+    let key = KEY + 2;
+    let mut tracked = Workload::spawn(&["ready", "wait", "storm:2", "wait"]);
+    let mut other = Workload::spawn(&["ready", "wait", "storm:2", "wait"]);
+    tracked.ready();
+    other.ready();
+    t.register(tracked.pid(), key).unwrap();
+    tracked.go();
+    other.go();
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    let reader = async {
+        // Drain events while the storm runs, so the ring buffer never fills.
+        loop {
+            events.next_batch(&mut got).await.unwrap();
+        }
+    };
+    let n: u64 = tokio::select! {
+        _ = reader => unreachable!(),
+        n = tokio::task::spawn_blocking(move || {
+            let line = tracked.line();
+            let n = line.strip_prefix("forks ").unwrap().parse().unwrap();
+            (n, tracked)
+        }) => {
+            let (n, t2) = n.unwrap();
+            tracked = t2;
+            n
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let other_n: u64 = other
+        .line()
+        .strip_prefix("forks ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!(
+        "fork storm: tracked side {n} forks ({:.0}/s), untracked side {other_n} forks",
+        n as f64 / secs
+    );
+    let want = ProcessCounters {
+        forks: n,
+        execs: 0,
+        exits: n,
+        live: 1,
+    };
+    let c = counters_become(&t, key, want);
+    assert_eq!(c, want);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while got
+            .iter()
+            .filter(|e| e.kind() == Some(EventKind::Exit))
+            .count()
+            < n as usize
+        {
+            events.next_batch(&mut got).await.unwrap();
+        }
+    })
+    .await;
+    let lost = t.lost_events().unwrap();
+    let forks: Vec<&Event> = got
+        .iter()
+        .filter(|e| e.kind() == Some(EventKind::Fork))
+        .collect();
+    assert_eq!(forks.len() as u64 + lost, n, "fork events + lost = forks");
+    assert!(
+        forks
+            .iter()
+            .all(|e| e.key == key && e.ppid == tracked.pid() as u32)
+    );
+    assert!(
+        got.iter()
+            .all(|e| e.ppid != other.pid() as u32 && e.pid != other.pid() as u32)
+    );
+    assert_eq!(t.key_of(other.pid()).unwrap(), None);
+    tracked.go();
+    other.go();
+    tracked.wait();
+    other.wait();
+    t.unregister(key).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_forgets_live_processes() {
+    let (t, _events) = load();
+    let key = KEY + 3;
+    let mut w = Workload::spawn(&["tree:2:0", "ready", "wait"]);
+    w.ready();
+    assert_eq!(t.register(w.pid(), key).unwrap().len(), 3);
+    assert!(
+        t.register(w.pid(), key + 100).is_err(),
+        "a tracked pid cannot be registered twice"
+    );
+    t.unregister(key).unwrap();
+    assert!(t.pids(key).is_empty());
+    assert_eq!(t.key_of(w.pid()).unwrap(), None);
+    assert_eq!(t.counters(key).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_vanished_process_fails() {
+    let (t, _events) = load();
+    let mut w = Workload::spawn(&["exit:0"]);
+    w.wait();
+    let err = t.register(w.pid(), KEY + 4).unwrap_err().to_string();
+    assert!(err.contains("exited"), "{err}");
+    assert_eq!(t.counters(KEY + 4).unwrap(), None);
+}
