@@ -2,9 +2,14 @@
 //!
 //! A trusted launcher (Apptainer's starter, or `apptheus-exec`) connects to the `gateway` socket;
 //! the `registry` gives it a container: a cgroup in every hierarchy (`cgroup`), and its whole
-//! process tree followed by eBPF (`tracker`). The sampler reads the cgroups' counters into
-//! `metrics`, which `http` serves to Prometheus.
+//! process tree followed by eBPF (`tracker`). The `daemon`'s sampler reads the cgroups' counters
+//! into `metrics`, which `http` serves to Prometheus.
 pub mod cgroup;
 pub mod cli;
+pub mod daemon;
+pub mod gateway;
+pub mod http;
 pub mod logging;
+pub mod metrics;
+pub mod registry;
 pub mod tracker;

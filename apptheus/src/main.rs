@@ -1,4 +1,48 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apptheus"));
-    println!("{}", obj.len());
+//! `apptheus`: the daemon.
+use std::process::ExitCode;
+
+use apptheus::{cli::Args, daemon, gateway::Trust, logging};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    // Bad flags: clap prints the flag and exits 2.
+    let args = Args::parse();
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("apptheus: must run as root (it loads eBPF programs, creates cgroups and reads every process's /proc)");
+        return ExitCode::from(1);
+    }
+    if let Err(e) = logging::init(args.log_level, args.log_format) {
+        eprintln!("apptheus: {e:#}");
+        return ExitCode::from(1);
+    }
+    let trust = match Trust::new(args.trust_path.paths()) {
+        Ok((trust, warnings)) => {
+            for w in warnings {
+                log::warn!("{w}");
+            }
+            trust
+        }
+        Err(e) => {
+            eprintln!("apptheus: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if trust.paths().is_empty() {
+        log::warn!("--trust.path is empty: every launcher will be refused");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("apptheus: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(daemon::run(args, trust)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!(error:% = format!("{e:#}"); "apptheus failed");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -160,8 +160,12 @@ impl Tracker {
         loop {
             let mut adopted_any = false;
             for pid in descendants(root)? {
-                if lookup(&maps.tracked, pid as u32)?.is_none() && adopt(&mut maps, pid, key)? {
-                    adopted_any = true;
+                match lookup(&maps.tracked, pid as u32)? {
+                    // Inside another container (a nested launcher's): it stays there.
+                    Some(k) if k != key => continue,
+                    Some(_) => {}
+                    None if adopt(&mut maps, pid, key)? => adopted_any = true,
+                    None => continue,
                 }
                 if seen.insert(pid) {
                     members.push(pid);

@@ -133,3 +133,207 @@ pub fn unique(tag: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(p.exists(), "{} is missing: build it first (cargo xtask test does)", p.display());
+    p
+}
+
+/// A running `apptheus` daemon with its own socket, port and cgroup parent.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub parent: String,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Start the daemon trusting this build's apptheus-exec, plus `extra` flags; wait until ready.
+    pub fn start(extra: &[&str]) -> Daemon {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("gateway.sock");
+        let parent = unique("apptheus-test");
+        let port = free_port();
+        let log = dir.path().join("daemon.log");
+        let child = Command::new(bin("apptheus"))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--socket.path={}", socket.display()))
+            .arg(format!("--cgroup.parent={parent}"))
+            .arg(format!("--trust.path={}", bin("apptheus-exec").display()))
+            .arg(format!("--state.dir={}", dir.path().join("state").display()))
+            .arg("--log.level=debug")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn apptheus");
+        let mut d = Daemon { child, port, socket, parent, dir, log };
+        let ready = eventually(Duration::from_secs(30), || {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("apptheus exited at start ({st}):\n{}", d.log_text());
+            }
+            (d.get("/-/ready").0 == 200).then_some(())
+        });
+        assert!(ready.is_some(), "apptheus not ready after 30 s:\n{}", d.log_text());
+        d
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// GET `path`: status and body (0 when the server cannot be reached).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        match agent.get(&self.url(path)).call() {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics");
+        body
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `apptheus-exec --socket <ours> -- <cmd>`, stdio piped like a Workload.
+    pub fn exec(&self, cmd: &[&str]) -> Workload {
+        Workload::spawn_cmd(
+            Command::new(bin("apptheus-exec"))
+                .arg(format!("--socket={}", self.socket.display()))
+                .arg("--")
+                .args(cmd),
+        )
+    }
+
+    /// `apptheus-exec` running the workload with `steps`.
+    pub fn exec_workload(&self, steps: &[&str]) -> Workload {
+        let w = workload_bin();
+        let mut cmd = vec![w.to_str().unwrap()];
+        cmd.extend_from_slice(steps);
+        self.exec(&cmd)
+    }
+
+    /// Stop it with SIGTERM and wait; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().expect("wait apptheus")
+    }
+
+    /// Every directory named `self.parent` in the cgroup hierarchies.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        find_dirs(std::path::Path::new("/sys/fs/cgroup"), &self.parent)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+        // Whatever cgroups this test's daemon left (a failed test): remove the empty ones.
+        for d in self.cgroup_dirs() {
+            remove_cgroup_tree(&d);
+        }
+    }
+}
+
+/// Directories named `name` anywhere under `root` (cgroup trees are shallow here).
+pub fn find_dirs(root: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let p = e.path();
+                if e.file_name() == name {
+                    out.push(p.clone());
+                }
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// rmdir a cgroup and its children, deepest first (only empty cgroups can go).
+pub fn remove_cgroup_tree(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The value of the first sample of `name` whose labels contain `labels`.
+pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (lbl, val) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        lbl.contains(labels).then(|| val.trim().parse().ok()).flatten()
+    })
+}
+
+/// All pids descending from `root` (a /proc scan), root excluded.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent = std::collections::HashMap::new();
+    for p in procfs::process::all_processes().expect("/proc").flatten() {
+        if let Ok(st) = p.stat() {
+            parent.insert(st.pid, st.ppid);
+        }
+    }
+    parent
+        .keys()
+        .copied()
+        .filter(|&p| {
+            let mut cur = p;
+            for _ in 0..64 {
+                match parent.get(&cur) {
+                    Some(&pp) if pp == root => return true,
+                    Some(&pp) if pp > 1 => cur = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
+/// The cgroup of `pid` in the v1 hierarchy of `controller` (or the unified one for "").
+pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = if controller.is_empty() { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == controller) };
+        hit.then(|| path.to_string())
+    })
+}

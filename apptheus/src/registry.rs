@@ -1,0 +1,421 @@
+//! Containers and their lifecycle.
+//!
+//! A trusted peer becomes a container: a cgroup in every hierarchy, its whole process tree
+//! tracked and moved in. It ends when its last process exits (the connection closing alone does
+//! not end it); its final values stay for the retention time, then its series and cgroup go.
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Result;
+use apptheus_common::{Event, EventKind};
+
+use crate::{
+    cgroup::{ContainerCgroup, Layout, Placement, Stats},
+    gateway::{Peer, Rejection},
+    metrics::ContainerSeries,
+    tracker::{ProcessCounters, Tracker},
+};
+
+/// How containers are made and kept.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub placement: Placement,
+    pub parent: String,
+    pub retention: Duration,
+    pub max_containers: usize,
+}
+
+struct Container {
+    id: String,
+    user: String,
+    peer_pid: i32,
+    uid: u32,
+    exe: String,
+    exe_path: String,
+    start_time: SystemTime,
+    cgroup: Arc<ContainerCgroup>,
+    /// Forks after this CLOCK_MONOTONIC time inherit the container's cgroup from their parent;
+    /// earlier ones may come from a parent not moved yet, so the child is moved explicitly.
+    inherit_after_ns: u64,
+    connected: bool,
+    ended: Option<Instant>,
+    /// The last sample was taken after the end: the values are final.
+    final_sample: bool,
+    stats: Stats,
+    procs: ProcessCounters,
+}
+
+/// A process to put into a container's cgroup.
+pub struct Move {
+    key: u64,
+    cgroup: Arc<ContainerCgroup>,
+    pid: i32,
+}
+
+/// What the sampler reads for one container.
+pub struct Target {
+    pub key: u64,
+    pub cgroup: Arc<ContainerCgroup>,
+}
+
+pub struct Registry {
+    cfg: Config,
+    layout: Layout,
+    tracker: Arc<Tracker>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<u64, Container>,
+    next_key: u64,
+    /// Cgroups of removed containers whose directories the kernel still reported busy.
+    to_remove: Vec<Arc<ContainerCgroup>>,
+}
+
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// The user name of `uid`, or the uid itself when it has none.
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+impl Registry {
+    pub fn new(cfg: Config, layout: Layout, tracker: Arc<Tracker>) -> Registry {
+        Registry {
+            cfg,
+            layout,
+            tracker,
+            state: Mutex::new(State {
+                next_key: 1,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Live containers.
+    pub fn live(&self) -> usize {
+        self.state().containers.values().filter(|c| c.ended.is_none()).count()
+    }
+
+    /// Make a container of a trusted peer. Blocking (cgroup files, /proc walk). Returns its key
+    /// and id.
+    pub fn admit(&self, peer: &Peer) -> Result<(u64, String), Rejection> {
+        if matches!(self.tracker.key_of(peer.pid), Ok(Some(_))) {
+            return Err(Rejection::Nested);
+        }
+        let exe = exe_basename(&peer.exe_path);
+        let id = format!("{exe}_{}", peer.pid);
+        let placement = self.cfg.placement;
+        let key = {
+            let mut st = self.state();
+            let live = st.containers.values().filter(|c| c.ended.is_none()).count();
+            if live >= self.cfg.max_containers {
+                return Err(Rejection::Limit);
+            }
+            // An ended container of a recycled pid may still be retained under the same id.
+            if st.containers.values().any(|c| c.id == id) {
+                st.containers.retain(|_, c| c.id != id || c.ended.is_none());
+            }
+            st.next_key += 1;
+            st.next_key
+        };
+        let cgroup = match self.layout.create(peer.pid, placement, &self.cfg.parent, &id) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                log::error!(container = id.as_str(), pid = peer.pid, error:% = format!("{e:#}"); "cannot create the container's cgroups");
+                return Err(Rejection::Error);
+            }
+        };
+        let user = user_name(peer.uid);
+        self.state().containers.insert(
+            key,
+            Container {
+                id: id.clone(),
+                user,
+                peer_pid: peer.pid,
+                uid: peer.uid,
+                exe,
+                exe_path: peer.exe_path.to_string_lossy().into_owned(),
+                start_time: SystemTime::now(),
+                cgroup: cgroup.clone(),
+                inherit_after_ns: u64::MAX,
+                connected: true,
+                ended: None,
+                final_sample: false,
+                stats: Stats::default(),
+                procs: ProcessCounters::default(),
+            },
+        );
+        let members = match self.tracker.register(peer.pid, key) {
+            Ok(m) => m,
+            Err(e) => {
+                self.state().containers.remove(&key);
+                let _ = cgroup.remove();
+                let msg = format!("{e:#}");
+                return Err(if msg.contains("exited") {
+                    Rejection::Vanished
+                } else if msg.contains("already tracked") {
+                    Rejection::Nested
+                } else {
+                    log::error!(container = id.as_str(), error:% = msg; "cannot track the container's processes");
+                    Rejection::Error
+                });
+            }
+        };
+        for pid in &members {
+            if let Err(e) = cgroup.add_process(*pid) {
+                log::warn!(container = id.as_str(), pid = *pid, error:% = format!("{e:#}"); "cannot move a process into the container's cgroup");
+            }
+        }
+        let now = monotonic_ns();
+        let live = self.tracker.counters(key).ok().flatten().map_or(0, |c| c.live);
+        let mut st = self.state();
+        if let Some(c) = st.containers.get_mut(&key) {
+            if c.inherit_after_ns == u64::MAX {
+                c.inherit_after_ns = now;
+            }
+        }
+        drop(st);
+        log::info!(container = id.as_str(), pid = peer.pid, uid = peer.uid, exe = peer.exe_path.to_string_lossy().as_ref(), processes = members.len(), cgroup = cgroup.rel_path(); "container started");
+        if live == 0 {
+            self.end(key);
+        }
+        Ok((key, id))
+    }
+
+    /// The launcher closed its connection. The container lives on while it has processes.
+    pub fn disconnected(&self, key: u64) {
+        let mut st = self.state();
+        if let Some(c) = st.containers.get_mut(&key) {
+            c.connected = false;
+            log::debug!(container = c.id.as_str(); "launcher connection closed");
+        }
+    }
+
+    /// Process a batch of tracker events. Returns the processes that must be moved into their
+    /// container's cgroup (children forked before their parent was moved).
+    pub fn on_events(&self, events: &[Event]) -> Vec<Move> {
+        let mut moves = Vec::new();
+        let mut exited = Vec::new();
+        {
+            let st = self.state();
+            for ev in events {
+                let Some(c) = st.containers.get(&ev.key) else { continue };
+                match ev.kind() {
+                    Some(EventKind::Fork) if ev.ts_ns <= c.inherit_after_ns => moves.push(Move {
+                        key: ev.key,
+                        cgroup: c.cgroup.clone(),
+                        pid: ev.pid as i32,
+                    }),
+                    Some(EventKind::Exit) if c.ended.is_none() => exited.push(ev.key),
+                    _ => {}
+                }
+            }
+        }
+        exited.dedup();
+        for key in exited {
+            if matches!(self.tracker.counters(key), Ok(Some(c)) if c.live == 0) {
+                self.end(key);
+            }
+        }
+        moves
+    }
+
+    /// Carry out moves (blocking), then let later forks of these processes inherit.
+    pub fn apply_moves(&self, moves: Vec<Move>) {
+        for m in &moves {
+            if let Err(e) = m.cgroup.add_process(m.pid) {
+                log::warn!(pid = m.pid, error:% = format!("{e:#}"); "cannot move a forked process into its container's cgroup");
+            }
+        }
+        let now = monotonic_ns();
+        let mut st = self.state();
+        for m in moves {
+            if let Some(c) = st.containers.get_mut(&m.key) {
+                if c.inherit_after_ns != u64::MAX {
+                    c.inherit_after_ns = c.inherit_after_ns.max(now);
+                }
+            }
+        }
+    }
+
+    fn end(&self, key: u64) {
+        let mut st = self.state();
+        if let Some(c) = st.containers.get_mut(&key) {
+            if c.ended.is_none() {
+                c.ended = Some(Instant::now());
+                let secs = c.start_time.elapsed().unwrap_or_default().as_secs_f64();
+                log::info!(container = c.id.as_str(), duration_seconds = secs, connected = c.connected; "container ended");
+            }
+        }
+    }
+
+    /// The containers to sample this pass: live ones, and ended ones not sampled since.
+    pub fn targets(&self) -> Vec<Target> {
+        self.state()
+            .containers
+            .iter()
+            .filter(|(_, c)| !c.final_sample)
+            .map(|(&key, c)| Target {
+                key,
+                cgroup: c.cgroup.clone(),
+            })
+            .collect()
+    }
+
+    /// Sample the targets (blocking): their cgroups and kernel counters.
+    pub fn sample(&self, targets: &[Target]) -> Vec<(u64, Stats, Option<ProcessCounters>)> {
+        targets
+            .iter()
+            .map(|t| (t.key, t.cgroup.sample(), self.tracker.counters(t.key).ok().flatten()))
+            .collect()
+    }
+
+    /// Store a pass's samples. A container whose counters show no live process has ended even
+    /// if its exit event was lost.
+    pub fn record(&self, samples: Vec<(u64, Stats, Option<ProcessCounters>)>) {
+        let mut ended_now = Vec::new();
+        {
+            let mut st = self.state();
+            for (key, stats, procs) in samples {
+                let Some(c) = st.containers.get_mut(&key) else { continue };
+                c.stats = stats;
+                if let Some(p) = procs {
+                    c.procs = p;
+                }
+                if c.ended.is_some() {
+                    c.final_sample = true;
+                } else if procs.is_some_and(|p| p.live == 0) {
+                    ended_now.push(key);
+                }
+            }
+        }
+        for key in ended_now {
+            self.end(key);
+        }
+    }
+
+    /// Every container's series, live and retained.
+    pub fn series(&self) -> Vec<ContainerSeries> {
+        let st = self.state();
+        let mut out: Vec<ContainerSeries> = st
+            .containers
+            .values()
+            .map(|c| ContainerSeries {
+                id: c.id.clone(),
+                user: c.user.clone(),
+                exe: c.exe.clone(),
+                exe_path: c.exe_path.clone(),
+                pid: c.peer_pid,
+                uid: c.uid,
+                cgroup: c.cgroup.rel_path().to_string(),
+                memory_source: c.cgroup.memory_source().as_str(),
+                start_time: c
+                    .start_time
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                stats: c.stats.clone(),
+                procs: c.procs,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Drop containers whose retention has passed: forget them in the tracker and remove their
+    /// cgroups (blocking; a cgroup the kernel still reports busy is retried on the next call).
+    pub fn reap(&self) {
+        let mut done = Vec::new();
+        let mut to_remove = {
+            let mut st = self.state();
+            let retention = self.cfg.retention;
+            let expired: Vec<u64> = st
+                .containers
+                .iter()
+                .filter(|(_, c)| c.final_sample && c.ended.is_some_and(|t| t.elapsed() >= retention))
+                .map(|(&k, _)| k)
+                .collect();
+            for key in expired {
+                if let Some(c) = st.containers.remove(&key) {
+                    log::debug!(container = c.id.as_str(); "retention over: removing the container's series and cgroups");
+                    done.push(key);
+                    st.to_remove.push(c.cgroup);
+                }
+            }
+            std::mem::take(&mut st.to_remove)
+        };
+        for key in done {
+            if let Err(e) = self.tracker.unregister(key) {
+                log::warn!(error:% = format!("{e:#}"); "forgetting a container in the tracker");
+            }
+        }
+        to_remove.retain(|cg| match cg.remove() {
+            Ok(()) => false,
+            Err(e) => {
+                log::debug!(cgroup = cg.rel_path(), error:% = format!("{e:#}"); "cgroup still busy; will retry");
+                true
+            }
+        });
+        self.state().to_remove.extend(to_remove);
+    }
+
+    /// At shutdown: remove the cgroups of ended containers (empty ones only: the kernel refuses
+    /// the others). Live containers' processes are left where they are.
+    pub fn shutdown(&self) {
+        let st = self.state();
+        for c in st.containers.values() {
+            if c.ended.is_some() && c.cgroup.remove().is_ok() {
+                log::debug!(container = c.id.as_str(); "removed cgroup at shutdown");
+            }
+        }
+        for cg in &st.to_remove {
+            let _ = cg.remove();
+        }
+    }
+}
+
+fn exe_basename(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unknown".into());
+    name.strip_suffix(" (deleted)").map(str::to_owned).unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basenames() {
+        assert_eq!(exe_basename(Path::new("/usr/libexec/apptainer/bin/starter-suid")), "starter-suid");
+        assert_eq!(exe_basename(Path::new("/opt/x/apptheus-exec (deleted)")), "apptheus-exec");
+        assert_eq!(exe_basename(Path::new("/")), "unknown");
+    }
+
+    #[test]
+    fn user_names() {
+        assert_eq!(user_name(0), "root");
+        assert_eq!(user_name(4_000_000_000), "4000000000");
+    }
+}

@@ -1,0 +1,261 @@
+//! The daemon end to end: the real binary, real launchers, real cgroups, a real HTTP client.
+mod common;
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, bin, cgroup_of, descendants, eventually, sample};
+
+/// `container="<id>"` of an apptheus-exec launcher.
+fn exec_label(pid: i32) -> String {
+    format!("container=\"apptheus-exec_{pid}\"")
+}
+
+/// The `cgroup` label of a container's info series.
+fn cgroup_label(metrics: &str, container: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("apptheus_container_info{") && l.contains(container))
+        .and_then(|l| l.split("cgroup=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .map(str::to_owned)
+}
+
+#[test]
+fn workload_forked_before_connecting_is_measured_whole() {
+    let d = Daemon::start(&["--monitor.interval=200ms"]);
+    // apptheus-exec forks the workload first, then connects; the workload has its own tree.
+    let mut w = d.exec_workload(&["tree:2:1", "ready", "wait", "forks:5", "burn:1", "alloc:64", "ready", "wait"]);
+    w.ready();
+    let label = exec_label(w.pid());
+    let m = eventually(Duration::from_secs(2), || {
+        let m = d.metrics();
+        m.contains(&label).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("container {label} not in /metrics within 2 s:\n{}", d.log_text()));
+    let cg = cgroup_label(&m, &label).expect("cgroup label");
+    assert!(cg.ends_with(&format!("/{}/apptheus-exec_{}", d.parent, w.pid())), "{cg}");
+    let tree = descendants(w.pid());
+    assert_eq!(tree.len(), 1 + 2 + 2, "workload, 2 children, 2 grandchildren: {tree:?}");
+    for pid in tree.iter().copied().chain([w.pid()]) {
+        for ctrl in ["memory", "cpuacct", "pids"] {
+            assert_eq!(cgroup_of(pid, ctrl).as_deref(), Some(cg.as_str()), "pid {pid} in {ctrl}");
+        }
+    }
+    w.go();
+    w.ready();
+    let m = eventually(Duration::from_secs(3), || {
+        let m = d.metrics();
+        (sample(&m, "apptheus_container_cpu_usage_seconds_total", &label)? >= 0.8).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("CPU never reached 0.8 s:\n{}", d.metrics()));
+    let cpu = sample(&m, "apptheus_container_cpu_usage_seconds_total", &label).unwrap();
+    println!("attributed CPU: {cpu:.3} s");
+    assert!(sample(&m, "apptheus_container_memory_usage_bytes", &label).unwrap() >= 64.0 * 1024.0 * 1024.0);
+    assert!(sample(&m, "apptheus_container_pids", &label).unwrap() >= 5.0);
+    assert_eq!(sample(&m, "apptheus_container_forks_total", &label), Some(5.0));
+    assert_eq!(sample(&m, "apptheus_container_processes", &label), Some(6.0), "exec, workload, tree of 4");
+    assert!(m.contains(&format!("{label},user=\"root\"")));
+    w.go();
+    assert!(w.wait().success());
+}
+
+#[test]
+fn untrusted_launcher_is_refused_and_counted() {
+    let d = Daemon::start(&[]);
+    let copy = d.dir.path().join("apptheus-exec");
+    std::fs::copy(bin("apptheus-exec"), &copy).unwrap();
+    let started = Instant::now();
+    let out = Command::new(&copy)
+        .arg(format!("--socket={}", d.socket.display()))
+        .args(["--", "sleep", "1.5"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id() as i32;
+    let out = out.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    assert!(stderr.contains("closed the connection"), "{stderr}");
+    // The refusal reached the launcher well before its command ended.
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    let m = d.metrics();
+    assert_eq!(sample(&m, "apptheus_gateway_rejections_total", "reason=\"untrusted\""), Some(1.0));
+    assert!(!m.contains(&exec_label(pid)));
+    assert!(d.cgroup_dirs().is_empty(), "cgroups created for an untrusted peer: {:?}", d.cgroup_dirs());
+    assert!(d.log_text().contains("launcher connection refused"));
+}
+
+#[test]
+fn untrusted_connection_is_closed_within_a_second() {
+    let d = Daemon::start(&[]);
+    // This test binary is no trusted launcher.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 1];
+    let n = std::io::Read::read(&mut s, &mut buf).expect("the daemon must close within 1 s");
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn ended_container_stays_for_retention_then_goes() {
+    let d = Daemon::start(&["--monitor.interval=100ms", "--container.retention=2s"]);
+    let mut w = d.exec_workload(&["ready", "wait", "burn:0.2"]);
+    w.ready();
+    let label = exec_label(w.pid());
+    assert!(eventually(Duration::from_secs(2), || d.metrics().contains(&label).then_some(())).is_some());
+    let dirs = d.cgroup_dirs();
+    assert!(!dirs.is_empty());
+    w.go();
+    assert!(w.wait().success());
+    let ended = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let m = d.metrics();
+    assert!(m.contains(&label), "final values must stay for the retention");
+    assert!(sample(&m, "apptheus_container_cpu_usage_seconds_total", &label).unwrap() >= 0.15);
+    assert_eq!(sample(&m, "apptheus_container_processes", &label), Some(0.0));
+    let gone = eventually(Duration::from_secs(5), || (!d.metrics().contains(&label)).then_some(()));
+    assert!(gone.is_some(), "series still there 5 s after the retention");
+    assert!(ended.elapsed() >= Duration::from_secs(2));
+    let left = eventually(Duration::from_secs(3), || {
+        let left: Vec<_> = d.cgroup_dirs().into_iter().flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten()).filter(|e| e.path().is_dir()).collect();
+        left.is_empty().then_some(())
+    });
+    assert!(left.is_some(), "container cgroup dirs left behind");
+}
+
+#[test]
+fn fifty_launchers_each_get_their_own_tree() {
+    let d = Daemon::start(&["--monitor.interval=200ms"]);
+    let mut ws: Vec<_> = (0..50).map(|_| d.exec_workload(&["tree:1:1", "ready", "wait"])).collect();
+    ws.iter_mut().for_each(|w| w.ready());
+    let all = eventually(Duration::from_secs(10), || {
+        let m = d.metrics();
+        ws.iter().all(|w| m.contains(&exec_label(w.pid()))).then_some(m)
+    })
+    .expect("50 containers in /metrics");
+    assert_eq!(all.lines().filter(|l| l.starts_with("apptheus_container_info{")).count(), 50);
+    for w in &ws {
+        let cg = cgroup_label(&all, &exec_label(w.pid())).unwrap();
+        let tree = descendants(w.pid());
+        assert_eq!(tree.len(), 3);
+        for pid in tree.into_iter().chain([w.pid()]) {
+            assert_eq!(cgroup_of(pid, "memory").as_deref(), Some(cg.as_str()), "pid {pid} of launcher {}", w.pid());
+        }
+    }
+    for w in ws.iter_mut() {
+        w.go();
+    }
+    for mut w in ws {
+        assert!(w.wait().success());
+    }
+}
+
+/// A cgroup made by the test in the v1 memory hierarchy, with a limit; removed at the end.
+struct LimitedCgroup(std::path::PathBuf);
+
+impl Drop for LimitedCgroup {
+    fn drop(&mut self) {
+        common::remove_cgroup_tree(&self.0);
+    }
+}
+
+#[test]
+fn nested_placement_keeps_the_launchers_memory_limit() {
+    let d = Daemon::start(&["--monitor.interval=200ms"]);
+    let base = LimitedCgroup(Path::new("/sys/fs/cgroup/memory").join(common::unique("apptheus-test-limit")));
+    std::fs::create_dir(&base.0).unwrap();
+    std::fs::write(base.0.join("memory.limit_in_bytes"), "67108864").unwrap();
+    // Without this, the workload could swap instead of hitting the limit.
+    let _ = std::fs::write(base.0.join("memory.memsw.limit_in_bytes"), "67108864");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} --socket={} -- {} ready wait alloc:256 ready wait",
+        base.0.display(),
+        bin("apptheus-exec").display(),
+        d.socket.display(),
+        common::workload_bin().display()
+    );
+    let mut w = common::Workload::spawn_cmd(Command::new("sh").args(["-c", &script]));
+    w.ready();
+    let label = exec_label(w.pid());
+    let m = eventually(Duration::from_secs(3), || {
+        let m = d.metrics();
+        m.contains(&label).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("container not exported:\n{}", d.log_text()));
+    let cg = cgroup_label(&m, &label).unwrap();
+    let base_name = base.0.file_name().unwrap().to_str().unwrap();
+    assert!(cg.starts_with(&format!("/{base_name}/{}/", d.parent)), "container cgroup {cg} not under the launcher's");
+    assert_eq!(sample(&m, "apptheus_container_spec_memory_limit_bytes", &label), Some(67108864.0));
+    w.go();
+    // The workload is killed by the OOM killer (or its allocation fails): it never says "ok".
+    let status = w.wait();
+    assert!(!status.success(), "a 256 MiB allocation succeeded under a 64 MiB limit");
+    println!("workload under the limit ended with {status}");
+}
+
+#[test]
+fn exec_propagates_status_and_runs_without_daemon() {
+    let d = Daemon::start(&[]);
+    let st = d.exec(&["sh", "-c", "exit 7"]).wait();
+    assert_eq!(st.code(), Some(7));
+    let st = d.exec(&["sh", "-c", "kill -9 $$"]).wait();
+    assert_eq!(st.code(), Some(137));
+    let out = Command::new(bin("apptheus-exec"))
+        .args(["--socket=/nonexistent/apptheus.sock", "--", "sh", "-c", "echo ran; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    let out = Command::new(bin("apptheus-exec")).args(["--", "/nonexistent/cmd"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(127));
+}
+
+#[test]
+fn bad_flags_exit_2_naming_the_flag() {
+    common::require_root();
+    for (args, flag) in [
+        (vec!["--monitor.interval=abc"], "--monitor.interval"),
+        (vec!["--container.retention=5"], "--container.retention"),
+        (vec!["--no-such-flag"], "--no-such-flag"),
+        (vec!["--trust.path=bin/starter"], "--trust.path"),
+        (vec!["--cgroup.placement=elsewhere"], "--cgroup.placement"),
+    ] {
+        let out = Command::new(bin("apptheus")).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn health_readiness_and_unknown_paths() {
+    let d = Daemon::start(&[]);
+    assert_eq!(d.get("/-/healthy").0, 200);
+    assert_eq!(d.get("/-/ready").0, 200);
+    assert_eq!(d.get("/nope").0, 404);
+    assert_eq!(d.get("/api/v1/metrics").0, 404);
+    let m = d.metrics();
+    for name in ["apptheus_build_info{", "apptheus_containers ", "apptheus_sample_duration_seconds_bucket", "apptheus_ebpf_events_lost_total", "process_resident_memory_bytes", "apptheus_gateway_connections_total{outcome=\"accepted\"}"] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[test]
+fn shutdown_removes_the_socket_and_leaves_processes_alone() {
+    let mut d = Daemon::start(&[]);
+    let mut w = d.exec_workload(&["ready", "wait"]);
+    w.ready();
+    assert!(eventually(Duration::from_secs(2), || d.metrics().contains(&exec_label(w.pid())).then_some(())).is_some());
+    assert!(d.stop().success());
+    assert!(!d.socket.exists(), "socket file left behind");
+    // The launcher and its workload still run, untouched.
+    assert!(w.child.try_wait().unwrap().is_none());
+    w.go();
+    assert!(w.wait().success());
+}
