@@ -1,0 +1,636 @@
+//! Tests that need no privilege: layout detection on mountinfo fixtures, and containers in fake
+//! cgroup trees made of plain files in a temporary directory.
+
+use super::*;
+
+const MOUNTINFO_HYBRID: &str = include_str!("fixtures/mountinfo_hybrid.txt");
+const MOUNTINFO_V2: &str = include_str!("fixtures/mountinfo_v2.txt");
+const MOUNTINFO_V1: &str = include_str!("fixtures/mountinfo_v1.txt");
+const PROC_CGROUP_HYBRID: &str = include_str!("fixtures/proc_cgroup_hybrid.txt");
+const PROC_CGROUP_V1: &str = include_str!("fixtures/proc_cgroup_v1.txt");
+const V1_MEMORY_STAT: &str = include_str!("fixtures/v1_memory.stat");
+const V1_CPUACCT_STAT: &str = include_str!("fixtures/v1_cpuacct.stat");
+const V1_BLKIO: &str = include_str!("fixtures/v1_blkio.throttle.io_service_bytes_recursive");
+const V1_LIMIT_UNLIMITED: &str = include_str!("fixtures/v1_memory.limit_in_bytes_unlimited");
+const V2_CPU_STAT: &str = include_str!("fixtures/v2_cpu.stat");
+const V2_MEMORY_STAT: &str = include_str!("fixtures/v2_memory.stat");
+const V2_IO_STAT: &str = include_str!("fixtures/v2_io.stat");
+
+fn mount_points(layout: &Layout) -> Vec<String> {
+    layout
+        .mount_points()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+#[test]
+fn layout_hybrid() {
+    let layout = Layout::from_mountinfo(MOUNTINFO_HYBRID).unwrap();
+    assert_eq!(layout.mode(), Mode::Hybrid);
+    assert_eq!(
+        mount_points(&layout),
+        [
+            "/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/cpuacct",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/blkio",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+        ]
+    );
+    // The unified tree names the container.
+    assert_eq!(layout.primary(), 5);
+}
+
+#[test]
+fn layout_v2() {
+    let layout = Layout::from_mountinfo(MOUNTINFO_V2).unwrap();
+    assert_eq!(layout.mode(), Mode::V2);
+    assert_eq!(mount_points(&layout), ["/sys/fs/cgroup"]);
+}
+
+#[test]
+fn layout_v1_comounted() {
+    let layout = Layout::from_mountinfo(MOUNTINFO_V1).unwrap();
+    assert_eq!(layout.mode(), Mode::V1);
+    assert_eq!(
+        mount_points(&layout),
+        [
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/blkio",
+        ]
+    );
+    assert_eq!(layout.hierarchies[0].controllers, ["cpu", "cpuacct"]);
+    // Without a unified tree the memory hierarchy names the container.
+    assert_eq!(layout.primary(), 2);
+}
+
+#[test]
+fn layout_dedupes_bind_mounts() {
+    let text = "\
+50 1 0:32 /job /mnt/job-memory rw - cgroup cgroup rw,memory
+51 1 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+    let layout = Layout::from_mountinfo(text).unwrap();
+    assert_eq!(mount_points(&layout), ["/sys/fs/cgroup/memory"]);
+}
+
+#[test]
+fn layout_without_cgroups() {
+    assert!(Layout::from_mountinfo("").is_err());
+    let only_systemd = "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
+    assert!(Layout::from_mountinfo(only_systemd).is_err());
+    assert!(Layout::from_mountinfo("garbage\n").is_err());
+}
+
+#[test]
+fn hierarchy_paths() {
+    let layout = Layout::from_mountinfo(MOUNTINFO_HYBRID).unwrap();
+    let entries = parse::parse_proc_cgroup(PROC_CGROUP_HYBRID).unwrap();
+    let memory = &layout.hierarchies[2];
+    assert_eq!(
+        memory.path_in(&entries).unwrap(),
+        "/process_api/0c30c5eec2e8a3d1fe60261fe2e49728"
+    );
+    assert_eq!(
+        memory.dir_of("/a/b").unwrap(),
+        PathBuf::from("/sys/fs/cgroup/memory/a/b")
+    );
+    assert_eq!(
+        memory.dir_of("/").unwrap(),
+        PathBuf::from("/sys/fs/cgroup/memory")
+    );
+    assert!(memory.dir_of("relative").is_err());
+    assert!(memory.dir_of("/a/../b").is_err());
+    assert_eq!(layout.hierarchies[5].path_in(&entries).unwrap(), "/");
+
+    let v1 = Layout::from_mountinfo(MOUNTINFO_V1).unwrap();
+    let entries = parse::parse_proc_cgroup(PROC_CGROUP_V1).unwrap();
+    assert_eq!(v1.hierarchies[0].path_in(&entries).unwrap(), "/user.slice");
+    assert_eq!(
+        v1.hierarchies[1].path_in(&entries).unwrap(),
+        "/user.slice/user-1000.slice/session-3.scope"
+    );
+    // The v1 host has no unified line to offer a v2 hierarchy.
+    let v2 = Layout::from_mountinfo(MOUNTINFO_V2).unwrap();
+    assert!(v2.hierarchies[0].path_in(&entries).is_err());
+}
+
+#[test]
+fn hierarchy_paths_below_a_bind_mounted_root() {
+    let text = "40 31 0:38 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+    let layout = Layout::from_mountinfo(text).unwrap();
+    let unified = &layout.hierarchies[0];
+    assert_eq!(
+        unified.dir_of("/docker/abc/x").unwrap(),
+        PathBuf::from("/sys/fs/cgroup/x")
+    );
+    assert_eq!(
+        unified.dir_of("/docker/abc").unwrap(),
+        PathBuf::from("/sys/fs/cgroup")
+    );
+    assert!(unified.dir_of("/docker/abcd").is_err());
+    assert!(unified.dir_of("/other").is_err());
+    assert_eq!(
+        unified.rel_of(Path::new("/sys/fs/cgroup/x/y")).unwrap(),
+        "/docker/abc/x/y"
+    );
+}
+
+#[test]
+fn names() {
+    assert!(check_name("apptheus").is_ok());
+    assert!(check_name("starter-suid_4242").is_ok());
+    for bad in ["", ".", "..", "a/b", "/a", "a\nb"] {
+        assert!(check_name(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(join_rel("/", "a"), "/a");
+    assert_eq!(join_rel("/a", "b"), "/a/b");
+    assert_eq!(
+        last_components("/x/apptheus/c_1", 2).unwrap(),
+        "apptheus/c_1"
+    );
+    assert!(last_components("/c_1", 2).is_none());
+}
+
+/// A fake cgroup tree in a temporary directory, with the mountinfo that describes it.
+struct FakeTree {
+    dir: tempfile::TempDir,
+}
+
+impl FakeTree {
+    fn new() -> FakeTree {
+        FakeTree {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, below: &str) -> PathBuf {
+        self.dir.path().join(below)
+    }
+
+    /// Writes `text` to `below` (relative to the tree), making its directories.
+    fn write(&self, below: &str, text: &str) {
+        let path = self.path(below);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    fn mkdir(&self, below: &str) {
+        fs::create_dir_all(self.path(below)).unwrap();
+    }
+
+    /// A mountinfo line for a v1 hierarchy (`options` like "cpu,cpuacct") or, with `None`,
+    /// for cgroup2, mounted at `below`.
+    fn mount_line(&self, device: u32, below: &str, options: Option<&str>) -> String {
+        let point = self.path(below);
+        fs::create_dir_all(&point).unwrap();
+        match options {
+            Some(options) => format!(
+                "{device} 1 0:{device} / {} rw,relatime - cgroup cgroup rw,{options}\n",
+                point.display()
+            ),
+            None => format!(
+                "{device} 1 0:{device} / {} rw,relatime - cgroup2 cgroup2 rw\n",
+                point.display()
+            ),
+        }
+    }
+
+    fn v2_layout(&self) -> Layout {
+        Layout::from_mountinfo(&self.mount_line(90, "unified", None)).unwrap()
+    }
+
+    fn v1_layout(&self) -> Layout {
+        let mut text = self.mount_line(91, "cpu,cpuacct", Some("cpu,cpuacct"));
+        text += &self.mount_line(92, "memory", Some("memory"));
+        text += &self.mount_line(93, "pids", Some("pids"));
+        text += &self.mount_line(94, "blkio", Some("blkio"));
+        Layout::from_mountinfo(&text).unwrap()
+    }
+}
+
+/// A v2 container at /job/apptheus/c_1 with every controller, under a job with limits.
+fn fake_v2_container(tree: &FakeTree) {
+    tree.write("unified/job/memory.max", "1073741824\n");
+    tree.write("unified/job/pids.max", "500\n");
+    tree.write("unified/job/apptheus/memory.max", "max\n");
+    tree.write("unified/job/apptheus/pids.max", "max\n");
+    let c = "unified/job/apptheus/c_1";
+    tree.write(&format!("{c}/cgroup.controllers"), "cpu io memory pids\n");
+    tree.write(&format!("{c}/cgroup.procs"), "4242\n4243\n");
+    tree.write(&format!("{c}/cpu.stat"), V2_CPU_STAT);
+    tree.write(&format!("{c}/memory.current"), "1700000000\n");
+    tree.write(&format!("{c}/memory.stat"), V2_MEMORY_STAT);
+    tree.write(&format!("{c}/memory.swap.current"), "4096\n");
+    tree.write(&format!("{c}/memory.peak"), "1800000000\n");
+    tree.write(&format!("{c}/memory.max"), "2147483648\n");
+    tree.write(&format!("{c}/pids.current"), "7\n");
+    tree.write(&format!("{c}/pids.max"), "1000\n");
+    tree.write(&format!("{c}/io.stat"), V2_IO_STAT);
+}
+
+#[test]
+fn v2_sample_from_fake_tree() {
+    let tree = FakeTree::new();
+    fake_v2_container(&tree);
+    let layout = tree.v2_layout();
+    let container = layout.open("/job/apptheus/c_1").unwrap();
+    assert_eq!(container.rel_path(), "/job/apptheus/c_1");
+    assert_eq!(container.dirs(), [tree.path("unified/job/apptheus/c_1")]);
+    assert_eq!(container.procs(), [4242, 4243]);
+    assert_eq!(container.memory_source(), Source::Cgroup);
+    assert_eq!(container.pids_source(), Source::Cgroup);
+    assert_eq!(
+        container.sample(),
+        Stats {
+            cpu_usage_seconds: Some(2934.589123),
+            cpu_user_seconds: Some(2511.034),
+            cpu_system_seconds: Some(423.555123),
+            memory_usage_bytes: Some(1700000000),
+            memory_working_set_bytes: Some(1700000000 - 402653184),
+            memory_rss_bytes: Some(1073741824),
+            memory_cache_bytes: Some(536870912),
+            memory_swap_bytes: Some(4096),
+            memory_max_usage_bytes: Some(1800000000),
+            // The job's 1 GiB is below the container's own 2 GiB.
+            memory_limit_bytes: Some(1073741824),
+            pids: Some(7),
+            pids_limit: Some(500),
+            blkio_read_bytes: Some(1459200 + 90430464),
+            blkio_write_bytes: Some(314773504 + 299008000),
+        }
+    );
+}
+
+#[test]
+fn v2_sample_with_missing_and_garbled_files() {
+    let tree = FakeTree::new();
+    fake_v2_container(&tree);
+    let c = "unified/job/apptheus/c_1";
+    fs::remove_file(tree.path(&format!("{c}/memory.peak"))).unwrap();
+    fs::remove_file(tree.path(&format!("{c}/memory.swap.current"))).unwrap();
+    tree.write(&format!("{c}/memory.stat"), "anon 12\nfile");
+    tree.write(&format!("{c}/io.stat"), "garbage\n");
+    tree.write(&format!("{c}/pids.max"), "lots\n");
+    tree.write(&format!("{c}/cpu.stat"), "");
+    let stats = tree.v2_layout().open("/job/apptheus/c_1").unwrap().sample();
+    assert_eq!(
+        stats,
+        Stats {
+            memory_usage_bytes: Some(1700000000),
+            memory_limit_bytes: Some(1073741824),
+            pids: Some(7),
+            ..Stats::default()
+        }
+    );
+}
+
+#[test]
+fn v2_without_controllers_uses_processes() {
+    let tree = FakeTree::new();
+    let c = "unified/job/apptheus/c_1";
+    // Like a nested container whose base holds processes: no controller reached it.
+    tree.write(&format!("{c}/cgroup.controllers"), "\n");
+    tree.write(
+        &format!("{c}/cgroup.procs"),
+        &format!("{}\n", std::process::id()),
+    );
+    tree.write(&format!("{c}/cgroup.threads"), "1\n2\n3\n");
+    tree.write(&format!("{c}/cpu.stat"), V2_CPU_STAT);
+    tree.write(&format!("{c}/memory.max"), "100\n");
+    let container = tree.v2_layout().open("/job/apptheus/c_1").unwrap();
+    assert_eq!(container.memory_source(), Source::Processes);
+    assert_eq!(container.pids_source(), Source::Processes);
+    let stats = container.sample();
+    // cpu.stat is there without the cpu controller.
+    assert_eq!(stats.cpu_usage_seconds, Some(2934.589123));
+    let usage = stats.memory_usage_bytes.unwrap();
+    assert!(usage > 0);
+    assert_eq!(stats.memory_working_set_bytes, Some(usage));
+    assert!(stats.memory_rss_bytes.unwrap() <= usage);
+    assert_eq!(stats.memory_cache_bytes, None);
+    assert_eq!(stats.memory_swap_bytes, None);
+    assert_eq!(stats.memory_max_usage_bytes, None);
+    assert_eq!(stats.memory_limit_bytes, None);
+    assert_eq!(stats.pids, Some(3));
+    assert_eq!(stats.pids_limit, None);
+    assert_eq!(stats.blkio_read_bytes, None);
+}
+
+/// A v1 container at /job/apptheus/c_1 in each hierarchy.
+fn fake_v1_container(tree: &FakeTree) {
+    let cpu = "cpu,cpuacct/job/apptheus/c_1";
+    tree.write(&format!("{cpu}/cgroup.procs"), "4242\n");
+    tree.write(&format!("{cpu}/cpuacct.usage"), "962461725\n");
+    tree.write(&format!("{cpu}/cpuacct.usage_user"), "100000000\n");
+    tree.write(&format!("{cpu}/cpuacct.usage_sys"), "951843546\n");
+    tree.write(&format!("{cpu}/cpuacct.stat"), V1_CPUACCT_STAT);
+    tree.write("memory/memory.limit_in_bytes", V1_LIMIT_UNLIMITED);
+    tree.write("memory/job/memory.limit_in_bytes", "536870912\n");
+    tree.write(
+        "memory/job/apptheus/memory.limit_in_bytes",
+        V1_LIMIT_UNLIMITED,
+    );
+    let memory = "memory/job/apptheus/c_1";
+    tree.write(&format!("{memory}/cgroup.procs"), "4242\n");
+    tree.write(&format!("{memory}/memory.usage_in_bytes"), "146718720\n");
+    tree.write(&format!("{memory}/memory.stat"), V1_MEMORY_STAT);
+    tree.write(
+        &format!("{memory}/memory.memsw.usage_in_bytes"),
+        "146718720\n",
+    );
+    tree.write(
+        &format!("{memory}/memory.max_usage_in_bytes"),
+        "146808832\n",
+    );
+    tree.write(
+        &format!("{memory}/memory.limit_in_bytes"),
+        V1_LIMIT_UNLIMITED,
+    );
+    let pids = "pids/job/apptheus/c_1";
+    tree.write(&format!("{pids}/cgroup.procs"), "4242\n");
+    tree.write(&format!("{pids}/pids.current"), "3\n");
+    tree.write(&format!("{pids}/pids.max"), "max\n");
+    let blkio = "blkio/job/apptheus/c_1";
+    tree.write(&format!("{blkio}/cgroup.procs"), "4242\n");
+    tree.write(
+        &format!("{blkio}/blkio.throttle.io_service_bytes_recursive"),
+        V1_BLKIO,
+    );
+}
+
+#[test]
+fn v1_sample_from_fake_tree() {
+    let tree = FakeTree::new();
+    fake_v1_container(&tree);
+    let layout = tree.v1_layout();
+    let container = layout.open("/job/apptheus/c_1").unwrap();
+    assert_eq!(container.dirs().len(), 4);
+    assert_eq!(container.memory_source(), Source::Cgroup);
+    assert_eq!(container.pids_source(), Source::Cgroup);
+    assert_eq!(
+        container.sample(),
+        Stats {
+            cpu_usage_seconds: Some(0.962461725),
+            cpu_user_seconds: Some(0.1),
+            cpu_system_seconds: Some(0.951843546),
+            memory_usage_bytes: Some(146718720),
+            memory_working_set_bytes: Some(146718720 - 80764928),
+            memory_rss_bytes: Some(59736064),
+            memory_cache_bytes: Some(84774912),
+            // total_swap of memory.stat.
+            memory_swap_bytes: Some(0),
+            memory_max_usage_bytes: Some(146808832),
+            // The job's limit: the container itself is unlimited.
+            memory_limit_bytes: Some(536870912),
+            pids: Some(3),
+            pids_limit: None,
+            blkio_read_bytes: Some(67108864),
+            blkio_write_bytes: Some(16777216),
+        }
+    );
+}
+
+#[test]
+fn v1_fallbacks() {
+    let tree = FakeTree::new();
+    fake_v1_container(&tree);
+    let cpu = "cpu,cpuacct/job/apptheus/c_1";
+    // Kernels before 4.7 have only cpuacct.stat for user and system time.
+    fs::remove_file(tree.path(&format!("{cpu}/cpuacct.usage_user"))).unwrap();
+    fs::remove_file(tree.path(&format!("{cpu}/cpuacct.usage_sys"))).unwrap();
+    // A memory.stat without total_swap: swap comes from memsw minus usage.
+    let memory = "memory/job/apptheus/c_1";
+    tree.write(&format!("{memory}/memory.stat"), "total_rss 10\n");
+    tree.write(
+        &format!("{memory}/memory.memsw.usage_in_bytes"),
+        "146722816\n",
+    );
+    // Only the non-recursive throttle file.
+    let blkio = "blkio/job/apptheus/c_1";
+    fs::remove_file(tree.path(&format!(
+        "{blkio}/blkio.throttle.io_service_bytes_recursive"
+    )))
+    .unwrap();
+    tree.write(
+        &format!("{blkio}/blkio.throttle.io_service_bytes"),
+        "8:0 Read 5\n8:0 Write 6\nTotal 11\n",
+    );
+    let stats = tree.v1_layout().open("/job/apptheus/c_1").unwrap().sample();
+    let hz = procfs::ticks_per_second() as f64;
+    assert_eq!(stats.cpu_user_seconds, Some(8.0 / hz));
+    assert_eq!(stats.cpu_system_seconds, Some(86.0 / hz));
+    assert_eq!(stats.memory_rss_bytes, Some(10));
+    assert_eq!(stats.memory_cache_bytes, None);
+    assert_eq!(stats.memory_working_set_bytes, None);
+    assert_eq!(stats.memory_swap_bytes, Some(4096));
+    assert_eq!(stats.blkio_read_bytes, Some(5));
+    assert_eq!(stats.blkio_write_bytes, Some(6));
+}
+
+#[test]
+fn v1_without_pids_hierarchy_counts_tasks() {
+    let tree = FakeTree::new();
+    let mut text = tree.mount_line(92, "memory", Some("memory"));
+    text += &tree.mount_line(91, "cpu,cpuacct", Some("cpu,cpuacct"));
+    let layout = Layout::from_mountinfo(&text).unwrap();
+    tree.write("memory/c_1/tasks", "10\n11\n");
+    tree.mkdir("cpu,cpuacct/c_1");
+    let container = layout.open("/c_1").unwrap();
+    assert_eq!(container.pids_source(), Source::Processes);
+    assert_eq!(container.memory_source(), Source::Cgroup);
+    assert_eq!(container.sample().pids, Some(2));
+}
+
+#[test]
+fn open_missing_container() {
+    let tree = FakeTree::new();
+    assert!(tree.v2_layout().open("/job/apptheus/c_9").is_none());
+    assert!(tree.v2_layout().open("not-absolute").is_none());
+}
+
+#[test]
+fn open_finds_differing_paths_of_a_hybrid_host() {
+    // Nested placement on a hybrid host: each hierarchy had its own base.
+    let tree = FakeTree::new();
+    let mut text = tree.mount_line(92, "memory", Some("memory"));
+    text += &tree.mount_line(90, "unified", None);
+    let layout = Layout::from_mountinfo(&text).unwrap();
+    tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_1");
+    tree.mkdir("memory/batch/job_7/apptheus/c_1");
+    tree.mkdir("memory/batch/job_7/apptheus/c_2");
+    let container = layout
+        .open("/user.slice/session-1.scope/apptheus/c_1")
+        .unwrap();
+    assert_eq!(
+        container.rel_path(),
+        "/user.slice/session-1.scope/apptheus/c_1"
+    );
+    assert_eq!(
+        container.dirs(),
+        [
+            tree.path("memory/batch/job_7/apptheus/c_1"),
+            tree.path("unified/user.slice/session-1.scope/apptheus/c_1"),
+        ]
+    );
+    // Two candidates cannot be told apart: the hierarchy is left out.
+    tree.mkdir("memory/other/apptheus/c_1");
+    let container = layout
+        .open("/user.slice/session-1.scope/apptheus/c_1")
+        .unwrap();
+    assert_eq!(
+        container.dirs(),
+        [tree.path("unified/user.slice/session-1.scope/apptheus/c_1")]
+    );
+}
+
+#[test]
+fn list_finds_containers_in_both_placements() {
+    let tree = FakeTree::new();
+    let layout = tree.v2_layout();
+    tree.mkdir("unified/apptheus/exec_1");
+    tree.mkdir("unified/user.slice/session-1.scope/apptheus/exec_2");
+    tree.mkdir("unified/user.slice/other/exec_3");
+    tree.write("unified/apptheus/not-a-dir", "");
+    assert_eq!(
+        layout.list("apptheus"),
+        [
+            "/apptheus/exec_1",
+            "/user.slice/session-1.scope/apptheus/exec_2"
+        ]
+    );
+}
+
+#[test]
+fn create_and_remove_in_fake_tree() {
+    let tree = FakeTree::new();
+    let mut text = tree.mount_line(92, "memory", Some("memory"));
+    text += &tree.mount_line(90, "unified", None);
+    let layout = Layout::from_mountinfo(&text).unwrap();
+    // The parent already exists in the memory hierarchy (an administrator made it).
+    tree.mkdir("memory/apptheus");
+    let container = layout
+        .create(1, Placement::Dedicated, "apptheus", "exec_1")
+        .unwrap();
+    assert_eq!(container.rel_path(), "/apptheus/exec_1");
+    let dirs = container.dirs();
+    assert_eq!(
+        dirs,
+        [
+            tree.path("memory/apptheus/exec_1"),
+            tree.path("unified/apptheus/exec_1"),
+        ]
+    );
+    assert!(dirs.iter().all(|d| d.is_dir()));
+    // A second container shares the parents.
+    let second = layout
+        .create(1, Placement::Dedicated, "apptheus", "exec_2")
+        .unwrap();
+    container.remove().unwrap();
+    assert!(dirs.iter().all(|d| !d.exists()));
+    // Removing again is fine: gone counts as removed.
+    container.remove().unwrap();
+    assert!(tree.path("unified/apptheus/exec_2").is_dir());
+    second.remove().unwrap();
+    // The parent this module did not make stays; the one it made goes.
+    assert!(tree.path("memory/apptheus").is_dir());
+    // `container` made unified/apptheus, `second` found it: it stays too, empty. Only the
+    // container that made a parent removes it.
+    assert!(tree.path("unified/apptheus").is_dir());
+}
+
+#[test]
+fn remove_deletes_the_parent_it_made() {
+    let tree = FakeTree::new();
+    let layout = tree.v2_layout();
+    let container = layout
+        .create(1, Placement::Dedicated, "apptheus", "exec_1")
+        .unwrap();
+    assert!(tree.path("unified/apptheus/exec_1").is_dir());
+    container.remove().unwrap();
+    assert!(!tree.path("unified/apptheus").exists());
+}
+
+#[test]
+fn remove_reports_a_busy_container() {
+    let tree = FakeTree::new();
+    let layout = tree.v2_layout();
+    let container = layout
+        .create(1, Placement::Dedicated, "apptheus", "exec_1")
+        .unwrap();
+    // A plain directory that is not empty stands in for a cgroup with processes.
+    tree.write("unified/apptheus/exec_1/leftover", "");
+    let error = container.remove().unwrap_err();
+    assert!(format!("{error:#}").contains("exec_1"), "{error:#}");
+    assert!(tree.path("unified/apptheus").is_dir());
+    fs::remove_file(tree.path("unified/apptheus/exec_1/leftover")).unwrap();
+    container.remove().unwrap();
+    assert!(!tree.path("unified/apptheus").exists());
+}
+
+#[test]
+fn create_takes_over_a_leftover_container_dir() {
+    let tree = FakeTree::new();
+    let layout = tree.v2_layout();
+    tree.mkdir("unified/apptheus/exec_1");
+    let container = layout
+        .create(1, Placement::Dedicated, "apptheus", "exec_1")
+        .unwrap();
+    container.remove().unwrap();
+    assert!(!tree.path("unified/apptheus/exec_1").exists());
+    // The parent was there before: kept.
+    assert!(tree.path("unified/apptheus").is_dir());
+}
+
+#[test]
+fn create_refuses_bad_names() {
+    let tree = FakeTree::new();
+    let layout = tree.v2_layout();
+    for (parent, id) in [("a/b", "c"), ("apptheus", ".."), ("", "x")] {
+        assert!(layout.create(1, Placement::Dedicated, parent, id).is_err());
+    }
+}
+
+#[test]
+fn create_undoes_a_partial_container() {
+    let tree = FakeTree::new();
+    let mut text = tree.mount_line(92, "memory", Some("memory"));
+    text += &tree.mount_line(90, "unified", None);
+    let layout = Layout::from_mountinfo(&text).unwrap();
+    // A file where the unified parent should be makes the second mkdir fail.
+    tree.write("unified/apptheus", "");
+    let error = layout
+        .create(1, Placement::Dedicated, "apptheus", "exec_1")
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("apptheus"), "{error:#}");
+    assert!(!tree.path("memory/apptheus").exists());
+}
+
+#[test]
+fn nested_create_follows_the_launcher() {
+    // This test process stands in for the launcher; its real cgroup paths are used below a
+    // fake mount, so the base directories must exist there first.
+    let entries = read_proc_cgroup(std::process::id() as i32).unwrap();
+    let tree = FakeTree::new();
+    let layout = tree.v2_layout();
+    let Ok(base) = layout.hierarchies[0].path_in(&entries) else {
+        // A host without a unified line in /proc/self/cgroup (pure v1): nothing to follow.
+        return;
+    };
+    let base = base.to_string();
+    fs::create_dir_all(layout.hierarchies[0].dir_of(&base).unwrap()).unwrap();
+    let container = layout
+        .create(
+            std::process::id() as i32,
+            Placement::Nested,
+            "apptheus",
+            "exec_1",
+        )
+        .unwrap();
+    assert_eq!(container.rel_path(), join_rel(&base, "apptheus/exec_1"));
+    container.remove().unwrap();
+}
