@@ -39,7 +39,12 @@ pub async fn run(args: Args, trust: Trust) -> Result<()> {
         .with_context(|| format!("resolving --web.listen-address {}", args.web_listen_address))?;
     let listener = tokio::net::TcpListener::bind(&addrs[..])
         .await
-        .with_context(|| format!("listening on --web.listen-address {}", args.web_listen_address))?;
+        .with_context(|| {
+            format!(
+                "listening on --web.listen-address {}",
+                args.web_listen_address
+            )
+        })?;
     log::info!(address = listener.local_addr()?.to_string().as_str(), path = args.web_telemetry_path.as_str(); "HTTP server listening");
     let app = http::router(
         &args.web_telemetry_path,
@@ -71,9 +76,20 @@ pub async fn run(args: Args, trust: Trust) -> Result<()> {
     log::info!(socket = args.socket_path.display().to_string().as_str(), trusted = trust.paths().len(); "gateway listening");
     ready.store(true, Ordering::Release);
 
-    tasks.spawn(accept_loop(gateway.clone(), trust, registry.clone(), metrics.clone(), shutdown.clone()));
+    tasks.spawn(accept_loop(
+        gateway.clone(),
+        trust,
+        registry.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(event_loop(events, registry.clone(), shutdown.clone()));
-    tasks.spawn(sample_loop(registry.clone(), metrics.clone(), args.monitor_interval, shutdown.clone()));
+    tasks.spawn(sample_loop(
+        registry.clone(),
+        metrics.clone(),
+        args.monitor_interval,
+        shutdown.clone(),
+    ));
 
     tokio::select! {
         _ = wait_for_signal() => log::info!("shutting down"),
@@ -105,7 +121,10 @@ pub async fn run(args: Args, trust: Trust) -> Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         log::error!("cannot install signal handlers");
         return std::future::pending().await;
     };
@@ -141,7 +160,12 @@ async fn accept_loop(
                 }
             },
         };
-        let (trust, registry, metrics, shutdown) = (trust.clone(), registry.clone(), metrics.clone(), shutdown.clone());
+        let (trust, registry, metrics, shutdown) = (
+            trust.clone(),
+            registry.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let admitted = admit(stream, trust, registry.clone(), metrics).await;
             drop(permit);
@@ -206,7 +230,11 @@ async fn hold(stream: UnixStream, key: u64, registry: Arc<Registry>, shutdown: C
     registry.disconnected(key);
 }
 
-async fn event_loop(mut events: EventStream, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<()> {
+async fn event_loop(
+    mut events: EventStream,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let mut batch = Vec::with_capacity(256);
     loop {
         batch.clear();

@@ -88,7 +88,10 @@ impl Trust {
             }
             match std::fs::metadata(p) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    warnings.push(format!("trusted launcher {} does not exist (yet)", p.display()));
+                    warnings.push(format!(
+                        "trusted launcher {} does not exist (yet)",
+                        p.display()
+                    ));
                     continue;
                 }
                 Err(e) => bail!("--trust.path entry {}: {e}", p.display()),
@@ -105,7 +108,12 @@ impl Trust {
                 );
             }
         }
-        Ok((Trust { paths: paths.to_vec() }, warnings))
+        Ok((
+            Trust {
+                paths: paths.to_vec(),
+            },
+            warnings,
+        ))
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -131,7 +139,8 @@ impl Trust {
             return Err(Rejection::Replaced);
         }
         // The exe link follows to the inode the process runs; the path may hold another file now.
-        let running = std::fs::metadata(format!("/proc/{pid}/exe")).map_err(|_| Rejection::Vanished)?;
+        let running =
+            std::fs::metadata(format!("/proc/{pid}/exe")).map_err(|_| Rejection::Vanished)?;
         let on_disk = std::fs::metadata(trusted).map_err(|_| Rejection::Replaced)?;
         if (running.dev(), running.ino()) != (on_disk.dev(), on_disk.ino()) {
             return Err(Rejection::Replaced);
@@ -170,18 +179,22 @@ impl Gateway {
                 .with_context(|| format!("chmod 0755 {}", dir.display()))?;
         }
         match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => {
-                std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?
-            }
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?,
             Ok(m) => bail!(
                 "{} exists and is not a socket ({}); refusing to replace it",
                 path.display(),
-                if m.file_type().is_symlink() { "a symlink" } else { "a file or directory" }
+                if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "a file or directory"
+                }
             ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
         }
-        let listener = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
             .with_context(|| format!("chmod 0777 {}", path.display()))?;
         let ino = std::fs::metadata(path)?.ino();
@@ -301,9 +314,13 @@ mod tests {
 
     #[test]
     fn trust_refuses_relative_and_non_files_and_warns_on_missing() {
-        let err = Trust::new(&[PathBuf::from("bin/starter")]).unwrap_err().to_string();
+        let err = Trust::new(&[PathBuf::from("bin/starter")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not an absolute path"), "{err}");
-        let err = Trust::new(&[PathBuf::from("/usr")]).unwrap_err().to_string();
+        let err = Trust::new(&[PathBuf::from("/usr")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a regular file"), "{err}");
         let (_, warnings) = Trust::new(&[PathBuf::from("/nonexistent/apptheus-launcher")]).unwrap();
         assert_eq!(warnings.len(), 1);
@@ -318,7 +335,9 @@ mod tests {
         let f = dir.path().join("launcher");
         std::fs::write(&f, b"x").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Trust::new(std::slice::from_ref(&f)).unwrap_err().to_string();
+        let err = Trust::new(std::slice::from_ref(&f))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("writable by a user other than root"), "{err}");
     }
 
@@ -328,11 +347,20 @@ mod tests {
             paths: vec![PathBuf::from("/usr/libexec/apptainer/bin/starter")],
         };
         let me = std::process::id() as i32;
-        assert_eq!(t.check(me, Path::new("/usr/bin/other")), Err(Rejection::Untrusted));
         assert_eq!(
-            t.check(me, Path::new("/usr/libexec/apptainer/bin/starter (deleted)")),
+            t.check(me, Path::new("/usr/bin/other")),
+            Err(Rejection::Untrusted)
+        );
+        assert_eq!(
+            t.check(
+                me,
+                Path::new("/usr/libexec/apptainer/bin/starter (deleted)")
+            ),
             Err(Rejection::Replaced)
         );
-        assert_eq!(t.check(me, Path::new("/usr/libexec/apptainer/bin/starter.old")), Err(Rejection::Untrusted));
+        assert_eq!(
+            t.check(me, Path::new("/usr/libexec/apptainer/bin/starter.old")),
+            Err(Rejection::Untrusted)
+        );
     }
 }

@@ -61,7 +61,12 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         .any(|enc| {
             let mut parts = enc.split(';');
             let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| matches!(p.trim().replace(' ', "").as_str(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            let refused = parts.any(|p| {
+                matches!(
+                    p.trim().replace(' ', "").as_str(),
+                    "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
+                )
+            });
             name.eq_ignore_ascii_case("gzip") && !refused
         })
 }
@@ -85,7 +90,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     })
     .await;
     let Ok(body) = body else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response();
     };
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();

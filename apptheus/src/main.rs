@@ -9,7 +9,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("apptheus: must run as root (it loads eBPF programs, creates cgroups and reads every process's /proc)");
+        eprintln!(
+            "apptheus: must run as root (it loads eBPF programs, creates cgroups and reads every process's /proc)"
+        );
         return ExitCode::from(1);
     }
     if let Err(e) = logging::init(args.log_level, args.log_format) {
@@ -31,7 +33,10 @@ fn main() -> ExitCode {
     if trust.paths().is_empty() {
         log::warn!("--trust.path is empty: every launcher will be refused");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("apptheus: cannot start the async runtime: {e}");

@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::Result;
-use prometheus::{Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::{cgroup::Stats, gateway::Rejection, tracker::ProcessCounters};
 
@@ -27,24 +30,41 @@ impl Metrics {
     pub fn new() -> Result<Metrics> {
         let registry = Registry::new();
         let build_info = prometheus::IntGaugeVec::new(
-            Opts::new("apptheus_build_info", "A metric with a constant '1' value labeled by the version and revision of apptheus."),
+            Opts::new(
+                "apptheus_build_info",
+                "A metric with a constant '1' value labeled by the version and revision of apptheus.",
+            ),
             &["version", "revision"],
         )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("APPTHEUS_REVISION")])
             .set(1);
-        let containers = IntGauge::new("apptheus_containers", "Live containers (with at least one process).")?;
+        let containers = IntGauge::new(
+            "apptheus_containers",
+            "Live containers (with at least one process).",
+        )?;
         let connections = IntCounterVec::new(
-            Opts::new("apptheus_gateway_connections_total", "Launcher connections, by outcome."),
+            Opts::new(
+                "apptheus_gateway_connections_total",
+                "Launcher connections, by outcome.",
+            ),
             &["outcome"],
         )?;
         let rejections = IntCounterVec::new(
-            Opts::new("apptheus_gateway_rejections_total", "Refused launcher connections, by reason."),
+            Opts::new(
+                "apptheus_gateway_rejections_total",
+                "Refused launcher connections, by reason.",
+            ),
             &["reason"],
         )?;
         let sample_duration = Histogram::with_opts(
-            HistogramOpts::new("apptheus_sample_duration_seconds", "Duration of one sampling pass over all containers.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "apptheus_sample_duration_seconds",
+                "Duration of one sampling pass over all containers.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         )?;
         let events_lost = IntCounter::new(
             "apptheus_ebpf_events_lost_total",
@@ -63,7 +83,9 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(sample_duration.clone()))?;
         registry.register(Box::new(events_lost.clone()))?;
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Metrics {
             registry,
             containers,
@@ -99,7 +121,10 @@ impl Metrics {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The daemon's own families in the text format. Blocking (the process collector reads /proc).
@@ -159,7 +184,10 @@ impl Snapshot {
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 8 + 64), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 8 + 64),
+        flate2::Compression::fast(),
+    );
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(data);
     enc.finish().unwrap_or_default()
@@ -184,25 +212,120 @@ enum Value {
 }
 
 const FAMILIES: &[Family] = &[
-    Family { name: "apptheus_container_start_time_seconds", kind: Kind::Gauge, help: "Unix time the container was registered.", value: |c| Some(Value::Float(c.start_time)) },
-    Family { name: "apptheus_container_cpu_usage_seconds_total", kind: Kind::Counter, help: "CPU time consumed by the container's cgroup.", value: |c| c.stats.cpu_usage_seconds.map(Value::Float) },
-    Family { name: "apptheus_container_cpu_user_seconds_total", kind: Kind::Counter, help: "User CPU time consumed by the container's cgroup.", value: |c| c.stats.cpu_user_seconds.map(Value::Float) },
-    Family { name: "apptheus_container_cpu_system_seconds_total", kind: Kind::Counter, help: "System CPU time consumed by the container's cgroup.", value: |c| c.stats.cpu_system_seconds.map(Value::Float) },
-    Family { name: "apptheus_container_memory_usage_bytes", kind: Kind::Gauge, help: "Current memory usage.", value: |c| c.stats.memory_usage_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_memory_working_set_bytes", kind: Kind::Gauge, help: "Memory usage minus inactive file cache.", value: |c| c.stats.memory_working_set_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_memory_rss_bytes", kind: Kind::Gauge, help: "Anonymous memory.", value: |c| c.stats.memory_rss_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_memory_cache_bytes", kind: Kind::Gauge, help: "Page cache memory.", value: |c| c.stats.memory_cache_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_memory_swap_bytes", kind: Kind::Gauge, help: "Swap in use.", value: |c| c.stats.memory_swap_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_memory_max_usage_bytes", kind: Kind::Gauge, help: "Peak memory usage.", value: |c| c.stats.memory_max_usage_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_spec_memory_limit_bytes", kind: Kind::Gauge, help: "Memory limit of the container (the smallest along its cgroup path).", value: |c| c.stats.memory_limit_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_pids", kind: Kind::Gauge, help: "Tasks in the container's cgroup.", value: |c| c.stats.pids.map(Value::Int) },
-    Family { name: "apptheus_container_spec_pids_limit", kind: Kind::Gauge, help: "Pids limit of the container (the smallest along its cgroup path).", value: |c| c.stats.pids_limit.map(Value::Int) },
-    Family { name: "apptheus_container_blkio_read_bytes_total", kind: Kind::Counter, help: "Bytes read from block devices.", value: |c| c.stats.blkio_read_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_blkio_write_bytes_total", kind: Kind::Counter, help: "Bytes written to block devices.", value: |c| c.stats.blkio_write_bytes.map(Value::Int) },
-    Family { name: "apptheus_container_processes", kind: Kind::Gauge, help: "Live processes of the container, tracked by the eBPF hooks.", value: |c| Some(Value::Int(c.procs.live)) },
-    Family { name: "apptheus_container_forks_total", kind: Kind::Counter, help: "Processes forked inside the container (eBPF).", value: |c| Some(Value::Int(c.procs.forks)) },
-    Family { name: "apptheus_container_execs_total", kind: Kind::Counter, help: "execve calls inside the container (eBPF).", value: |c| Some(Value::Int(c.procs.execs)) },
-    Family { name: "apptheus_container_exits_total", kind: Kind::Counter, help: "Processes of the container that exited (eBPF).", value: |c| Some(Value::Int(c.procs.exits)) },
+    Family {
+        name: "apptheus_container_start_time_seconds",
+        kind: Kind::Gauge,
+        help: "Unix time the container was registered.",
+        value: |c| Some(Value::Float(c.start_time)),
+    },
+    Family {
+        name: "apptheus_container_cpu_usage_seconds_total",
+        kind: Kind::Counter,
+        help: "CPU time consumed by the container's cgroup.",
+        value: |c| c.stats.cpu_usage_seconds.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_user_seconds_total",
+        kind: Kind::Counter,
+        help: "User CPU time consumed by the container's cgroup.",
+        value: |c| c.stats.cpu_user_seconds.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_system_seconds_total",
+        kind: Kind::Counter,
+        help: "System CPU time consumed by the container's cgroup.",
+        value: |c| c.stats.cpu_system_seconds.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_memory_usage_bytes",
+        kind: Kind::Gauge,
+        help: "Current memory usage.",
+        value: |c| c.stats.memory_usage_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_working_set_bytes",
+        kind: Kind::Gauge,
+        help: "Memory usage minus inactive file cache.",
+        value: |c| c.stats.memory_working_set_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_rss_bytes",
+        kind: Kind::Gauge,
+        help: "Anonymous memory.",
+        value: |c| c.stats.memory_rss_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_cache_bytes",
+        kind: Kind::Gauge,
+        help: "Page cache memory.",
+        value: |c| c.stats.memory_cache_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_swap_bytes",
+        kind: Kind::Gauge,
+        help: "Swap in use.",
+        value: |c| c.stats.memory_swap_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_max_usage_bytes",
+        kind: Kind::Gauge,
+        help: "Peak memory usage.",
+        value: |c| c.stats.memory_max_usage_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_spec_memory_limit_bytes",
+        kind: Kind::Gauge,
+        help: "Memory limit of the container (the smallest along its cgroup path).",
+        value: |c| c.stats.memory_limit_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_pids",
+        kind: Kind::Gauge,
+        help: "Tasks in the container's cgroup.",
+        value: |c| c.stats.pids.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_spec_pids_limit",
+        kind: Kind::Gauge,
+        help: "Pids limit of the container (the smallest along its cgroup path).",
+        value: |c| c.stats.pids_limit.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_blkio_read_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes read from block devices.",
+        value: |c| c.stats.blkio_read_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_blkio_write_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes written to block devices.",
+        value: |c| c.stats.blkio_write_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_processes",
+        kind: Kind::Gauge,
+        help: "Live processes of the container, tracked by the eBPF hooks.",
+        value: |c| Some(Value::Int(c.procs.live)),
+    },
+    Family {
+        name: "apptheus_container_forks_total",
+        kind: Kind::Counter,
+        help: "Processes forked inside the container (eBPF).",
+        value: |c| Some(Value::Int(c.procs.forks)),
+    },
+    Family {
+        name: "apptheus_container_execs_total",
+        kind: Kind::Counter,
+        help: "execve calls inside the container (eBPF).",
+        value: |c| Some(Value::Int(c.procs.execs)),
+    },
+    Family {
+        name: "apptheus_container_exits_total",
+        kind: Kind::Counter,
+        help: "Processes of the container that exited (eBPF).",
+        value: |c| Some(Value::Int(c.procs.exits)),
+    },
 ];
 
 /// The containers' families in the text exposition format 0.0.4. A family with no value for
@@ -212,7 +335,13 @@ pub fn render(series: &[ContainerSeries]) -> String {
     // Label sets are the same for every family of a container: escape them once.
     let labels: Vec<String> = series
         .iter()
-        .map(|c| format!("container=\"{}\",user=\"{}\"", escape(&c.id), escape(&c.user)))
+        .map(|c| {
+            format!(
+                "container=\"{}\",user=\"{}\"",
+                escape(&c.id),
+                escape(&c.user)
+            )
+        })
         .collect();
     if !series.is_empty() {
         out.push_str("# HELP apptheus_container_info Information about a monitored container (constant 1).\n# TYPE apptheus_container_info gauge\n");
@@ -238,7 +367,11 @@ pub fn render(series: &[ContainerSeries]) -> String {
                     Kind::Gauge => "gauge",
                     Kind::Counter => "counter",
                 };
-                let _ = write!(out, "# HELP {} {}\n# TYPE {} {kind}\n", f.name, f.help, f.name);
+                let _ = write!(
+                    out,
+                    "# HELP {} {}\n# TYPE {} {kind}\n",
+                    f.name, f.help, f.name
+                );
                 header = true;
             }
             let _ = match v {
@@ -256,7 +389,11 @@ fn float(x: f64) -> String {
     if x.is_nan() {
         "NaN".into()
     } else if x.is_infinite() {
-        if x > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if x > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         x.to_string()
     }
@@ -299,17 +436,30 @@ mod tests {
                 memory_usage_bytes: Some(4096),
                 ..Default::default()
             },
-            procs: ProcessCounters { forks: 3, execs: 1, exits: 2, live: 2 },
+            procs: ProcessCounters {
+                forks: 3,
+                execs: 1,
+                exits: 2,
+                live: 2,
+            },
         }
     }
 
     #[test]
     fn renders_families_once_with_labels() {
         let text = render(&[series("starter_42"), series("weird\"id\\\n")]);
-        assert_eq!(text.matches("# TYPE apptheus_container_cpu_usage_seconds_total counter").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE apptheus_container_cpu_usage_seconds_total counter")
+                .count(),
+            1
+        );
         assert!(text.contains("apptheus_container_cpu_usage_seconds_total{container=\"starter_42\",user=\"alice\"} 1.25\n"));
         assert!(text.contains("container=\"weird\\\"id\\\\\\n\""));
-        assert!(text.contains("apptheus_container_processes{container=\"starter_42\",user=\"alice\"} 2\n"));
+        assert!(
+            text.contains(
+                "apptheus_container_processes{container=\"starter_42\",user=\"alice\"} 2\n"
+            )
+        );
         assert!(text.contains("memory_source=\"cgroup\"} 1\n"));
         // No value anywhere: no family.
         assert!(!text.contains("apptheus_container_memory_swap_bytes"));
@@ -326,7 +476,9 @@ mod tests {
         let mut both = gzip(b"a 1\n");
         both.extend(gzip(b"b 2\n"));
         let mut s = String::new();
-        flate2::read::MultiGzDecoder::new(&both[..]).read_to_string(&mut s).unwrap();
+        flate2::read::MultiGzDecoder::new(&both[..])
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "a 1\nb 2\n");
     }
 }

@@ -78,7 +78,8 @@ struct State {
 }
 
 fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
@@ -113,7 +114,11 @@ impl Registry {
 
     /// Live containers.
     pub fn live(&self) -> usize {
-        self.state().containers.values().filter(|c| c.ended.is_none()).count()
+        self.state()
+            .containers
+            .values()
+            .filter(|c| c.ended.is_none())
+            .count()
     }
 
     /// Make a container of a trusted peer. Blocking (cgroup files, /proc walk). Returns its key
@@ -138,7 +143,10 @@ impl Registry {
             st.next_key += 1;
             st.next_key
         };
-        let cgroup = match self.layout.create(peer.pid, placement, &self.cfg.parent, &id) {
+        let cgroup = match self
+            .layout
+            .create(peer.pid, placement, &self.cfg.parent, &id)
+        {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 log::error!(container = id.as_str(), pid = peer.pid, error:% = format!("{e:#}"); "cannot create the container's cgroups");
@@ -187,12 +195,17 @@ impl Registry {
             }
         }
         let now = monotonic_ns();
-        let live = self.tracker.counters(key).ok().flatten().map_or(0, |c| c.live);
+        let live = self
+            .tracker
+            .counters(key)
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.live);
         let mut st = self.state();
-        if let Some(c) = st.containers.get_mut(&key) {
-            if c.inherit_after_ns == u64::MAX {
-                c.inherit_after_ns = now;
-            }
+        if let Some(c) = st.containers.get_mut(&key)
+            && c.inherit_after_ns == u64::MAX
+        {
+            c.inherit_after_ns = now;
         }
         drop(st);
         log::info!(container = id.as_str(), pid = peer.pid, uid = peer.uid, exe = peer.exe_path.to_string_lossy().as_ref(), processes = members.len(), cgroup = cgroup.rel_path(); "container started");
@@ -219,7 +232,9 @@ impl Registry {
         {
             let st = self.state();
             for ev in events {
-                let Some(c) = st.containers.get(&ev.key) else { continue };
+                let Some(c) = st.containers.get(&ev.key) else {
+                    continue;
+                };
                 match ev.kind() {
                     Some(EventKind::Fork) if ev.ts_ns <= c.inherit_after_ns => moves.push(Move {
                         key: ev.key,
@@ -250,22 +265,22 @@ impl Registry {
         let now = monotonic_ns();
         let mut st = self.state();
         for m in moves {
-            if let Some(c) = st.containers.get_mut(&m.key) {
-                if c.inherit_after_ns != u64::MAX {
-                    c.inherit_after_ns = c.inherit_after_ns.max(now);
-                }
+            if let Some(c) = st.containers.get_mut(&m.key)
+                && c.inherit_after_ns != u64::MAX
+            {
+                c.inherit_after_ns = c.inherit_after_ns.max(now);
             }
         }
     }
 
     fn end(&self, key: u64) {
         let mut st = self.state();
-        if let Some(c) = st.containers.get_mut(&key) {
-            if c.ended.is_none() {
-                c.ended = Some(Instant::now());
-                let secs = c.start_time.elapsed().unwrap_or_default().as_secs_f64();
-                log::info!(container = c.id.as_str(), duration_seconds = secs, connected = c.connected; "container ended");
-            }
+        if let Some(c) = st.containers.get_mut(&key)
+            && c.ended.is_none()
+        {
+            c.ended = Some(Instant::now());
+            let secs = c.start_time.elapsed().unwrap_or_default().as_secs_f64();
+            log::info!(container = c.id.as_str(), duration_seconds = secs, connected = c.connected; "container ended");
         }
     }
 
@@ -286,7 +301,13 @@ impl Registry {
     pub fn sample(&self, targets: &[Target]) -> Vec<(u64, Stats, Option<ProcessCounters>)> {
         targets
             .iter()
-            .map(|t| (t.key, t.cgroup.sample(), self.tracker.counters(t.key).ok().flatten()))
+            .map(|t| {
+                (
+                    t.key,
+                    t.cgroup.sample(),
+                    self.tracker.counters(t.key).ok().flatten(),
+                )
+            })
             .collect()
     }
 
@@ -297,7 +318,9 @@ impl Registry {
         {
             let mut st = self.state();
             for (key, stats, procs) in samples {
-                let Some(c) = st.containers.get_mut(&key) else { continue };
+                let Some(c) = st.containers.get_mut(&key) else {
+                    continue;
+                };
                 c.stats = stats;
                 if let Some(p) = procs {
                     c.procs = p;
@@ -352,7 +375,9 @@ impl Registry {
             let expired: Vec<u64> = st
                 .containers
                 .iter()
-                .filter(|(_, c)| c.final_sample && c.ended.is_some_and(|t| t.elapsed() >= retention))
+                .filter(|(_, c)| {
+                    c.final_sample && c.ended.is_some_and(|t| t.elapsed() >= retention)
+                })
                 .map(|(&k, _)| k)
                 .collect();
             for key in expired {
@@ -399,7 +424,9 @@ fn exe_basename(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "unknown".into());
-    name.strip_suffix(" (deleted)").map(str::to_owned).unwrap_or(name)
+    name.strip_suffix(" (deleted)")
+        .map(str::to_owned)
+        .unwrap_or(name)
 }
 
 #[cfg(test)]
@@ -408,8 +435,14 @@ mod tests {
 
     #[test]
     fn basenames() {
-        assert_eq!(exe_basename(Path::new("/usr/libexec/apptainer/bin/starter-suid")), "starter-suid");
-        assert_eq!(exe_basename(Path::new("/opt/x/apptheus-exec (deleted)")), "apptheus-exec");
+        assert_eq!(
+            exe_basename(Path::new("/usr/libexec/apptainer/bin/starter-suid")),
+            "starter-suid"
+        );
+        assert_eq!(
+            exe_basename(Path::new("/opt/x/apptheus-exec (deleted)")),
+            "apptheus-exec"
+        );
         assert_eq!(exe_basename(Path::new("/")), "unknown");
     }
 

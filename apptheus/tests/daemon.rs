@@ -28,36 +28,71 @@ fn cgroup_label(metrics: &str, container: &str) -> Option<String> {
 fn workload_forked_before_connecting_is_measured_whole() {
     let d = Daemon::start(&["--monitor.interval=200ms"]);
     // apptheus-exec forks the workload first, then connects; the workload has its own tree.
-    let mut w = d.exec_workload(&["tree:2:1", "ready", "wait", "forks:5", "burn:1", "alloc:64", "ready", "wait"]);
+    let mut w = d.exec_workload(&[
+        "tree:2:1", "ready", "wait", "forks:5", "burn:1", "alloc:64", "ready", "wait",
+    ]);
     w.ready();
     let label = exec_label(w.pid());
     let m = eventually(Duration::from_secs(2), || {
         let m = d.metrics();
         m.contains(&label).then_some(m)
     })
-    .unwrap_or_else(|| panic!("container {label} not in /metrics within 2 s:\n{}", d.log_text()));
+    .unwrap_or_else(|| {
+        panic!(
+            "container {label} not in /metrics within 2 s:\n{}",
+            d.log_text()
+        )
+    });
     let cg = cgroup_label(&m, &label).expect("cgroup label");
-    assert!(cg.ends_with(&format!("/{}/apptheus-exec_{}", d.parent, w.pid())), "{cg}");
+    assert!(
+        cg.ends_with(&format!("/{}/apptheus-exec_{}", d.parent, w.pid())),
+        "{cg}"
+    );
     let tree = descendants(w.pid());
-    assert_eq!(tree.len(), 1 + 2 + 2, "workload, 2 children, 2 grandchildren: {tree:?}");
+    assert_eq!(
+        tree.len(),
+        1 + 2 + 2,
+        "workload, 2 children, 2 grandchildren: {tree:?}"
+    );
+    let suffix = format!("/{}/apptheus-exec_{}", d.parent, w.pid());
     for pid in tree.iter().copied().chain([w.pid()]) {
-        for ctrl in ["memory", "cpuacct", "pids"] {
-            assert_eq!(cgroup_of(pid, ctrl).as_deref(), Some(cg.as_str()), "pid {pid} in {ctrl}");
+        // The label names the memory hierarchy's path; each hierarchy has its own base.
+        assert_eq!(
+            cgroup_of(pid, "memory").as_deref(),
+            Some(cg.as_str()),
+            "pid {pid} in memory"
+        );
+        for ctrl in ["cpu", "cpuacct", "pids", "blkio", ""] {
+            let got = cgroup_of(pid, ctrl).unwrap_or_default();
+            assert!(got.ends_with(&suffix), "pid {pid} in {ctrl:?}: {got}");
         }
     }
     w.go();
+    assert_eq!(w.line(), "alloc ok");
     w.ready();
     let m = eventually(Duration::from_secs(3), || {
         let m = d.metrics();
-        (sample(&m, "apptheus_container_cpu_usage_seconds_total", &label)? >= 0.8).then_some(m)
+        let cpu = sample(&m, "apptheus_container_cpu_usage_seconds_total", &label)?;
+        let mem = sample(&m, "apptheus_container_memory_usage_bytes", &label)?;
+        (cpu >= 0.8 && mem >= 64.0 * 1024.0 * 1024.0).then_some(m)
     })
-    .unwrap_or_else(|| panic!("CPU never reached 0.8 s:\n{}", d.metrics()));
+    .unwrap_or_else(|| panic!("CPU never reached 0.8 s or memory 64 MiB:\n{}", d.metrics()));
     let cpu = sample(&m, "apptheus_container_cpu_usage_seconds_total", &label).unwrap();
     println!("attributed CPU: {cpu:.3} s");
-    assert!(sample(&m, "apptheus_container_memory_usage_bytes", &label).unwrap() >= 64.0 * 1024.0 * 1024.0);
+    assert!(
+        sample(&m, "apptheus_container_memory_usage_bytes", &label).unwrap()
+            >= 64.0 * 1024.0 * 1024.0
+    );
     assert!(sample(&m, "apptheus_container_pids", &label).unwrap() >= 5.0);
-    assert_eq!(sample(&m, "apptheus_container_forks_total", &label), Some(5.0));
-    assert_eq!(sample(&m, "apptheus_container_processes", &label), Some(6.0), "exec, workload, tree of 4");
+    assert_eq!(
+        sample(&m, "apptheus_container_forks_total", &label),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&m, "apptheus_container_processes", &label),
+        Some(6.0),
+        "exec, workload, tree of 4"
+    );
     assert!(m.contains(&format!("{label},user=\"root\"")));
     w.go();
     assert!(w.wait().success());
@@ -83,9 +118,20 @@ fn untrusted_launcher_is_refused_and_counted() {
     // The refusal reached the launcher well before its command ended.
     assert!(started.elapsed() >= Duration::from_millis(1400));
     let m = d.metrics();
-    assert_eq!(sample(&m, "apptheus_gateway_rejections_total", "reason=\"untrusted\""), Some(1.0));
+    assert_eq!(
+        sample(
+            &m,
+            "apptheus_gateway_rejections_total",
+            "reason=\"untrusted\""
+        ),
+        Some(1.0)
+    );
     assert!(!m.contains(&exec_label(pid)));
-    assert!(d.cgroup_dirs().is_empty(), "cgroups created for an untrusted peer: {:?}", d.cgroup_dirs());
+    assert!(
+        d.cgroup_dirs().is_empty(),
+        "cgroups created for an untrusted peer: {:?}",
+        d.cgroup_dirs()
+    );
     assert!(d.log_text().contains("launcher connection refused"));
 }
 
@@ -106,7 +152,13 @@ fn ended_container_stays_for_retention_then_goes() {
     let mut w = d.exec_workload(&["ready", "wait", "burn:0.2"]);
     w.ready();
     let label = exec_label(w.pid());
-    assert!(eventually(Duration::from_secs(2), || d.metrics().contains(&label).then_some(())).is_some());
+    assert!(
+        eventually(Duration::from_secs(2), || d
+            .metrics()
+            .contains(&label)
+            .then_some(()))
+        .is_some()
+    );
     let dirs = d.cgroup_dirs();
     assert!(!dirs.is_empty());
     w.go();
@@ -114,14 +166,27 @@ fn ended_container_stays_for_retention_then_goes() {
     let ended = Instant::now();
     std::thread::sleep(Duration::from_millis(1000));
     let m = d.metrics();
-    assert!(m.contains(&label), "final values must stay for the retention");
+    assert!(
+        m.contains(&label),
+        "final values must stay for the retention"
+    );
     assert!(sample(&m, "apptheus_container_cpu_usage_seconds_total", &label).unwrap() >= 0.15);
-    assert_eq!(sample(&m, "apptheus_container_processes", &label), Some(0.0));
-    let gone = eventually(Duration::from_secs(5), || (!d.metrics().contains(&label)).then_some(()));
+    assert_eq!(
+        sample(&m, "apptheus_container_processes", &label),
+        Some(0.0)
+    );
+    let gone = eventually(Duration::from_secs(5), || {
+        (!d.metrics().contains(&label)).then_some(())
+    });
     assert!(gone.is_some(), "series still there 5 s after the retention");
     assert!(ended.elapsed() >= Duration::from_secs(2));
     let left = eventually(Duration::from_secs(3), || {
-        let left: Vec<_> = d.cgroup_dirs().into_iter().flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten()).filter(|e| e.path().is_dir()).collect();
+        let left: Vec<_> = d
+            .cgroup_dirs()
+            .into_iter()
+            .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+            .filter(|e| e.path().is_dir())
+            .collect();
         left.is_empty().then_some(())
     });
     assert!(left.is_some(), "container cgroup dirs left behind");
@@ -130,20 +195,34 @@ fn ended_container_stays_for_retention_then_goes() {
 #[test]
 fn fifty_launchers_each_get_their_own_tree() {
     let d = Daemon::start(&["--monitor.interval=200ms"]);
-    let mut ws: Vec<_> = (0..50).map(|_| d.exec_workload(&["tree:1:1", "ready", "wait"])).collect();
+    let mut ws: Vec<_> = (0..50)
+        .map(|_| d.exec_workload(&["tree:1:1", "ready", "wait"]))
+        .collect();
     ws.iter_mut().for_each(|w| w.ready());
     let all = eventually(Duration::from_secs(10), || {
         let m = d.metrics();
-        ws.iter().all(|w| m.contains(&exec_label(w.pid()))).then_some(m)
+        ws.iter()
+            .all(|w| m.contains(&exec_label(w.pid())))
+            .then_some(m)
     })
     .expect("50 containers in /metrics");
-    assert_eq!(all.lines().filter(|l| l.starts_with("apptheus_container_info{")).count(), 50);
+    assert_eq!(
+        all.lines()
+            .filter(|l| l.starts_with("apptheus_container_info{"))
+            .count(),
+        50
+    );
     for w in &ws {
         let cg = cgroup_label(&all, &exec_label(w.pid())).unwrap();
         let tree = descendants(w.pid());
         assert_eq!(tree.len(), 3);
         for pid in tree.into_iter().chain([w.pid()]) {
-            assert_eq!(cgroup_of(pid, "memory").as_deref(), Some(cg.as_str()), "pid {pid} of launcher {}", w.pid());
+            assert_eq!(
+                cgroup_of(pid, "memory").as_deref(),
+                Some(cg.as_str()),
+                "pid {pid} of launcher {}",
+                w.pid()
+            );
         }
     }
     for w in ws.iter_mut() {
@@ -166,7 +245,9 @@ impl Drop for LimitedCgroup {
 #[test]
 fn nested_placement_keeps_the_launchers_memory_limit() {
     let d = Daemon::start(&["--monitor.interval=200ms"]);
-    let base = LimitedCgroup(Path::new("/sys/fs/cgroup/memory").join(common::unique("apptheus-test-limit")));
+    let base = LimitedCgroup(
+        Path::new("/sys/fs/cgroup/memory").join(common::unique("apptheus-test-limit")),
+    );
     std::fs::create_dir(&base.0).unwrap();
     std::fs::write(base.0.join("memory.limit_in_bytes"), "67108864").unwrap();
     // Without this, the workload could swap instead of hitting the limit.
@@ -188,12 +269,21 @@ fn nested_placement_keeps_the_launchers_memory_limit() {
     .unwrap_or_else(|| panic!("container not exported:\n{}", d.log_text()));
     let cg = cgroup_label(&m, &label).unwrap();
     let base_name = base.0.file_name().unwrap().to_str().unwrap();
-    assert!(cg.starts_with(&format!("/{base_name}/{}/", d.parent)), "container cgroup {cg} not under the launcher's");
-    assert_eq!(sample(&m, "apptheus_container_spec_memory_limit_bytes", &label), Some(67108864.0));
+    assert!(
+        cg.starts_with(&format!("/{base_name}/{}/", d.parent)),
+        "container cgroup {cg} not under the launcher's"
+    );
+    assert_eq!(
+        sample(&m, "apptheus_container_spec_memory_limit_bytes", &label),
+        Some(67108864.0)
+    );
     w.go();
     // The workload is killed by the OOM killer (or its allocation fails): it never says "ok".
     let status = w.wait();
-    assert!(!status.success(), "a 256 MiB allocation succeeded under a 64 MiB limit");
+    assert!(
+        !status.success(),
+        "a 256 MiB allocation succeeded under a 64 MiB limit"
+    );
     println!("workload under the limit ended with {status}");
 }
 
@@ -205,14 +295,23 @@ fn exec_propagates_status_and_runs_without_daemon() {
     let st = d.exec(&["sh", "-c", "kill -9 $$"]).wait();
     assert_eq!(st.code(), Some(137));
     let out = Command::new(bin("apptheus-exec"))
-        .args(["--socket=/nonexistent/apptheus.sock", "--", "sh", "-c", "echo ran; exit 3"])
+        .args([
+            "--socket=/nonexistent/apptheus.sock",
+            "--",
+            "sh",
+            "-c",
+            "echo ran; exit 3",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("warning").count(), 1, "{err}");
-    let out = Command::new(bin("apptheus-exec")).args(["--", "/nonexistent/cmd"]).output().unwrap();
+    let out = Command::new(bin("apptheus-exec"))
+        .args(["--", "/nonexistent/cmd"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(127));
 }
 
@@ -241,7 +340,14 @@ fn health_readiness_and_unknown_paths() {
     assert_eq!(d.get("/nope").0, 404);
     assert_eq!(d.get("/api/v1/metrics").0, 404);
     let m = d.metrics();
-    for name in ["apptheus_build_info{", "apptheus_containers ", "apptheus_sample_duration_seconds_bucket", "apptheus_ebpf_events_lost_total", "process_resident_memory_bytes", "apptheus_gateway_connections_total{outcome=\"accepted\"}"] {
+    for name in [
+        "apptheus_build_info{",
+        "apptheus_containers ",
+        "apptheus_sample_duration_seconds_bucket",
+        "apptheus_ebpf_events_lost_total",
+        "process_resident_memory_bytes",
+        "apptheus_gateway_connections_total{outcome=\"accepted\"}",
+    ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
 }
@@ -251,7 +357,13 @@ fn shutdown_removes_the_socket_and_leaves_processes_alone() {
     let mut d = Daemon::start(&[]);
     let mut w = d.exec_workload(&["ready", "wait"]);
     w.ready();
-    assert!(eventually(Duration::from_secs(2), || d.metrics().contains(&exec_label(w.pid())).then_some(())).is_some());
+    assert!(
+        eventually(Duration::from_secs(2), || d
+            .metrics()
+            .contains(&exec_label(w.pid()))
+            .then_some(()))
+        .is_some()
+    );
     assert!(d.stop().success());
     assert!(!d.socket.exists(), "socket file left behind");
     // The launcher and its workload still run, untouched.

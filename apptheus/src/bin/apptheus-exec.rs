@@ -22,7 +22,11 @@ use nix::sys::signal::{SigSet, Signal};
 )]
 struct Args {
     /// The apptheus daemon's socket.
-    #[arg(long, value_name = "PATH", default_value = "/run/apptheus/gateway.sock")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/apptheus/gateway.sock"
+    )]
     socket: PathBuf,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -47,12 +51,19 @@ fn main() -> ExitCode {
     if let Err(e) = set.thread_block() {
         eprintln!("apptheus-exec: cannot block signals: {e}");
     }
-    let mut child = match Command::new(&args.command[0]).args(&args.command[1..]).spawn() {
+    let mut child = match Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apptheus-exec: cannot run {}: {e}", args.command[0]);
             // The shell's conventions: 127 not found, 126 not executable.
-            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
         }
     };
     let child_pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -96,7 +107,9 @@ fn main() -> ExitCode {
 /// The daemon never writes; it closes the connection only when it refuses the launcher. Say so
 /// once, so the user knows this run is not monitored.
 fn watch_refusal(conn: &UnixStream) {
-    let Ok(mut reader) = conn.try_clone() else { return };
+    let Ok(mut reader) = conn.try_clone() else {
+        return;
+    };
     std::thread::spawn(move || {
         use std::io::Read as _;
         let mut buf = [0u8; 64];

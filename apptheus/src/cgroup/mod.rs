@@ -232,13 +232,14 @@ impl Layout {
             .collect()
     }
 
-    /// The hierarchy whose path names a container: the unified tree if mounted, else the
-    /// memory hierarchy, else the first one.
+    /// The hierarchy whose path names a container: the v1 memory hierarchy where there is one
+    /// (on a hybrid host the numbers come from v1, and batch systems place jobs there), else the
+    /// unified tree, else the first one.
     fn primary(&self) -> usize {
         let position =
             |wanted: &dyn Fn(&Hierarchy) -> bool| self.hierarchies.iter().position(wanted);
-        position(&|h| h.v2)
-            .or_else(|| position(&|h| h.controllers.iter().any(|c| c == "memory")))
+        position(&|h| h.controllers.iter().any(|c| c == "memory"))
+            .or_else(|| position(&|h| h.v2))
             .unwrap_or(0)
     }
 

@@ -39,8 +39,8 @@ fn layout_hybrid() {
             "/sys/fs/cgroup/unified",
         ]
     );
-    // The unified tree names the container.
-    assert_eq!(layout.primary(), 5);
+    // The memory hierarchy names the container (the numbers come from v1 there).
+    assert_eq!(layout.primary(), 2);
 }
 
 #[test]
@@ -460,16 +460,11 @@ fn open_finds_differing_paths_of_a_hybrid_host() {
     let mut text = tree.mount_line(92, "memory", Some("memory"));
     text += &tree.mount_line(90, "unified", None);
     let layout = Layout::from_mountinfo(&text).unwrap();
-    tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_1");
     tree.mkdir("memory/batch/job_7/apptheus/c_1");
-    tree.mkdir("memory/batch/job_7/apptheus/c_2");
-    let container = layout
-        .open("/user.slice/session-1.scope/apptheus/c_1")
-        .unwrap();
-    assert_eq!(
-        container.rel_path(),
-        "/user.slice/session-1.scope/apptheus/c_1"
-    );
+    tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_1");
+    tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_2");
+    let container = layout.open("/batch/job_7/apptheus/c_1").unwrap();
+    assert_eq!(container.rel_path(), "/batch/job_7/apptheus/c_1");
     assert_eq!(
         container.dirs(),
         [
@@ -478,13 +473,11 @@ fn open_finds_differing_paths_of_a_hybrid_host() {
         ]
     );
     // Two candidates cannot be told apart: the hierarchy is left out.
-    tree.mkdir("memory/other/apptheus/c_1");
-    let container = layout
-        .open("/user.slice/session-1.scope/apptheus/c_1")
-        .unwrap();
+    tree.mkdir("unified/other/apptheus/c_1");
+    let container = layout.open("/batch/job_7/apptheus/c_1").unwrap();
     assert_eq!(
         container.dirs(),
-        [tree.path("unified/user.slice/session-1.scope/apptheus/c_1")]
+        [tree.path("memory/batch/job_7/apptheus/c_1")]
     );
 }
 

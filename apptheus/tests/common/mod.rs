@@ -144,7 +144,11 @@ pub fn free_port() -> u16 {
 
 pub fn bin(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.exists(), "{} is missing: build it first (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
@@ -172,21 +176,35 @@ impl Daemon {
             .arg(format!("--socket.path={}", socket.display()))
             .arg(format!("--cgroup.parent={parent}"))
             .arg(format!("--trust.path={}", bin("apptheus-exec").display()))
-            .arg(format!("--state.dir={}", dir.path().join("state").display()))
+            .arg(format!(
+                "--state.dir={}",
+                dir.path().join("state").display()
+            ))
             .arg("--log.level=debug")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn apptheus");
-        let mut d = Daemon { child, port, socket, parent, dir, log };
+        let mut d = Daemon {
+            child,
+            port,
+            socket,
+            parent,
+            dir,
+            log,
+        };
         let ready = eventually(Duration::from_secs(30), || {
             if let Ok(Some(st)) = d.child.try_wait() {
                 panic!("apptheus exited at start ({st}):\n{}", d.log_text());
             }
             (d.get("/-/ready").0 == 200).then_some(())
         });
-        assert!(ready.is_some(), "apptheus not ready after 30 s:\n{}", d.log_text());
+        assert!(
+            ready.is_some(),
+            "apptheus not ready after 30 s:\n{}",
+            d.log_text()
+        );
         d
     }
 
@@ -202,7 +220,10 @@ impl Daemon {
             .build()
             .into();
         match agent.get(&self.url(path)).call() {
-            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
             Err(_) => (0, String::new()),
         }
     }
@@ -237,7 +258,10 @@ impl Daemon {
 
     /// Stop it with SIGTERM and wait; returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         self.child.wait().expect("wait apptheus")
     }
 
@@ -264,7 +288,9 @@ pub fn find_dirs(root: &std::path::Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 let p = e.path();
@@ -298,7 +324,9 @@ pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
             Some(r) => r.split_once("} ")?,
             None => ("", rest.strip_prefix(' ')?),
         };
-        lbl.contains(labels).then(|| val.trim().parse().ok()).flatten()
+        lbl.contains(labels)
+            .then(|| val.trim().parse().ok())
+            .flatten()
     })
 }
 
@@ -333,7 +361,11 @@ pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
     text.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
         let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let hit = if controller.is_empty() { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == controller) };
+        let hit = if controller.is_empty() {
+            ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == controller)
+        };
         hit.then(|| path.to_string())
     })
 }
