@@ -140,11 +140,15 @@ fn fork_and_reap(child: impl FnOnce()) {
 
 fn start_tree(tree: &mut Tree, children: usize, grandchildren: usize) {
     let (r, w) = pipe().expect("pipe");
+    // Each child reports here once its grandchildren exist, so the whole tree is there when
+    // this step returns.
+    let (done_r, done_w) = pipe().expect("pipe");
     for _ in 0..children {
         // SAFETY: single-threaded here; the child only forks, reads and exits.
         match unsafe { fork() }.expect("fork") {
             ForkResult::Child => {
                 let _ = close(w);
+                drop(done_r);
                 let mut kids = Vec::new();
                 for _ in 0..grandchildren {
                     // SAFETY: as above.
@@ -157,6 +161,8 @@ fn start_tree(tree: &mut Tree, children: usize, grandchildren: usize) {
                         ForkResult::Parent { child } => kids.push(child),
                     }
                 }
+                let _ = nix::unistd::write(&done_w, b"x");
+                drop(done_w);
                 wait_eof(&r);
                 for k in kids {
                     let _ = waitpid(k, None);
@@ -168,6 +174,11 @@ fn start_tree(tree: &mut Tree, children: usize, grandchildren: usize) {
         }
     }
     drop(r);
+    drop(done_w);
+    let mut buf = [0u8; 1];
+    for _ in 0..children {
+        let _ = read(&done_r, &mut buf);
+    }
     tree.release_w = Some(w);
 }
 

@@ -165,9 +165,55 @@ fn test(args: Vec<String>) -> Result<()> {
     // Build the binaries the integration tests start.
     build(false)?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "apptheus-ebpf"]);
+    cmd.args([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "apptheus-ebpf",
+    ]);
     if !args.is_empty() {
         cmd.arg("--").args(&args);
     }
-    status(&mut cmd)
+    run_counting(&mut cmd)
+}
+
+/// Run `cargo test`, passing its output through, and close with one summary line over all its
+/// test binaries ("N passed, N failed").
+fn run_counting(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count_of(rest, " passed");
+                failed += count_of(rest, " failed");
+            }
+        }
+    }
+    let st = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !st.success() {
+        bail!("the test suite failed ({st})");
+    }
+    Ok(())
+}
+
+/// The number before `what` in a `test result:` line ("ok. 12 passed; 0 failed; ...").
+fn count_of(line: &str, what: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+                .map(str::trim)
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
