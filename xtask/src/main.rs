@@ -122,8 +122,26 @@ fn is_root() -> bool {
 fn run(release: bool, mut args: Vec<String>) -> Result<()> {
     let dir = target_dir(release);
     let daemon = dir.join("apptheus");
+    let sudo = |program: &str| {
+        if is_root() {
+            Command::new(program)
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg(program);
+            c
+        }
+    };
     if args.is_empty() {
-        let mut trusted = vec![dir.join("apptheus-exec").display().to_string()];
+        // The daemon trusts only root-owned launchers that no one else can replace; a build tree
+        // may belong to a user, so trust a root-owned copy.
+        let exec = Path::new("/run/apptheus/bin/apptheus-exec");
+        status(
+            sudo("install")
+                .args(["-D", "-o", "root", "-g", "root", "-m", "0755"])
+                .arg(dir.join("apptheus-exec"))
+                .arg(exec),
+        )?;
+        let mut trusted = vec![exec.display().to_string()];
         for prefix in [
             "/usr/libexec/apptainer/bin",
             "/usr/local/libexec/apptainer/bin",
@@ -139,18 +157,13 @@ fn run(release: bool, mut args: Vec<String>) -> Result<()> {
         println!("apptheus: trusting {}", trusted.join(";"));
         println!(
             "apptheus: try it from another shell:\n    {} -- sh -c 'yes > /dev/null & sleep 5; kill $!'\n  then: curl -s localhost:9091/metrics | grep apptheus_container_",
-            dir.join("apptheus-exec").display()
+            exec.display()
         );
     }
-    let mut cmd = if is_root() {
-        Command::new(&daemon)
-    } else {
+    if !is_root() {
         println!("apptheus needs root: running it through sudo");
-        let mut c = Command::new("sudo");
-        c.arg(&daemon);
-        c
-    };
-    status(cmd.args(&args))
+    }
+    status(sudo(&daemon.to_string_lossy()).args(&args))
 }
 
 fn test(args: Vec<String>) -> Result<()> {
