@@ -15,6 +15,7 @@
 //! - `thread-forks:N`: fork N exiting children from a second thread.
 //! - `threads:N`: start N threads that idle until exit (no processes).
 //! - `sleep:SECS`: sleep.
+//! - `connect:PATH`: connect to the unix socket PATH and hold the connection (as a launcher does).
 //! - `exit:CODE`: exit with CODE.
 use std::{
     io::{BufRead as _, Write as _},
@@ -37,10 +38,12 @@ fn main() {
         children: Vec::new(),
     };
     let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut connections = Vec::new();
     for step in std::env::args().skip(1) {
         let mut parts = step.split(':');
         let cmd = parts.next().unwrap_or_default();
         let num = |s: Option<&str>| -> f64 { s.and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+        let arg = parts.clone().next().unwrap_or_default().to_string();
         let a = num(parts.next());
         let b = num(parts.next());
         match cmd {
@@ -89,6 +92,10 @@ fn main() {
                 });
             }),
             "sleep" => std::thread::sleep(Duration::from_secs_f64(a)),
+            "connect" => match std::os::unix::net::UnixStream::connect(&arg) {
+                Ok(c) => connections.push(c),
+                Err(e) => eprintln!("workload: connect {arg}: {e}"),
+            },
             "exit" => std::process::exit(a as i32),
             other => {
                 eprintln!("workload: unknown step {other:?}");
@@ -98,6 +105,7 @@ fn main() {
     }
     release(&mut tree);
     drop(kept);
+    drop(connections);
 }
 
 fn say(line: &str) {

@@ -24,7 +24,7 @@ use crate::{
 
 /// Connections being identified at once; more wait in the kernel's listen backlog, so a flood
 /// costs bounded memory.
-const MAX_PENDING_CONNECTIONS: usize = 64;
+const MAX_PENDING_CONNECTIONS: usize = 16;
 
 pub async fn run(args: Args, trust: Trust) -> Result<()> {
     let shutdown = CancellationToken::new();

@@ -33,7 +33,13 @@ fn main() -> ExitCode {
     if trust.paths().is_empty() {
         log::warn!("--trust.path is empty: every launcher will be refused");
     }
+    // glibc gives each thread that allocates its own arena; a burst of short blocking tasks
+    // (a connection flood) would leave many half-used arenas resident. Two are plenty here.
+    // SAFETY: mallopt has no memory-safety preconditions.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // Blocking work (cgroup reads, /proc, admissions) is short; a small pool bounds memory.
+        .max_blocking_threads(32)
         .enable_all()
         .build()
     {

@@ -73,6 +73,8 @@ pub struct Registry {
 struct State {
     containers: HashMap<u64, Container>,
     next_key: u64,
+    /// Admissions under way (they count against the limit).
+    admitting: std::collections::HashSet<u64>,
     /// Cgroups of removed containers whose directories the kernel still reported busy.
     to_remove: Vec<Arc<ContainerCgroup>>,
 }
@@ -132,8 +134,14 @@ impl Registry {
         let placement = self.cfg.placement;
         let key = {
             let mut st = self.state();
-            let live = st.containers.values().filter(|c| c.ended.is_none()).count();
-            if live >= self.cfg.max_containers {
+            // Admissions run in parallel: the ones under way count against the limit too (once,
+            // whether or not they are in the map yet).
+            let admitted = st
+                .containers
+                .iter()
+                .filter(|(k, c)| c.ended.is_none() && !st.admitting.contains(k))
+                .count();
+            if admitted + st.admitting.len() >= self.cfg.max_containers {
                 return Err(Rejection::Limit);
             }
             // An ended container of a recycled pid may still be retained under the same id.
@@ -141,8 +149,24 @@ impl Registry {
                 st.containers.retain(|_, c| c.id != id || c.ended.is_none());
             }
             st.next_key += 1;
-            st.next_key
+            let key = st.next_key;
+            st.admitting.insert(key);
+            key
         };
+        let res = self.admit_reserved(peer, key, id, exe, placement);
+        self.state().admitting.remove(&key);
+        res
+    }
+
+    /// The rest of `admit`, once a slot is reserved.
+    fn admit_reserved(
+        &self,
+        peer: &Peer,
+        key: u64,
+        id: String,
+        exe: String,
+        placement: Placement,
+    ) -> Result<(u64, String), Rejection> {
         let cgroup = match self
             .layout
             .create(peer.pid, placement, &self.cfg.parent, &id)

@@ -165,6 +165,19 @@ pub struct Daemon {
 impl Daemon {
     /// Start the daemon trusting this build's apptheus-exec, plus `extra` flags; wait until ready.
     pub fn start(extra: &[&str]) -> Daemon {
+        let trust = format!("--trust.path={}", bin("apptheus-exec").display());
+        let mut args = vec![trust.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_env(&args, &[])
+    }
+
+    /// Start the daemon with `args` as they are (they must include --trust.path).
+    pub fn start_with_trust(args: &[&str]) -> Daemon {
+        Self::start_env(args, &[])
+    }
+
+    /// Start the daemon with `args` and extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
@@ -175,13 +188,13 @@ impl Daemon {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg(format!("--socket.path={}", socket.display()))
             .arg(format!("--cgroup.parent={parent}"))
-            .arg(format!("--trust.path={}", bin("apptheus-exec").display()))
             .arg(format!(
                 "--state.dir={}",
                 dir.path().join("state").display()
             ))
             .arg("--log.level=debug")
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -268,6 +281,13 @@ impl Daemon {
     /// Every directory named `self.parent` in the cgroup hierarchies.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         find_dirs(std::path::Path::new("/sys/fs/cgroup"), &self.parent)
+    }
+}
+
+impl Daemon {
+    /// Whether it has exited, without reaping it out from under Drop.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 }
 
