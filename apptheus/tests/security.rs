@@ -10,14 +10,14 @@ use std::{
 
 use common::{Daemon, Workload, eventually, sample};
 
-/// A root-owned private directory with a copy of the workload program, to trust.
-fn trusted_copy(d: &Daemon, name: &str) -> PathBuf {
-    let dir = d.dir.path().join("trusted");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let p = dir.join(name);
+/// A copy of the workload program in a root-owned temporary directory: a launcher the test can
+/// trust, replace or leave untrusted. Keep the TempDir alive as long as the path is used.
+fn launcher_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = dir.path().join(name);
     std::fs::copy(common::workload_bin(), &p).unwrap();
-    p
+    (dir, p)
 }
 
 fn rejections(d: &Daemon, reason: &str) -> f64 {
@@ -36,29 +36,18 @@ fn wait_rejections(d: &Daemon, reason: &str, n: f64) -> f64 {
     .map_or_else(|| rejections(d, reason), |_| n)
 }
 
-/// A daemon whose trust list is one path, with the usual test isolation.
-fn daemon_trusting(paths: &[&Path], extra: &[&str]) -> Daemon {
-    // Daemon::start trusts apptheus-exec; a later --trust.path would be a duplicate flag, so the
-    // trusted paths go in through a second start with the dir prepared first.
-    let joined = paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(";");
-    let mut args = vec![format!("--trust.path={joined}")];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start_with_trust(&refs)
+/// A daemon trusting exactly `path`.
+fn daemon_trusting(path: &Path, extra: &[&str]) -> Daemon {
+    let trust = format!("--trust.path={}", path.display());
+    let mut args = vec![trust.as_str()];
+    args.extend_from_slice(extra);
+    Daemon::start_with_trust(&args)
 }
 
 #[test]
 fn replaced_binary_is_refused_and_an_upgrade_is_accepted() {
-    let setup = tempfile::tempdir().unwrap();
-    let dir = setup.path().join("bin");
-    std::fs::create_dir(&dir).unwrap();
-    let launcher = dir.join("launcher");
-    std::fs::copy(common::workload_bin(), &launcher).unwrap();
-    let d = daemon_trusting(&[&launcher], &[]);
+    let (dir, launcher) = launcher_copy("launcher");
+    let d = daemon_trusting(&launcher, &[]);
     let sock = d.socket.display().to_string();
     let connect = format!("connect:{sock}");
     // Started from the old file, connects after the file was replaced.
@@ -66,7 +55,7 @@ fn replaced_binary_is_refused_and_an_upgrade_is_accepted() {
         Command::new(&launcher).args(["ready", "wait", &connect, "ready", "wait"]),
     );
     old.ready();
-    let fresh = dir.join("launcher.new");
+    let fresh = dir.path().join("launcher.new");
     std::fs::copy(common::workload_bin(), &fresh).unwrap();
     std::fs::rename(&fresh, &launcher).unwrap();
     old.go();
@@ -96,13 +85,12 @@ fn replaced_binary_is_refused_and_an_upgrade_is_accepted() {
     new.go();
     old.wait();
     new.wait();
-    let _ = setup;
 }
 
 #[test]
 fn copy_elsewhere_and_exit_right_after_connecting_are_refused() {
     let d = Daemon::start(&[]);
-    let copy = trusted_copy(&d, "not-trusted");
+    let (_dir, copy) = launcher_copy("not-trusted");
     let sock = d.socket.display().to_string();
     let mut w = Workload::spawn_cmd(Command::new(&copy).args([
         format!("connect:{sock}").as_str(),
@@ -124,11 +112,7 @@ fn copy_elsewhere_and_exit_right_after_connecting_are_refused() {
 fn peer_dying_between_exe_check_and_decision_is_refused() {
     // The test hook holds the decision 500 ms after the exe check; the peer exits meanwhile, so
     // only the pidfd check stands between it and being trusted.
-    let setup = tempfile::tempdir().unwrap();
-    let dir = setup.path().join("bin");
-    std::fs::create_dir(&dir).unwrap();
-    let launcher = dir.join("launcher");
-    std::fs::copy(common::workload_bin(), &launcher).unwrap();
+    let (_dir, launcher) = launcher_copy("launcher");
     let d = Daemon::start_env(
         &[&format!("--trust.path={}", launcher.display())],
         &[("APPTHEUS_TEST_DECISION_DELAY_MS", "500")],
