@@ -18,6 +18,15 @@ fn main() -> ExitCode {
         eprintln!("apptheus: {e:#}");
         return ExitCode::from(1);
     }
+    if let Some(f) = &args.web_config_file {
+        // Serving plain HTTP when the administrator asked for TLS or authentication would be
+        // worse than not starting.
+        eprintln!(
+            "apptheus: --web.config.file {}: TLS and basic auth are not implemented yet; refusing to serve unprotected",
+            f.display()
+        );
+        return ExitCode::from(2);
+    }
     let trust = match Trust::new(args.trust_path.paths()) {
         Ok((trust, warnings)) => {
             for w in warnings {
