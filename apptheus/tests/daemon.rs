@@ -324,6 +324,10 @@ fn bad_flags_exit_2_naming_the_flag() {
         (vec!["--no-such-flag"], "--no-such-flag"),
         (vec!["--trust.path=bin/starter"], "--trust.path"),
         (vec!["--cgroup.placement=elsewhere"], "--cgroup.placement"),
+        (
+            vec!["--web.config.file=/etc/apptheus/web.yml"],
+            "--web.config.file",
+        ),
     ] {
         let out = Command::new(bin("apptheus")).args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
