@@ -1,0 +1,1009 @@
+//! apptheus against the real Prometheus tools: `promtool` lints its output and the deployment
+//! files, a real `prometheus` server scrapes a live daemon and answers every query of the Grafana
+//! dashboard, `systemd-analyze` verifies the unit, and README.md's metric table is compared with
+//! what the daemon really exposes.
+//!
+//! Every test runs as root on the real kernel and fails (never skips) when a tool is missing:
+//! `cargo xtask setup --test` installs them (Debian packages `prometheus` and `systemd`).
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, Workload, bin, eventually, sample};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+/// The window substituted for Grafana's `$__rate_interval`: five scrapes at the 1 s interval the
+/// test's Prometheus uses, so rate() has enough samples a few seconds after the first scrape.
+const RATE_INTERVAL: &str = "5s";
+/// Limits of the test-made cgroup: high enough for the workloads, low enough to be real limits.
+const MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
+const PIDS_LIMIT: u64 = 64;
+/// What the workload in the limited cgroup allocates (MiB).
+const LIMITED_ALLOC_MIB: u64 = 64;
+
+// ------------------------------------------------------------------------------------- helpers
+
+/// The workspace root (deploy/ and README.md live there).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The absolute path of an installed tool; a missing tool fails the test with what to install.
+fn tool(name: &str, package: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/usr/sbin".into(), "/bin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing: install the Debian package `{package}` (`cargo xtask setup --test` does)"
+            )
+        })
+}
+
+/// Run `cmd` to completion and print what it said (the suite runs with --nocapture in CI).
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    println!("$ {cmd:?}\n  -> {}", out.status);
+    print_output(&out);
+    out
+}
+
+fn print_output(out: &Output) {
+    for (name, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        if !text.trim().is_empty() {
+            println!("  {name}:\n{}", indent(&text));
+        }
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `container="<id>"` of an apptheus-exec launcher.
+fn exec_id(pid: i32) -> String {
+    format!("apptheus-exec_{pid}")
+}
+
+/// A launcher (apptheus-exec running the workload) that is stopped when dropped, even when the
+/// test fails half-way: its command's processes are killed by pid, after which apptheus-exec
+/// exits by itself (128+9). SIGKILL rather than a SIGTERM forwarded by apptheus-exec, because the
+/// command may block SIGTERM (it inherits apptheus-exec's signal mask) and the workload ends in
+/// `wait` or a long `burn` anyway.
+struct Launcher(Workload);
+
+impl Launcher {
+    fn pid(&self) -> i32 {
+        self.0.pid()
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if self.0.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        for p in common::descendants(self.0.pid()) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        // If it is still there after that, Workload's own Drop kills and reaps the launcher.
+        let _ = eventually(Duration::from_secs(5), || {
+            self.0.child.try_wait().ok().flatten()
+        });
+    }
+}
+
+/// Cgroups made by the test with a memory and a pids limit, for a launcher to start in: the
+/// daemon nests the container below them (`--cgroup.placement=nested`), so its
+/// `spec_memory_limit_bytes` and `spec_pids_limit` series exist. On cgroup v1 (and hybrid hosts)
+/// that is one cgroup in the memory and one in the pids hierarchy; on a pure v2 host one cgroup.
+/// Removed, with whatever the daemon left inside, when dropped.
+struct LimitedCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl LimitedCgroup {
+    fn new() -> LimitedCgroup {
+        let name = common::unique("apptheus-test-prom");
+        let root = Path::new("/sys/fs/cgroup");
+        let mut cg = LimitedCgroup { dirs: Vec::new() };
+        let limits: Vec<(PathBuf, &str, u64)> = if root
+            .join("memory/memory.limit_in_bytes")
+            .exists()
+        {
+            vec![
+                (root.join("memory"), "memory.limit_in_bytes", MEMORY_LIMIT),
+                (root.join("pids"), "pids.max", PIDS_LIMIT),
+            ]
+        } else {
+            let enabled =
+                std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+            assert!(
+                enabled.split_whitespace().any(|c| c == "memory")
+                    && enabled.split_whitespace().any(|c| c == "pids"),
+                "neither v1 memory/pids hierarchies nor a v2 root with memory and pids enabled under /sys/fs/cgroup"
+            );
+            vec![
+                (root.to_path_buf(), "memory.max", MEMORY_LIMIT),
+                (root.to_path_buf(), "pids.max", PIDS_LIMIT),
+            ]
+        };
+        for (hierarchy, file, value) in limits {
+            let dir = hierarchy.join(&name);
+            if !cg.dirs.contains(&dir) {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                cg.dirs.push(dir.clone());
+            }
+            std::fs::write(dir.join(file), value.to_string())
+                .unwrap_or_else(|e| panic!("write {}/{file}: {e}", dir.display()));
+        }
+        cg
+    }
+
+    /// Shell commands that move the shell into these cgroups (then it execs the launcher).
+    fn enter_script(&self) -> String {
+        self.dirs
+            .iter()
+            .map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display()))
+            .collect()
+    }
+}
+
+impl Drop for LimitedCgroup {
+    fn drop(&mut self) {
+        // The launcher was just stopped: its last tasks may take a moment to leave the cgroups.
+        let gone = eventually(Duration::from_secs(3), || {
+            self.dirs.iter().for_each(|d| common::remove_cgroup_tree(d));
+            self.dirs.iter().all(|d| !d.exists()).then_some(())
+        });
+        if gone.is_none() {
+            eprintln!("test cgroups left behind: {:?}", self.dirs);
+        }
+    }
+}
+
+/// A daemon with two live containers: one plain launcher (allocates 16 MiB, then burns
+/// `burn_secs` of CPU) and one started inside a `LimitedCgroup` (allocates 64 MiB). Both
+/// allocations run once the process is in its container's cgroup, so they are charged to it.
+/// Fields drop in order: the launchers end before the daemon stops and the cgroups go.
+struct Live {
+    plain: Launcher,
+    limited: Launcher,
+    daemon: Daemon,
+    _cgroup: LimitedCgroup,
+}
+
+impl Live {
+    fn start(burn_secs: f64) -> Live {
+        let cgroup = LimitedCgroup::new();
+        let daemon = Daemon::start(&["--monitor.interval=200ms"]);
+        let burn = format!("burn:{burn_secs}");
+        let mut plain =
+            Launcher(daemon.exec_workload(&["ready", "wait", "alloc:16", "ready", &burn, "wait"]));
+        let alloc = format!("alloc:{LIMITED_ALLOC_MIB}");
+        let script = format!(
+            "{}exec {} --socket={} -- {} ready wait {alloc} ready wait",
+            cgroup.enter_script(),
+            bin("apptheus-exec").display(),
+            daemon.socket.display(),
+            common::workload_bin().display()
+        );
+        let mut limited = Launcher(Workload::spawn_cmd(
+            Command::new("sh").args(["-c", &script]),
+        ));
+        for l in [&mut plain, &mut limited] {
+            l.0.ready();
+            let label = format!("container=\"{}\"", exec_id(l.pid()));
+            eventually(Duration::from_secs(5), || {
+                daemon.metrics().contains(&label).then_some(())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "container {label} not in /metrics within 5 s:\n{}",
+                    daemon.log_text()
+                )
+            });
+            l.0.go();
+            assert_eq!(l.0.line(), "alloc ok");
+            l.0.ready();
+        }
+        let limited_label = format!("container=\"{}\"", exec_id(limited.pid()));
+        eventually(Duration::from_secs(5), || {
+            let m = daemon.metrics();
+            let mem = sample(
+                &m,
+                "apptheus_container_spec_memory_limit_bytes",
+                &limited_label,
+            )?;
+            let pids = sample(&m, "apptheus_container_spec_pids_limit", &limited_label)?;
+            (mem == MEMORY_LIMIT as f64 && pids == PIDS_LIMIT as f64).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the limited container never showed its limits ({MEMORY_LIMIT} bytes, {PIDS_LIMIT} pids):\n{}",
+                daemon.metrics()
+            )
+        });
+        Live {
+            plain,
+            limited,
+            daemon,
+            _cgroup: cgroup,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- a real Prometheus server
+
+/// A `prometheus` server on a free loopback port, scraping `target` (job `apptheus`) every
+/// second into a temporary TSDB. Stopped by its pid when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+    agent: ureq::Agent,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let exe = tool("prometheus", "prometheus");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        // scrape_timeout defaults to 10 s, which Prometheus refuses above a 1 s interval.
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: apptheus\n    scrape_interval: 1s\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let log = dir.path().join("prometheus.log");
+        // A free port can be taken between free_port() and Prometheus binding it: retry.
+        for _ in 0..3 {
+            let port = common::free_port();
+            let child = Command::new(&exe)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("tsdb").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+            let mut p = Prometheus {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                dir,
+                agent: agent.clone(),
+            };
+            let ready = eventually(Duration::from_secs(20), || {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    return Some(Err(st));
+                }
+                let up = p
+                    .agent
+                    .get(format!("{}/-/ready", p.url))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200);
+                up.then_some(Ok(()))
+            });
+            match ready {
+                Some(Ok(())) => return p,
+                Some(Err(st)) if p.log().contains("address already in use") => {
+                    println!("prometheus: port {port} taken ({st}), trying another");
+                    // Dropping p would remove the directory: take it back first.
+                    dir = std::mem::replace(&mut p.dir, tempfile::tempdir().expect("tempdir"));
+                }
+                Some(Err(st)) => panic!("prometheus exited at start ({st}):\n{}", p.log()),
+                None => panic!("prometheus not ready after 20 s:\n{}", p.log()),
+            }
+        }
+        panic!("prometheus could not find a free port in 3 attempts");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant query at "now" through the HTTP API.
+    fn query(&self, expr: &str) -> Answer {
+        let resp = self
+            .agent
+            .get(format!("{}/api/v1/query", self.url))
+            .query("query", expr)
+            .call();
+        let body = match resp {
+            Ok(mut r) => r.body_mut().read_to_string().unwrap_or_default(),
+            Err(e) => return Answer::error(format!("request failed: {e}")),
+        };
+        let Ok(json) = serde_json::from_str::<Value>(&body) else {
+            return Answer::error(format!("not JSON: {body}"));
+        };
+        let status = json["status"].as_str().unwrap_or("?").to_string();
+        let error = json["error"].as_str().map(str::to_owned);
+        let data = &json["data"];
+        // A vector or matrix answers a list of series; a scalar or string is one value.
+        let series = match data["resultType"].as_str() {
+            Some("vector" | "matrix") => data["result"].as_array().cloned().unwrap_or_default(),
+            Some(_) => vec![data["result"].clone()],
+            None => Vec::new(),
+        };
+        Answer {
+            status,
+            error,
+            series,
+        }
+    }
+
+    /// `query` until `ok` accepts its answer or `timeout` passes; the last answer either way.
+    fn query_until(&self, expr: &str, timeout: Duration, ok: impl Fn(&Answer) -> bool) -> Answer {
+        let end = Instant::now() + timeout;
+        loop {
+            let a = self.query(expr);
+            if ok(&a) || Instant::now() > end {
+                return a;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let ended = eventually(Duration::from_secs(10), || {
+                self.child.try_wait().ok().flatten()
+            });
+            if ended.is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        // Then the TempDir field removes the configuration and the TSDB.
+    }
+}
+
+/// Prometheus's answer to an instant query.
+#[derive(Debug)]
+struct Answer {
+    status: String,
+    error: Option<String>,
+    series: Vec<Value>,
+}
+
+impl Answer {
+    fn error(msg: String) -> Answer {
+        Answer {
+            status: "error".into(),
+            error: Some(msg),
+            series: Vec::new(),
+        }
+    }
+
+    fn success_with_data(&self) -> bool {
+        self.status == "success" && !self.series.is_empty()
+    }
+
+    /// The series whose labels include every (name, value) of `labels`.
+    fn find(&self, labels: &[(&str, &str)]) -> Option<&Value> {
+        self.series
+            .iter()
+            .find(|s| labels.iter().all(|(k, v)| s["metric"][k] == *v))
+    }
+}
+
+/// The float value of one series of a vector answer.
+fn value(series: &Value) -> f64 {
+    series["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+// ---------------------------------------------------------------------- the dashboard's queries
+
+/// Every query the dashboard runs: each `expr` anywhere in it, then the selector of each
+/// `label_values(SELECTOR, label)` template variable (from `query`, a string or an object with
+/// a `query`, and from `definition`), with Grafana's variables substituted; no duplicates.
+fn dashboard_queries(dashboard: &Value) -> Vec<String> {
+    fn exprs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(e)) = map.get("expr")
+                    && !e.trim().is_empty()
+                {
+                    out.push(e.clone());
+                }
+                map.values().for_each(|v| exprs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let mut raw = Vec::new();
+    exprs(dashboard, &mut raw);
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["type"] == "query")
+    {
+        let query = var["query"]["query"].as_str().or(var["query"].as_str());
+        for text in [query, var["definition"].as_str()].into_iter().flatten() {
+            if let Some(sel) = label_values_selector(text) {
+                raw.push(sel);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    raw.iter()
+        .map(|e| substitute(&e.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .filter(|e| seen.insert(e.clone()))
+        .collect()
+}
+
+/// `label_values(SELECTOR, label)` -> SELECTOR. The one-argument form has no selector to run.
+fn label_values_selector(text: &str) -> Option<String> {
+    let inner = text
+        .trim()
+        .strip_prefix("label_values(")?
+        .strip_suffix(')')?;
+    // The label is after the last comma (the selector's matchers contain commas too).
+    let (selector, _label) = inner.rsplit_once(',')?;
+    Some(selector.trim().to_string())
+}
+
+/// Grafana's variables -> values Prometheus accepts: `$__rate_interval` and `$__interval` ->
+/// RATE_INTERVAL, `$__range` -> 1h, every template variable (`$var`, `${var}`, `${var:format}`;
+/// the dashboard uses them only in `=~` matchers) -> `.*`.
+fn substitute(expr: &str) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut rest = expr;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, len) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(j) => (braced[..j].split(':').next().unwrap_or(""), j + 2),
+                None => ("", 0),
+            },
+            None => {
+                let n = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..n], n)
+            }
+        };
+        if name.is_empty() {
+            out.push('$');
+        } else {
+            out.push_str(match name {
+                "__rate_interval" | "__interval" => RATE_INTERVAL,
+                "__range" => "1h",
+                _ => ".*",
+            });
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+// ----------------------------------------------------------------- the text exposition format
+
+/// One exposed metric family: its `# TYPE` and the label names its samples carry (`le` and
+/// `quantile` of histograms and summaries left out).
+#[derive(Debug, Default)]
+struct Family {
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+fn exposed_families(text: &str) -> BTreeMap<String, Family> {
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name type");
+            families.entry(name.into()).or_default().kind = kind.trim().into();
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..end];
+        // A histogram's samples are <family>_bucket, _sum and _count.
+        let family = std::iter::once(name)
+            .chain(
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|s| name.strip_suffix(s)),
+            )
+            .find(|f| families.contains_key(*f))
+            .unwrap_or_else(|| panic!("sample {name} has no # TYPE before it"))
+            .to_string();
+        let labels = match line[end..].strip_prefix('{') {
+            Some(inner) => label_names(inner),
+            None => Vec::new(),
+        };
+        let f = families.get_mut(&family).expect("family");
+        f.labels
+            .extend(labels.into_iter().filter(|l| l != "le" && l != "quantile"));
+    }
+    families
+}
+
+/// The label names of `a="x",b="y\"z"} 1` (the text after a sample's `{`).
+fn label_names(mut s: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        s = s.trim_start_matches([',', ' ']);
+        if s.starts_with('}') || s.is_empty() {
+            return names;
+        }
+        let (name, rest) = s.split_once("=\"").expect("label=\"value\"");
+        names.push(name.trim().to_string());
+        // Skip the value, minding backslash escapes.
+        let mut chars = rest.char_indices();
+        let mut close = rest.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    close = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        s = &rest[(close + 1).min(rest.len())..];
+    }
+}
+
+/// One row of README.md's metric table: | `name` | type | labels | meaning |.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+fn readme_table(readme: &str) -> Vec<Row> {
+    let begin = readme
+        .find("<!-- metrics:begin -->")
+        .expect("README.md has no <!-- metrics:begin --> line");
+    let end = readme
+        .find("<!-- metrics:end -->")
+        .expect("README.md has no <!-- metrics:end --> line");
+    assert!(begin < end, "metrics:end before metrics:begin");
+    let mut rows = Vec::new();
+    for line in readme[begin..end].lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        // The header and the |---| line have no `name` in backticks.
+        let Some(name) = cells[0].strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
+            continue;
+        };
+        assert!(cells.len() >= 4, "README row without 4 cells: {line}");
+        let labels = cells[2]
+            .split(',')
+            .map(str::trim)
+            .filter(|l| {
+                l.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .map(str::to_owned)
+            .collect();
+        rows.push(Row {
+            name: name.into(),
+            kind: cells[1].into(),
+            labels,
+        });
+    }
+    rows
+}
+
+// -------------------------------------------------------------------------------------- tests
+
+/// The daemon's output, with live containers and every optional series, passes
+/// `promtool check metrics` without a single finding.
+#[test]
+fn promtool_check_metrics_passes() {
+    let promtool = tool("promtool", "prometheus");
+    let live = Live::start(0.5);
+    // Plain text, as a scraper that asks for no compression gets it.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(live.daemon.url("/metrics"))
+        .header("Accept-Encoding", "identity")
+        .call()
+        .expect("GET /metrics");
+    assert!(
+        resp.headers().get("content-encoding").is_none(),
+        "asked for identity, got {:?}",
+        resp.headers().get("content-encoding")
+    );
+    let text = resp.body_mut().read_to_string().expect("body");
+    for id in [exec_id(live.plain.pid()), exec_id(live.limited.pid())] {
+        assert!(
+            text.contains(&format!("container=\"{id}\"")),
+            "{id} missing:\n{text}"
+        );
+    }
+    for family in [
+        "apptheus_container_spec_memory_limit_bytes",
+        "apptheus_container_spec_pids_limit",
+        "apptheus_sample_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write to promtool");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    println!(
+        "promtool check metrics on {} lines, {} families -> {}",
+        text.lines().count(),
+        text.matches("# TYPE ").count(),
+        out.status
+    );
+    print_output(&out);
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics found problems ({}):\n{}{}\n--- the exposition:\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real Prometheus scrapes a live daemon every second: the target is up, a burning container's
+/// CPU rate is positive, a container's memory arrives with its labels, and every query of the
+/// Grafana dashboard answers with data.
+#[test]
+fn real_prometheus_scrapes_the_daemon_and_dashboard_queries_return_data() {
+    let started = Instant::now();
+    scrape_and_query(started);
+    // The launchers, Prometheus, the daemon and the test cgroup are gone by now.
+    println!(
+        "real Prometheus test took {:.1} s including cleanup",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn scrape_and_query(started: Instant) {
+    // The plain container burns for longer than the test lasts; it is stopped at the end.
+    let live = Live::start(120.0);
+    let prom = Prometheus::start(&format!("127.0.0.1:{}", live.daemon.port));
+    let prom_ready = started.elapsed();
+    let wait = Duration::from_secs(30);
+    // What Prometheus and the daemon were doing, for a failure message.
+    let diagnostics = || {
+        let log = live.daemon.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- prometheus targets:\n{}\n--- prometheus log:\n{}\n--- daemon log (last 30 lines):\n{}",
+            prom.agent
+                .get(format!("{}/api/v1/targets", prom.url))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .unwrap_or_default(),
+            prom.log(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    };
+    let context = |what: &str, a: &Answer| format!("{what}: {a:?}\n{}", diagnostics());
+
+    let up = prom.query_until("up{job=\"apptheus\"}", wait, |a| {
+        a.series.first().is_some_and(|s| value(s) == 1.0)
+    });
+    assert!(
+        up.series.len() == 1 && value(&up.series[0]) == 1.0,
+        "{}",
+        context("up{job=\"apptheus\"} never 1", &up)
+    );
+
+    let burner = exec_id(live.plain.pid());
+    let cpu_rate = format!(
+        "rate(apptheus_container_cpu_usage_seconds_total{{job=\"apptheus\", container=\"{burner}\"}}[{RATE_INTERVAL}])"
+    );
+    let cpu = prom.query_until(&cpu_rate, wait, |a| {
+        a.find(&[("container", &burner)])
+            .is_some_and(|s| value(s) > 0.0)
+    });
+    let s = cpu
+        .find(&[("container", &burner), ("user", "root")])
+        .unwrap_or_else(|| panic!("{}", context("no CPU rate for the burning container", &cpu)));
+    assert!(value(s) > 0.0, "{}", context("CPU rate not > 0", &cpu));
+    println!("{cpu_rate} = {:.3}", value(s));
+
+    let limited = exec_id(live.limited.pid());
+    let mem_query = format!(
+        "apptheus_container_memory_usage_bytes{{job=\"apptheus\", container=\"{limited}\"}}"
+    );
+    let mem = prom.query_until(&mem_query, wait, |a| a.success_with_data());
+    let s = mem
+        .find(&[("container", &limited), ("user", "root")])
+        .unwrap_or_else(|| {
+            panic!(
+                "{}",
+                context("no memory series with container and user=\"root\"", &mem)
+            )
+        });
+    // The 64 MiB were allocated after the workload was moved into the container's cgroup.
+    assert!(
+        value(s) >= (LIMITED_ALLOC_MIB * 1024 * 1024) as f64,
+        "{}",
+        context("memory usage below what the workload allocated", &mem)
+    );
+    println!("{mem_query} = {}", value(s));
+
+    // Every dashboard query: success and at least one series. rate() needs two scrapes inside
+    // its window, so retry until all answer (bounded).
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/grafana/apptheus.json"))
+            .expect("read deploy/grafana/apptheus.json"),
+    )
+    .expect("apptheus.json is JSON");
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 10, "only {} queries found", queries.len());
+    let end = Instant::now() + wait;
+    let mut answers: Vec<Answer>;
+    loop {
+        answers = queries.iter().map(|q| prom.query(q)).collect();
+        if answers.iter().all(Answer::success_with_data) || Instant::now() > end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let all_answered = started.elapsed();
+    println!("dashboard queries ({}):", queries.len());
+    for (q, a) in queries.iter().zip(&answers) {
+        let mark = if a.success_with_data() {
+            "ok  "
+        } else {
+            "FAIL"
+        };
+        println!("{mark} {:>3} series  {q}", a.series.len());
+        if let Some(e) = &a.error {
+            println!("          {}: {e}", a.status);
+        }
+    }
+    let failed: Vec<_> = queries
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| !a.success_with_data())
+        .map(|(q, a)| format!("{q}\n    {a:?}"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} dashboard queries returned no data within {wait:?}:\n{}\n{}",
+        failed.len(),
+        queries.len(),
+        failed.join("\n"),
+        diagnostics()
+    );
+    println!(
+        "real Prometheus test: daemon, containers and prometheus ready after {:.1} s, every check passed after {:.1} s",
+        prom_ready.as_secs_f64(),
+        all_answered.as_secs_f64(),
+    );
+}
+
+/// The alert rules, their unit tests and the example configuration pass promtool.
+#[test]
+fn alert_rules_check_and_unit_tests() {
+    let promtool = tool("promtool", "prometheus");
+    let deploy = workspace().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+        ["check", "config", "prometheus.yml"],
+    ] {
+        // From deploy/prometheus: the test file and the config name alerts.yml relatively.
+        let out = run(Command::new(&promtool).args(args).current_dir(&deploy));
+        assert!(
+            out.status.success(),
+            "promtool {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `systemd-analyze verify` accepts the unit. verify fails when ExecStart's binary does not exist,
+/// so (like deploy/check.sh) it checks a temporary copy whose ExecStart is this build's daemon.
+#[test]
+fn systemd_unit_verifies() {
+    let analyze = tool("systemd-analyze", "systemd");
+    let daemon = bin("apptheus");
+    let unit = std::fs::read_to_string(workspace().join("deploy/systemd/apptheus.service"))
+        .expect("read deploy/systemd/apptheus.service");
+    let prefix = "ExecStart=/usr/local/bin/apptheus ";
+    assert_eq!(
+        unit.lines().filter(|l| l.starts_with(prefix)).count(),
+        1,
+        "the unit must have exactly one line starting with {prefix:?}"
+    );
+    let copy = unit
+        .lines()
+        .map(|l| match l.strip_prefix(prefix) {
+            Some(rest) => format!("ExecStart={} {rest}", daemon.display()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Same file name: verify derives the unit's name from it.
+    let path = dir.path().join("apptheus.service");
+    std::fs::write(&path, copy).expect("write unit copy");
+    let out = run(Command::new(&analyze).arg("verify").arg(&path));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// README.md's metric table lists exactly the families a live daemon exposes (with containers
+/// whose limits make the optional series appear), with the same types and label names.
+#[test]
+fn readme_metric_table_matches_the_daemon() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("read README.md");
+    let rows = readme_table(&readme);
+    let live = Live::start(0.2);
+    let text = live.daemon.metrics();
+    let exposed = exposed_families(&text);
+
+    let mut problems = Vec::new();
+    let mut table = BTreeMap::new();
+    for r in &rows {
+        if table.insert(r.name.as_str(), r).is_some() {
+            problems.push(format!("{} is listed twice", r.name));
+        }
+    }
+    // The standard process_* metrics of the prometheus crate: the table may sum them up in one
+    // `process_*` row, which must then match at least one exposed family.
+    let is_process = |n: &str| n.starts_with("process_");
+    if table.remove("process_*").is_some() && !exposed.keys().any(|n| is_process(n)) {
+        problems.push("the table lists process_* but the daemon exposes none".into());
+    }
+    // Series the contract allows to be missing where the kernel has nothing to report. They are
+    // excused only when the container's memory cgroup really lacks the file they come from.
+    let memory_cgroup = memory_cgroup_dir(&text, &exec_id(live.limited.pid()));
+    let excused = |name: &str| -> Option<String> {
+        let files: &[&str] = match name {
+            "apptheus_container_memory_swap_bytes" => {
+                &["memory.memsw.usage_in_bytes", "memory.swap.current"]
+            }
+            "apptheus_container_memory_max_usage_bytes" => {
+                &["memory.max_usage_in_bytes", "memory.peak"]
+            }
+            _ => return None,
+        };
+        let dir = memory_cgroup.as_ref()?;
+        files.iter().all(|f| !dir.join(f).exists()).then(|| {
+            format!(
+                "{name}: not exposed, {} has none of {files:?}",
+                dir.display()
+            )
+        })
+    };
+    for (name, fam) in exposed.iter().filter(|(n, _)| !is_process(n)) {
+        let Some(row) = table.get(name.as_str()) else {
+            problems.push(format!(
+                "{name} ({}) is exposed but not in the table",
+                fam.kind
+            ));
+            continue;
+        };
+        if row.kind != fam.kind {
+            problems.push(format!(
+                "{name}: the table says {}, the daemon exposes {}",
+                row.kind, fam.kind
+            ));
+        }
+        if row.labels != fam.labels {
+            problems.push(format!(
+                "{name}: the table lists labels {:?}, the daemon's are {:?}",
+                row.labels, fam.labels
+            ));
+        }
+    }
+    for name in table.keys().filter(|n| !exposed.contains_key(**n)) {
+        match excused(name) {
+            Some(why) => println!("excused: {why}"),
+            None => problems.push(format!(
+                "{name} is in the table but the daemon exposes no such family"
+            )),
+        }
+    }
+    println!(
+        "README table: {} rows; daemon: {} families ({} process_*)",
+        rows.len(),
+        exposed.len(),
+        exposed.keys().filter(|n| is_process(n)).count()
+    );
+    assert!(
+        problems.is_empty(),
+        "README.md's metric table and the daemon disagree:\n  {}\n--- /metrics:\n{text}",
+        problems.join("\n  ")
+    );
+}
+
+/// The directory of a container's cgroup in the memory hierarchy (v1 memory, else unified),
+/// from the `cgroup` label of its info series (its path below that hierarchy's root).
+fn memory_cgroup_dir(metrics: &str, id: &str) -> Option<PathBuf> {
+    let line = metrics.lines().find(|l| {
+        l.starts_with("apptheus_container_info{") && l.contains(&format!("container=\"{id}\""))
+    })?;
+    let path = line.split("cgroup=\"").nth(1)?.split('"').next()?;
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    let root = if v1.join("memory.stat").exists() {
+        v1
+    } else {
+        Path::new("/sys/fs/cgroup")
+    };
+    Some(root.join(path.trim_start_matches('/')))
+}
