@@ -89,9 +89,8 @@ fn exec_id(pid: i32) -> String {
 
 /// A launcher (apptheus-exec running the workload) that is stopped when dropped, even when the
 /// test fails half-way: its command's processes are killed by pid, after which apptheus-exec
-/// exits by itself (128+9). SIGKILL rather than a SIGTERM forwarded by apptheus-exec, because the
-/// command may block SIGTERM (it inherits apptheus-exec's signal mask) and the workload ends in
-/// `wait` or a long `burn` anyway.
+/// exits by itself (128+9). SIGKILL, so that the whole tree goes at once, wherever the workload
+/// is (a `wait` or a long `burn`).
 struct Launcher(Workload);
 
 impl Launcher {

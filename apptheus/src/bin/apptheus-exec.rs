@@ -104,8 +104,8 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-/// The daemon never writes; it closes the connection only when it refuses the launcher. Say so
-/// once, so the user knows this run is not monitored.
+/// The daemon never writes; it closes the connection only when it refuses the launcher or stops.
+/// Say so once, so the user knows this run is not (or no longer) monitored.
 fn watch_refusal(conn: &UnixStream) {
     let Ok(mut reader) = conn.try_clone() else {
         return;
@@ -122,7 +122,7 @@ fn watch_refusal(conn: &UnixStream) {
             }
         }
         eprintln!(
-            "apptheus-exec: warning: apptheus closed the connection; this command is not monitored (is this apptheus-exec in --trust.path? see the daemon's log)"
+            "apptheus-exec: warning: apptheus closed the connection (it refused this launcher, or stopped); this command is not monitored from here on (is this apptheus-exec in --trust.path? see the daemon's log)"
         );
     });
 }
