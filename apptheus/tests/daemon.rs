@@ -375,3 +375,29 @@ fn shutdown_removes_the_socket_and_leaves_processes_alone() {
     w.go();
     assert!(w.wait().success());
 }
+
+#[test]
+fn exec_passes_signals_on_and_is_quiet_on_a_normal_exit() {
+    let d = Daemon::start(&[]);
+    let mut w = d.exec_workload(&["ready", "sleep:30"]);
+    w.ready();
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The command got SIGTERM (not blocked in it) and died of it: 128 + 15.
+    assert_eq!(w.wait().code(), Some(143));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A monitored command that ends normally: no warning about the connection.
+    for _ in 0..10 {
+        let out = Command::new(bin("apptheus-exec"))
+            .arg(format!("--socket={}", d.socket.display()))
+            .args(["--", "sh", "-c", "sleep 0.1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    }
+}

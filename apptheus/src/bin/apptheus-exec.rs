@@ -5,9 +5,16 @@
 //! exits with CMD's status (128+N when CMD was killed by signal N). If the daemon cannot be
 //! reached, CMD still runs, with one warning on stderr.
 use std::{
-    os::unix::{net::UnixStream, process::ExitStatusExt as _},
+    os::unix::{
+        net::UnixStream,
+        process::{CommandExt as _, ExitStatusExt as _},
+    },
     path::PathBuf,
     process::{Command, ExitCode},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use clap::Parser;
@@ -47,14 +54,18 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut set = SigSet::empty();
     FORWARDED.iter().for_each(|&s| set.add(s));
-    // Block them here (std resets the mask in the child); a thread picks them up below.
+    // Block them here; a thread picks them up below. A child inherits the mask across fork and
+    // exec, so the command unblocks them before its exec.
     if let Err(e) = set.thread_block() {
         eprintln!("apptheus-exec: cannot block signals: {e}");
     }
-    let mut child = match Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .spawn()
-    {
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || set.thread_unblock().map_err(std::io::Error::from));
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apptheus-exec: cannot run {}: {e}", args.command[0]);
@@ -73,9 +84,10 @@ fn main() -> ExitCode {
         }
     });
     // Connect after the fork, as Apptainer's starter does; held until CMD exits.
+    let exiting = Arc::new(AtomicBool::new(false));
     let connection = match UnixStream::connect(&args.socket) {
         Ok(s) => {
-            watch_refusal(&s);
+            watch_refusal(&s, exiting.clone());
             Some(s)
         }
         Err(e) => {
@@ -93,6 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    exiting.store(true, Ordering::SeqCst);
     if let Some(c) = connection {
         let _ = c.shutdown(std::net::Shutdown::Both);
     }
@@ -106,7 +119,7 @@ fn main() -> ExitCode {
 
 /// The daemon never writes; it closes the connection only when it refuses the launcher or stops.
 /// Say so once, so the user knows this run is not (or no longer) monitored.
-fn watch_refusal(conn: &UnixStream) {
+fn watch_refusal(conn: &UnixStream, exiting: Arc<AtomicBool>) {
     let Ok(mut reader) = conn.try_clone() else {
         return;
     };
@@ -120,6 +133,10 @@ fn watch_refusal(conn: &UnixStream) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
+        }
+        // Our own shutdown at exit ends the read too: nothing to say then.
+        if exiting.load(Ordering::SeqCst) {
+            return;
         }
         eprintln!(
             "apptheus-exec: warning: apptheus closed the connection (it refused this launcher, or stopped); this command is not monitored from here on (is this apptheus-exec in --trust.path? see the daemon's log)"
