@@ -101,8 +101,15 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        // End only what this test started, by pid.
+        // End only what this test started, by pid: the process and the tree it forked (a test
+        // that failed half-way leaves them running).
         if self.child.try_wait().ok().flatten().is_none() {
+            for pid in descendants(self.pid()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -296,10 +303,13 @@ impl Drop for Daemon {
         if self.child.try_wait().ok().flatten().is_none() {
             self.stop();
         }
-        // Whatever cgroups this test's daemon left (a failed test): remove the empty ones.
-        for d in self.cgroup_dirs() {
-            remove_cgroup_tree(&d);
-        }
+        // Whatever cgroups this test's daemon left (a failed test): remove them once the
+        // processes killed above have left them.
+        let _ = eventually(Duration::from_secs(3), || {
+            let dirs = self.cgroup_dirs();
+            dirs.iter().for_each(|d| remove_cgroup_tree(d));
+            self.cgroup_dirs().is_empty().then_some(())
+        });
     }
 }
 
