@@ -108,11 +108,9 @@ pub async fn run(args: Args, trust: Trust) -> Result<()> {
     while tasks.join_next().await.is_some() {}
     // Removes the socket file.
     drop(gateway);
-    let registry = Arc::try_unwrap(registry).ok();
-    if let Some(r) = &registry {
-        r.shutdown();
-    }
-    // Dropping the last tracker reference detaches the programs.
+    // Connection tasks may still hold the registry; its cleanup does not need sole ownership.
+    registry.shutdown();
+    // The programs detach when the last tracker reference goes (at the latest, at exit).
     drop(registry);
     drop(tracker);
     log::info!("stopped");

@@ -169,10 +169,6 @@ impl Snapshot {
         }
     }
 
-    pub fn series(&self) -> &[ContainerSeries] {
-        &self.series
-    }
-
     pub fn text(&self) -> &[u8] {
         self.text.get_or_init(|| render(&self.series).into_bytes())
     }

@@ -108,7 +108,6 @@ fn untrusted_launcher_is_refused_and_counted() {
     let d = Daemon::start(&[]);
     let copy = d.dir.path().join("apptheus-exec");
     std::fs::copy(bin("apptheus-exec"), &copy).unwrap();
-    let started = Instant::now();
     let out = Command::new(&copy)
         .arg(format!("--socket={}", d.socket.display()))
         .args(["--", "sleep", "1.5"])
@@ -120,8 +119,6 @@ fn untrusted_launcher_is_refused_and_counted() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success());
     assert!(stderr.contains("closed the connection"), "{stderr}");
-    // The refusal reached the launcher well before its command ended.
-    assert!(started.elapsed() >= Duration::from_millis(1400));
     let m = d.metrics();
     assert_eq!(
         sample(

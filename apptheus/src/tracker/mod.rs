@@ -181,13 +181,7 @@ impl Tracker {
     /// Forget a container: its counters and any of its processes still tracked.
     pub fn unregister(&self, key: u64) -> Result<()> {
         let mut maps = self.maps();
-        let pids: Vec<u32> = maps
-            .tracked
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .filter(|&(_, k)| k == key)
-            .map(|(pid, _)| pid)
-            .collect();
+        let pids = tracked_under(&maps, key);
         for pid in pids {
             ignore_missing(maps.tracked.remove(&pid))?;
         }
@@ -220,12 +214,9 @@ impl Tracker {
 
     /// The processes tracked under `key` (a walk of the whole map: not for hot paths).
     pub fn pids(&self, key: u64) -> Vec<i32> {
-        self.maps()
-            .tracked
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .filter(|&(_, k)| k == key)
-            .map(|(pid, _)| pid as i32)
+        tracked_under(&self.maps(), key)
+            .into_iter()
+            .map(|p| p as i32)
             .collect()
     }
 
@@ -238,6 +229,16 @@ impl Tracker {
             .context("reading the lost-events counter")?;
         Ok(values.iter().sum())
     }
+}
+
+/// The pids tracked under `key`: a walk of the whole map.
+fn tracked_under(maps: &Maps, key: u64) -> Vec<u32> {
+    maps.tracked
+        .iter()
+        .filter_map(|kv| kv.ok())
+        .filter(|&(_, k)| k == key)
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Add `pid` to the tracked map under `key` if it is still the live process it was. Returns
