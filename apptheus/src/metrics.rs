@@ -149,6 +149,8 @@ pub struct ContainerSeries {
     pub cgroup: String,
     pub memory_source: &'static str,
     pub start_time: f64,
+    /// Unix time the last process exited; none while the container lives.
+    pub end_time: Option<f64>,
     pub stats: Stats,
     pub procs: ProcessCounters,
 }
@@ -213,6 +215,12 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Gauge,
         help: "Unix time the container was registered.",
         value: |c| Some(Value::Float(c.start_time)),
+    },
+    Family {
+        name: "apptheus_container_end_time_seconds",
+        kind: Kind::Gauge,
+        help: "Unix time the container's last process exited (only for ended containers).",
+        value: |c| c.end_time.map(Value::Float),
     },
     Family {
         name: "apptheus_container_cpu_usage_seconds_total",
@@ -427,6 +435,7 @@ mod tests {
             cgroup: "/apptheus/starter_42".into(),
             memory_source: "cgroup",
             start_time: 1_700_000_000.5,
+            end_time: None,
             stats: Stats {
                 cpu_usage_seconds: Some(1.25),
                 memory_usage_bytes: Some(4096),

@@ -43,6 +43,8 @@ struct Container {
     inherit_after_ns: u64,
     connected: bool,
     ended: Option<Instant>,
+    /// Wall-clock time of the end, exported as the end time.
+    end_time: Option<SystemTime>,
     /// The last sample was taken after the end: the values are final.
     final_sample: bool,
     stats: Stats,
@@ -192,6 +194,7 @@ impl Registry {
                 inherit_after_ns: u64::MAX,
                 connected: true,
                 ended: None,
+                end_time: None,
                 final_sample: false,
                 stats: Stats::default(),
                 procs: ProcessCounters::default(),
@@ -303,6 +306,7 @@ impl Registry {
             && c.ended.is_none()
         {
             c.ended = Some(Instant::now());
+            c.end_time = Some(SystemTime::now());
             let secs = c.start_time.elapsed().unwrap_or_default().as_secs_f64();
             log::info!(container = c.id.as_str(), duration_seconds = secs, connected = c.connected; "container ended");
         }
@@ -376,11 +380,8 @@ impl Registry {
                 uid: c.uid,
                 cgroup: c.cgroup.rel_path().to_string(),
                 memory_source: c.cgroup.memory_source().as_str(),
-                start_time: c
-                    .start_time
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64(),
+                start_time: unix_seconds(c.start_time),
+                end_time: c.end_time.map(unix_seconds),
                 stats: c.stats.clone(),
                 procs: c.procs,
             })
@@ -441,6 +442,12 @@ impl Registry {
             let _ = cg.remove();
         }
     }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 fn exe_basename(path: &Path) -> String {

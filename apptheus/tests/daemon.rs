@@ -177,6 +177,17 @@ fn ended_container_stays_for_retention_then_goes() {
         sample(&m, "apptheus_container_processes", &label),
         Some(0.0)
     );
+    // The end time is the exit's, not the next sampling pass's (an exit event, not a poll).
+    let end = sample(&m, "apptheus_container_end_time_seconds", &label)
+        .expect("an ended container has an end time");
+    let exited = (std::time::SystemTime::now() - ended.elapsed())
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (end - exited).abs() < 0.5,
+        "end time {end} vs exit seen by the test at {exited}"
+    );
     let gone = eventually(Duration::from_secs(5), || {
         (!d.metrics().contains(&label)).then_some(())
     });
