@@ -19,6 +19,7 @@ use crate::{
     http,
     metrics::Metrics,
     registry::{self, Registry},
+    state::StateDir,
     tracker::{EventStream, Tracker},
 };
 
@@ -55,6 +56,9 @@ pub async fn run(args: Args, trust: Trust) -> Result<()> {
     );
     tasks.spawn(http::serve(listener, app, shutdown.clone()));
 
+    // Before anything is created: a second daemon on the same state must not start.
+    let state_dir = StateDir::open(&args.state_dir)?;
+    let saved = state_dir.load();
     let (tracker, events) = Tracker::load()?;
     let tracker = Arc::new(tracker);
     let layout = Layout::detect().context("detecting the cgroup hierarchies")?;
@@ -71,7 +75,21 @@ pub async fn run(args: Args, trust: Trust) -> Result<()> {
         },
         layout,
         tracker.clone(),
+        Some(state_dir),
     ));
+    // Containers a previous run left (a crash, an upgrade) are taken back before any launcher
+    // is admitted, so that none of their processes can be mistaken for a new container's.
+    let r = registry.clone();
+    let recovery = tokio::task::spawn_blocking(move || {
+        let recovery = r.recover(saved);
+        r.persist();
+        recovery
+    })
+    .await
+    .context("re-adopting containers")?;
+    if recovery != Default::default() {
+        log::info!(readopted = recovery.readopted, processes = recovery.processes, ended_while_down = recovery.ended; "containers of a previous run taken back");
+    }
     let gateway = Arc::new(Gateway::bind(&args.socket_path)?);
     log::info!(socket = args.socket_path.display().to_string().as_str(), trusted = trust.paths().len(); "gateway listening");
     ready.store(true, Ordering::Release);
@@ -276,6 +294,7 @@ async fn sample_loop(
             }
             m.sample_duration.observe(start.elapsed().as_secs_f64());
             r.reap();
+            r.persist();
         });
         pass.await.context("sampling pass")?;
     }

@@ -12,4 +12,5 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod registry;
+pub mod state;
 pub mod tracker;

@@ -4,8 +4,8 @@
 //! tracked and moved in. It ends when its last process exits (the connection closing alone does
 //! not end it); its final values stay for the retention time, then its series and cgroup go.
 use std::{
-    collections::HashMap,
-    path::Path,
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
@@ -17,6 +17,7 @@ use crate::{
     cgroup::{ContainerCgroup, Layout, Placement, Stats},
     gateway::{Peer, Rejection},
     metrics::ContainerSeries,
+    state::{SavedContainer, StateDir},
     tracker::{ProcessCounters, Tracker},
 };
 
@@ -69,6 +70,8 @@ pub struct Registry {
     layout: Layout,
     tracker: Arc<Tracker>,
     state: Mutex<State>,
+    /// Where the containers are saved for a restart; none in tests of the registry alone.
+    state_dir: Option<StateDir>,
 }
 
 #[derive(Default)]
@@ -76,9 +79,14 @@ struct State {
     containers: HashMap<u64, Container>,
     next_key: u64,
     /// Admissions under way (they count against the limit).
-    admitting: std::collections::HashSet<u64>,
+    admitting: HashSet<u64>,
     /// Cgroups of removed containers whose directories the kernel still reported busy.
     to_remove: Vec<Arc<ContainerCgroup>>,
+    /// The set of containers changed since the state file was written.
+    dirty: bool,
+    /// `<parent>` directories the daemon made: removed once empty, whichever of the containers
+    /// in them goes last.
+    made_parents: HashSet<PathBuf>,
 }
 
 fn monotonic_ns() -> u64 {
@@ -96,7 +104,12 @@ pub fn user_name(uid: u32) -> String {
 }
 
 impl Registry {
-    pub fn new(cfg: Config, layout: Layout, tracker: Arc<Tracker>) -> Registry {
+    pub fn new(
+        cfg: Config,
+        layout: Layout,
+        tracker: Arc<Tracker>,
+        state_dir: Option<StateDir>,
+    ) -> Registry {
         Registry {
             cfg,
             layout,
@@ -105,6 +118,7 @@ impl Registry {
                 next_key: 1,
                 ..Default::default()
             }),
+            state_dir,
         }
     }
 
@@ -180,7 +194,10 @@ impl Registry {
             }
         };
         let user = user_name(peer.uid);
-        self.state().containers.insert(
+        let mut st = self.state();
+        st.dirty = true;
+        st.made_parents.extend(cgroup.made_parents());
+        st.containers.insert(
             key,
             Container {
                 id: id.clone(),
@@ -200,6 +217,7 @@ impl Registry {
                 procs: ProcessCounters::default(),
             },
         );
+        drop(st);
         let members = match self.tracker.register(peer.pid, key) {
             Ok(m) => m,
             Err(e) => {
@@ -309,6 +327,7 @@ impl Registry {
             c.end_time = Some(SystemTime::now());
             let secs = c.start_time.elapsed().unwrap_or_default().as_secs_f64();
             log::info!(container = c.id.as_str(), duration_seconds = secs, connected = c.connected; "container ended");
+            st.dirty = true;
         }
     }
 
@@ -407,6 +426,7 @@ impl Registry {
                 .collect();
             for key in expired {
                 if let Some(c) = st.containers.remove(&key) {
+                    st.dirty = true;
                     log::debug!(container = c.id.as_str(); "retention over: removing the container's series and cgroups");
                     done.push(key);
                     st.to_remove.push(c.cgroup);
@@ -419,6 +439,7 @@ impl Registry {
                 log::warn!(error:% = format!("{e:#}"); "forgetting a container in the tracker");
             }
         }
+        let before = to_remove.len();
         to_remove.retain(|cg| match cg.remove() {
             Ok(()) => false,
             Err(e) => {
@@ -426,21 +447,251 @@ impl Registry {
                 true
             }
         });
-        self.state().to_remove.extend(to_remove);
+        let removed_any = to_remove.len() < before;
+        let mut st = self.state();
+        st.to_remove.extend(to_remove);
+        if removed_any {
+            remove_empty_parents(&mut st.made_parents);
+        }
     }
 
     /// At shutdown: remove the cgroups of ended containers (empty ones only: the kernel refuses
-    /// the others). Live containers' processes are left where they are.
+    /// the others) and save the live ones for the next start. Live containers' processes are
+    /// left where they are.
     pub fn shutdown(&self) {
-        let st = self.state();
-        for c in st.containers.values() {
+        let mut st = self.state();
+        let mut removed = Vec::new();
+        for (key, c) in &st.containers {
             if c.ended.is_some() && c.cgroup.remove().is_ok() {
                 log::debug!(container = c.id.as_str(); "removed cgroup at shutdown");
+                removed.push(*key);
             }
+        }
+        for key in removed {
+            st.containers.remove(&key);
+            st.dirty = true;
         }
         for cg in &st.to_remove {
             let _ = cg.remove();
         }
+        remove_empty_parents(&mut st.made_parents);
+        drop(st);
+        self.persist();
+    }
+
+    /// Write the state file if the set of containers changed since it was last written
+    /// (blocking). A failure is logged and retried on the next call.
+    pub fn persist(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        let saved = {
+            let mut st = self.state();
+            if !st.dirty {
+                return;
+            }
+            st.dirty = false;
+            st.containers
+                .values()
+                .map(|c| saved_of(c, &st.made_parents))
+                .collect::<Vec<_>>()
+        };
+        if let Err(e) = dir.save(&saved) {
+            log::warn!(error:% = format!("{e:#}"); "cannot save the containers for a restart; will retry");
+            self.state().dirty = true;
+        }
+    }
+
+    /// At start, before any launcher is admitted: take back the containers a previous run left
+    /// under `--cgroup.parent` (blocking). A container whose cgroup still holds processes is
+    /// tracked again, its processes and their descendants under a new key; one whose cgroup is
+    /// empty ended while the daemon was down: it is exported as ended for the retention time,
+    /// then removed. Labels and start time come from the state file, or, for a container it
+    /// missed (admitted just before a crash), from its id and its processes.
+    pub fn recover(&self, saved: Vec<SavedContainer>) -> Recovery {
+        let mut recovery = Recovery::default();
+        let ours = |rel: &str| {
+            let mut parts = rel.rsplit('/');
+            let id = parts.next().unwrap_or("");
+            parts.next() == Some(self.cfg.parent.as_str()) && pid_of_id(id).is_some()
+        };
+        let mut candidates: Vec<(String, Option<SavedContainer>)> = Vec::new();
+        for c in saved {
+            if ours(&c.cgroup) && !candidates.iter().any(|(rel, _)| *rel == c.cgroup) {
+                candidates.push((c.cgroup.clone(), Some(c)));
+            }
+        }
+        for rel in self.layout.list(&self.cfg.parent) {
+            if ours(&rel) && !candidates.iter().any(|(r, _)| *r == rel) {
+                candidates.push((rel, None));
+            }
+        }
+        for (rel, saved) in candidates {
+            let made = saved.as_ref().map_or(&[][..], |s| &s.made_parents[..]);
+            let Some(cgroup) = self.layout.open(&rel, made) else {
+                // Removed after the state file was written.
+                continue;
+            };
+            let cgroup = Arc::new(cgroup);
+            let procs = cgroup.procs();
+            let saved = saved.unwrap_or_else(|| guess_saved(&rel, &cgroup, &procs));
+            let key = {
+                let mut st = self.state();
+                st.next_key += 1;
+                st.next_key
+            };
+            let members = if procs.is_empty() {
+                Vec::new()
+            } else {
+                match self.tracker.readopt(&procs, key) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        log::error!(container = saved.id.as_str(), error:% = format!("{e:#}"); "cannot track a re-adopted container's processes");
+                        let _ = self.tracker.unregister(key);
+                        Vec::new()
+                    }
+                }
+            };
+            // Descendants that left the cgroup while the daemon was down come back in.
+            for pid in members.iter().filter(|p| !procs.contains(p)) {
+                if let Err(e) = cgroup.add_process(*pid) {
+                    log::warn!(container = saved.id.as_str(), pid = *pid, error:% = format!("{e:#}"); "cannot move a process into the container's cgroup");
+                }
+            }
+            let live = !members.is_empty();
+            let end_time = (!live).then(|| {
+                saved
+                    .end_time
+                    .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0)))
+                    .unwrap_or_else(SystemTime::now)
+            });
+            if live {
+                recovery.readopted += 1;
+                recovery.processes += members.len();
+                log::info!(container = saved.id.as_str(), processes = members.len(), cgroup = rel.as_str(); "container re-adopted");
+            } else {
+                recovery.ended += 1;
+                log::info!(container = saved.id.as_str(), cgroup = rel.as_str(); "container ended while the daemon was down");
+            }
+            let mut st = self.state();
+            st.dirty = true;
+            st.made_parents.extend(cgroup.made_parents());
+            st.containers.insert(
+                key,
+                Container {
+                    id: saved.id,
+                    user: saved.user,
+                    peer_pid: saved.pid,
+                    uid: saved.uid,
+                    exe: saved.exe,
+                    exe_path: saved.exe_path,
+                    start_time: SystemTime::UNIX_EPOCH
+                        + Duration::from_secs_f64(saved.start_time.max(0.0)),
+                    cgroup,
+                    inherit_after_ns: monotonic_ns(),
+                    connected: false,
+                    ended: end_time.map(|_| Instant::now()),
+                    end_time,
+                    final_sample: false,
+                    stats: Stats::default(),
+                    procs: ProcessCounters::default(),
+                },
+            );
+        }
+        recovery
+    }
+}
+
+/// What `recover` found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    pub readopted: usize,
+    pub processes: usize,
+    pub ended: usize,
+}
+
+/// Remove the made `<parent>` directories that are empty now; keep the others for later.
+fn remove_empty_parents(made: &mut HashSet<PathBuf>) {
+    made.retain(|dir| match std::fs::remove_dir(dir) {
+        Ok(()) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    });
+}
+
+/// A container as the state file keeps it. Its made parents are those of its own directories
+/// that the daemon made, whichever container made them, so that they outlive their maker.
+fn saved_of(c: &Container, made_parents: &HashSet<PathBuf>) -> SavedContainer {
+    SavedContainer {
+        id: c.id.clone(),
+        cgroup: c.cgroup.rel_path().to_string(),
+        user: c.user.clone(),
+        uid: c.uid,
+        pid: c.peer_pid,
+        exe: c.exe.clone(),
+        exe_path: c.exe_path.clone(),
+        start_time: unix_seconds(c.start_time),
+        end_time: c.end_time.map(unix_seconds),
+        made_parents: c
+            .cgroup
+            .dirs()
+            .iter()
+            .filter_map(|d| d.parent())
+            .filter(|p| made_parents.contains(*p))
+            .map(Path::to_path_buf)
+            .collect(),
+    }
+}
+
+/// The launcher pid at the end of a container id (`<exe>_<pid>`).
+fn pid_of_id(id: &str) -> Option<i32> {
+    let (exe, digits) = id.rsplit_once('_')?;
+    let pid: i32 = digits.parse().ok()?;
+    // Only the daemon's own spelling: no sign, no leading zeros.
+    (!exe.is_empty() && pid > 0 && pid.to_string() == digits).then_some(pid)
+}
+
+/// Labels for a container found in the cgroup tree but not in the state file: the exe and pid
+/// from its id, the user and exe path from the launcher if it still runs in the container (else
+/// the user of any of its processes), the start time from its directory.
+fn guess_saved(rel: &str, cgroup: &ContainerCgroup, procs: &[i32]) -> SavedContainer {
+    let id = rel.rsplit('/').next().unwrap_or_default().to_string();
+    let pid = pid_of_id(&id).unwrap_or(0);
+    let (exe, _) = id.rsplit_once('_').unwrap_or((id.as_str(), ""));
+    let exe = exe.to_string();
+    let launcher_here = procs.contains(&pid);
+    let owner = if launcher_here {
+        Some(pid)
+    } else {
+        procs.first().copied()
+    };
+    let uid = owner
+        .and_then(|p| procfs::process::Process::new(p).ok())
+        .and_then(|p| p.uid().ok())
+        .unwrap_or(u32::MAX);
+    let exe_path = launcher_here
+        .then(|| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let start_time = cgroup
+        .dirs()
+        .first()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .and_then(|m| m.created().or_else(|_| m.modified()).ok())
+        .map_or_else(|| unix_seconds(SystemTime::now()), unix_seconds);
+    SavedContainer {
+        id,
+        cgroup: rel.to_string(),
+        user: if uid == u32::MAX {
+            "unknown".into()
+        } else {
+            user_name(uid)
+        },
+        uid,
+        pid,
+        exe,
+        exe_path,
+        start_time,
+        end_time: None,
+        made_parents: Vec::new(),
     }
 }
 
@@ -475,6 +726,24 @@ mod tests {
             "apptheus-exec"
         );
         assert_eq!(exe_basename(Path::new("/")), "unknown");
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(pid_of_id("starter-suid_4242"), Some(4242));
+        assert_eq!(pid_of_id("a_b_7"), Some(7));
+        for bad in [
+            "4242",
+            "_4242",
+            "x_",
+            "x_+1",
+            "x_012",
+            "x_-1",
+            "x_0",
+            "x_99999999999",
+        ] {
+            assert_eq!(pid_of_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

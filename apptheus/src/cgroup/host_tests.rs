@@ -267,8 +267,12 @@ fn nested_container_on_the_host() {
     }
 
     // A restarted daemon finds every directory again from the label alone.
-    let reopened = layout.open(container.rel_path()).unwrap();
+    let reopened = layout
+        .open(container.rel_path(), &container.made_parents())
+        .unwrap();
     assert_eq!(reopened.dirs(), container.dirs());
+    assert_eq!(reopened.made_parents(), container.made_parents());
+    assert!(!container.made_parents().is_empty());
     assert_eq!(reopened.rel_path(), container.rel_path());
     assert_eq!(reopened.memory_source(), container.memory_source());
     assert!(

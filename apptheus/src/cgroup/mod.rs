@@ -295,8 +295,9 @@ impl Layout {
     /// on a hybrid host, where each hierarchy has its own base) where one of its processes is,
     /// or else as the only directory ending in the same `<parent>/<id>`. A hierarchy where it
     /// cannot be found is left out (logged). Directories of a reopened container count as its
-    /// own for `remove`, but its `<parent>` directories do not: who made them is unknown.
-    pub fn open(&self, rel: &str) -> Option<ContainerCgroup> {
+    /// own for `remove`; of its `<parent>` directories, only those listed in `made_parents` (what
+    /// `ContainerCgroup::made_parents` said before the restart) do.
+    pub fn open(&self, rel: &str, made_parents: &[PathBuf]) -> Option<ContainerCgroup> {
         let primary = self.primary();
         let primary_dir = self.hierarchies[primary].dir_of(rel).ok()?;
         if !primary_dir.is_dir() {
@@ -326,9 +327,13 @@ impl Layout {
             if index == primary {
                 container.primary = container.members.len();
             }
+            let made = dir
+                .parent()
+                .filter(|p| made_parents.iter().any(|m| m == p))
+                .map(Path::to_path_buf);
             container
                 .members
-                .push(open_member(hierarchy, member_rel, dir, None));
+                .push(open_member(hierarchy, member_rel, dir, made));
         }
         Some(container)
     }
@@ -654,6 +659,15 @@ impl ContainerCgroup {
     /// hierarchy's. This is the `cgroup` label.
     pub fn rel_path(&self) -> &str {
         &self.rel_path
+    }
+
+    /// The `<parent>` directories that making this container made (and `remove` removes when
+    /// they are empty).
+    pub fn made_parents(&self) -> Vec<PathBuf> {
+        self.members
+            .iter()
+            .filter_map(|m| m.created_parent.clone())
+            .collect()
     }
 
     /// Every directory of this container.

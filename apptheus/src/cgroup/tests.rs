@@ -238,7 +238,7 @@ fn v2_sample_from_fake_tree() {
     let tree = FakeTree::new();
     fake_v2_container(&tree);
     let layout = tree.v2_layout();
-    let container = layout.open("/job/apptheus/c_1").unwrap();
+    let container = layout.open("/job/apptheus/c_1", &[]).unwrap();
     assert_eq!(container.rel_path(), "/job/apptheus/c_1");
     assert_eq!(container.dirs(), [tree.path("unified/job/apptheus/c_1")]);
     assert_eq!(container.procs(), [4242, 4243]);
@@ -277,7 +277,11 @@ fn v2_sample_with_missing_and_garbled_files() {
     tree.write(&format!("{c}/io.stat"), "garbage\n");
     tree.write(&format!("{c}/pids.max"), "lots\n");
     tree.write(&format!("{c}/cpu.stat"), "");
-    let stats = tree.v2_layout().open("/job/apptheus/c_1").unwrap().sample();
+    let stats = tree
+        .v2_layout()
+        .open("/job/apptheus/c_1", &[])
+        .unwrap()
+        .sample();
     assert_eq!(
         stats,
         Stats {
@@ -302,7 +306,7 @@ fn v2_without_controllers_uses_processes() {
     tree.write(&format!("{c}/cgroup.threads"), "1\n2\n3\n");
     tree.write(&format!("{c}/cpu.stat"), V2_CPU_STAT);
     tree.write(&format!("{c}/memory.max"), "100\n");
-    let container = tree.v2_layout().open("/job/apptheus/c_1").unwrap();
+    let container = tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap();
     assert_eq!(container.memory_source(), Source::Processes);
     assert_eq!(container.pids_source(), Source::Processes);
     let stats = container.sample();
@@ -368,7 +372,7 @@ fn v1_sample_from_fake_tree() {
     let tree = FakeTree::new();
     fake_v1_container(&tree);
     let layout = tree.v1_layout();
-    let container = layout.open("/job/apptheus/c_1").unwrap();
+    let container = layout.open("/job/apptheus/c_1", &[]).unwrap();
     assert_eq!(container.dirs().len(), 4);
     assert_eq!(container.memory_source(), Source::Cgroup);
     assert_eq!(container.pids_source(), Source::Cgroup);
@@ -420,7 +424,11 @@ fn v1_fallbacks() {
         &format!("{blkio}/blkio.throttle.io_service_bytes"),
         "8:0 Read 5\n8:0 Write 6\nTotal 11\n",
     );
-    let stats = tree.v1_layout().open("/job/apptheus/c_1").unwrap().sample();
+    let stats = tree
+        .v1_layout()
+        .open("/job/apptheus/c_1", &[])
+        .unwrap()
+        .sample();
     let hz = procfs::ticks_per_second() as f64;
     assert_eq!(stats.cpu_user_seconds, Some(8.0 / hz));
     assert_eq!(stats.cpu_system_seconds, Some(86.0 / hz));
@@ -440,7 +448,7 @@ fn v1_without_pids_hierarchy_counts_tasks() {
     let layout = Layout::from_mountinfo(&text).unwrap();
     tree.write("memory/c_1/tasks", "10\n11\n");
     tree.mkdir("cpu,cpuacct/c_1");
-    let container = layout.open("/c_1").unwrap();
+    let container = layout.open("/c_1", &[]).unwrap();
     assert_eq!(container.pids_source(), Source::Processes);
     assert_eq!(container.memory_source(), Source::Cgroup);
     assert_eq!(container.sample().pids, Some(2));
@@ -449,8 +457,8 @@ fn v1_without_pids_hierarchy_counts_tasks() {
 #[test]
 fn open_missing_container() {
     let tree = FakeTree::new();
-    assert!(tree.v2_layout().open("/job/apptheus/c_9").is_none());
-    assert!(tree.v2_layout().open("not-absolute").is_none());
+    assert!(tree.v2_layout().open("/job/apptheus/c_9", &[]).is_none());
+    assert!(tree.v2_layout().open("not-absolute", &[]).is_none());
 }
 
 #[test]
@@ -463,7 +471,7 @@ fn open_finds_differing_paths_of_a_hybrid_host() {
     tree.mkdir("memory/batch/job_7/apptheus/c_1");
     tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_1");
     tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_2");
-    let container = layout.open("/batch/job_7/apptheus/c_1").unwrap();
+    let container = layout.open("/batch/job_7/apptheus/c_1", &[]).unwrap();
     assert_eq!(container.rel_path(), "/batch/job_7/apptheus/c_1");
     assert_eq!(
         container.dirs(),
@@ -474,7 +482,7 @@ fn open_finds_differing_paths_of_a_hybrid_host() {
     );
     // Two candidates cannot be told apart: the hierarchy is left out.
     tree.mkdir("unified/other/apptheus/c_1");
-    let container = layout.open("/batch/job_7/apptheus/c_1").unwrap();
+    let container = layout.open("/batch/job_7/apptheus/c_1", &[]).unwrap();
     assert_eq!(
         container.dirs(),
         [tree.path("memory/batch/job_7/apptheus/c_1")]

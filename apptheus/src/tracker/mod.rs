@@ -135,59 +135,24 @@ impl Tracker {
         if let Some(other) = lookup(&maps.tracked, root as u32)? {
             bail!("pid {root} is already tracked (container key {other})");
         }
-        maps.counters
-            .insert(key, Counters::default(), 0)
-            .with_context(|| format!("creating counters for container key {key}"))?;
-        maps.adopted.insert(key, 0);
-        match adopt(&mut maps, root, key) {
-            Ok(true) => {}
-            Ok(false) => {
-                drop(maps);
-                self.unregister(key)?;
-                bail!("process {root} exited before it could be tracked");
-            }
-            Err(e) => {
-                drop(maps);
-                self.unregister(key)?;
-                return Err(e);
-            }
-        }
-        let mut members = vec![root];
-        let mut seen: HashSet<i32> = HashSet::from([root]);
-        // Repeat until a whole scan adopts nothing: a process forked by a descendant before that
-        // descendant was tracked only shows in a later scan; once a scan adds nothing, every
-        // later fork comes from a tracked parent and the kernel takes it.
-        loop {
-            let mut adopted_any = false;
-            for pid in descendants(root)? {
-                match lookup(&maps.tracked, pid as u32)? {
-                    // Inside another container (a nested launcher's): it stays there.
-                    Some(k) if k != key => continue,
-                    Some(_) => {}
-                    None if adopt(&mut maps, pid, key)? => adopted_any = true,
-                    None => continue,
-                }
-                if seen.insert(pid) {
-                    members.push(pid);
-                }
-            }
-            if !adopted_any {
-                break;
-            }
+        let members = track(&mut maps, &[root], key)?;
+        if members.first() != Some(&root) {
+            forget(&mut maps, key)?;
+            bail!("process {root} exited before it could be tracked");
         }
         Ok(members)
     }
 
+    /// Track again, after a daemon restart, the processes `pids` found in a container's cgroup,
+    /// and their descendants, under a new `key`. Processes that exited meanwhile are skipped;
+    /// an empty result means none is left (the key stays registered, with no live process).
+    pub fn readopt(&self, pids: &[i32], key: u64) -> Result<Vec<i32>> {
+        track(&mut self.maps(), pids, key)
+    }
+
     /// Forget a container: its counters and any of its processes still tracked.
     pub fn unregister(&self, key: u64) -> Result<()> {
-        let mut maps = self.maps();
-        let pids = tracked_under(&maps, key);
-        for pid in pids {
-            ignore_missing(maps.tracked.remove(&pid))?;
-        }
-        ignore_missing(maps.counters.remove(&key))?;
-        maps.adopted.remove(&key);
-        Ok(())
+        forget(&mut self.maps(), key)
     }
 
     /// The counters of `key`, or None if it is not registered.
@@ -229,6 +194,62 @@ impl Tracker {
             .context("reading the lost-events counter")?;
         Ok(values.iter().sum())
     }
+}
+
+/// Register `key`, track each of `roots` that still lives, then their descendants. Returns the
+/// members found (the live roots first).
+fn track(maps: &mut Maps, roots: &[i32], key: u64) -> Result<Vec<i32>> {
+    maps.counters
+        .insert(key, Counters::default(), 0)
+        .with_context(|| format!("creating counters for container key {key}"))?;
+    maps.adopted.insert(key, 0);
+    let mut members = Vec::new();
+    let mut seen = HashSet::new();
+    for &pid in roots {
+        match adopt(maps, pid, key) {
+            Ok(true) if seen.insert(pid) => members.push(pid),
+            Ok(_) => {}
+            Err(e) => {
+                forget(maps, key)?;
+                return Err(e);
+            }
+        }
+    }
+    if members.is_empty() {
+        return Ok(members);
+    }
+    // Repeat until a whole scan adopts nothing: a process forked by a descendant before that
+    // descendant was tracked only shows in a later scan; once a scan adds nothing, every later
+    // fork comes from a tracked parent and the kernel takes it.
+    loop {
+        let mut adopted_any = false;
+        for pid in descendants(&members)? {
+            match lookup(&maps.tracked, pid as u32)? {
+                // Inside another container (a nested launcher's): it stays there.
+                Some(k) if k != key => continue,
+                Some(_) => {}
+                None if adopt(maps, pid, key)? => adopted_any = true,
+                None => continue,
+            }
+            if seen.insert(pid) {
+                members.push(pid);
+            }
+        }
+        if !adopted_any {
+            break;
+        }
+    }
+    Ok(members)
+}
+
+/// Forget `key`: its counters and any of its processes still tracked.
+fn forget(maps: &mut Maps, key: u64) -> Result<()> {
+    for pid in tracked_under(maps, key) {
+        ignore_missing(maps.tracked.remove(&pid))?;
+    }
+    ignore_missing(maps.counters.remove(&key))?;
+    maps.adopted.remove(&key);
+    Ok(())
 }
 
 /// The pids tracked under `key`: a walk of the whole map.
@@ -316,9 +337,10 @@ pub fn has_exited(pidfd: &OwnedFd) -> Result<bool> {
     Ok(n > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
-/// All current descendants of `root`, from one scan of /proc (the kernel here has no
-/// /proc/<pid>/task/<tid>/children, so parent links are the only way down the tree).
-fn descendants(root: i32) -> Result<Vec<i32>> {
+/// All current descendants of `roots` (not the roots themselves), from one scan of /proc (the
+/// kernel here has no /proc/<pid>/task/<tid>/children, so parent links are the only way down the
+/// tree).
+fn descendants(roots: &[i32]) -> Result<Vec<i32>> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for proc in procfs::process::all_processes().context("listing /proc")? {
         // Processes vanish during the scan; that is not an error.
@@ -327,16 +349,15 @@ fn descendants(root: i32) -> Result<Vec<i32>> {
         };
         children.entry(stat.ppid).or_default().push(stat.pid);
     }
+    // A torn scan must not loop forever: each pid is visited once.
+    let mut seen: HashSet<i32> = roots.iter().copied().collect();
     let mut out = Vec::new();
-    let mut queue = vec![root];
+    let mut queue = roots.to_vec();
     while let Some(p) = queue.pop() {
-        if let Some(kids) = children.get(&p) {
-            for &k in kids {
-                // A pid cannot be its own ancestor, but a torn scan must not loop forever.
-                if k != root && !out.contains(&k) {
-                    out.push(k);
-                    queue.push(k);
-                }
+        for &k in children.get(&p).into_iter().flatten() {
+            if seen.insert(k) {
+                out.push(k);
+                queue.push(k);
             }
         }
     }

@@ -167,6 +167,9 @@ pub struct Daemon {
     pub parent: String,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// The flags and environment it was started with (a restart reuses them).
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -191,21 +194,21 @@ impl Daemon {
         let parent = unique("apptheus-test");
         let port = free_port();
         let log = dir.path().join("daemon.log");
-        let child = Command::new(bin("apptheus"))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!("--socket.path={}", socket.display()))
-            .arg(format!("--cgroup.parent={parent}"))
-            .arg(format!(
-                "--state.dir={}",
-                dir.path().join("state").display()
-            ))
-            .arg("--log.level=debug")
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn apptheus");
+        let args: Vec<String> = [
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--socket.path={}", socket.display()),
+            format!("--cgroup.parent={parent}"),
+            format!("--state.dir={}", dir.path().join("state").display()),
+            "--log.level=debug".to_string(),
+        ]
+        .into_iter()
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn_daemon(&args, &env, &log);
         let mut d = Daemon {
             child,
             port,
@@ -213,19 +216,43 @@ impl Daemon {
             parent,
             dir,
             log,
+            args,
+            env,
         };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
         let ready = eventually(Duration::from_secs(30), || {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("apptheus exited at start ({st}):\n{}", d.log_text());
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("apptheus exited at start ({st}):\n{}", self.log_text());
             }
-            (d.get("/-/ready").0 == 200).then_some(())
+            (self.get("/-/ready").0 == 200).then_some(())
         });
         assert!(
             ready.is_some(),
             "apptheus not ready after 30 s:\n{}",
-            d.log_text()
+            self.log_text()
         );
-        d
+    }
+
+    /// Kill it with SIGKILL (no cleanup of its own) and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again with the same flags (port, socket, state dir, cgroup parent); its log
+    /// goes on in the same file.
+    pub fn respawn(&mut self) {
+        assert!(self.exited(), "respawn: the daemon still runs");
+        self.child = spawn_daemon(&self.args, &self.env, &self.log);
+        self.wait_ready();
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -311,6 +338,21 @@ impl Drop for Daemon {
             self.cgroup_dirs().is_empty().then_some(())
         });
     }
+}
+
+fn spawn_daemon(args: &[String], env: &[(String, String)], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(bin("apptheus"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn apptheus")
 }
 
 /// Directories named `name` anywhere under `root` (cgroup trees are shallow here).

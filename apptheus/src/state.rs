@@ -1,0 +1,305 @@
+//! The state file: what a restarted daemon needs to re-adopt the containers a previous run left
+//! (their labels and start time; the cgroup tree itself says which still exist and what they
+//! hold). One JSON file under `--state.dir`, replaced atomically, and a lock so that two daemons
+//! never share it.
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// The file's name inside `--state.dir`.
+pub const FILE_NAME: &str = "containers.json";
+const LOCK_NAME: &str = "lock";
+const VERSION: u32 = 1;
+/// A state file larger than this is not ours (the limit of containers times a generous entry).
+const MAX_BYTES: u64 = 64 << 20;
+
+/// One container as a previous run knew it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedContainer {
+    pub id: String,
+    /// Its cgroup path below the root of the primary hierarchy (the `cgroup` label).
+    pub cgroup: String,
+    pub user: String,
+    pub uid: u32,
+    /// The launcher's pid.
+    pub pid: i32,
+    pub exe: String,
+    pub exe_path: String,
+    /// Unix seconds.
+    pub start_time: f64,
+    /// Unix seconds, for containers that had ended.
+    #[serde(default)]
+    pub end_time: Option<f64>,
+    /// The `<parent>` directories that making this container made (removed with it when
+    /// empty). Only ever compared with the directories the cgroup tree shows.
+    #[serde(default)]
+    pub made_parents: Vec<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    version: u32,
+    containers: Vec<SavedContainer>,
+}
+
+/// Parse a state file's bytes. Every entry is checked, so that nothing in it can make the daemon
+/// touch a path outside the cgroup tree or export a malformed label.
+pub fn parse(bytes: &[u8]) -> Result<Vec<SavedContainer>> {
+    let doc: Document = serde_json::from_slice(bytes).context("not a valid state document")?;
+    if doc.version != VERSION {
+        bail!(
+            "state file version {} (this daemon writes version {VERSION})",
+            doc.version
+        );
+    }
+    for (i, c) in doc.containers.iter().enumerate() {
+        check(c).with_context(|| format!("container entry {i} ({:?})", c.id))?;
+    }
+    Ok(doc.containers)
+}
+
+/// Render the state file's bytes (the inverse of `parse`).
+pub fn render(containers: &[SavedContainer]) -> Vec<u8> {
+    let doc = Document {
+        version: VERSION,
+        containers: containers.to_vec(),
+    };
+    // Serializing plain strings and numbers cannot fail; non-finite floats become null, which
+    // `parse` then refuses, so they are replaced first.
+    let mut doc = doc;
+    for c in &mut doc.containers {
+        if !c.start_time.is_finite() {
+            c.start_time = 0.0;
+        }
+        c.end_time = c.end_time.filter(|t| t.is_finite());
+    }
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+fn check(c: &SavedContainer) -> Result<()> {
+    let plain_name = |s: &str| {
+        !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0', '\n']) && s.len() <= 255
+    };
+    if !plain_name(&c.id) {
+        bail!("bad id");
+    }
+    let parts: Vec<&str> = c.cgroup.split('/').collect();
+    if !c.cgroup.starts_with('/')
+        || c.cgroup.contains(['\0', '\n'])
+        || parts.iter().skip(1).any(|p| !plain_name(p))
+        || parts.last() != Some(&c.id.as_str())
+    {
+        bail!("bad cgroup path {:?}", c.cgroup);
+    }
+    if c.pid <= 0 {
+        bail!("bad pid {}", c.pid);
+    }
+    if !c.start_time.is_finite() || c.end_time.is_some_and(|t| !t.is_finite()) {
+        bail!("bad time");
+    }
+    Ok(())
+}
+
+/// The state directory, locked for this daemon.
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl StateDir {
+    /// Create `dir` (0700) if needed and lock it; fails if another daemon holds it.
+    pub fn open(dir: &Path) -> Result<StateDir> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating --state.dir {}", dir.display()))?;
+        let lock_path = dir.join(LOCK_NAME);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "--state.dir {} is in use by another apptheus ({e}); give each daemon its own",
+                dir.display()
+            )
+        })?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// The containers a previous run saved. A missing file is an empty list; an unreadable,
+    /// corrupt or truncated one is reported, renamed aside (`<file>.corrupt-<unix time>`) and
+    /// read as empty: it must never keep the daemon from starting.
+    pub fn load(&self) -> Vec<SavedContainer> {
+        let path = self.file();
+        let bytes = match read_bounded(&path) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                self.set_aside(&path, &format!("{e:#}"));
+                return Vec::new();
+            }
+        };
+        match parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                self.set_aside(&path, &format!("{e:#}"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_aside(&self, path: &Path, why: &str) {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let aside = self.dir.join(format!("{FILE_NAME}.corrupt-{secs}"));
+        match fs::rename(path, &aside) {
+            Ok(()) => {
+                log::warn!(file = path.display().to_string().as_str(), moved_to = aside.display().to_string().as_str(), error = why; "state file unusable: set aside, starting without it")
+            }
+            Err(e) => {
+                log::warn!(file = path.display().to_string().as_str(), error = why, rename_error:% = e; "state file unusable and cannot be set aside; starting without it")
+            }
+        }
+    }
+
+    /// Replace the state file atomically: write a temporary file, sync it, rename it over the
+    /// old one, sync the directory. A crash at any point leaves the old file or the new one.
+    pub fn save(&self, containers: &[SavedContainer]) -> Result<()> {
+        let path = self.file();
+        let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&render(containers))?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().with_context(|| format!("writing the state file {}", path.display()))
+    }
+}
+
+/// The file's bytes, `None` if it does not exist.
+fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if !meta.is_file() || meta.len() > MAX_BYTES {
+        bail!("not a regular file of at most {MAX_BYTES} bytes");
+    }
+    fs::read(path)
+        .map(Some)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> SavedContainer {
+        SavedContainer {
+            id: id.into(),
+            cgroup: format!("/slurm/job_1/apptheus/{id}"),
+            user: "alice".into(),
+            uid: 1000,
+            pid: 4242,
+            exe: "starter-suid".into(),
+            exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),
+            start_time: 1_700_000_000.25,
+            end_time: None,
+            made_parents: vec!["/sys/fs/cgroup/memory/slurm/job_1/apptheus".into()],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut ended = entry("b_2");
+        ended.end_time = Some(1_700_000_100.5);
+        let list = vec![entry("starter-suid_4242"), ended];
+        assert_eq!(parse(&render(&list)).unwrap(), list);
+        assert_eq!(parse(&render(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn refuses_what_is_not_ours() {
+        let bad = |text: &str| parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(bad("").contains("not a valid"));
+        assert!(bad(r#"{"version":1,"containers":[{"id":"#).contains("not a valid"));
+        assert!(bad(r#"{"version":2,"containers":[]}"#).contains("version 2"));
+        assert!(bad(r#"{"version":1,"containers":[],"x":1}"#).contains("not a valid"));
+        let with = |f: &dyn Fn(&mut SavedContainer)| {
+            let mut c = entry("a_1");
+            f(&mut c);
+            let mut text = String::from_utf8(render(&[c])).unwrap();
+            // render() cleans times; put a bad one back by hand where the test needs it.
+            text = text.replace("\"start_time\":0.0", "\"start_time\":null");
+            parse(text.as_bytes())
+        };
+        assert!(with(&|c| c.cgroup = "/x/../../etc/a_1".into()).is_err());
+        assert!(with(&|c| c.cgroup = "relative/a_1".into()).is_err());
+        assert!(with(&|c| c.cgroup = "/x/other".into()).is_err());
+        assert!(with(&|c| c.id = "..".into()).is_err());
+        assert!(with(&|c| c.pid = 0).is_err());
+        assert!(with(&|c| c.start_time = f64::NAN).is_err());
+        assert!(with(&|_| {}).is_ok());
+    }
+
+    #[test]
+    fn save_load_lock_and_set_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let s = StateDir::open(&dir).unwrap();
+        assert_eq!(s.load(), vec![]);
+        let list = vec![entry("a_1")];
+        s.save(&list).unwrap();
+        assert_eq!(s.load(), list);
+        // A second daemon on the same directory is refused.
+        let err = StateDir::open(&dir).err().expect("locked").to_string();
+        assert!(err.contains("in use"), "{err}");
+        // A truncated file is set aside, not fatal.
+        let full = fs::read(s.file()).unwrap();
+        fs::write(s.file(), &full[..full.len() / 2]).unwrap();
+        assert_eq!(s.load(), vec![]);
+        assert!(!s.file().exists());
+        let aside: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(fs::read(aside[0].path()).unwrap(), &full[..full.len() / 2]);
+        drop(s);
+        // Released with the daemon.
+        assert!(StateDir::open(&dir).is_ok());
+    }
+}
