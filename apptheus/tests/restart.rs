@@ -262,3 +262,34 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_clean_restart_keeps_containers_too() {
+    let mut d = Daemon::start(&["--monitor.interval=100ms"]);
+    let mut live: Vec<Workload> = (0..2)
+        .map(|_| d.exec_workload(&["ready", "wait"]))
+        .collect();
+    for w in &mut live {
+        w.ready();
+    }
+    let before = eventually(Duration::from_secs(5), || {
+        values(&d.metrics(), "apptheus_container_start_time_seconds", &live)
+    })
+    .expect("both visible");
+    assert!(d.stop().success());
+    d.respawn();
+    let after = eventually(Duration::from_secs(5), || {
+        let m = d.metrics();
+        values(&m, "apptheus_container_processes", &live)
+            .filter(|p| p.iter().all(|&p| p == 2.0))
+            .and_then(|_| values(&m, "apptheus_container_start_time_seconds", &live))
+    })
+    .unwrap_or_else(|| panic!("not re-adopted after SIGTERM:\n{}", d.log_text()));
+    for (b, a) in before.iter().zip(&after) {
+        assert!((a - b).abs() < 1e-6, "start time {b} became {a}");
+    }
+    for w in &mut live {
+        w.go();
+        assert!(w.wait().success());
+    }
+}
