@@ -6,6 +6,7 @@
 //! racing the fork hook: both sides insert with `BPF_NOEXIST`, and whoever inserts counts the
 //! process live, so each process is counted once.
 pub mod format;
+pub mod proctable;
 mod tracefs;
 
 use std::{
@@ -23,6 +24,8 @@ use aya::{
     programs::TracePoint,
 };
 use tokio::io::unix::AsyncFd;
+
+use self::proctable::ProcTable;
 
 pub use tracefs::{TRACEFS, ensure_tracefs};
 
@@ -55,6 +58,8 @@ struct Maps {
     lost: PerCpuArray<MapData, u64>,
     /// Per key, processes that `register` added (the kernel counts only what it added).
     adopted: HashMap<u64, i64>,
+    /// The host's parent links, for finding descendants.
+    procs: ProcTable,
 }
 
 /// The loaded and attached programs and their maps. Dropping it detaches the programs.
@@ -106,6 +111,7 @@ impl Tracker {
             counters: BpfHashMap::try_from(take(&mut ebpf, "COUNTERS")?)?,
             lost: PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?,
             adopted: HashMap::new(),
+            procs: ProcTable::default(),
         };
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let events = EventStream {
@@ -223,7 +229,8 @@ fn track(maps: &mut Maps, roots: &[i32], key: u64) -> Result<Vec<i32>> {
     // fork comes from a tracked parent and the kernel takes it.
     loop {
         let mut adopted_any = false;
-        for pid in descendants(&members)? {
+        maps.procs.refresh()?;
+        for pid in maps.procs.descendants(&members) {
             match lookup(&maps.tracked, pid as u32)? {
                 // Inside another container (a nested launcher's): it stays there.
                 Some(k) if k != key => continue,
@@ -335,33 +342,6 @@ pub fn has_exited(pidfd: &OwnedFd) -> Result<bool> {
         return Err(io::Error::last_os_error()).context("poll(pidfd)");
     }
     Ok(n > 0 && pfd.revents & libc::POLLIN != 0)
-}
-
-/// All current descendants of `roots` (not the roots themselves), from one scan of /proc (the
-/// kernel here has no /proc/<pid>/task/<tid>/children, so parent links are the only way down the
-/// tree).
-fn descendants(roots: &[i32]) -> Result<Vec<i32>> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for proc in procfs::process::all_processes().context("listing /proc")? {
-        // Processes vanish during the scan; that is not an error.
-        let Ok(stat) = proc.and_then(|p| p.stat()) else {
-            continue;
-        };
-        children.entry(stat.ppid).or_default().push(stat.pid);
-    }
-    // A torn scan must not loop forever: each pid is visited once.
-    let mut seen: HashSet<i32> = roots.iter().copied().collect();
-    let mut out = Vec::new();
-    let mut queue = roots.to_vec();
-    while let Some(p) = queue.pop() {
-        for &k in children.get(&p).into_iter().flatten() {
-            if seen.insert(k) {
-                out.push(k);
-                queue.push(k);
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn raise_memlock_limit() {

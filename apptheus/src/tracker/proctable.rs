@@ -1,0 +1,157 @@
+//! The host's parent links, kept between registrations.
+//!
+//! Finding a launcher's descendants means knowing every process's parent, and the kernel here
+//! offers only `/proc/<pid>/stat` for that (no `/proc/<pid>/task/<tid>/children`): tens of
+//! microseconds per process, so a full walk of a node with thousands of processes costs tens of
+//! milliseconds, for every container. The table keeps what earlier walks read: a refresh lists
+//! `/proc` (cheap) and reads `stat` only for processes it has not seen, or whose parent has
+//! exited (they may have been reparented). A process is known by its pid *and* the inode number
+//! of its `/proc/<pid>` directory: a new process never gets the inode of an older one, so a
+//! reused pid is never mistaken for the process it replaced.
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    io::Read as _,
+    os::unix::fs::DirEntryExt as _,
+};
+
+use anyhow::{Context as _, Result};
+
+#[derive(Default)]
+pub struct ProcTable {
+    /// pid -> (inode of /proc/<pid>, parent pid)
+    entries: HashMap<i32, (u64, i32)>,
+    /// `stat` files read in the last refresh (for tests and diagnostics).
+    last_reads: usize,
+}
+
+impl ProcTable {
+    /// Bring the table up to date with the processes that exist now.
+    pub fn refresh(&mut self) -> Result<()> {
+        let mut listing: Vec<(i32, u64)> = Vec::with_capacity(self.entries.len() + 64);
+        for entry in fs::read_dir("/proc").context("listing /proc")? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            listing.push((pid, entry.ino()));
+        }
+        let current: HashMap<i32, u64> = listing.iter().copied().collect();
+        // Gone, or the pid now names another process.
+        self.entries
+            .retain(|pid, (ino, _)| current.get(pid) == Some(ino));
+        let mut buf = [0u8; 1024];
+        self.last_reads = 0;
+        for (pid, ino) in listing {
+            if let Some(&(_, ppid)) = self.entries.get(&pid)
+                && (ppid == 0 || self.entries.contains_key(&ppid))
+            {
+                continue;
+            }
+            self.last_reads += 1;
+            // Processes vanish during the walk; that is not an error.
+            match read_ppid(pid, &mut buf) {
+                Some(ppid) => {
+                    self.entries.insert(pid, (ino, ppid));
+                }
+                None => {
+                    self.entries.remove(&pid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The descendants of `roots` (not the roots themselves) as of the last refresh.
+    pub fn descendants(&self, roots: &[i32]) -> Vec<i32> {
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for (&pid, &(_, ppid)) in &self.entries {
+            children.entry(ppid).or_default().push(pid);
+        }
+        // Each pid is visited once, whatever the links say.
+        let mut seen: HashSet<i32> = roots.iter().copied().collect();
+        let mut out = Vec::new();
+        let mut queue = roots.to_vec();
+        while let Some(p) = queue.pop() {
+            for &k in children.get(&p).into_iter().flatten() {
+                if seen.insert(k) {
+                    out.push(k);
+                    queue.push(k);
+                }
+            }
+        }
+        out
+    }
+
+    /// How many `stat` files the last refresh read.
+    pub fn last_reads(&self) -> usize {
+        self.last_reads
+    }
+}
+
+fn read_ppid(pid: i32, buf: &mut [u8]) -> Option<i32> {
+    let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = f.read(buf).ok()?;
+    parse_stat_ppid(&buf[..n])
+}
+
+/// The parent pid in the text of a `/proc/<pid>/stat`: `pid (comm) state ppid ...`. The command
+/// name may hold spaces and parentheses, so the fields start after the *last* `)`.
+pub fn parse_stat_ppid(stat: &[u8]) -> Option<i32> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok().filter(|&p: &i32| p >= 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_of_stat_lines() {
+        assert_eq!(
+            parse_stat_ppid(b"4242 (sleep) S 4200 4242 4200 0 -1 4194560 101 0 0 0"),
+            Some(4200)
+        );
+        // A command name with spaces and parentheses.
+        assert_eq!(
+            parse_stat_ppid(b"7 (a) b (c)) R 1 7 7 0 -1 0\n"),
+            Some(1)
+        );
+        assert_eq!(parse_stat_ppid(b"2 (kthreadd) S 0 0 0"), Some(0));
+        for bad in [
+            &b""[..],
+            b"42 (x",
+            b"42 (x) S",
+            b"42 (x) S -3 1",
+            b"42 (x) S abc",
+            b"42 (x) S 99999999999",
+            b"\xff)\xff",
+        ] {
+            assert_eq!(parse_stat_ppid(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_reads_only_what_changed() {
+        let mut t = ProcTable::default();
+        t.refresh().unwrap();
+        let me = std::process::id() as i32;
+        assert!(t.last_reads() > 0);
+        assert!(t.entries.contains_key(&me));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        t.refresh().unwrap();
+        // The new child, and little else (other processes may come and go meanwhile).
+        assert!(t.last_reads() >= 1);
+        assert!(t.descendants(&[me]).contains(&(child.id() as i32)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        t.refresh().unwrap();
+        assert!(!t.descendants(&[me]).contains(&(child.id() as i32)));
+    }
+}
