@@ -194,10 +194,7 @@ impl Registry {
             }
         };
         let user = user_name(peer.uid);
-        let mut st = self.state();
-        st.dirty = true;
-        st.made_parents.extend(cgroup.made_parents());
-        st.containers.insert(
+        self.insert(
             key,
             Container {
                 id: id.clone(),
@@ -217,7 +214,6 @@ impl Registry {
                 procs: ProcessCounters::default(),
             },
         );
-        drop(st);
         let members = match self.tracker.register(peer.pid, key) {
             Ok(m) => m,
             Err(e) => {
@@ -258,6 +254,14 @@ impl Registry {
             self.end(key);
         }
         Ok((key, id))
+    }
+
+    /// Add a container (to be saved with the next state file).
+    fn insert(&self, key: u64, c: Container) {
+        let mut st = self.state();
+        st.dirty = true;
+        st.made_parents.extend(c.cgroup.made_parents());
+        st.containers.insert(key, c);
     }
 
     /// The launcher closed its connection. The container lives on while it has processes.
@@ -560,8 +564,7 @@ impl Registry {
             let end_time = (!live).then(|| {
                 saved
                     .end_time
-                    .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0)))
-                    .unwrap_or_else(SystemTime::now)
+                    .map_or_else(SystemTime::now, from_unix_seconds)
             });
             if live {
                 recovery.readopted += 1;
@@ -571,10 +574,7 @@ impl Registry {
                 recovery.ended += 1;
                 log::info!(container = saved.id.as_str(), cgroup = rel.as_str(); "container ended while the daemon was down");
             }
-            let mut st = self.state();
-            st.dirty = true;
-            st.made_parents.extend(cgroup.made_parents());
-            st.containers.insert(
+            self.insert(
                 key,
                 Container {
                     id: saved.id,
@@ -583,8 +583,7 @@ impl Registry {
                     uid: saved.uid,
                     exe: saved.exe,
                     exe_path: saved.exe_path,
-                    start_time: SystemTime::UNIX_EPOCH
-                        + Duration::from_secs_f64(saved.start_time.max(0.0)),
+                    start_time: from_unix_seconds(saved.start_time),
                     cgroup,
                     inherit_after_ns: monotonic_ns(),
                     connected: false,
@@ -693,6 +692,11 @@ fn guess_saved(rel: &str, cgroup: &ContainerCgroup, procs: &[i32]) -> SavedConta
         end_time: None,
         made_parents: Vec::new(),
     }
+}
+
+/// The inverse of `unix_seconds` (a state file's time; bad values are refused when it is read).
+fn from_unix_seconds(secs: f64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::try_from_secs_f64(secs).unwrap_or_default()
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {

@@ -17,6 +17,17 @@ fn container_dirs(w: &Workload) -> Vec<std::path::PathBuf> {
     )
 }
 
+/// `n` containers whose workloads are ready and wait for a line.
+fn waiting(d: &Daemon, n: usize) -> Vec<Workload> {
+    let mut live: Vec<Workload> = (0..n)
+        .map(|_| d.exec_workload(&["ready", "wait"]))
+        .collect();
+    for w in &mut live {
+        w.ready();
+    }
+    live
+}
+
 /// Each container's value of `name`, when all have one.
 fn values(metrics: &str, name: &str, ws: &[Workload]) -> Option<Vec<f64>> {
     ws.iter()
@@ -184,12 +195,7 @@ fn kill9_and_restart_readopts_live_containers_and_cleans_up_ended_ones() {
 #[test]
 fn corrupt_state_file_is_set_aside_and_containers_are_still_found() {
     let mut d = Daemon::start(&["--monitor.interval=100ms"]);
-    let mut live: Vec<Workload> = (0..3)
-        .map(|_| d.exec_workload(&["ready", "wait"]))
-        .collect();
-    for w in &mut live {
-        w.ready();
-    }
+    let mut live = waiting(&d, 3);
     let visible = eventually(Duration::from_secs(5), || {
         values(&d.metrics(), "apptheus_container_processes", &live)
             .filter(|p| p.iter().all(|&p| p == 2.0))
@@ -266,12 +272,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
 #[test]
 fn a_clean_restart_keeps_containers_too() {
     let mut d = Daemon::start(&["--monitor.interval=100ms"]);
-    let mut live: Vec<Workload> = (0..2)
-        .map(|_| d.exec_workload(&["ready", "wait"]))
-        .collect();
-    for w in &mut live {
-        w.ready();
-    }
+    let mut live = waiting(&d, 2);
     let before = eventually(Duration::from_secs(5), || {
         values(&d.metrics(), "apptheus_container_start_time_seconds", &live)
     })

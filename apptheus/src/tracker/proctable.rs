@@ -31,7 +31,11 @@ impl ProcTable {
         let mut listing: Vec<(i32, u64)> = Vec::with_capacity(self.entries.len() + 64);
         for entry in fs::read_dir("/proc").context("listing /proc")? {
             let Ok(entry) = entry else { continue };
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
                 continue;
             };
             listing.push((pid, entry.ino()));
@@ -116,10 +120,7 @@ mod tests {
             Some(4200)
         );
         // A command name with spaces and parentheses.
-        assert_eq!(
-            parse_stat_ppid(b"7 (a) b (c)) R 1 7 7 0 -1 0\n"),
-            Some(1)
-        );
+        assert_eq!(parse_stat_ppid(b"7 (a) b (c)) R 1 7 7 0 -1 0\n"), Some(1));
         assert_eq!(parse_stat_ppid(b"2 (kthreadd) S 0 0 0"), Some(0));
         for bad in [
             &b""[..],
