@@ -554,6 +554,157 @@ mod tests {
         m
     }
 
+    use crate::webconfig::WebConfig;
+    use tower::ServiceExt as _;
+
+    fn state(scrape_permits: usize) -> AppState {
+        AppState {
+            metrics: Arc::new(Metrics::new().unwrap()),
+            ready: Arc::new(AtomicBool::new(true)),
+            scrapes: Arc::new(Semaphore::new(scrape_permits)),
+        }
+    }
+
+    fn web(yaml: &str) -> Web {
+        Web {
+            config: WebConfig::parse(yaml).unwrap(),
+            tls: None,
+        }
+    }
+
+    /// GET `path` through `app`: status and the named header.
+    async fn get(app: &Router, path: &str, auth: Option<&str>, header: &str) -> (u16, String) {
+        let mut req = Request::builder().uri(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let value = resp
+            .headers()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (resp.status().as_u16(), value)
+    }
+
+    fn basic(user: &str, pass: &str) -> String {
+        use base64::Engine as _;
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        format!("Basic {creds}")
+    }
+
+    #[tokio::test]
+    async fn auth_covers_every_path_and_headers_every_response() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let w = web(&format!(
+            "basic_auth_users:\n  alice: '{hash}'\n  bob: '{hash}'\n\
+             http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+        ));
+        let app = router("/metrics", state(4), Some(&w));
+        let good = basic("alice", "pw");
+        for path in ["/metrics", "/-/healthy", "/-/ready", "/elsewhere"] {
+            let (status, challenge) = get(&app, path, None, "www-authenticate").await;
+            assert_eq!((status, challenge.as_str()), (401, "Basic"), "{path}");
+            for bad in [
+                basic("alice", "nope"),
+                basic("carol", "pw"),
+                "Basic !!".into(),
+            ] {
+                assert_eq!(get(&app, path, Some(&bad), "").await.0, 401, "{path} {bad}");
+            }
+        }
+        // Twice: the second answer comes from the cache.
+        for _ in 0..2 {
+            assert_eq!(get(&app, "/metrics", Some(&good), "").await.0, 200);
+        }
+        assert_eq!(get(&app, "/elsewhere", Some(&good), "").await.0, 404);
+        assert_eq!(
+            get(
+                &app,
+                "/-/healthy",
+                Some(&basic("bob", "pw")),
+                "x-frame-options"
+            )
+            .await,
+            (200, "deny".to_string())
+        );
+        assert_eq!(
+            get(&app, "/-/healthy", None, "x-frame-options").await.1,
+            "deny",
+            "on a 401 too"
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limit_answers_429_past_the_burst() {
+        let w = web("rate_limit:\n  interval: 1h\n  burst: 3\n");
+        let app = router("/metrics", state(4), Some(&w));
+        let statuses: Vec<u16> = statuses(&app, 5).await;
+        assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    }
+
+    async fn statuses(app: &Router, n: usize) -> Vec<u16> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(get(app, "/-/healthy", None, "").await.0);
+        }
+        out
+    }
+
+    #[test]
+    fn token_bucket_refills_at_the_interval() {
+        let mut b = TokenBucket::new(RateLimit {
+            interval: Duration::from_secs(1),
+            burst: 2,
+        });
+        let t0 = b.last;
+        assert!(b.allow(t0) && b.allow(t0) && !b.allow(t0));
+        assert!(!b.allow(t0 + Duration::from_millis(500)));
+        assert!(b.allow(t0 + Duration::from_millis(1000)));
+        // Never more than the burst, however long the pause.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(b.allow(later) && b.allow(later) && !b.allow(later));
+    }
+
+    #[tokio::test]
+    async fn scrapes_over_the_bound_get_503_with_retry_after() {
+        // No free slot: the scrape waits SCRAPE_QUEUE_TIMEOUT, then gives up.
+        let app = router("/metrics", state(0), None);
+        let (status, retry) = get(&app, "/metrics", None, "retry-after").await;
+        assert_eq!((status, retry.as_str()), (503, "1"));
+        // Health checks are not scrapes: unaffected.
+        assert_eq!(get(&app, "/-/healthy", None, "").await.0, 200);
+        // One slot, used in turn: every scrape is served and gives its slot back.
+        let app = router("/metrics", state(1), None);
+        for _ in 0..3 {
+            assert_eq!(get(&app, "/metrics", None, "").await.0, 200);
+        }
+    }
+
+    #[test]
+    fn basic_credentials_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&basic("u", "p:q")).unwrap(),
+        );
+        assert_eq!(basic_credentials(&h), Some(("u".into(), "p:q".into())));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("basic dTpw"),
+        );
+        assert_eq!(basic_credentials(&h), Some(("u".into(), "p".into())));
+        for bad in ["Bearer dTpw", "Basic", "Basic ???", "Basic dXNlcg=="] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(bad));
+            assert_eq!(basic_credentials(&h), None, "{bad}");
+        }
+    }
+
     #[test]
     fn gzip_negotiation() {
         assert!(accepts_gzip(&h("gzip")));
