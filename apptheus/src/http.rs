@@ -25,7 +25,7 @@ use axum::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{OnceCell, Semaphore},
 };
@@ -182,6 +182,19 @@ async fn connection(
                 )
                 .await;
             let _ = stream.shutdown().await;
+            // Read what the client sent before closing: closing with unread data would send a
+            // reset, which can destroy the answer before the client reads it.
+            let mut sink = [0u8; 4096];
+            let drain = async {
+                let mut total = 0;
+                while let Ok(n @ 1..) = stream.read(&mut sink).await {
+                    total += n;
+                    if total > 64 * 1024 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             return None;
         }
         match acceptor.accept(stream).await {
