@@ -21,13 +21,15 @@ use crate::{
     registry::{self, Registry},
     state::StateDir,
     tracker::{EventStream, Tracker},
+    webconfig::Web,
 };
 
 /// Connections being identified at once; more wait in the kernel's listen backlog, so a flood
 /// costs bounded memory.
 const MAX_PENDING_CONNECTIONS: usize = 16;
 
-pub async fn run(args: Args, trust: Trust) -> Result<()> {
+/// Run the daemon; `web` is the loaded `--web.config.file`, if given.
+pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
     let ready = Arc::new(AtomicBool::new(false));
@@ -46,15 +48,24 @@ pub async fn run(args: Args, trust: Trust) -> Result<()> {
                 args.web_listen_address
             )
         })?;
-    log::info!(address = listener.local_addr()?.to_string().as_str(), path = args.web_telemetry_path.as_str(); "HTTP server listening");
+    log::info!(
+        address = listener.local_addr()?.to_string().as_str(),
+        path = args.web_telemetry_path.as_str(),
+        tls = web.as_ref().is_some_and(|w| w.tls.is_some()),
+        basic_auth = web.as_ref().is_some_and(|w| !w.config.users.is_empty());
+        "HTTP server listening"
+    );
     let app = http::router(
         &args.web_telemetry_path,
-        http::AppState {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-        },
+        http::AppState::new(metrics.clone(), ready.clone()),
+        web.as_ref(),
     );
-    tasks.spawn(http::serve(listener, app, shutdown.clone()));
+    tasks.spawn(http::serve(
+        listener,
+        app,
+        http::ServeOptions::new(web.as_ref()),
+        shutdown.clone(),
+    ));
 
     // Before anything is created: a second daemon on the same state must not start.
     let state_dir = StateDir::open(&args.state_dir)?;

@@ -3,7 +3,7 @@
 //! A trusted launcher (Apptainer's starter, or `apptheus-exec`) connects to the `gateway` socket;
 //! the `registry` gives it a container: a cgroup in every hierarchy (`cgroup`), and its whole
 //! process tree followed by eBPF (`tracker`). The `daemon`'s sampler reads the cgroups' counters
-//! into `metrics`, which `http` serves to Prometheus.
+//! into `metrics`, which `http` serves to Prometheus, with TLS and basic auth from `webconfig`.
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;
@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod registry;
 pub mod state;
 pub mod tracker;
+pub mod webconfig;

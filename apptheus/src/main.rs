@@ -1,7 +1,7 @@
 //! `apptheus`: the daemon.
 use std::process::ExitCode;
 
-use apptheus::{cli::Args, daemon, gateway::Trust, logging};
+use apptheus::{cli::Args, daemon, gateway::Trust, logging, webconfig::Web};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
@@ -18,15 +18,15 @@ fn main() -> ExitCode {
         eprintln!("apptheus: {e:#}");
         return ExitCode::from(1);
     }
-    if let Some(f) = &args.web_config_file {
-        // Serving plain HTTP when the administrator asked for TLS or authentication would be
-        // worse than not starting.
-        eprintln!(
-            "apptheus: --web.config.file {}: TLS and basic auth are not implemented yet; refusing to serve unprotected",
-            f.display()
-        );
-        return ExitCode::from(2);
-    }
+    // Certificates and keys are read here, before anything starts: a bad file stops the daemon
+    // rather than letting it serve unprotected.
+    let web = match args.web_config_file.as_deref().map(Web::load).transpose() {
+        Ok(web) => web,
+        Err(e) => {
+            eprintln!("apptheus: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let trust = match Trust::new(args.trust_path.paths()) {
         Ok((trust, warnings)) => {
             for w in warnings {
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(daemon::run(args, trust)) {
+    match runtime.block_on(daemon::run(args, trust, web)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(error:% = format!("{e:#}"); "apptheus failed");

@@ -2,9 +2,9 @@
 //!
 //! Build needs (see README): the nightly toolchain's `rust-src` (eBPF crates build `core` from
 //! source) and `bpf-linker`, built against nightly rustc's own libLLVM, which is the LLVM it must
-//! match. Test needs: Debian's `prometheus` (promtool, the server) and `systemd`
-//! (systemd-analyze). Each step checks first, so a machine that has everything pays a few
-//! milliseconds.
+//! match. Test needs: Debian's `prometheus` (promtool, the server), `systemd`
+//! (systemd-analyze), `openssl` and `curl` (the TLS tests). Each step checks first, so a machine
+//! that has everything pays a few milliseconds.
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -20,6 +20,9 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/promtool", "prometheus"),
     ("/usr/bin/systemd-analyze", "systemd"),
+    // tests/web.rs: certificates made at test time, a TLS client that can be held to TLS 1.2.
+    ("/usr/bin/openssl", "openssl"),
+    ("/usr/bin/curl", "curl"),
 ];
 
 fn cargo_bin() -> PathBuf {

@@ -159,6 +159,33 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// How the tests talk to the daemon's HTTP server: plain HTTP by default; HTTPS and basic auth
+/// for a daemon started with `--web.config.file`.
+#[derive(Clone)]
+pub struct Client {
+    pub scheme: &'static str,
+    pub agent: ureq::Agent,
+    /// A ready `Authorization` header value.
+    pub authorization: Option<String>,
+}
+
+impl Client {
+    /// An agent that reports every status (no error for 4xx/5xx), with a 10 s overall timeout.
+    pub fn agent_builder() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+    }
+
+    pub fn plain() -> Client {
+        Client {
+            scheme: "http",
+            agent: Self::agent_builder().build().into(),
+            authorization: None,
+        }
+    }
+}
+
 /// A running `apptheus` daemon with its own socket, port and cgroup parent.
 pub struct Daemon {
     pub child: Child,
@@ -170,6 +197,7 @@ pub struct Daemon {
     /// The flags and environment it was started with (a restart reuses them).
     args: Vec<String>,
     env: Vec<(String, String)>,
+    pub client: Client,
 }
 
 impl Daemon {
@@ -188,6 +216,12 @@ impl Daemon {
 
     /// Start the daemon with `args` and extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_client(args, env, Client::plain())
+    }
+
+    /// Start the daemon with `args` and `env`; `client` is how to reach its HTTP server (also
+    /// for the readiness check).
+    pub fn start_client(args: &[&str], env: &[(&str, &str)], client: Client) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
@@ -218,6 +252,7 @@ impl Daemon {
             log,
             args,
             env,
+            client,
         };
         d.wait_ready();
         d
@@ -256,17 +291,16 @@ impl Daemon {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.client.scheme, self.port)
     }
 
     /// GET `path`: status and body (0 when the server cannot be reached).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        match agent.get(&self.url(path)).call() {
+        let mut req = self.client.agent.get(&self.url(path));
+        if let Some(auth) = &self.client.authorization {
+            req = req.header("Authorization", auth);
+        }
+        match req.call() {
             Ok(mut r) => (
                 r.status().as_u16(),
                 r.body_mut().read_to_string().unwrap_or_default(),
