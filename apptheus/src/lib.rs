@@ -7,6 +7,8 @@
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod logging;

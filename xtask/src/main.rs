@@ -1,6 +1,7 @@
 //! `cargo xtask`: the developer commands of apptheus. Every command that builds first runs
 //! `setup`, which installs what the build needs on a fresh machine and does nothing (fast) when
 //! everything is present.
+mod fuzz;
 mod setup;
 
 use std::{
@@ -46,6 +47,15 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz the parsers of outside input (cargo-fuzz, nightly), each target for a bounded time;
+    /// fails on a crash and says how to reproduce it. Not part of `test`.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets to run (default: all of fuzz/Cargo.toml).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,6 +80,11 @@ fn main() -> Result<()> {
             setup::build_deps()?;
             setup::test_deps()?;
             test(args)
+        }
+        Cmd::Fuzz { time, targets } => {
+            setup::build_deps()?;
+            setup::fuzz_deps()?;
+            fuzz::fuzz(time, targets)
         }
     }
 }

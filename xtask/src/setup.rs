@@ -144,3 +144,14 @@ pub fn test_deps() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
+
+/// What `cargo xtask fuzz` needs besides the build's needs: cargo-fuzz (the fuzz targets build
+/// with nightly, which `build_deps` already requires).
+pub fn fuzz_deps() -> Result<()> {
+    let fuzz = cargo_bin().join("cargo-fuzz");
+    if fuzz.exists() && output(Command::new(&fuzz).arg("--version")).is_ok() {
+        return Ok(());
+    }
+    println!("xtask setup: installing cargo-fuzz (a minute or two, once)");
+    crate::status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}

@@ -17,6 +17,9 @@
 
 mod parse;
 
+// The fuzz targets' harnesses (re-exported as `crate::fuzzing`).
+pub(crate) mod fuzzing;
+
 #[cfg(test)]
 mod host_tests;
 

@@ -82,13 +82,27 @@ fn parse_field(line: &str) -> Result<Field> {
     }
     let decl = decl.context("no field declaration")?;
     let (ty, name) = split_decl(decl).context("field declaration without a name")?;
+    let offset = offset.context("no offset")?;
+    let size = size.context("no size")?;
+    // A record's fixed fields lie within 64 KiB (`__data_loc` fields address the record with
+    // 16-bit offsets). Refusing more also keeps every offset below NO_FIELD (u32::MAX), which
+    // would otherwise read as "no such field".
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > MAX_RECORD_SIZE)
+    {
+        bail!("field `{name}` ends past {MAX_RECORD_SIZE} bytes (offset {offset}, size {size})");
+    }
     Ok(Field {
         name,
         decl: ty,
-        offset: offset.context("no offset")?,
-        size: size.context("no size")?,
+        offset,
+        size,
     })
 }
+
+/// Where a tracepoint record's fixed fields end at the latest.
+const MAX_RECORD_SIZE: u32 = 1 << 16;
 
 /// `char comm[16]` -> (`char[16]`, `comm`); `__data_loc char[] filename` -> (`__data_loc char[]`, `filename`).
 fn split_decl(decl: &str) -> Option<(String, String)> {
@@ -218,6 +232,25 @@ mod tests {
         assert!(err.contains("size 8"), "{err}");
         let err = fork.require("parent_pid", 4).unwrap_err().to_string();
         assert!(err.contains("no field `parent_pid`"), "{err}");
+    }
+
+    /// Broke an invariant of the `tracefs_format` fuzz harness: a `group_dead` at offset
+    /// u32::MAX was handed to eBPF as NO_FIELD, "absent", without an error.
+    #[test]
+    fn fields_past_a_record_are_errors() {
+        let text = "name: sched_process_exit\nformat:\n\
+            \tfield:pid_t pid;\toffset:8;\tsize:4;\n\
+            \tfield:u64 clone_flags;\toffset:16;\tsize:8;\n\
+            \tfield:pid_t child_pid;\toffset:24;\tsize:4;\n\
+            \tfield:bool group_dead;\toffset:4294967295;\tsize:1;\n";
+        let err = format!("{:#}", parse(text).unwrap_err());
+        assert!(err.contains("`group_dead` ends past 65536 bytes"), "{err}");
+        for (offset, size) in [("65535", "2"), ("4294967295", "1"), ("1", "4294967295")] {
+            let text = format!("name: x\n\tfield:int a;\toffset:{offset};\tsize:{size};\n");
+            assert!(parse(&text).is_err(), "{text}");
+        }
+        let last = parse("name: x\n\tfield:char a[8];\toffset:65528;\tsize:8;\n").unwrap();
+        assert_eq!(last.fields[0].offset, 65528);
     }
 
     #[test]
