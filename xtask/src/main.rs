@@ -1,6 +1,7 @@
 //! `cargo xtask`: the developer commands of apptheus. Every command that builds first runs
 //! `setup`, which installs what the build needs on a fresh machine and does nothing (fast) when
 //! everything is present.
+mod bench;
 mod setup;
 
 use std::{
@@ -25,6 +26,9 @@ enum Cmd {
         /// Also install the Debian packages the test suite uses (promtool, prometheus, systemd).
         #[arg(long)]
         test: bool,
+        /// Also install what the bench uses (Pushgateway, wrk, strace, bpftool, gcc).
+        #[arg(long)]
+        bench: bool,
     },
     /// Build the daemon (with its embedded eBPF object) and apptheus-exec.
     Build {
@@ -46,14 +50,20 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure the daemon side by side with Pushgateway and with C floors (as root); writes
+    /// docs/benchmarks.md and the README summary. Not part of `test`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Setup { test } => {
+        Cmd::Setup { test, bench } => {
             setup::build_deps()?;
             if test {
                 setup::test_deps()?;
+            }
+            if bench {
+                setup::bench_deps()?;
             }
             Ok(())
         }
@@ -71,6 +81,7 @@ fn main() -> Result<()> {
             setup::test_deps()?;
             test(args)
         }
+        Cmd::Bench(args) => bench::run(args),
     }
 }
 
