@@ -223,6 +223,35 @@ pub(crate) fn parse_v1_cpuacct_stat(text: &str) -> Result<V1CpuacctStat> {
     })
 }
 
+/// User and system time of v1 cpuacct.usage_all (Linux 4.7+), in nanoseconds, summed over the
+/// CPUs: a `cpu user system` header, then one `<cpu> <user> <system>` line per CPU. Their sum is
+/// cpuacct.usage, so this one file stands for cpuacct.usage, usage_user and usage_sys.
+pub(crate) fn parse_v1_cpuacct_usage_all(text: &str) -> Result<(u64, u64)> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    if header.split_whitespace().collect::<Vec<_>>() != ["cpu", "user", "system"] {
+        bail!("unexpected header {header:?}");
+    }
+    let (mut user, mut system, mut cpus) = (0u64, 0u64, 0usize);
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("garbled line {line:?}"))?;
+        let [_, u, s] = fields[..] else {
+            bail!("expected three numbers, got {line:?}");
+        };
+        user = user.saturating_add(u);
+        system = system.saturating_add(s);
+        cpus += 1;
+    }
+    if cpus == 0 {
+        bail!("no CPU lines");
+    }
+    Ok((user, system))
+}
+
 /// CPU times of v2 cpu.stat, in microseconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct V2CpuStat {
@@ -451,6 +480,16 @@ mod tests {
         "8:0 rbytes",
         "8:0 Read",
     ];
+
+    #[test]
+    fn v1_cpuacct_usage_all() {
+        let text = "cpu user system\n0 100 20\n1 300 40\n";
+        assert_eq!(parse_v1_cpuacct_usage_all(text).unwrap(), (400, 60));
+        assert!(parse_v1_cpuacct_usage_all("cpu user system\n").is_err());
+        assert!(parse_v1_cpuacct_usage_all("cpu user\n0 1\n").is_err());
+        assert!(parse_v1_cpuacct_usage_all("cpu user system\n0 1 x\n").is_err());
+        assert!(parse_v1_cpuacct_usage_all("").is_err());
+    }
 
     #[test]
     fn mountinfo_hybrid() {
