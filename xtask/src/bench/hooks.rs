@@ -33,6 +33,9 @@ pub struct WithDaemon {
     pub progs: Vec<ProgStat>,
     /// Iterations of each kind in the stats loop.
     pub stats_iterations: u64,
+    /// The programs' run time per loop iteration, for each loop kind.
+    pub exit_bpf_ns: f64,
+    pub exec_bpf_ns: f64,
     pub pinned: String,
 }
 
@@ -109,30 +112,29 @@ pub fn with_daemon(ctx: &Ctx, d: &Daemon) -> Result<WithDaemon> {
     };
     let result = (|| {
         let loops = loops(ctx, "B (daemon)")?;
-        // Stats on only for this extra loop: the accounting itself costs time per run.
-        let before = prog_stats(d.pid())?;
+        // Stats on only for these extra loops: the accounting itself costs time per run.
         let stats_iterations = (ctx.cfg.fork_iterations / 5).max(1000);
-        {
+        let (progs, exit_bpf_ns, exec_bpf_ns) = {
             let _stats = sys::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+            let s0 = prog_stats(d.pid())?;
             one(ctx, "exit", stats_iterations)?;
+            let s1 = prog_stats(d.pid())?;
             one(ctx, "exec", stats_iterations)?;
-        }
-        let after = prog_stats(d.pid())?;
-        let progs = after
-            .into_iter()
-            .map(|a| {
-                let b = before.iter().find(|b| b.name == a.name);
-                ProgStat {
-                    run_cnt: a.run_cnt - b.map_or(0, |b| b.run_cnt.min(a.run_cnt)),
-                    run_time_ns: a.run_time_ns - b.map_or(0, |b| b.run_time_ns.min(a.run_time_ns)),
-                    name: a.name,
-                }
-            })
-            .collect();
+            let s2 = prog_stats(d.pid())?;
+            let per_iteration =
+                |a: &[ProgStat], b: &[ProgStat]| total_ns(b, a) / stats_iterations as f64;
+            (
+                delta(&s2, &s0),
+                per_iteration(&s0, &s1),
+                per_iteration(&s1, &s2),
+            )
+        };
         Ok(WithDaemon {
             loops,
             progs,
             stats_iterations,
+            exit_bpf_ns,
+            exec_bpf_ns,
             pinned: pinned.clone(),
         })
     })();
@@ -195,6 +197,28 @@ fn prog_stats(pid: i32) -> Result<Vec<ProgStat>> {
     }
     progs.sort_by_key(|p| p.0);
     Ok(progs.into_iter().map(|p| p.1).collect())
+}
+
+/// Per program, `after` minus `before` (programs matched by name).
+fn delta(after: &[ProgStat], before: &[ProgStat]) -> Vec<ProgStat> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.name == a.name);
+            ProgStat {
+                name: a.name.clone(),
+                run_cnt: a.run_cnt - b.map_or(0, |b| b.run_cnt.min(a.run_cnt)),
+                run_time_ns: a.run_time_ns - b.map_or(0, |b| b.run_time_ns.min(a.run_time_ns)),
+            }
+        })
+        .collect()
+}
+
+fn total_ns(after: &[ProgStat], before: &[ProgStat]) -> f64 {
+    delta(after, before)
+        .iter()
+        .map(|p| p.run_time_ns as f64)
+        .sum()
 }
 
 /// B against A before and after: the slowdown in percent, medians over all A rounds.

@@ -267,6 +267,8 @@ fn phases(ctx: &Ctx, report: &mut Report) -> Result<()> {
     ctx.say(format!("starting {n} containers"));
     let (mut containers, admission) = admit(ctx, &daemon, n)?;
     report.admission(&admission);
+    // Steady state: sampled, and scraped once with gzip as Prometheus would.
+    sys::get(&daemon.agent, &daemon.url("/metrics"), true)?;
     std::thread::sleep(Duration::from_millis(4 * ctx.cfg.interval_ms));
     let rss_full = sys::rss_mib(daemon.pid())?;
     ctx.say(format!("RSS at {n} containers {rss_full:.1} MiB"));
@@ -279,6 +281,7 @@ fn phases(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let scrape = scrape::run(ctx, &daemon)?;
     report.scrape(&scrape);
     let rss_scraped = sys::rss_mib(daemon.pid())?;
+    ctx.say(format!("RSS after the wrk runs {rss_scraped:.1} MiB"));
 
     ctx.say("hook cost, B (daemon tracking the containers)");
     let b = hooks::with_daemon(ctx, &daemon)?;
@@ -300,10 +303,7 @@ fn phases(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let rss_after2 = lifecycle::wait_removed(ctx, &daemon)?;
     ended.leftover_cgroups += lifecycle::leftover_cgroups(ctx);
     report.memory(
-        rss_idle,
-        rss_full.max(rss_scraped),
-        rss_after,
-        rss_after2,
+        [rss_idle, rss_full, rss_scraped, rss_after, rss_after2],
         &ended,
     );
 
@@ -459,5 +459,6 @@ pub fn row(
         ratio,
         target: target.to_string(),
         met,
+        why: String::new(),
     }
 }
