@@ -117,14 +117,17 @@ impl Report {
         ));
         self.details.push(format!(
             "### Admission\n\n{} launchers (`apptheus-exec -- sleep infinity`) started back to back in {:.1} s \
-             on a host with {} processes; the last container was registered {:.1} s after the first launcher \
-             started ({:.1} containers/s). Per container, from its launcher's start to its \
-             `apptheus_container_start_time_seconds`: median {:.1} ms, p99 {:.1} ms, max {:.1} ms (launchers queue \
-             while earlier ones are registered). Registration walks /proc, so this grows with the host's process \
-             count.\n",
+             on a host with {} other processes ({} once every launcher and its child run); the last container was \
+             registered {:.1} s after the first launcher started ({:.1} containers/s). Per container, from its \
+             launcher's start to its `apptheus_container_start_time_seconds`: median {:.1} ms, p99 {:.1} ms, max \
+             {:.1} ms (launchers wait in the socket's backlog while earlier ones are registered). Registration \
+             reads every process's /proc/<pid>/stat at least twice per container (to find the launcher's \
+             descendants), so admitting N containers costs N times the host's process count, which the \
+             launchers themselves raise.\n",
             a.n,
             a.spawn_s,
             a.host_processes,
+            a.host_processes + 2 * a.n,
             a.total_s,
             a.n as f64 / a.total_s,
             lat.median,
