@@ -1,6 +1,7 @@
 //! `cargo xtask`: the developer commands of apptheus. Every command that builds first runs
 //! `setup`, which installs what the build needs on a fresh machine and does nothing (fast) when
 //! everything is present.
+mod bench;
 mod fuzz;
 mod setup;
 
@@ -26,6 +27,9 @@ enum Cmd {
         /// Also install the Debian packages the test suite uses (promtool, prometheus, systemd).
         #[arg(long)]
         test: bool,
+        /// Also install what the bench uses (Pushgateway, wrk, strace, bpftool, gcc).
+        #[arg(long)]
+        bench: bool,
     },
     /// Build the daemon (with its embedded eBPF object) and apptheus-exec.
     Build {
@@ -56,14 +60,20 @@ enum Cmd {
         /// Targets to run (default: all of fuzz/Cargo.toml).
         targets: Vec<String>,
     },
+    /// Measure the daemon side by side with Pushgateway and with C floors (as root); writes
+    /// docs/benchmarks.md and the README summary. Not part of `test`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Setup { test } => {
+        Cmd::Setup { test, bench } => {
             setup::build_deps()?;
             if test {
                 setup::test_deps()?;
+            }
+            if bench {
+                setup::bench_deps()?;
             }
             Ok(())
         }
@@ -86,6 +96,7 @@ fn main() -> Result<()> {
             setup::fuzz_deps()?;
             fuzz::fuzz(time, targets)
         }
+        Cmd::Bench(args) => bench::run(args),
     }
 }
 

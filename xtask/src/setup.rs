@@ -123,8 +123,40 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
     )
 }
 
+/// Debian packages the bench drives (see xtask/src/bench): binary -> package.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/prometheus-pushgateway", "prometheus-pushgateway"),
+    ("/usr/bin/wrk", "wrk"),
+    ("/usr/bin/strace", "strace"),
+    ("/usr/sbin/bpftool", "bpftool"),
+    ("/usr/bin/gcc", "gcc"),
+    ("/usr/bin/taskset", "util-linux"),
+];
+
 pub fn test_deps() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+    install(TEST_PACKAGES, "the tests")
+}
+
+/// The bench's packages. Installing Pushgateway enables and, under systemd, starts its service
+/// on :9091; the bench runs its own instance, so a service that this install started is stopped
+/// and disabled again (one the administrator had before is left alone).
+pub fn bench_deps() -> Result<()> {
+    let pushgateway_was_there = Path::new(BENCH_PACKAGES[0].0).exists();
+    install(BENCH_PACKAGES, "the bench")?;
+    let systemd = std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd");
+    if !pushgateway_was_there && systemd {
+        println!("xtask setup: stopping the prometheus-pushgateway service the package started");
+        crate::status(Command::new("systemctl").args([
+            "disable",
+            "--now",
+            "prometheus-pushgateway.service",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn install(packages: &[(&str, &str)], what: &str) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(bin, _)| !Path::new(bin).exists())
         .map(|(_, pkg)| *pkg)
@@ -133,7 +165,7 @@ pub fn test_deps() -> Result<()> {
         return Ok(());
     }
     println!(
-        "xtask setup: installing Debian packages for the tests: {}",
+        "xtask setup: installing Debian packages for {what}: {}",
         missing.join(" ")
     );
     crate::status(Command::new("apt-get").arg("update").arg("-q"))?;

@@ -3,8 +3,6 @@
 //! Every function takes the file's text and returns an error (or `None`) on input it does not
 //! understand; none of them panics, whatever the input. Callers add the file's path to the error.
 
-use std::collections::HashMap;
-
 use anyhow::{Context, Result, bail};
 
 /// One mount of a cgroup filesystem, as listed in /proc/<pid>/mountinfo.
@@ -156,8 +154,11 @@ fn parse_proc_cgroup_line(line: &str) -> Result<ProcCgroup> {
 /// Parses a "flat keyed" file: one `key value` pair per line, as in v1 memory.stat,
 /// cpuacct.stat and v2 cpu.stat, memory.stat. Any line that is not a key and an unsigned
 /// number is an error: it is how a truncated or foreign file shows.
-pub(crate) fn parse_flat_keyed(text: &str) -> Result<HashMap<String, u64>> {
-    let mut values = HashMap::new();
+pub(crate) fn parse_flat_keyed(text: &str) -> Result<FlatKeyed<'_>> {
+    // A few dozen pairs, of which the caller wants a handful: a Vec of borrowed keys searched
+    // linearly costs less than hashing and copying every key (this runs for every container at
+    // every pass).
+    let mut values = Vec::with_capacity(64);
     for (index, line) in text.lines().enumerate() {
         if line.is_empty() {
             continue;
@@ -169,12 +170,31 @@ pub(crate) fn parse_flat_keyed(text: &str) -> Result<HashMap<String, u64>> {
         let value = value
             .parse()
             .with_context(|| format!("line {}: bad number in {line:?}", index + 1))?;
-        values.insert(key.to_string(), value);
+        values.push((key, value));
     }
     if values.is_empty() {
         bail!("empty");
     }
-    Ok(values)
+    Ok(FlatKeyed(values))
+}
+
+/// The pairs of a flat keyed file; a key given twice has its last value.
+#[derive(Debug)]
+pub(crate) struct FlatKeyed<'a>(Vec<(&'a str, u64)>);
+
+impl FlatKeyed<'_> {
+    pub(crate) fn get(&self, key: &str) -> Option<u64> {
+        self.get_prefixed("", key)
+    }
+
+    /// The value of the key `<prefix><key>`.
+    pub(crate) fn get_prefixed(&self, prefix: &str, key: &str) -> Option<u64> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.strip_prefix(prefix) == Some(key))
+            .map(|(_, v)| *v)
+    }
 }
 
 /// The counters of v1 memory.stat the daemon exports, in bytes.
@@ -196,9 +216,8 @@ pub(crate) fn parse_v1_memory_stat(text: &str) -> Result<V1MemoryStat> {
     let values = parse_flat_keyed(text)?;
     let pick = |key: &str| {
         values
-            .get(&format!("total_{key}"))
+            .get_prefixed("total_", key)
             .or_else(|| values.get(key))
-            .copied()
     };
     Ok(V1MemoryStat {
         rss: pick("rss"),
@@ -218,9 +237,38 @@ pub(crate) struct V1CpuacctStat {
 pub(crate) fn parse_v1_cpuacct_stat(text: &str) -> Result<V1CpuacctStat> {
     let values = parse_flat_keyed(text)?;
     Ok(V1CpuacctStat {
-        user_ticks: values.get("user").copied(),
-        system_ticks: values.get("system").copied(),
+        user_ticks: values.get("user"),
+        system_ticks: values.get("system"),
     })
+}
+
+/// User and system time of v1 cpuacct.usage_all (Linux 4.7+), in nanoseconds, summed over the
+/// CPUs: a `cpu user system` header, then one `<cpu> <user> <system>` line per CPU. Their sum is
+/// cpuacct.usage, so this one file stands for cpuacct.usage, usage_user and usage_sys.
+pub(crate) fn parse_v1_cpuacct_usage_all(text: &str) -> Result<(u64, u64)> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    if header.split_whitespace().collect::<Vec<_>>() != ["cpu", "user", "system"] {
+        bail!("unexpected header {header:?}");
+    }
+    let (mut user, mut system, mut cpus) = (0u64, 0u64, 0usize);
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("garbled line {line:?}"))?;
+        let [_, u, s] = fields[..] else {
+            bail!("expected three numbers, got {line:?}");
+        };
+        user = user.saturating_add(u);
+        system = system.saturating_add(s);
+        cpus += 1;
+    }
+    if cpus == 0 {
+        bail!("no CPU lines");
+    }
+    Ok((user, system))
 }
 
 /// CPU times of v2 cpu.stat, in microseconds.
@@ -234,9 +282,9 @@ pub(crate) struct V2CpuStat {
 pub(crate) fn parse_v2_cpu_stat(text: &str) -> Result<V2CpuStat> {
     let values = parse_flat_keyed(text)?;
     Ok(V2CpuStat {
-        usage_usec: values.get("usage_usec").copied(),
-        user_usec: values.get("user_usec").copied(),
-        system_usec: values.get("system_usec").copied(),
+        usage_usec: values.get("usage_usec"),
+        user_usec: values.get("user_usec"),
+        system_usec: values.get("system_usec"),
     })
 }
 
@@ -251,9 +299,9 @@ pub(crate) struct V2MemoryStat {
 pub(crate) fn parse_v2_memory_stat(text: &str) -> Result<V2MemoryStat> {
     let values = parse_flat_keyed(text)?;
     Ok(V2MemoryStat {
-        anon: values.get("anon").copied(),
-        file: values.get("file").copied(),
-        inactive_file: values.get("inactive_file").copied(),
+        anon: values.get("anon"),
+        file: values.get("file"),
+        inactive_file: values.get("inactive_file"),
     })
 }
 
@@ -451,6 +499,16 @@ mod tests {
         "8:0 rbytes",
         "8:0 Read",
     ];
+
+    #[test]
+    fn v1_cpuacct_usage_all() {
+        let text = "cpu user system\n0 100 20\n1 300 40\n";
+        assert_eq!(parse_v1_cpuacct_usage_all(text).unwrap(), (400, 60));
+        assert!(parse_v1_cpuacct_usage_all("cpu user system\n").is_err());
+        assert!(parse_v1_cpuacct_usage_all("cpu user\n0 1\n").is_err());
+        assert!(parse_v1_cpuacct_usage_all("cpu user system\n0 1 x\n").is_err());
+        assert!(parse_v1_cpuacct_usage_all("").is_err());
+    }
 
     #[test]
     fn mountinfo_hybrid() {

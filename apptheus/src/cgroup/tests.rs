@@ -400,6 +400,21 @@ fn v1_sample_from_fake_tree() {
 }
 
 #[test]
+fn v1_cpu_from_usage_all() {
+    let tree = FakeTree::new();
+    fake_v1_container(&tree);
+    // One file for all three times; it wins over the other files.
+    tree.write(
+        "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage_all",
+        "cpu user system\n0 1000000000 250000000\n1 500000000 0\n",
+    );
+    let stats = tree.v1_layout().open("/job/apptheus/c_1").unwrap().sample();
+    assert_eq!(stats.cpu_usage_seconds, Some(1.75));
+    assert_eq!(stats.cpu_user_seconds, Some(1.5));
+    assert_eq!(stats.cpu_system_seconds, Some(0.25));
+}
+
+#[test]
 fn v1_fallbacks() {
     let tree = FakeTree::new();
     fake_v1_container(&tree);
