@@ -19,10 +19,14 @@ pub fn cgroup_flat_keyed(data: &[u8]) {
         assert!(v1_memory.is_err() && v1_cpu.is_err() && v2_cpu.is_err() && v2_memory.is_err());
         return;
     };
-    assert!(!values.is_empty());
-    let rendered: String = values.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+    assert!(!values.pairs().is_empty());
+    let rendered: String = values
+        .pairs()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}\n"))
+        .collect();
     assert_eq!(parse::parse_flat_keyed(&rendered).unwrap(), values);
-    let get = |key: &str| values.get(key).copied();
+    let get = |key: &str| values.get(key);
     let total_or_local = |key: &str| get(&format!("total_{key}")).or_else(|| get(key));
     let v1_memory = v1_memory.unwrap();
     assert_eq!(v1_memory.rss, total_or_local("rss"));

@@ -179,10 +179,15 @@ pub(crate) fn parse_flat_keyed(text: &str) -> Result<FlatKeyed<'_>> {
 }
 
 /// The pairs of a flat keyed file; a key given twice has its last value.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct FlatKeyed<'a>(Vec<(&'a str, u64)>);
 
 impl FlatKeyed<'_> {
+    /// Every pair, in file order.
+    pub(crate) fn pairs(&self) -> &[(&str, u64)] {
+        &self.0
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<u64> {
         self.get_prefixed("", key)
     }

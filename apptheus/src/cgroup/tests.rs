@@ -408,7 +408,11 @@ fn v1_cpu_from_usage_all() {
         "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage_all",
         "cpu user system\n0 1000000000 250000000\n1 500000000 0\n",
     );
-    let stats = tree.v1_layout().open("/job/apptheus/c_1").unwrap().sample();
+    let stats = tree
+        .v1_layout()
+        .open("/job/apptheus/c_1", &[])
+        .unwrap()
+        .sample();
     assert_eq!(stats.cpu_usage_seconds, Some(1.75));
     assert_eq!(stats.cpu_user_seconds, Some(1.5));
     assert_eq!(stats.cpu_system_seconds, Some(0.25));
