@@ -287,19 +287,25 @@ async fn sample_loop(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // A new container is sampled and shown at once, not at the next tick (admissions in a
+        // burst share one such pass).
+        let only_new = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
+            _ = tick.tick() => false,
+            _ = registry.admitted() => true,
+        };
         let (r, m) = (registry.clone(), metrics.clone());
         // One pass: reads of cgroup files, all on a blocking thread.
         let pass = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
-            let targets = r.targets();
+            let targets = r.targets(only_new);
             let samples = r.sample(&targets);
             r.record(samples);
             m.publish(r.series());
             m.containers.set(r.live() as i64);
+            if only_new {
+                return;
+            }
             if let Ok(lost) = r.tracker().lost_events() {
                 m.set_events_lost(lost);
             }

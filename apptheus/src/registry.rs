@@ -48,6 +48,10 @@ struct Container {
     end_time: Option<SystemTime>,
     /// The last sample was taken after the end: the values are final.
     final_sample: bool,
+    /// When all the cgroup's files were last read, and the CPU probe's value then (see
+    /// `ContainerCgroup::sample_since`).
+    last_full: Option<Instant>,
+    probe: Option<u64>,
     stats: Stats,
     procs: ProcessCounters,
 }
@@ -63,7 +67,24 @@ pub struct Move {
 pub struct Target {
     pub key: u64,
     pub cgroup: Arc<ContainerCgroup>,
+    /// The last full sample, its CPU probe value and process counters, while it may stand in
+    /// for an idle container; `None` when every file must be read.
+    previous: Option<(Stats, u64, ProcessCounters)>,
 }
+
+/// One container's sample.
+pub struct Sample {
+    key: u64,
+    stats: Stats,
+    probe: Option<u64>,
+    procs: Option<ProcessCounters>,
+    /// Every file was read (not only the CPU probe).
+    full: bool,
+}
+
+/// How long an idle container's values may stand without reading its files: memory can still
+/// move without its processes running (reclaim, swap-out), and limits can be changed.
+const FULL_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Registry {
     cfg: Config,
@@ -72,6 +93,8 @@ pub struct Registry {
     state: Mutex<State>,
     /// Where the containers are saved for a restart; none in tests of the registry alone.
     state_dir: Option<StateDir>,
+    /// Signalled when a container is admitted (the sampler shows it at once).
+    admitted: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -119,7 +142,13 @@ impl Registry {
                 ..Default::default()
             }),
             state_dir,
+            admitted: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Wait until a container is admitted (one wake-up for any number since the last call).
+    pub async fn admitted(&self) {
+        self.admitted.notified().await;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -210,6 +239,8 @@ impl Registry {
                 ended: None,
                 end_time: None,
                 final_sample: false,
+                last_full: None,
+                probe: None,
                 stats: Stats::default(),
                 procs: ProcessCounters::default(),
             },
@@ -253,6 +284,7 @@ impl Registry {
         if live == 0 {
             self.end(key);
         }
+        self.admitted.notify_one();
         Ok((key, id))
     }
 
@@ -335,51 +367,77 @@ impl Registry {
         }
     }
 
-    /// The containers to sample this pass: live ones, and ended ones not sampled since.
-    pub fn targets(&self) -> Vec<Target> {
+    /// The containers to sample this pass: live ones, and ended ones not sampled since. With
+    /// `only_new`, just those never sampled (to show a new container before the next pass).
+    pub fn targets(&self, only_new: bool) -> Vec<Target> {
         self.state()
             .containers
             .iter()
-            .filter(|(_, c)| !c.final_sample)
-            .map(|(&key, c)| Target {
-                key,
-                cgroup: c.cgroup.clone(),
+            .filter(|(_, c)| !c.final_sample && (!only_new || c.last_full.is_none()))
+            .map(|(&key, c)| {
+                let fresh = c.last_full.is_some_and(|t| t.elapsed() < FULL_SAMPLE_EVERY);
+                let previous = match c.probe {
+                    Some(probe) if fresh && c.ended.is_none() => {
+                        Some((c.stats.clone(), probe, c.procs))
+                    }
+                    _ => None,
+                };
+                Target {
+                    key,
+                    cgroup: c.cgroup.clone(),
+                    previous,
+                }
             })
             .collect()
     }
 
-    /// Sample the targets (blocking): their cgroups and kernel counters.
-    pub fn sample(&self, targets: &[Target]) -> Vec<(u64, Stats, Option<ProcessCounters>)> {
+    /// Sample the targets (blocking): their kernel counters, and their cgroups' files where
+    /// something can have changed (a process ran, forked or exited).
+    pub fn sample(&self, targets: &[Target]) -> Vec<Sample> {
         targets
             .iter()
             .map(|t| {
-                (
-                    t.key,
-                    t.cgroup.sample(),
-                    self.tracker.counters(t.key).ok().flatten(),
-                )
+                let procs = self.tracker.counters(t.key).ok().flatten();
+                let previous = t
+                    .previous
+                    .as_ref()
+                    .filter(|(_, _, then)| procs == Some(*then))
+                    .map(|(stats, probe, _)| (stats, *probe));
+                let (stats, probe, full) = t.cgroup.sample_since(previous);
+                Sample {
+                    key: t.key,
+                    stats,
+                    probe,
+                    procs,
+                    full,
+                }
             })
             .collect()
     }
 
     /// Store a pass's samples. A container whose counters show no live process has ended even
     /// if its exit event was lost.
-    pub fn record(&self, samples: Vec<(u64, Stats, Option<ProcessCounters>)>) {
+    pub fn record(&self, samples: Vec<Sample>) {
+        let now = Instant::now();
         let mut ended_now = Vec::new();
         {
             let mut st = self.state();
-            for (key, stats, procs) in samples {
-                let Some(c) = st.containers.get_mut(&key) else {
+            for s in samples {
+                let Some(c) = st.containers.get_mut(&s.key) else {
                     continue;
                 };
-                c.stats = stats;
-                if let Some(p) = procs {
+                c.stats = s.stats;
+                c.probe = s.probe;
+                if s.full {
+                    c.last_full = Some(now);
+                }
+                if let Some(p) = s.procs {
                     c.procs = p;
                 }
                 if c.ended.is_some() {
                     c.final_sample = true;
-                } else if procs.is_some_and(|p| p.live == 0) {
-                    ended_now.push(key);
+                } else if s.procs.is_some_and(|p| p.live == 0) {
+                    ended_now.push(s.key);
                 }
             }
         }
@@ -590,6 +648,8 @@ impl Registry {
                     ended: end_time.map(|_| Instant::now()),
                     end_time,
                     final_sample: false,
+                    last_full: None,
+                    probe: None,
                     stats: Stats::default(),
                     procs: ProcessCounters::default(),
                 },

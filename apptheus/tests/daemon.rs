@@ -414,3 +414,22 @@ fn exec_passes_signals_on_and_is_quiet_on_a_normal_exit() {
         assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     }
 }
+
+/// A new container is sampled and shown when it is admitted, not at the next sampling pass:
+/// with an interval of an hour, it still shows up (with its cgroup's values).
+#[test]
+fn a_new_container_shows_without_waiting_for_the_next_pass() {
+    let d = Daemon::start(&["--monitor.interval=1h"]);
+    let mut w = d.exec_workload(&["ready", "wait"]);
+    w.ready();
+    let label = exec_label(w.pid());
+    let shown = eventually(Duration::from_secs(5), || {
+        let m = d.metrics();
+        (sample(&m, "apptheus_container_processes", &label) == Some(2.0)
+            && sample(&m, "apptheus_container_memory_usage_bytes", &label).is_some())
+        .then_some(())
+    });
+    assert!(shown.is_some(), "not shown:\n{}", d.metrics());
+    w.go();
+    assert!(w.wait().success());
+}

@@ -654,3 +654,33 @@ fn nested_create_follows_the_launcher() {
     assert_eq!(container.rel_path(), join_rel(&base, "apptheus/exec_1"));
     container.remove().unwrap();
 }
+
+#[test]
+fn idle_containers_are_read_through_their_cpu_probe_only() {
+    let tree = FakeTree::new();
+    fake_v1_container(&tree);
+    let cpu = "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage";
+    let memory = "memory/job/apptheus/c_1/memory.usage_in_bytes";
+    let container = tree.v1_layout().open("/job/apptheus/c_1", &[]).unwrap();
+    let (first, probe, full) = container.sample_since(None);
+    assert!(full);
+    let probe = probe.expect("cpuacct.usage");
+    assert_eq!(first, container.sample());
+
+    // Nothing ran: the CPU time is the same, so the rest is not read again.
+    tree.write(memory, "1\n");
+    let (again, same, full) = container.sample_since(Some((&first, probe)));
+    assert!(!full);
+    assert_eq!((again, same), (first.clone(), Some(probe)));
+
+    // Something ran: every file is read.
+    tree.write(cpu, &format!("{}\n", probe + 1));
+    let (fresh, newer, full) = container.sample_since(Some((&first, probe)));
+    assert!(full);
+    assert_eq!(newer, Some(probe + 1));
+    assert_eq!(fresh.memory_usage_bytes, Some(1));
+
+    // No probe file: always a full read.
+    fs::remove_file(tree.path(cpu)).unwrap();
+    assert!(container.sample_since(Some((&first, probe))).2);
+}
