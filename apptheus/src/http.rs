@@ -23,6 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
@@ -33,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    metrics::{Metrics, gzip},
+    metrics::{Metrics, gzip_response},
     webconfig::{RateLimit, Web},
 };
 
@@ -529,14 +530,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         let _permit = permit;
         let daemon = state.metrics.encode_daemon();
         let snapshot = state.metrics.snapshot();
+        // The containers' part is the pass's shared buffer, not a copy.
         if gz {
-            let mut out = gzip(&daemon);
-            out.extend_from_slice(snapshot.gzip());
-            out
+            gzip_response(&daemon, snapshot.deflated()).to_vec()
         } else {
-            let mut out = daemon;
-            out.extend_from_slice(snapshot.text());
-            out
+            vec![Bytes::from(daemon), snapshot.text()]
         }
     })
     .await;
@@ -547,8 +545,12 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         )
             .into_response();
     };
-    let mut resp = Response::new(Body::from(body));
+    let length = body.iter().map(Bytes::len).sum::<usize>();
+    let chunks =
+        futures_util::stream::iter(body.into_iter().map(Ok::<_, std::convert::Infallible>));
+    let mut resp = Response::new(Body::from_stream(chunks));
     let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     if gz {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));

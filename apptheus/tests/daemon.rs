@@ -433,3 +433,42 @@ fn a_new_container_shows_without_waiting_for_the_next_pass() {
     w.go();
     assert!(w.wait().success());
 }
+
+/// The gzip body is one gzip member, so that every client reads all of it: curl's decoder, for
+/// one, stops after the first member.
+#[test]
+fn gzip_scrapes_are_whole_for_curl_too() {
+    let d = Daemon::start(&["--monitor.interval=100ms"]);
+    let mut w = d.exec_workload(&["ready", "wait"]);
+    w.ready();
+    let label = exec_label(w.pid());
+    assert!(
+        eventually(Duration::from_secs(5), || d
+            .metrics()
+            .contains(&label)
+            .then_some(()))
+        .is_some()
+    );
+    let curl = |compressed: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--fail"]);
+        if compressed {
+            cmd.arg("--compressed");
+        }
+        let out = cmd.arg(d.url("/metrics")).output().expect("run curl");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (gz, plain) = (curl(true), curl(false));
+    for text in [&gz, &plain] {
+        assert!(text.contains("# TYPE process_cpu_seconds_total"));
+        assert!(text.contains(&format!("apptheus_container_processes{{{label}")));
+        assert!(text.ends_with('\n'));
+    }
+    assert_eq!(
+        gz.lines().filter(|l| l.starts_with('#')).count(),
+        plain.lines().filter(|l| l.starts_with('#')).count()
+    );
+    w.go();
+    assert!(w.wait().success());
+}
