@@ -162,6 +162,11 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    // Only a tracked process's children can be pending (current is the forking parent): every
+    // other fork on the host costs one lookup in the plain hash map, not one in the LRU map.
+    if tracked_key(current_tgid()).is_none() {
+        return 0;
+    }
     let off = offsets();
     // SAFETY: offset from this kernel's format file.
     let Ok(child) = (unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) }) else {

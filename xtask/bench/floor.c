@@ -1,7 +1,9 @@
-/* The floor of sampling: open, read to the end and close each file of LIST (one path a line, in
- * the order and multiplicity of one daemon sampling pass) every INTERVAL_MS, for SECONDS.
+/* The floor of sampling: open, read to the end and close the files of LIST (one path a line: the
+ * opens of TRACE_PASSES daemon sampling passes, in their order and multiplicity), one pass's share
+ * of the list every INTERVAL_MS, cycling through it, for SECONDS. So it reads the same files at
+ * the same rate as the daemon, also those the daemon reads only every few passes.
  * Prints its own CPU time (getrusage) every 10 s ("slice" lines, cumulative) and at the end.
- * usage: floor LIST INTERVAL_MS SECONDS */
+ * usage: floor LIST INTERVAL_MS SECONDS TRACE_PASSES */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -19,8 +21,8 @@ static double cpu_seconds(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: floor LIST INTERVAL_MS SECONDS\n");
+    if (argc != 5) {
+        fprintf(stderr, "usage: floor LIST INTERVAL_MS SECONDS TRACE_PASSES\n");
         return 2;
     }
     FILE *f = fopen(argv[1], "r");
@@ -47,8 +49,17 @@ int main(int argc, char **argv) {
     long slice = 10000L / atol(argv[2]);
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
+    long trace_passes = atol(argv[4]);
+    if (trace_passes < 1)
+        trace_passes = 1;
+    size_t files = 0;
     for (long p = 0; p < passes; p++) {
-        for (size_t i = 0; i < n; i++) {
+        /* This pass's share of the traced passes. */
+        long k = p % trace_passes;
+        size_t from = (size_t)((unsigned long long)n * k / trace_passes);
+        size_t to = (size_t)((unsigned long long)n * (k + 1) / trace_passes);
+        files += to - from;
+        for (size_t i = from; i < to; i++) {
             int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
             if (fd < 0) {
                 failed++;
@@ -71,7 +82,7 @@ int main(int argc, char **argv) {
         }
     }
     double cpu = cpu_seconds();
-    printf("cpu_seconds %.6f passes %ld files %zu failed %ld bytes %ld\n", cpu, passes, n, failed,
-           bytes);
+    printf("cpu_seconds %.6f passes %ld files %zu failed %ld bytes %ld\n", cpu, passes, files,
+           failed, bytes);
     return 0;
 }

@@ -4,8 +4,8 @@
 //! the same time, so they see the same machine).
 //!
 //! The file list comes from the running daemon itself: `strace -f -e trace=openat` for a few
-//! passes counts how often each path is opened; one pass opens each path (its count / passes)
-//! times, where passes is the median count of the files inside the containers' own cgroups.
+//! passes lists every open in order; the floor reads one pass's share of that list each interval,
+//! cycling through it (passes: how often the most-read container file, its CPU probe, was opened).
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
@@ -37,8 +37,8 @@ pub struct Sampling {
 }
 
 pub fn run(ctx: &Ctx, d: &Daemon) -> Result<Sampling> {
-    let list = trace_pass(ctx, d)?;
-    let files_per_pass = list.len();
+    let (list, trace_passes) = trace_passes(ctx, d)?;
+    let files_per_pass = list.len().div_ceil(trace_passes);
     let distinct = {
         let mut v = list.clone();
         v.sort();
@@ -49,7 +49,10 @@ pub fn run(ctx: &Ctx, d: &Daemon) -> Result<Sampling> {
     for p in &list {
         *kinds.entry(kind(p)).or_default() += 1;
     }
-    let mut by_kind: Vec<(String, usize)> = kinds.into_iter().collect();
+    let mut by_kind: Vec<(String, usize)> = kinds
+        .into_iter()
+        .map(|(k, n)| (k, n.div_ceil(trace_passes)))
+        .collect();
     by_kind.sort_by_key(|k| std::cmp::Reverse(k.1));
     ctx.say(format!(
         "  one pass opens {files_per_pass} files ({distinct} distinct); floor and daemon run {} s side by side",
@@ -64,6 +67,7 @@ pub fn run(ctx: &Ctx, d: &Daemon) -> Result<Sampling> {
     cmd.arg(&list_path)
         .arg(ctx.cfg.interval_ms.to_string())
         .arg(secs.to_string())
+        .arg(trace_passes.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -158,8 +162,11 @@ fn kind(path: &str) -> String {
     }
 }
 
-/// The files one sampling pass opens, in the order the daemon opens them first.
-fn trace_pass(ctx: &Ctx, d: &Daemon) -> Result<Vec<String>> {
+/// Every file the daemon opened over a few sampling passes, in order, and how many passes that
+/// was. The floor reads one pass's share of the list each interval, cycling through it: the
+/// same files at the same rate, also those the daemon reads only every few passes (an idle
+/// container's files other than its CPU probe, the ancestors' limits).
+fn trace_passes(ctx: &Ctx, d: &Daemon) -> Result<(Vec<String>, usize)> {
     let out = ctx.tmp.join("strace.out");
     let mut cmd = Command::new("strace");
     cmd.args(["-f", "-qq", "-e", "trace=openat", "-o"])
@@ -176,7 +183,7 @@ fn trace_pass(ctx: &Ctx, d: &Daemon) -> Result<Vec<String>> {
     let st = strace.child.wait().context("waiting for strace")?;
     let text =
         std::fs::read_to_string(&out).with_context(|| format!("reading strace's output ({st})"))?;
-    let mut order: Vec<String> = Vec::new();
+    let mut list: Vec<String> = Vec::new();
     let mut count: HashMap<String, usize> = HashMap::new();
     for line in text.lines() {
         let Some(rest) = line.split_once("openat(").map(|x| x.1) else {
@@ -185,36 +192,24 @@ fn trace_pass(ctx: &Ctx, d: &Daemon) -> Result<Vec<String>> {
         let Some(path) = rest.split('"').nth(1) else {
             continue;
         };
-        let c = count.entry(path.to_string()).or_default();
-        if *c == 0 {
-            order.push(path.to_string());
-        }
-        *c += 1;
+        *count.entry(path.to_string()).or_default() += 1;
+        list.push(path.to_string());
     }
-    // Files of the containers' own cgroups are opened once per pass.
-    let mut own: Vec<usize> = count
+    // Some file of each container's own cgroup (its CPU probe) is opened at every pass.
+    let passes = count
         .iter()
         .filter(|(p, _)| p.contains("/apptheus-exec_") && p.starts_with("/sys/fs/cgroup"))
         .map(|(_, c)| *c)
-        .collect();
-    if own.is_empty() {
+        .max();
+    let Some(passes) = passes else {
         bail!(
             "strace saw the daemon open no container cgroup file in {} (it may keep them open: derive the floor's list from apptheus/src/cgroup instead)",
             out.display()
         );
-    }
-    own.sort_unstable();
-    let passes = own[own.len() / 2].max(1);
-    let mut list = Vec::new();
-    for p in order {
-        let times = (count[&p] as f64 / passes as f64).round() as usize;
-        for _ in 0..times {
-            list.push(p.clone());
-        }
-    }
+    };
     ctx.say(format!(
         "  strace: {} opens over {passes} passes",
-        count.values().sum::<usize>()
+        list.len()
     ));
-    Ok(list)
+    Ok((list, passes))
 }
