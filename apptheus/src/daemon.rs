@@ -301,7 +301,9 @@ async fn sample_loop(
             let targets = r.targets(only_new);
             let samples = r.sample(&targets);
             r.record(samples);
-            m.publish(r.series());
+            if let Some(series) = r.changed_series() {
+                m.publish(series);
+            }
             m.containers.set(r.live() as i64);
             if only_new {
                 return;

@@ -107,6 +107,8 @@ struct State {
     to_remove: Vec<Arc<ContainerCgroup>>,
     /// The set of containers changed since the state file was written.
     dirty: bool,
+    /// A container's series changed since `changed_series` last gave them.
+    series_changed: bool,
     /// `<parent>` directories the daemon made: removed once empty, whichever of the containers
     /// in them goes last.
     made_parents: HashSet<PathBuf>,
@@ -292,6 +294,7 @@ impl Registry {
     fn insert(&self, key: u64, c: Container) {
         let mut st = self.state();
         st.dirty = true;
+        st.series_changed = true;
         st.made_parents.extend(c.cgroup.made_parents());
         st.containers.insert(key, c);
     }
@@ -364,6 +367,7 @@ impl Registry {
             let secs = c.start_time.elapsed().unwrap_or_default().as_secs_f64();
             log::info!(container = c.id.as_str(), duration_seconds = secs, connected = c.connected; "container ended");
             st.dirty = true;
+            st.series_changed = true;
         }
     }
 
@@ -426,6 +430,7 @@ impl Registry {
                 let Some(c) = st.containers.get_mut(&s.key) else {
                     continue;
                 };
+                let changed = c.stats != s.stats || s.procs.is_some_and(|p| p != c.procs);
                 c.stats = s.stats;
                 c.probe = s.probe;
                 if s.full {
@@ -439,11 +444,21 @@ impl Registry {
                 } else if s.procs.is_some_and(|p| p.live == 0) {
                     ended_now.push(s.key);
                 }
+                st.series_changed |= changed;
             }
         }
         for key in ended_now {
             self.end(key);
         }
+    }
+
+    /// Every container's series if any changed since the last call: a pass over idle
+    /// containers changes nothing, and the published snapshot (and its rendering) can stay.
+    pub fn changed_series(&self) -> Option<Vec<ContainerSeries>> {
+        if !std::mem::take(&mut self.state().series_changed) {
+            return None;
+        }
+        Some(self.series())
     }
 
     /// Every container's series, live and retained.
@@ -489,6 +504,7 @@ impl Registry {
             for key in expired {
                 if let Some(c) = st.containers.remove(&key) {
                     st.dirty = true;
+                    st.series_changed = true;
                     log::debug!(container = c.id.as_str(); "retention over: removing the container's series and cgroups");
                     done.push(key);
                     st.to_remove.push(c.cgroup);
