@@ -11,30 +11,20 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::{Client, Daemon, bin, eventually};
+use common::{
+    Client, Daemon, bin, eventually,
+    prometheus::{Answer, Prometheus, tool},
+};
 
 const USER: &str = "prometheus";
 const PASSWORD: &str = "s3cret pass:word";
 
 // ------------------------------------------------------------------------------------- helpers
-
-/// The absolute path of an installed tool; a missing tool fails the test with what to install.
-fn tool(name: &str, package: &str) -> PathBuf {
-    ["/usr/bin", "/bin", "/usr/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is missing: install the Debian package `{package}` (`cargo xtask setup --test` does)"
-            )
-        })
-}
 
 fn run_ok(cmd: &mut Command) {
     let out = cmd
@@ -598,97 +588,35 @@ fn bad_web_config_exits_2_naming_the_flag() {
 
 // -------------------------------------------------------------- a real Prometheus over HTTPS
 
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        if eventually(Duration::from_secs(10), || {
-            self.child.try_wait().ok().flatten()
-        })
-        .is_none()
-        {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Prometheus scrapes the daemon with `scheme: https`, `tls_config.ca_file` and `basic_auth`:
 /// the target is up and the daemon's series arrive.
 #[test]
 fn real_prometheus_scrapes_over_tls_with_basic_auth() {
-    let exe = tool("prometheus", "prometheus");
     let pki = Pki::new();
     let config = pki.config(&format!(
         "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n{}",
         users_yaml()
     ));
     let d = start(&config, pki.client(Some((USER, PASSWORD)), false), &[]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: apptheus\n    scheme: https\n    \
-             tls_config:\n      ca_file: {}\n    basic_auth:\n      username: {USER}\n      \
-             password: '{PASSWORD}'\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            pki.path("ca.pem").display(),
-            d.port
+    let prom = Prometheus::start_with(
+        &format!("127.0.0.1:{}", d.port),
+        &format!(
+            "scheme: https\ntls_config:\n  ca_file: {}\nbasic_auth:\n  username: {USER}\n  \
+             password: '{PASSWORD}'\n",
+            pki.path("ca.pem").display()
         ),
-    )
-    .unwrap();
-    let port = common::free_port();
-    let log = dir.path().join("prometheus.log");
-    let child = Command::new(&exe)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start prometheus");
-    let prom = Prometheus {
-        child,
-        port,
-        _dir: dir,
-    };
-    let agent = Client::plain().agent;
-    let query = |q: &str| -> String {
-        agent
-            .get(format!("http://127.0.0.1:{}/api/v1/query", prom.port))
-            .query("query", q)
-            .call()
-            .ok()
-            .and_then(|mut r| r.body_mut().read_to_string().ok())
-            .unwrap_or_default()
-    };
-    let up = eventually(Duration::from_secs(30), || {
-        let a = query("up{job=\"apptheus\"} == 1");
-        let b = query("apptheus_build_info{job=\"apptheus\"}");
-        (a.contains("\"value\"") && b.contains("\"value\"")).then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "Prometheus did not scrape the daemon over TLS with basic auth:\n{}\n{}",
-        query("up"),
-        std::fs::read_to_string(&log).unwrap_or_default()
     );
+    for expr in [
+        "up{job=\"apptheus\"} == 1",
+        "apptheus_build_info{job=\"apptheus\"}",
+    ] {
+        let a = prom.query_until(expr, Duration::from_secs(30), Answer::success_with_data);
+        assert!(
+            a.success_with_data(),
+            "Prometheus did not scrape the daemon over TLS with basic auth ({expr}: {a:?}):\n{}",
+            prom.log()
+        );
+    }
     drop(prom);
     stop_clean(d);
 }

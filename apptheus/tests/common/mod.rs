@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: they run on the real kernel, as root.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
