@@ -8,7 +8,7 @@
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -42,8 +42,10 @@ pub fn path_with_cargo_bin() -> OsString {
     std::env::join_paths(paths).unwrap_or_default()
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Run a command to completion: its stdout, trimmed; an error with its stderr if it fails.
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
+        .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {

@@ -58,7 +58,7 @@ fn one(ctx: &Ctx, mode: &str, iterations: u64) -> Result<f64> {
         }
         None => Command::new(&bin),
     };
-    let out = sys::output(cmd.args([mode, &iterations.to_string()]))?;
+    let out = crate::setup::output(cmd.args([mode, &iterations.to_string()]))?;
     // "iterations N ns_per_iteration X"
     out.split_whitespace()
         .skip_while(|w| *w != "ns_per_iteration")
@@ -88,7 +88,7 @@ pub fn loops(ctx: &Ctx, label: &str) -> Result<Loops> {
 
 /// Pin every thread of `pid` to `cpus` (a taskset list).
 fn pin(pid: i32, cpus: &str) -> Result<()> {
-    sys::output(
+    crate::setup::output(
         Command::new("taskset")
             .args(["-a", "-p", "-c", cpus])
             .arg(pid.to_string()),
@@ -172,7 +172,7 @@ fn prog_stats(pid: i32) -> Result<Vec<ProgStat>> {
         if progs.iter().any(|p: &(u64, ProgStat)| p.0 == id) {
             continue;
         }
-        let name = sys::output(Command::new("bpftool").args([
+        let name = crate::setup::output(Command::new("bpftool").args([
             "prog",
             "show",
             "id",

@@ -55,7 +55,7 @@ fn pct_of(values: &[f64], q: f64) -> f64 {
 
 impl Report {
     pub fn new(ctx: &Ctx) -> Result<Report> {
-        let date = super::sys::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        let date = crate::setup::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown date".into());
         let c = &ctx.cfg;

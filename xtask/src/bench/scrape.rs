@@ -257,7 +257,7 @@ fn wrk(ctx: &Ctx, url: &str, gzip: bool, pid: i32) -> Result<Wrk> {
     }
     cmd.arg(url);
     let cpu0 = sys::cpu_seconds(pid)?;
-    let out = sys::output(&mut cmd)?;
+    let out = crate::setup::output(&mut cmd)?;
     let cpu1 = sys::cpu_seconds(pid)?;
     let mut w = parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))?;
     if out.contains("Non-2xx") || out.contains("Socket errors") {

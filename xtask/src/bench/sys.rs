@@ -315,22 +315,6 @@ pub fn quiet(cmd: &mut Command) -> &mut Command {
         .stderr(Stdio::null())
 }
 
-/// Run a command, returning its stdout; fails with its stderr.
-pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Median, min and max of some measurements.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Spread {
