@@ -4,7 +4,7 @@
 //! tracked and moved in. It ends when its last process exits (the connection closing alone does
 //! not end it); its final values stay for the retention time, then its series and cgroup go.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
@@ -591,15 +591,15 @@ impl Registry {
             let id = parts.next().unwrap_or("");
             parts.next() == Some(self.cfg.parent.as_str()) && pid_of_id(id).is_some()
         };
-        let mut candidates: Vec<(String, Option<SavedContainer>)> = Vec::new();
-        for c in saved {
-            if ours(&c.cgroup) && !candidates.iter().any(|(rel, _)| *rel == c.cgroup) {
-                candidates.push((c.cgroup.clone(), Some(c)));
-            }
-        }
+        // By cgroup path: the state file's entries, then what the tree shows that it missed.
+        let mut candidates: BTreeMap<String, Option<SavedContainer>> = saved
+            .into_iter()
+            .filter(|c| ours(&c.cgroup))
+            .map(|c| (c.cgroup.clone(), Some(c)))
+            .collect();
         for rel in self.layout.list(&self.cfg.parent) {
-            if ours(&rel) && !candidates.iter().any(|(r, _)| *r == rel) {
-                candidates.push((rel, None));
+            if ours(&rel) {
+                candidates.entry(rel).or_insert(None);
             }
         }
         for (rel, saved) in candidates {

@@ -70,13 +70,12 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<SavedContainer>> {
 
 /// Render the state file's bytes (the inverse of `parse`).
 pub fn render(containers: &[SavedContainer]) -> Vec<u8> {
-    let doc = Document {
+    let mut doc = Document {
         version: VERSION,
         containers: containers.to_vec(),
     };
     // Serializing plain strings and numbers cannot fail; non-finite floats become null, which
     // `parse` then refuses, so they are replaced first.
-    let mut doc = doc;
     for c in &mut doc.containers {
         if !c.start_time.is_finite() {
             c.start_time = 0.0;
