@@ -797,23 +797,36 @@ impl ContainerCgroup {
     /// by running tasks), so the other files are not read and `previous` stands. Returns the
     /// stats, the probe's value, and whether the files were read.
     pub fn sample_since(&self, previous: Option<(&Stats, u64)>) -> (Stats, Option<u64>, bool) {
-        let probe = self.cpu_probe();
+        let mut stats = Stats::default();
+        let probe = self.cpu_probe(&mut stats);
         if let (Some(now), Some((stats, then))) = (probe, previous)
             && now == then
         {
             return (stats.clone(), probe, false);
         }
-        (self.sample(), probe, true)
+        // On v2 the probe's file held the CPU times already.
+        if stats.cpu_usage_seconds.is_none() {
+            self.sample_cpu(&mut stats);
+        }
+        self.sample_memory(&mut stats);
+        self.sample_pids(&mut stats);
+        self.sample_io(&mut stats);
+        (stats, probe, true)
     }
 
     /// The container's total CPU time in the kernel's own unit (v1 cpuacct.usage, ns; v2
-    /// cpu.stat usage_usec): the cheapest sign of whether any of its processes ran.
-    fn cpu_probe(&self) -> Option<u64> {
+    /// cpu.stat usage_usec): the cheapest sign of whether any of its processes ran. On v2 the
+    /// file also gives the user and system times, which go into `stats`.
+    fn cpu_probe(&self, stats: &mut Stats) -> Option<u64> {
         if let Some(member) = self.v1_member("cpuacct") {
             return read_parsed(&member.dir.join("cpuacct.usage"), parse::parse_u64);
         }
-        let member = self.v2_member()?;
-        read_parsed(&member.dir.join("cpu.stat"), parse::parse_v2_cpu_stat)?.usage_usec
+        let cpu = read_parsed(
+            &self.v2_member()?.dir.join("cpu.stat"),
+            parse::parse_v2_cpu_stat,
+        )?;
+        set_cpu_v2(&cpu, stats);
+        cpu.usage_usec
     }
 
     fn sample_cpu(&self, stats: &mut Stats) {
@@ -979,9 +992,12 @@ fn sample_cpu_v1(dir: &Path, stats: &mut Stats) {
 
 /// v2 cpu.stat: usage_usec, user_usec, system_usec.
 fn sample_cpu_v2(dir: &Path, stats: &mut Stats) {
-    let Some(cpu) = read_parsed(&dir.join("cpu.stat"), parse::parse_v2_cpu_stat) else {
-        return;
-    };
+    if let Some(cpu) = read_parsed(&dir.join("cpu.stat"), parse::parse_v2_cpu_stat) {
+        set_cpu_v2(&cpu, stats);
+    }
+}
+
+fn set_cpu_v2(cpu: &parse::V2CpuStat, stats: &mut Stats) {
     stats.cpu_usage_seconds = cpu.usage_usec.map(microseconds_to_seconds);
     stats.cpu_user_seconds = cpu.user_usec.map(microseconds_to_seconds);
     stats.cpu_system_seconds = cpu.system_usec.map(microseconds_to_seconds);

@@ -684,3 +684,19 @@ fn idle_containers_are_read_through_their_cpu_probe_only() {
     fs::remove_file(tree.path(cpu)).unwrap();
     assert!(container.sample_since(Some((&first, probe))).2);
 }
+
+#[test]
+fn v2_probe_is_cpu_stat_read_once() {
+    let tree = FakeTree::new();
+    fake_v2_container(&tree);
+    let container = tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap();
+    let (stats, probe, full) = container.sample_since(None);
+    assert!(full);
+    // The probe's cpu.stat gave the CPU times the full sample reports.
+    assert_eq!(stats, container.sample());
+    assert!(stats.cpu_user_seconds.is_some());
+    let probe = probe.expect("usage_usec");
+    let (again, _, full) = container.sample_since(Some((&stats, probe)));
+    assert!(!full);
+    assert_eq!(again, stats);
+}
