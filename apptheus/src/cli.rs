@@ -151,8 +151,19 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    /// The `log` crate's filter that lets this level and the more severe ones through.
-    pub fn level_filter(self) -> log::LevelFilter {
+    /// The filter that lets this level and the more severe ones through.
+    pub fn level_filter(self) -> tracing::level_filters::LevelFilter {
+        use tracing::level_filters::LevelFilter;
+        match self {
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Error => LevelFilter::ERROR,
+        }
+    }
+
+    /// The same filter for records of crates that log through `log` (aya-log).
+    pub fn log_filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Debug => log::LevelFilter::Debug,
             LogLevel::Info => log::LevelFilter::Info,
@@ -675,7 +686,8 @@ mod tests {
         ] {
             let args = parse_ok(&["--log.level", name]);
             assert_eq!(args.log_level, level);
-            assert_eq!(level.level_filter(), filter);
+            assert_eq!(level.log_filter(), filter);
+            assert_eq!(level.level_filter().to_string(), name);
         }
         assert_eq!(
             parse_ok(&["--log.format", "logfmt"]).log_format,

@@ -48,11 +48,11 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
                 args.web_listen_address
             )
         })?;
-    log::info!(
+    tracing::info!(
         address = listener.local_addr()?.to_string().as_str(),
         path = args.web_telemetry_path.as_str(),
         tls = web.as_ref().is_some_and(|w| w.tls.is_some()),
-        basic_auth = web.as_ref().is_some_and(|w| !w.config.users.is_empty());
+        basic_auth = web.as_ref().is_some_and(|w| !w.config.users.is_empty()),
         "HTTP server listening"
     );
     let app = http::router(
@@ -73,7 +73,10 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     let (tracker, events) = Tracker::load()?;
     let tracker = Arc::new(tracker);
     let layout = Layout::detect().context("detecting the cgroup hierarchies")?;
-    log::info!(mode = format!("{:?}", layout.mode()).as_str(); "cgroup layout detected");
+    tracing::info!(
+        mode = format!("{:?}", layout.mode()).as_str(),
+        "cgroup layout detected"
+    );
     let registry = Arc::new(Registry::new(
         registry::Config {
             placement: match args.cgroup_placement {
@@ -99,10 +102,19 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     .await
     .context("re-adopting containers")?;
     if recovery != Default::default() {
-        log::info!(readopted = recovery.readopted, processes = recovery.processes, ended_while_down = recovery.ended; "containers of a previous run taken back");
+        tracing::info!(
+            readopted = recovery.readopted,
+            processes = recovery.processes,
+            ended_while_down = recovery.ended,
+            "containers of a previous run taken back"
+        );
     }
     let gateway = Arc::new(Gateway::bind(&args.socket_path)?);
-    log::info!(socket = args.socket_path.display().to_string().as_str(), trusted = trust.paths().len(); "gateway listening");
+    tracing::info!(
+        socket = args.socket_path.display().to_string().as_str(),
+        trusted = trust.paths().len(),
+        "gateway listening"
+    );
     ready.store(true, Ordering::Release);
 
     tasks.spawn(accept_loop(
@@ -121,13 +133,13 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     ));
 
     tokio::select! {
-        _ = wait_for_signal() => log::info!("shutting down"),
+        _ = wait_for_signal() => tracing::info!("shutting down"),
         Some(res) = tasks.join_next() => {
             // A task ending on its own is a failure: stop everything and report it.
             shutdown.cancel();
             match res {
-                Ok(Err(e)) => log::error!(error:% = format!("{e:#}"); "a daemon task failed"),
-                Err(e) => log::error!(error:% = e; "a daemon task panicked"),
+                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "a daemon task failed"),
+                Err(e) => tracing::error!(error = %e, "a daemon task panicked"),
                 Ok(Ok(())) => {}
             }
         }
@@ -142,7 +154,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     // The programs detach when the last tracker reference goes (at the latest, at exit).
     drop(registry);
     drop(tracker);
-    log::info!("stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -152,7 +164,7 @@ async fn wait_for_signal() {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        log::error!("cannot install signal handlers");
+        tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };
     tokio::select! {
@@ -181,7 +193,7 @@ async fn accept_loop(
                 Ok(s) => s,
                 Err(e) => {
                     // EMFILE and the like: log, back off briefly, keep serving.
-                    log::warn!(error:% = e; "accepting a launcher connection failed");
+                    tracing::warn!(error = %e, "accepting a launcher connection failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -224,7 +236,12 @@ async fn admit(
     match res {
         Ok((peer, key, id)) => {
             metrics.accepted();
-            log::info!(container = id.as_str(), pid = peer.pid, uid = peer.uid; "launcher connection accepted");
+            tracing::info!(
+                container = id.as_str(),
+                pid = peer.pid,
+                uid = peer.uid,
+                "launcher connection accepted"
+            );
             Some((stream, key))
         }
         Err((reason, peer)) => {
@@ -232,7 +249,13 @@ async fn admit(
             let (pid, uid, exe) = peer.map_or((0, u32::MAX, String::new()), |p| {
                 (p.pid, p.uid, p.exe_path.to_string_lossy().into_owned())
             });
-            log::warn!(reason = reason.as_str(), pid = pid, uid = uid, exe = exe.as_str(); "launcher connection refused");
+            tracing::warn!(
+                reason = reason.as_str(),
+                pid = pid,
+                uid = uid,
+                exe = exe.as_str(),
+                "launcher connection refused"
+            );
             // Dropping the stream closes the connection at once.
             None
         }

@@ -143,7 +143,7 @@ pub async fn serve(
                 Ok((s, _)) => s,
                 Err(e) => {
                     // EMFILE and the like: log, back off briefly, keep serving.
-                    log::warn!(error:% = e; "accepting an HTTP connection failed");
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -201,7 +201,7 @@ async fn connection(
         match acceptor.accept(stream).await {
             Ok(s) => Some(s),
             Err(e) => {
-                log::debug!(error:% = e; "TLS handshake failed");
+                tracing::debug!(error = %e, "TLS handshake failed");
                 None
             }
         }
@@ -212,7 +212,7 @@ async fn connection(
             Ok(Some(s)) => s,
             Ok(None) => return,
             Err(_) => {
-                log::debug!("TLS handshake timed out");
+                tracing::debug!("TLS handshake timed out");
                 return;
             }
         },
@@ -250,7 +250,7 @@ where
     };
     if let Err(e) = res {
         // Timeouts, resets and malformed requests: the client's problem, not the daemon's.
-        log::debug!(error:% = e; "HTTP connection ended with an error");
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 

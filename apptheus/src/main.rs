@@ -1,7 +1,7 @@
 //! `apptheus`: the daemon.
 use std::process::ExitCode;
 
-use apptheus::{cli::Args, daemon, gateway::Trust, logging, webconfig::Web};
+use apptheus::{cli::Args, daemon, gateway::Trust, telemetry, webconfig::Web};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    if let Err(e) = logging::init(args.log_level, args.log_format) {
+    if let Err(e) = telemetry::init(args.log_level, args.log_format) {
         eprintln!("apptheus: {e:#}");
         return ExitCode::from(1);
     }
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let trust = match Trust::new(args.trust_path.paths()) {
         Ok((trust, warnings)) => {
             for w in warnings {
-                log::warn!("{w}");
+                tracing::warn!("{w}");
             }
             trust
         }
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     if trust.paths().is_empty() {
-        log::warn!("--trust.path is empty: every launcher will be refused");
+        tracing::warn!("--trust.path is empty: every launcher will be refused");
     }
     // glibc gives each thread that allocates its own arena; a burst of short blocking tasks
     // (a connection flood) would leave many half-used arenas resident. Two are plenty here.
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     match runtime.block_on(daemon::run(args, trust, web)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!(error:% = format!("{e:#}"); "apptheus failed");
+            tracing::error!(error = %format!("{e:#}"), "apptheus failed");
             ExitCode::from(1)
         }
     }

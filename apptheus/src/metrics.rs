@@ -132,7 +132,7 @@ impl Metrics {
     pub fn encode_daemon(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            log::error!(error:% = e; "encoding the daemon's metrics");
+            tracing::error!(error = %e, "encoding the daemon's metrics");
         }
         out
     }

@@ -220,7 +220,7 @@ impl Registry {
         {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                log::error!(container = id.as_str(), pid = peer.pid, error:% = format!("{e:#}"); "cannot create the container's cgroups");
+                tracing::error!(container = id.as_str(), pid = peer.pid, error = %format!("{e:#}"), "cannot create the container's cgroups");
                 return Err(Rejection::Error);
             }
         };
@@ -258,14 +258,14 @@ impl Registry {
                 } else if msg.contains("already tracked") {
                     Rejection::Nested
                 } else {
-                    log::error!(container = id.as_str(), error:% = msg; "cannot track the container's processes");
+                    tracing::error!(container = id.as_str(), error = %msg, "cannot track the container's processes");
                     Rejection::Error
                 });
             }
         };
         for pid in &members {
             if let Err(e) = cgroup.add_process(*pid) {
-                log::warn!(container = id.as_str(), pid = *pid, error:% = format!("{e:#}"); "cannot move a process into the container's cgroup");
+                tracing::warn!(container = id.as_str(), pid = *pid, error = %format!("{e:#}"), "cannot move a process into the container's cgroup");
             }
         }
         let now = monotonic_ns();
@@ -282,7 +282,15 @@ impl Registry {
             c.inherit_after_ns = now;
         }
         drop(st);
-        log::info!(container = id.as_str(), pid = peer.pid, uid = peer.uid, exe = peer.exe_path.to_string_lossy().as_ref(), processes = members.len(), cgroup = cgroup.rel_path(); "container started");
+        tracing::info!(
+            container = id.as_str(),
+            pid = peer.pid,
+            uid = peer.uid,
+            exe = peer.exe_path.to_string_lossy().as_ref(),
+            processes = members.len(),
+            cgroup = cgroup.rel_path(),
+            "container started"
+        );
         if live == 0 {
             self.end(key);
         }
@@ -304,7 +312,7 @@ impl Registry {
         let mut st = self.state();
         if let Some(c) = st.containers.get_mut(&key) {
             c.connected = false;
-            log::debug!(container = c.id.as_str(); "launcher connection closed");
+            tracing::debug!(container = c.id.as_str(), "launcher connection closed");
         }
     }
 
@@ -343,7 +351,7 @@ impl Registry {
     pub fn apply_moves(&self, moves: Vec<Move>) {
         for m in &moves {
             if let Err(e) = m.cgroup.add_process(m.pid) {
-                log::warn!(pid = m.pid, error:% = format!("{e:#}"); "cannot move a forked process into its container's cgroup");
+                tracing::warn!(pid = m.pid, error = %format!("{e:#}"), "cannot move a forked process into its container's cgroup");
             }
         }
         let now = monotonic_ns();
@@ -365,7 +373,12 @@ impl Registry {
             c.ended = Some(Instant::now());
             c.end_time = Some(SystemTime::now());
             let secs = c.start_time.elapsed().unwrap_or_default().as_secs_f64();
-            log::info!(container = c.id.as_str(), duration_seconds = secs, connected = c.connected; "container ended");
+            tracing::info!(
+                container = c.id.as_str(),
+                duration_seconds = secs,
+                connected = c.connected,
+                "container ended"
+            );
             st.dirty = true;
             st.series_changed = true;
         }
@@ -505,7 +518,10 @@ impl Registry {
                 if let Some(c) = st.containers.remove(&key) {
                     st.dirty = true;
                     st.series_changed = true;
-                    log::debug!(container = c.id.as_str(); "retention over: removing the container's series and cgroups");
+                    tracing::debug!(
+                        container = c.id.as_str(),
+                        "retention over: removing the container's series and cgroups"
+                    );
                     done.push(key);
                     st.to_remove.push(c.cgroup);
                 }
@@ -514,14 +530,14 @@ impl Registry {
         };
         for key in done {
             if let Err(e) = self.tracker.unregister(key) {
-                log::warn!(error:% = format!("{e:#}"); "forgetting a container in the tracker");
+                tracing::warn!(error = %format!("{e:#}"), "forgetting a container in the tracker");
             }
         }
         let before = to_remove.len();
         to_remove.retain(|cg| match cg.remove() {
             Ok(()) => false,
             Err(e) => {
-                log::debug!(cgroup = cg.rel_path(), error:% = format!("{e:#}"); "cgroup still busy; will retry");
+                tracing::debug!(cgroup = cg.rel_path(), error = %format!("{e:#}"), "cgroup still busy; will retry");
                 true
             }
         });
@@ -541,7 +557,7 @@ impl Registry {
         let mut removed = Vec::new();
         for (key, c) in &st.containers {
             if c.ended.is_some() && c.cgroup.remove().is_ok() {
-                log::debug!(container = c.id.as_str(); "removed cgroup at shutdown");
+                tracing::debug!(container = c.id.as_str(), "removed cgroup at shutdown");
                 removed.push(*key);
             }
         }
@@ -573,7 +589,7 @@ impl Registry {
                 .collect::<Vec<_>>()
         };
         if let Err(e) = dir.save(&saved) {
-            log::warn!(error:% = format!("{e:#}"); "cannot save the containers for a restart; will retry");
+            tracing::warn!(error = %format!("{e:#}"), "cannot save the containers for a restart; will retry");
             self.state().dirty = true;
         }
     }
@@ -622,7 +638,7 @@ impl Registry {
                 match self.tracker.readopt(&procs, key) {
                     Ok(m) => m,
                     Err(e) => {
-                        log::error!(container = saved.id.as_str(), error:% = format!("{e:#}"); "cannot track a re-adopted container's processes");
+                        tracing::error!(container = saved.id.as_str(), error = %format!("{e:#}"), "cannot track a re-adopted container's processes");
                         let _ = self.tracker.unregister(key);
                         Vec::new()
                     }
@@ -631,7 +647,7 @@ impl Registry {
             // Descendants that left the cgroup while the daemon was down come back in.
             for pid in members.iter().filter(|p| !procs.contains(p)) {
                 if let Err(e) = cgroup.add_process(*pid) {
-                    log::warn!(container = saved.id.as_str(), pid = *pid, error:% = format!("{e:#}"); "cannot move a process into the container's cgroup");
+                    tracing::warn!(container = saved.id.as_str(), pid = *pid, error = %format!("{e:#}"), "cannot move a process into the container's cgroup");
                 }
             }
             let live = !members.is_empty();
@@ -643,10 +659,19 @@ impl Registry {
             if live {
                 recovery.readopted += 1;
                 recovery.processes += members.len();
-                log::info!(container = saved.id.as_str(), processes = members.len(), cgroup = rel.as_str(); "container re-adopted");
+                tracing::info!(
+                    container = saved.id.as_str(),
+                    processes = members.len(),
+                    cgroup = rel.as_str(),
+                    "container re-adopted"
+                );
             } else {
                 recovery.ended += 1;
-                log::info!(container = saved.id.as_str(), cgroup = rel.as_str(); "container ended while the daemon was down");
+                tracing::info!(
+                    container = saved.id.as_str(),
+                    cgroup = rel.as_str(),
+                    "container ended while the daemon was down"
+                );
             }
             self.insert(
                 key,

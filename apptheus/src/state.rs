@@ -177,10 +177,15 @@ impl StateDir {
         let aside = self.dir.join(format!("{FILE_NAME}.corrupt-{secs}"));
         match fs::rename(path, &aside) {
             Ok(()) => {
-                log::warn!(file = path.display().to_string().as_str(), moved_to = aside.display().to_string().as_str(), error = why; "state file unusable: set aside, starting without it")
+                tracing::warn!(
+                    file = path.display().to_string().as_str(),
+                    moved_to = aside.display().to_string().as_str(),
+                    error = why,
+                    "state file unusable: set aside, starting without it"
+                )
             }
             Err(e) => {
-                log::warn!(file = path.display().to_string().as_str(), error = why, rename_error:% = e; "state file unusable and cannot be set aside; starting without it")
+                tracing::warn!(file = path.display().to_string().as_str(), error = why, rename_error = %e, "state file unusable and cannot be set aside; starting without it")
             }
         }
     }

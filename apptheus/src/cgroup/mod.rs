@@ -281,7 +281,7 @@ impl Layout {
                 Err(error) => {
                     // A half-made container would leak its directories: undo them.
                     if let Err(undo) = container.remove() {
-                        log::warn!("cannot undo a partly created cgroup: {undo:#}");
+                        tracing::warn!("cannot undo a partly created cgroup: {undo:#}");
                     }
                     return Err(error);
                 }
@@ -320,7 +320,7 @@ impl Layout {
                 find_container(hierarchy, rel, &pids)
             };
             let Some((member_rel, dir)) = found else {
-                log::warn!(
+                tracing::warn!(
                     "container cgroup {rel} not found in the {} hierarchy at {}",
                     hierarchy.name(),
                     hierarchy.mount_point.display()
@@ -405,7 +405,7 @@ fn create_member(hierarchy: &Hierarchy, base: &str, parent: &str, id: &str) -> R
             // The id holds the launcher's pid, so a directory of that name is a leftover of an
             // earlier container of ours with a reused pid: take it over.
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                log::info!("reusing existing cgroup {}", dir.display());
+                tracing::info!("reusing existing cgroup {}", dir.display());
                 break;
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound && attempt == 0 => continue,
@@ -467,7 +467,7 @@ fn enable_controllers(dir: &Path) {
             continue;
         }
         if let Err(error) = write_file(&subtree_control, &format!("+{controller}")) {
-            log::debug!(
+            tracing::debug!(
                 "cannot enable {controller} in {}: {error}",
                 subtree_control.display()
             );
@@ -600,9 +600,9 @@ fn read_with<T>(path: &Path, f: impl FnOnce(&str) -> T) -> Option<T> {
     use std::io::Read as _;
     let report = |error: io::Error| {
         if error.kind() == io::ErrorKind::NotFound {
-            log::trace!("{} is missing", path.display());
+            tracing::trace!("{} is missing", path.display());
         } else {
-            log::debug!("cannot read {}: {error}", path.display());
+            tracing::debug!("cannot read {}: {error}", path.display());
         }
     };
     let mut file = match fs::File::open(path) {
@@ -636,7 +636,7 @@ fn read_with<T>(path: &Path, f: impl FnOnce(&str) -> T) -> Option<T> {
         match std::str::from_utf8(buf) {
             Ok(text) => Some(f(text)),
             Err(error) => {
-                log::debug!("{} is not UTF-8: {error}", path.display());
+                tracing::debug!("{} is not UTF-8: {error}", path.display());
                 None
             }
         }
@@ -649,7 +649,7 @@ fn read_parsed<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Option<
     match read_with(path, parse)? {
         Ok(value) => Some(value),
         Err(error) => {
-            log::debug!("cannot parse {}: {error:#}", path.display());
+            tracing::debug!("cannot parse {}: {error:#}", path.display());
             None
         }
     }
@@ -940,7 +940,7 @@ impl ContainerCgroup {
                         error.raw_os_error(),
                         Some(libc::ENOTEMPTY | libc::EBUSY | libc::ENOENT)
                     ) => {}
-                Err(error) => log::warn!("cannot remove {}: {error}", parent.display()),
+                Err(error) => tracing::warn!("cannot remove {}: {error}", parent.display()),
             }
         }
         Ok(())

@@ -88,7 +88,7 @@ impl Tracker {
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(watch(l)?),
             Err(e) => {
-                log::warn!(error:% = e; "eBPF log forwarding unavailable");
+                tracing::warn!(error = %e, "eBPF log forwarding unavailable");
                 None
             }
         };
@@ -352,7 +352,7 @@ fn raise_memlock_limit() {
     };
     // SAFETY: a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!(
+        tracing::debug!(
             "could not raise RLIMIT_MEMLOCK: {}",
             io::Error::last_os_error()
         );

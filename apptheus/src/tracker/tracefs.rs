@@ -23,7 +23,10 @@ pub fn ensure_tracefs() -> Result<bool> {
         None::<&str>,
     )
     .with_context(|| format!("tracefs is not mounted and mounting it at {TRACEFS} failed"))?;
-    log::info!(path = TRACEFS; "mounted tracefs (the tracepoints' formats and ids live there)");
+    tracing::info!(
+        path = TRACEFS,
+        "mounted tracefs (the tracepoints' formats and ids live there)"
+    );
     Ok(true)
 }
 
