@@ -95,6 +95,16 @@ pub fn router(telemetry_path: &str, state: AppState, web: Option<&Web>) -> Route
     }
 }
 
+/// Listen on `--web.listen-address` (port 0: any free port; the log says which).
+pub async fn bind(address: &crate::cli::ListenAddress) -> Result<TcpListener> {
+    let addrs = address
+        .to_socket_addrs()
+        .with_context(|| format!("resolving --web.listen-address {address}"))?;
+    TcpListener::bind(&addrs[..])
+        .await
+        .with_context(|| format!("listening on --web.listen-address {address}"))
+}
+
 /// How connections are served.
 #[derive(Clone)]
 pub struct ServeOptions {

@@ -1,18 +1,23 @@
 //! apptheus: per-container telemetry for HPC and batch hosts.
 //!
-//! A trusted launcher (Apptainer's starter, or `apptheus-exec`) connects to the `gateway` socket;
-//! the `registry` gives it a container: a cgroup in every hierarchy (`cgroup`), and its whole
-//! process tree followed by eBPF (`tracker`). The `daemon`'s sampler reads the cgroups' counters
+//! A trusted launcher (Apptainer's starter, or `apptheus-exec`) connects to the `gateway`
+//! socket; the `registry` makes it a container: a cgroup in every hierarchy (`cgroup`), and its
+//! whole process tree followed by eBPF (`tracker`). The `sampler` reads the cgroups' counters
 //! into `metrics`, which `http` serves to Prometheus, with TLS and basic auth from `webconfig`.
+//! `docs/architecture.md` draws the two data paths.
 pub mod cgroup;
 pub mod cli;
+pub mod container;
 pub mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod pidfd;
+pub mod recovery;
 pub mod registry;
+pub mod sampler;
 pub mod state;
 pub mod telemetry;
 pub mod tracker;

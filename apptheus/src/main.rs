@@ -7,8 +7,7 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     // Bad flags: clap prints the flag and exits 2.
     let args = Args::parse();
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "apptheus: must run as root (it loads eBPF programs, creates cgroups and reads every process's /proc)"
         );

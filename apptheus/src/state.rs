@@ -14,6 +14,8 @@ use anyhow::{Context as _, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::container::{Identity, from_unix_seconds};
+
 /// The file's name inside `--state.dir`.
 pub const FILE_NAME: &str = "containers.json";
 const LOCK_NAME: &str = "lock";
@@ -23,19 +25,9 @@ const MAX_BYTES: u64 = 64 << 20;
 
 /// One container as a previous run knew it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SavedContainer {
-    pub id: String,
-    /// Its cgroup path below the root of the primary hierarchy (the `cgroup` label).
-    pub cgroup: String,
-    pub user: String,
-    pub uid: u32,
-    /// The launcher's pid.
-    pub pid: i32,
-    pub exe: String,
-    pub exe_path: String,
-    /// Unix seconds.
-    pub start_time: f64,
+    #[serde(flatten)]
+    pub identity: Identity,
     /// Unix seconds, for containers that had ended.
     #[serde(default)]
     pub end_time: Option<f64>,
@@ -63,7 +55,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<SavedContainer>> {
         );
     }
     for (i, c) in doc.containers.iter().enumerate() {
-        check(c).with_context(|| format!("container entry {i} ({:?})", c.id))?;
+        check(c).with_context(|| format!("container entry {i} ({:?})", c.identity.id))?;
     }
     Ok(doc.containers)
 }
@@ -77,15 +69,16 @@ pub fn render(containers: &[SavedContainer]) -> Vec<u8> {
     // Serializing plain strings and numbers cannot fail; non-finite floats become null, which
     // `parse` then refuses, so they are replaced first.
     for c in &mut doc.containers {
-        if !c.start_time.is_finite() {
-            c.start_time = 0.0;
+        if !c.identity.start_time.is_finite() {
+            c.identity.start_time = 0.0;
         }
         c.end_time = c.end_time.filter(|t| t.is_finite());
     }
     serde_json::to_vec(&doc).unwrap_or_default()
 }
 
-fn check(c: &SavedContainer) -> Result<()> {
+fn check(saved: &SavedContainer) -> Result<()> {
+    let c = &saved.identity;
     let plain_name = |s: &str| {
         !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0', '\n']) && s.len() <= 255
     };
@@ -103,7 +96,10 @@ fn check(c: &SavedContainer) -> Result<()> {
     if c.pid <= 0 {
         bail!("bad pid {}", c.pid);
     }
-    if !c.start_time.is_finite() || c.end_time.is_some_and(|t| !t.is_finite()) {
+    // A time no clock can hold would make no sense as a label, and must not reach arithmetic
+    // that could overflow.
+    let time_ok = |t: f64| from_unix_seconds(t).is_some();
+    if !time_ok(c.start_time) || saved.end_time.is_some_and(|t| !time_ok(t)) {
         bail!("bad time");
     }
     Ok(())
@@ -232,14 +228,16 @@ mod tests {
 
     fn entry(id: &str) -> SavedContainer {
         SavedContainer {
-            id: id.into(),
-            cgroup: format!("/slurm/job_1/apptheus/{id}"),
-            user: "alice".into(),
-            uid: 1000,
-            pid: 4242,
-            exe: "starter-suid".into(),
-            exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),
-            start_time: 1_700_000_000.25,
+            identity: Identity {
+                id: id.into(),
+                cgroup: format!("/slurm/job_1/apptheus/{id}"),
+                user: "alice".into(),
+                uid: 1000,
+                pid: 4242,
+                exe: "starter-suid".into(),
+                exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),
+                start_time: 1_700_000_000.25,
+            },
             end_time: None,
             made_parents: vec!["/sys/fs/cgroup/memory/slurm/job_1/apptheus".into()],
         }
@@ -269,12 +267,14 @@ mod tests {
             text = text.replace("\"start_time\":0.0", "\"start_time\":null");
             parse(text.as_bytes())
         };
-        assert!(with(&|c| c.cgroup = "/x/../../etc/a_1".into()).is_err());
-        assert!(with(&|c| c.cgroup = "relative/a_1".into()).is_err());
-        assert!(with(&|c| c.cgroup = "/x/other".into()).is_err());
-        assert!(with(&|c| c.id = "..".into()).is_err());
-        assert!(with(&|c| c.pid = 0).is_err());
-        assert!(with(&|c| c.start_time = f64::NAN).is_err());
+        assert!(with(&|c| c.identity.cgroup = "/x/../../etc/a_1".into()).is_err());
+        assert!(with(&|c| c.identity.cgroup = "relative/a_1".into()).is_err());
+        assert!(with(&|c| c.identity.cgroup = "/x/other".into()).is_err());
+        assert!(with(&|c| c.identity.id = "..".into()).is_err());
+        assert!(with(&|c| c.identity.pid = 0).is_err());
+        assert!(with(&|c| c.identity.start_time = f64::NAN).is_err());
+        assert!(with(&|c| c.identity.start_time = 1e300).is_err());
+        assert!(with(&|c| c.end_time = Some(-5.0)).is_err());
         assert!(with(&|_| {}).is_ok());
     }
 

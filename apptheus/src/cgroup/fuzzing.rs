@@ -3,7 +3,7 @@
 
 use std::path::Component;
 
-use super::{Hierarchy, Layout, parse};
+use super::{Layout, layout::Hierarchy, parse};
 use crate::fuzzing::text;
 
 /// Flat keyed files (v1 memory.stat, cpuacct.stat; v2 cpu.stat, memory.stat): the pairs
@@ -43,8 +43,8 @@ pub fn cgroup_flat_keyed(data: &[u8]) {
     assert_eq!(v2_cpu.user_usec, get("user_usec"));
     assert_eq!(v2_cpu.system_usec, get("system_usec"));
     let v2_memory = v2_memory.unwrap();
-    assert_eq!(v2_memory.anon, get("anon"));
-    assert_eq!(v2_memory.file, get("file"));
+    assert_eq!(v2_memory.rss, get("anon"));
+    assert_eq!(v2_memory.cache, get("file"));
     assert_eq!(v2_memory.inactive_file, get("inactive_file"));
 }
 

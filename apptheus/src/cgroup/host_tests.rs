@@ -20,7 +20,13 @@ use std::time::Instant;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::*;
+use std::{fs, path::PathBuf};
+
+use super::{
+    files::write as write_file,
+    layout::{join_rel, read_proc_cgroup},
+    *,
+};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -115,7 +121,7 @@ fn assert_member(container: &ContainerCgroup, layout: &Layout, pid: i32) {
 
 /// The numbers this host must give for a container holding one live `sleep`.
 fn assert_sample(container: &ContainerCgroup) -> Stats {
-    let stats = container.sample();
+    let stats = Reader::new().sample(container);
     assert!(stats.cpu_usage_seconds.is_some(), "{stats:?}");
     assert!(stats.cpu_user_seconds.is_some(), "{stats:?}");
     assert!(stats.cpu_system_seconds.is_some(), "{stats:?}");
@@ -178,7 +184,7 @@ fn dedicated_container_on_the_host() {
     let unified = container
         .members
         .iter()
-        .find(|m| m.v2 && !m.has("memory") && !m.has("pids"));
+        .find(|m| m.version == Version::V2 && !m.has("memory") && !m.has("pids"));
     if let Some(unified) = unified {
         let view = ContainerCgroup {
             rel_path: unified.rel.clone(),
@@ -215,7 +221,7 @@ fn nested_container_on_the_host() {
     let tag = unique("base");
     let mut bases = Vec::new();
     for hierarchy in &layout.hierarchies {
-        let name = if hierarchy.v2 {
+        let name = if hierarchy.v2() {
             format!("{tag}-v2")
         } else {
             tag.clone()
@@ -231,7 +237,7 @@ fn nested_container_on_the_host() {
     const MEMORY_LIMIT: u64 = 256 << 20;
     const PIDS_LIMIT: u64 = 4096;
     for (hierarchy, (_, dir)) in layout.hierarchies.iter().zip(&bases) {
-        let (memory_file, pids_file) = if hierarchy.v2 {
+        let (memory_file, pids_file) = if hierarchy.v2() {
             ("memory.max", "pids.max")
         } else {
             ("memory.limit_in_bytes", "pids.max")

@@ -202,29 +202,30 @@ impl FlatKeyed<'_> {
     }
 }
 
-/// The counters of v1 memory.stat the daemon exports, in bytes.
+/// The counters of memory.stat the daemon exports, in bytes, whichever the version.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct V1MemoryStat {
-    /// `total_rss`: anonymous and swap cache memory. The kernel already counts transparent huge
-    /// pages in it (`rss_huge` is a subset, kept apart only for information), so nothing is
-    /// added.
+pub(crate) struct MemoryStat {
+    /// Anonymous memory: v1 `total_rss` (anonymous and swap cache; the kernel already counts
+    /// transparent huge pages in it, `rss_huge` being a subset), v2 `anon`.
     pub rss: Option<u64>,
+    /// Page cache: v1 `total_cache`, v2 `file`.
     pub cache: Option<u64>,
     pub inactive_file: Option<u64>,
-    /// `total_swap`: the kernel writes it only when it accounts swap (memsw).
+    /// v1 `total_swap`, which the kernel writes only when it accounts swap (memsw); v2 keeps
+    /// swap in its own file (always `None` here).
     pub swap: Option<u64>,
 }
 
 /// Parses v1 memory.stat. The hierarchical `total_*` counters include the container's
 /// descendants; a file without them (very old kernels) falls back to the local ones.
-pub(crate) fn parse_v1_memory_stat(text: &str) -> Result<V1MemoryStat> {
+pub(crate) fn parse_v1_memory_stat(text: &str) -> Result<MemoryStat> {
     let values = parse_flat_keyed(text)?;
     let pick = |key: &str| {
         values
             .get_prefixed("total_", key)
             .or_else(|| values.get(key))
     };
-    Ok(V1MemoryStat {
+    Ok(MemoryStat {
         rss: pick("rss"),
         cache: pick("cache"),
         inactive_file: pick("inactive_file"),
@@ -293,20 +294,13 @@ pub(crate) fn parse_v2_cpu_stat(text: &str) -> Result<V2CpuStat> {
     })
 }
 
-/// The counters of v2 memory.stat the daemon exports, in bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct V2MemoryStat {
-    pub anon: Option<u64>,
-    pub file: Option<u64>,
-    pub inactive_file: Option<u64>,
-}
-
-pub(crate) fn parse_v2_memory_stat(text: &str) -> Result<V2MemoryStat> {
+pub(crate) fn parse_v2_memory_stat(text: &str) -> Result<MemoryStat> {
     let values = parse_flat_keyed(text)?;
-    Ok(V2MemoryStat {
-        anon: values.get("anon"),
-        file: values.get("file"),
+    Ok(MemoryStat {
+        rss: values.get("anon"),
+        cache: values.get("file"),
         inactive_file: values.get("inactive_file"),
+        swap: None,
     })
 }
 
@@ -646,7 +640,7 @@ mod tests {
         let stat = parse_v1_memory_stat(V1_MEMORY_STAT).unwrap();
         assert_eq!(
             stat,
-            V1MemoryStat {
+            MemoryStat {
                 rss: Some(59736064),
                 cache: Some(84774912),
                 inactive_file: Some(80764928),
@@ -660,7 +654,7 @@ mod tests {
         let stat = parse_v1_memory_stat("cache 10\nrss 20\ninactive_file 5\n").unwrap();
         assert_eq!(
             stat,
-            V1MemoryStat {
+            MemoryStat {
                 rss: Some(20),
                 cache: Some(10),
                 inactive_file: Some(5),
@@ -735,10 +729,11 @@ mod tests {
     fn v2_memory_stat_fixture() {
         assert_eq!(
             parse_v2_memory_stat(V2_MEMORY_STAT).unwrap(),
-            V2MemoryStat {
-                anon: Some(1073741824),
-                file: Some(536870912),
+            MemoryStat {
+                rss: Some(1073741824),
+                cache: Some(536870912),
                 inactive_file: Some(402653184),
+                swap: None,
             }
         );
     }

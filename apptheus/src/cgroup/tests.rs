@@ -1,7 +1,17 @@
 //! Tests that need no privilege: layout detection on mountinfo fixtures, and containers in fake
 //! cgroup trees made of plain files in a temporary directory.
 
-use super::*;
+use std::{fs, path::PathBuf};
+
+use super::{
+    layout::{check_name, join_rel, last_components, read_proc_cgroup},
+    *,
+};
+
+/// Every file of `container`, read by a new reader.
+fn sample(container: &ContainerCgroup) -> Stats {
+    Reader::new().sample(container)
+}
 
 const MOUNTINFO_HYBRID: &str = include_str!("fixtures/mountinfo_hybrid.txt");
 const MOUNTINFO_V2: &str = include_str!("fixtures/mountinfo_v2.txt");
@@ -245,7 +255,7 @@ fn v2_sample_from_fake_tree() {
     assert_eq!(container.memory_source(), Source::Cgroup);
     assert_eq!(container.pids_source(), Source::Cgroup);
     assert_eq!(
-        container.sample(),
+        sample(&container),
         Stats {
             cpu_usage_seconds: Some(2934.589123),
             cpu_user_seconds: Some(2511.034),
@@ -277,11 +287,7 @@ fn v2_sample_with_missing_and_garbled_files() {
     tree.write(&format!("{c}/io.stat"), "garbage\n");
     tree.write(&format!("{c}/pids.max"), "lots\n");
     tree.write(&format!("{c}/cpu.stat"), "");
-    let stats = tree
-        .v2_layout()
-        .open("/job/apptheus/c_1", &[])
-        .unwrap()
-        .sample();
+    let stats = sample(&tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap());
     assert_eq!(
         stats,
         Stats {
@@ -309,7 +315,7 @@ fn v2_without_controllers_uses_processes() {
     let container = tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap();
     assert_eq!(container.memory_source(), Source::Processes);
     assert_eq!(container.pids_source(), Source::Processes);
-    let stats = container.sample();
+    let stats = sample(&container);
     // cpu.stat is there without the cpu controller.
     assert_eq!(stats.cpu_usage_seconds, Some(2934.589123));
     let usage = stats.memory_usage_bytes.unwrap();
@@ -377,7 +383,7 @@ fn v1_sample_from_fake_tree() {
     assert_eq!(container.memory_source(), Source::Cgroup);
     assert_eq!(container.pids_source(), Source::Cgroup);
     assert_eq!(
-        container.sample(),
+        sample(&container),
         Stats {
             cpu_usage_seconds: Some(0.962461725),
             cpu_user_seconds: Some(0.1),
@@ -408,11 +414,7 @@ fn v1_cpu_from_usage_all() {
         "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage_all",
         "cpu user system\n0 1000000000 250000000\n1 500000000 0\n",
     );
-    let stats = tree
-        .v1_layout()
-        .open("/job/apptheus/c_1", &[])
-        .unwrap()
-        .sample();
+    let stats = sample(&tree.v1_layout().open("/job/apptheus/c_1", &[]).unwrap());
     assert_eq!(stats.cpu_usage_seconds, Some(1.75));
     assert_eq!(stats.cpu_user_seconds, Some(1.5));
     assert_eq!(stats.cpu_system_seconds, Some(0.25));
@@ -443,11 +445,7 @@ fn v1_fallbacks() {
         &format!("{blkio}/blkio.throttle.io_service_bytes"),
         "8:0 Read 5\n8:0 Write 6\nTotal 11\n",
     );
-    let stats = tree
-        .v1_layout()
-        .open("/job/apptheus/c_1", &[])
-        .unwrap()
-        .sample();
+    let stats = sample(&tree.v1_layout().open("/job/apptheus/c_1", &[]).unwrap());
     let hz = procfs::ticks_per_second() as f64;
     assert_eq!(stats.cpu_user_seconds, Some(8.0 / hz));
     assert_eq!(stats.cpu_system_seconds, Some(86.0 / hz));
@@ -470,7 +468,7 @@ fn v1_without_pids_hierarchy_counts_tasks() {
     let container = layout.open("/c_1", &[]).unwrap();
     assert_eq!(container.pids_source(), Source::Processes);
     assert_eq!(container.memory_source(), Source::Cgroup);
-    assert_eq!(container.sample().pids, Some(2));
+    assert_eq!(sample(&container).pids, Some(2));
 }
 
 #[test]
@@ -656,33 +654,20 @@ fn nested_create_follows_the_launcher() {
 }
 
 #[test]
-fn idle_containers_are_read_through_their_cpu_probe_only() {
+fn the_cpu_probe_reads_the_kernels_cpu_time() {
     let tree = FakeTree::new();
     fake_v1_container(&tree);
     let cpu = "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage";
-    let memory = "memory/job/apptheus/c_1/memory.usage_in_bytes";
     let container = tree.v1_layout().open("/job/apptheus/c_1", &[]).unwrap();
-    let (first, probe, full) = container.sample_since(None);
-    assert!(full);
-    let probe = probe.expect("cpuacct.usage");
-    assert_eq!(first, container.sample());
-
-    // Nothing ran: the CPU time is the same, so the rest is not read again.
-    tree.write(memory, "1\n");
-    let (again, same, full) = container.sample_since(Some((&first, probe)));
-    assert!(!full);
-    assert_eq!((again, same), (first.clone(), Some(probe)));
-
-    // Something ran: every file is read.
-    tree.write(cpu, &format!("{}\n", probe + 1));
-    let (fresh, newer, full) = container.sample_since(Some((&first, probe)));
-    assert!(full);
-    assert_eq!(newer, Some(probe + 1));
-    assert_eq!(fresh.memory_usage_bytes, Some(1));
-
-    // No probe file: always a full read.
+    let mut reader = Reader::new();
+    let probe = reader.probe(&container);
+    let value = probe.value.expect("cpuacct.usage");
+    assert_eq!(reader.read_all(&container, &probe), sample(&container));
+    tree.write(cpu, &format!("{}\n", value + 1));
+    assert_eq!(reader.probe(&container).value, Some(value + 1));
+    // No probe file: no value, which the sampler reads as "something may have run".
     fs::remove_file(tree.path(cpu)).unwrap();
-    assert!(container.sample_since(Some((&first, probe))).2);
+    assert_eq!(reader.probe(&container).value, None);
 }
 
 #[test]
@@ -690,13 +675,16 @@ fn v2_probe_is_cpu_stat_read_once() {
     let tree = FakeTree::new();
     fake_v2_container(&tree);
     let container = tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap();
-    let (stats, probe, full) = container.sample_since(None);
-    assert!(full);
-    // The probe's cpu.stat gave the CPU times the full sample reports.
-    assert_eq!(stats, container.sample());
+    let mut reader = Reader::new();
+    let probe = reader.probe(&container);
+    assert!(probe.value.is_some());
+    let stats = reader.read_all(&container, &probe);
+    assert_eq!(stats, sample(&container));
     assert!(stats.cpu_user_seconds.is_some());
-    let probe = probe.expect("usage_usec");
-    let (again, _, full) = container.sample_since(Some((&stats, probe)));
-    assert!(!full);
-    assert_eq!(again, stats);
+    // The full read takes the CPU times from the probe's read, not from the file again.
+    tree.write(
+        "unified/job/apptheus/c_1/cpu.stat",
+        "usage_usec 1\nuser_usec 1\nsystem_usec 0\n",
+    );
+    assert_eq!(reader.read_all(&container, &probe), stats);
 }

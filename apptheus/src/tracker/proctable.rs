@@ -15,8 +15,6 @@ use std::{
     os::unix::fs::DirEntryExt as _,
 };
 
-use anyhow::{Context as _, Result};
-
 #[derive(Default)]
 pub struct ProcTable {
     /// pid -> (inode of /proc/<pid>, parent pid)
@@ -27,9 +25,9 @@ pub struct ProcTable {
 
 impl ProcTable {
     /// Bring the table up to date with the processes that exist now.
-    pub fn refresh(&mut self) -> Result<()> {
+    pub fn refresh(&mut self) -> std::io::Result<()> {
         let mut listing: Vec<(i32, u64)> = Vec::with_capacity(self.entries.len() + 64);
-        for entry in fs::read_dir("/proc").context("listing /proc")? {
+        for entry in fs::read_dir("/proc")? {
             let Ok(entry) = entry else { continue };
             let Some(pid) = entry
                 .file_name()

@@ -1,0 +1,375 @@
+//! The counters of a container's cgroup, read from its files.
+//!
+//! A container's numbers come from the v1 hierarchy of a controller where there is one, else
+//! from its v2 directory when the controller is enabled there; v1 and v2 differ only in the
+//! files' names and keys. When no memory or pids controller covers the container (v2 forbids
+//! enabling a controller below a cgroup that holds processes), those numbers are computed from
+//! the container's processes instead.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{
+    ContainerCgroup,
+    container::Member,
+    files,
+    layout::Version,
+    parse::{self, IoBytes},
+};
+
+/// One sample of a container's counters; a field is `None` when its file was missing,
+/// unreadable or garbled, or when the kernel keeps no such number.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// v1 cpuacct.usage; v2 cpu.stat usage_usec.
+    pub cpu_usage_seconds: Option<f64>,
+    /// v1 cpuacct.usage_user, else cpuacct.stat user (USER_HZ ticks); v2 cpu.stat user_usec.
+    pub cpu_user_seconds: Option<f64>,
+    /// v1 cpuacct.usage_sys, else cpuacct.stat system; v2 cpu.stat system_usec.
+    pub cpu_system_seconds: Option<f64>,
+    /// v1 memory.usage_in_bytes; v2 memory.current; processes: sum of resident memory.
+    pub memory_usage_bytes: Option<u64>,
+    /// Usage minus inactive file cache (v1 total_inactive_file, v2 inactive_file).
+    pub memory_working_set_bytes: Option<u64>,
+    /// v1 memory.stat total_rss (includes huge pages); v2 memory.stat anon; processes: sum of
+    /// anonymous resident memory.
+    pub memory_rss_bytes: Option<u64>,
+    /// v1 memory.stat total_cache; v2 memory.stat file.
+    pub memory_cache_bytes: Option<u64>,
+    /// v1 memory.stat total_swap (else memsw usage minus usage); v2 memory.swap.current.
+    /// `None` where the kernel accounts no swap.
+    pub memory_swap_bytes: Option<u64>,
+    /// v1 memory.max_usage_in_bytes; v2 memory.peak (Linux 5.19+).
+    pub memory_max_usage_bytes: Option<u64>,
+    /// The smallest memory limit of the container and its ancestors (v1
+    /// memory.limit_in_bytes, v2 memory.max); `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// pids.current; without a pids controller, the tasks the cgroup lists.
+    pub pids: Option<u64>,
+    /// The smallest pids.max of the container and its ancestors; `None` when unlimited.
+    pub pids_limit: Option<u64>,
+    /// v1 blkio throttle service bytes, Read lines; v2 io.stat rbytes; summed over devices.
+    pub blkio_read_bytes: Option<u64>,
+    /// Likewise for writes (Write lines, wbytes).
+    pub blkio_write_bytes: Option<u64>,
+}
+
+/// The container's total CPU time in the kernel's own unit (v1 cpuacct.usage, ns; v2 cpu.stat
+/// usage_usec): the cheapest sign of whether any of its processes ran. On v2 the same read
+/// gives the user and system times, which a full read then takes from here.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Probe {
+    pub value: Option<u64>,
+    cpu: Option<parse::V2CpuStat>,
+}
+
+/// The files of a memory controller, by version. Everything else about memory is the same.
+struct MemoryFiles {
+    usage: &'static str,
+    peak: &'static str,
+    limit: &'static str,
+    parse_stat: fn(&str) -> anyhow::Result<parse::MemoryStat>,
+}
+
+impl Version {
+    fn memory_files(self) -> MemoryFiles {
+        match self {
+            Version::V1 => MemoryFiles {
+                usage: "memory.usage_in_bytes",
+                peak: "memory.max_usage_in_bytes",
+                limit: "memory.limit_in_bytes",
+                parse_stat: parse::parse_v1_memory_stat,
+            },
+            Version::V2 => MemoryFiles {
+                usage: "memory.current",
+                // Linux 5.19+.
+                peak: "memory.peak",
+                limit: "memory.max",
+                parse_stat: parse::parse_v2_memory_stat,
+            },
+        }
+    }
+}
+
+/// How long the ancestors' smallest limit is reused. Every container under a job shares its
+/// ancestors: with 1,000 containers, walking up for each one read the same few files 1,000
+/// times per pass. An ancestor's new limit shows within this time; a container's own limit is
+/// read at every full read.
+const ANCESTORS_TTL: Duration = Duration::from_secs(1);
+
+/// Reads containers' cgroup files. The sampler keeps one: it holds the buffer every file is
+/// read into (no allocation per file once grown) and the ancestors' limits, shared by the
+/// containers below them.
+#[derive(Default)]
+pub struct Reader {
+    buf: Vec<u8>,
+    /// `<ancestor dir>/<limit file>` -> (when read, smallest limit up to the mount point).
+    ancestors: BTreeMap<PathBuf, (Instant, Option<u64>)>,
+}
+
+impl Reader {
+    pub fn new() -> Reader {
+        Reader::default()
+    }
+
+    fn read<T>(&mut self, path: &Path, parse: impl FnOnce(&str) -> anyhow::Result<T>) -> Option<T> {
+        files::read_parsed_with(path, &mut self.buf, parse)
+    }
+
+    /// Reads the container's CPU probe (see [`Probe`]).
+    pub fn probe(&mut self, cgroup: &ContainerCgroup) -> Probe {
+        if let Some(member) = cgroup.v1_member("cpuacct") {
+            let value = self.read(&member.dir.join("cpuacct.usage"), parse::parse_u64);
+            return Probe { value, cpu: None };
+        }
+        let cpu = cgroup
+            .v2_member()
+            .and_then(|m| self.read(&m.dir.join("cpu.stat"), parse::parse_v2_cpu_stat));
+        Probe {
+            value: cpu.as_ref().and_then(|c| c.usage_usec),
+            cpu,
+        }
+    }
+
+    /// Reads every file of the container. Every file is read on its own: a bad file leaves
+    /// only its fields `None`. `probe` is this pass's probe, whose CPU times are not read again.
+    pub fn read_all(&mut self, cgroup: &ContainerCgroup, probe: &Probe) -> Stats {
+        let mut stats = Stats::default();
+        match &probe.cpu {
+            Some(cpu) => set_cpu_v2(cpu, &mut stats),
+            None => self.sample_cpu(cgroup, &mut stats),
+        }
+        self.sample_memory(cgroup, &mut stats);
+        self.sample_pids(cgroup, &mut stats);
+        self.sample_io(cgroup, &mut stats);
+        stats
+    }
+
+    /// Reads every file of the container, the probe's included.
+    pub fn sample(&mut self, cgroup: &ContainerCgroup) -> Stats {
+        self.read_all(cgroup, &Probe::default())
+    }
+
+    fn sample_cpu(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+        if let Some(member) = cgroup.v1_member("cpuacct") {
+            self.sample_cpu_v1(&member.dir, stats);
+        } else if let Some(member) = cgroup.v2_member() {
+            // The kernel keeps cpu.stat's times in every v2 cgroup, with or without the cpu
+            // controller.
+            if let Some(cpu) = self.read(&member.dir.join("cpu.stat"), parse::parse_v2_cpu_stat) {
+                set_cpu_v2(&cpu, stats);
+            }
+        }
+    }
+
+    /// v1 cpuacct: all three times from cpuacct.usage_all (ns, Linux 4.7+: one file instead
+    /// of three, and the kernel walks the CPUs once); else cpuacct.usage (ns) with user and
+    /// system from cpuacct.usage_user/usage_sys (ns) or cpuacct.stat (USER_HZ ticks).
+    fn sample_cpu_v1(&mut self, dir: &Path, stats: &mut Stats) {
+        if let Some((user, system)) = self.read(
+            &dir.join("cpuacct.usage_all"),
+            parse::parse_v1_cpuacct_usage_all,
+        ) {
+            stats.cpu_usage_seconds = Some(nanoseconds_to_seconds(user.saturating_add(system)));
+            stats.cpu_user_seconds = Some(nanoseconds_to_seconds(user));
+            stats.cpu_system_seconds = Some(nanoseconds_to_seconds(system));
+            return;
+        }
+        let usage = self.read(&dir.join("cpuacct.usage"), parse::parse_u64);
+        let user = self.read(&dir.join("cpuacct.usage_user"), parse::parse_u64);
+        let system = self.read(&dir.join("cpuacct.usage_sys"), parse::parse_u64);
+        stats.cpu_usage_seconds = usage.map(nanoseconds_to_seconds);
+        stats.cpu_user_seconds = user.map(nanoseconds_to_seconds);
+        stats.cpu_system_seconds = system.map(nanoseconds_to_seconds);
+        if user.is_some() && system.is_some() {
+            return;
+        }
+        let Some(ticks) = self.read(&dir.join("cpuacct.stat"), parse::parse_v1_cpuacct_stat) else {
+            return;
+        };
+        let ticks_per_second = procfs::ticks_per_second() as f64;
+        let to_seconds = |ticks: u64| ticks as f64 / ticks_per_second;
+        if stats.cpu_user_seconds.is_none() {
+            stats.cpu_user_seconds = ticks.user_ticks.map(to_seconds);
+        }
+        if stats.cpu_system_seconds.is_none() {
+            stats.cpu_system_seconds = ticks.system_ticks.map(to_seconds);
+        }
+    }
+
+    fn sample_memory(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+        let Some(member) = cgroup.controller_member("memory", "memory") else {
+            return self.sample_memory_from_processes(cgroup, stats);
+        };
+        let files = member.version.memory_files();
+        let dir = &member.dir;
+        let usage = self.read(&dir.join(files.usage), parse::parse_u64);
+        let stat = self
+            .read(&dir.join("memory.stat"), files.parse_stat)
+            .unwrap_or_default();
+        stats.memory_usage_bytes = usage;
+        stats.memory_working_set_bytes = working_set(usage, stat.inactive_file);
+        stats.memory_rss_bytes = stat.rss;
+        stats.memory_cache_bytes = stat.cache;
+        // The swap files exist only when the kernel accounts swap. v1's memory.stat lacks
+        // `total_swap` on some kernels: memsw (memory + swap) minus memory then, the two read at
+        // slightly different times, hence the saturating subtraction.
+        stats.memory_swap_bytes = match member.version {
+            Version::V1 => stat.swap.or_else(|| {
+                let memsw = self.read(&dir.join("memory.memsw.usage_in_bytes"), parse::parse_u64);
+                Some(memsw?.saturating_sub(usage?))
+            }),
+            Version::V2 => self.read(&dir.join("memory.swap.current"), parse::parse_u64),
+        };
+        stats.memory_max_usage_bytes = self.read(&dir.join(files.peak), parse::parse_u64);
+        stats.memory_limit_bytes = self.effective_limit(member, files.limit);
+    }
+
+    /// Memory of the container's processes: usage and working set are the sum of their
+    /// resident memory; rss is the sum of their anonymous resident memory (resident minus the
+    /// file-backed and shmem pages statm calls shared), the same meaning as a cgroup's rss.
+    /// Pages shared between processes count once per process. The kernel keeps no cache,
+    /// swap, peak or limit for a set of processes: those stay `None`.
+    fn sample_memory_from_processes(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+        let Some(pids) = cgroup.read_procs() else {
+            return;
+        };
+        let page_size = procfs::page_size();
+        let mut resident: u64 = 0;
+        let mut anonymous: u64 = 0;
+        for pid in pids {
+            let path = PathBuf::from(format!("/proc/{pid}/statm"));
+            // A process that exited since cgroup.procs was read simply counts no more.
+            let Some(statm) = self.read(&path, parse::parse_statm) else {
+                continue;
+            };
+            resident = resident.saturating_add(statm.resident_pages.saturating_mul(page_size));
+            let anonymous_pages = statm.resident_pages.saturating_sub(statm.shared_pages);
+            anonymous = anonymous.saturating_add(anonymous_pages.saturating_mul(page_size));
+        }
+        stats.memory_usage_bytes = Some(resident);
+        stats.memory_working_set_bytes = Some(resident);
+        stats.memory_rss_bytes = Some(anonymous);
+    }
+
+    fn sample_pids(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+        if let Some(member) = cgroup.controller_member("pids", "pids") {
+            stats.pids = self.read(&member.dir.join("pids.current"), parse::parse_u64);
+            stats.pids_limit = self.effective_limit(member, "pids.max");
+            return;
+        }
+        // No pids controller: count the tasks (threads) the cgroup lists, which is what
+        // pids.current counts. Every cgroup directory has this file in both versions.
+        let Some(member) = cgroup.primary_member() else {
+            return;
+        };
+        let file = match member.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.threads",
+        };
+        let tasks = self.read(&member.dir.join(file), parse::parse_ids);
+        stats.pids = tasks.map(|tasks| tasks.len() as u64);
+    }
+
+    fn sample_io(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+        let bytes = match cgroup.controller_member("blkio", "io") {
+            Some(member) if member.version == Version::V2 => {
+                self.read(&member.dir.join("io.stat"), parse::parse_v2_io_stat)
+            }
+            Some(member) => self.read_v1_blkio(&member.dir),
+            None => None,
+        };
+        stats.blkio_read_bytes = bytes.map(|b| b.read);
+        stats.blkio_write_bytes = bytes.map(|b| b.write);
+    }
+
+    /// v1 blkio bytes, from the first of these files that reads and parses. The plain
+    /// blkio.io_service_bytes_recursive exists only with the CFQ scheduler (gone since Linux
+    /// 5.0). Caveat seen on Linux 6.18: the throttle counters of a device stay 0 until a
+    /// throttle rule has been set for that device in some cgroup (blk-throttle sets itself up
+    /// for a disk on its first rule, and keeps counting afterwards).
+    fn read_v1_blkio(&mut self, dir: &Path) -> Option<IoBytes> {
+        const FILES: [&str; 3] = [
+            "blkio.throttle.io_service_bytes_recursive",
+            "blkio.throttle.io_service_bytes",
+            "blkio.io_service_bytes_recursive",
+        ];
+        FILES
+            .iter()
+            .find_map(|file| self.read(&dir.join(file), parse::parse_v1_blkio))
+    }
+
+    /// The limit that really applies to a container: the smallest of its own and its
+    /// ancestors' up to the hierarchy's mount point (a nested container lives under its job's
+    /// limit). `None` when unlimited everywhere, or when the container's own file cannot be
+    /// read.
+    fn effective_limit(&mut self, member: &Member, file: &str) -> Option<u64> {
+        let own = self.read(&member.dir.join(file), parse::parse_limit)?;
+        let above = match member.dir.parent() {
+            Some(parent) if member.dir != member.mount_point => {
+                self.ancestors_limit(parent, &member.mount_point, file)
+            }
+            _ => None,
+        };
+        match (own, above) {
+            (Some(own), Some(above)) => Some(own.min(above)),
+            (own, above) => own.or(above),
+        }
+    }
+
+    /// The smallest `file` limit of `dir` and its ancestors up to `mount_point`, reused for
+    /// `ANCESTORS_TTL`; `None` when unlimited (or unreadable) everywhere.
+    fn ancestors_limit(&mut self, dir: &Path, mount_point: &Path, file: &str) -> Option<u64> {
+        let key = dir.join(file);
+        let now = Instant::now();
+        if let Some((at, limit)) = self.ancestors.get(&key)
+            && now.duration_since(*at) < ANCESTORS_TTL
+        {
+            return *limit;
+        }
+        let mut limit: Option<u64> = None;
+        let mut dir = dir;
+        while dir.starts_with(mount_point) {
+            // The root has no limit files (v2, v1 pids): nothing to add there.
+            if let Some(Some(ancestor)) = self.read(&dir.join(file), parse::parse_limit) {
+                limit = Some(limit.map_or(ancestor, |l| l.min(ancestor)));
+            }
+            if dir == mount_point {
+                break;
+            }
+            let Some(parent) = dir.parent() else {
+                break;
+            };
+            dir = parent;
+        }
+        // Entries of jobs that are gone would pile up: drop the stale ones now and then.
+        if self.ancestors.len() >= 256 {
+            self.ancestors
+                .retain(|_, (at, _)| now.duration_since(*at) < ANCESTORS_TTL);
+        }
+        self.ancestors.insert(key, (now, limit));
+        limit
+    }
+}
+
+fn nanoseconds_to_seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn microseconds_to_seconds(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+fn set_cpu_v2(cpu: &parse::V2CpuStat, stats: &mut Stats) {
+    stats.cpu_usage_seconds = cpu.usage_usec.map(microseconds_to_seconds);
+    stats.cpu_user_seconds = cpu.user_usec.map(microseconds_to_seconds);
+    stats.cpu_system_seconds = cpu.system_usec.map(microseconds_to_seconds);
+}
+
+/// Usage minus the inactive file cache, which the kernel reclaims first (the working set as
+/// cAdvisor and the kubelet define it).
+fn working_set(usage: Option<u64>, inactive_file: Option<u64>) -> Option<u64> {
+    Some(usage?.saturating_sub(inactive_file?))
+}

@@ -1,0 +1,127 @@
+//! Who a container is: fixed at admission, then the same everywhere: the labels of its series,
+//! the fields of its log lines, and its entry in the state file.
+use std::{path::Path, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// A container's identity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `<exe basename>_<launcher pid>`, as the Go Apptheus named it.
+    pub id: String,
+    /// Its cgroup path below the root of the primary hierarchy (the `cgroup` label).
+    pub cgroup: String,
+    /// The launcher's user name, or its uid when it has none.
+    pub user: String,
+    pub uid: u32,
+    /// The launcher's pid.
+    pub pid: i32,
+    /// The basename of the launcher's executable.
+    pub exe: String,
+    /// The launcher's executable as /proc/<pid>/exe named it.
+    pub exe_path: String,
+    /// Unix seconds of the admission.
+    pub start_time: f64,
+}
+
+impl Identity {
+    /// The id and exe basename of a launcher.
+    pub fn id_of(exe_path: &Path, pid: i32) -> (String, String) {
+        let exe = exe_basename(exe_path);
+        (format!("{exe}_{pid}"), exe)
+    }
+}
+
+/// The launcher pid at the end of a container id (`<exe>_<pid>`).
+pub fn pid_of_id(id: &str) -> Option<i32> {
+    let (exe, digits) = id.rsplit_once('_')?;
+    let pid: i32 = digits.parse().ok()?;
+    // Only the daemon's own spelling: no sign, no leading zeros.
+    (!exe.is_empty() && pid > 0 && pid.to_string() == digits).then_some(pid)
+}
+
+/// The user name of `uid`, or the uid itself when it has none.
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a time before it).
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The inverse of `unix_seconds`; a value no `SystemTime` can hold gives `None`.
+pub fn from_unix_seconds(secs: f64) -> Option<SystemTime> {
+    let since = std::time::Duration::try_from_secs_f64(secs).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(since)
+}
+
+fn exe_basename(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unknown".into());
+    name.strip_suffix(" (deleted)")
+        .map(str::to_owned)
+        .unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basenames() {
+        assert_eq!(
+            exe_basename(Path::new("/usr/libexec/apptainer/bin/starter-suid")),
+            "starter-suid"
+        );
+        assert_eq!(
+            exe_basename(Path::new("/opt/x/apptheus-exec (deleted)")),
+            "apptheus-exec"
+        );
+        assert_eq!(exe_basename(Path::new("/")), "unknown");
+        assert_eq!(
+            Identity::id_of(Path::new("/bin/starter"), 42),
+            ("starter_42".to_string(), "starter".to_string())
+        );
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(pid_of_id("starter-suid_4242"), Some(4242));
+        assert_eq!(pid_of_id("a_b_7"), Some(7));
+        for bad in [
+            "4242",
+            "_4242",
+            "x_",
+            "x_+1",
+            "x_012",
+            "x_-1",
+            "x_0",
+            "x_99999999999",
+        ] {
+            assert_eq!(pid_of_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_names() {
+        assert_eq!(user_name(0), "root");
+        assert_eq!(user_name(4_000_000_000), "4000000000");
+    }
+
+    #[test]
+    fn unix_times_round_trip_and_refuse_what_no_clock_holds() {
+        let t = from_unix_seconds(1_700_000_000.25).unwrap();
+        assert_eq!(unix_seconds(t), 1_700_000_000.25);
+        assert_eq!(from_unix_seconds(f64::MAX), None);
+        assert_eq!(from_unix_seconds(-1.0), None);
+        assert_eq!(from_unix_seconds(f64::NAN), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! The launchers' unix socket: accept, identify, admit, hold, disconnect.
+//!
+//! A launcher connects and holds the connection for its container's life. Each connection is
+//! identified (`peer`), checked against the trusted executables (`trust`), and made a container
+//! by the registry; a refused one is closed at once, with nothing created for it.
+mod peer;
+mod trust;
+
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::sync::CancellationToken;
+
+pub use self::{peer::Peer, trust::Trust};
+use crate::{
+    metrics::Metrics,
+    registry::{AdmitError, Registry},
+    tracker,
+};
+
+/// Connections being identified at once; more wait in the kernel's listen backlog, so a flood
+/// costs bounded memory.
+const MAX_PENDING_CONNECTIONS: usize = 16;
+
+/// Why a connection was refused; the `reason` label of `apptheus_gateway_rejections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// The peer's executable is not one of `--trust.path`.
+    Untrusted,
+    /// The peer runs a trusted path, but not the file now at that path (replaced or deleted).
+    Replaced,
+    /// The peer exited before the decision.
+    Vanished,
+    /// The peer already belongs to a monitored container.
+    Nested,
+    /// `--gateway.max-containers` live containers exist already.
+    Limit,
+    /// The daemon failed to set the container up (see its log).
+    Error,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Untrusted,
+        Rejection::Replaced,
+        Rejection::Vanished,
+        Rejection::Nested,
+        Rejection::Limit,
+        Rejection::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Untrusted => "untrusted",
+            Rejection::Replaced => "replaced",
+            Rejection::Vanished => "vanished",
+            Rejection::Nested => "nested",
+            Rejection::Limit => "limit",
+            Rejection::Error => "error",
+        }
+    }
+}
+
+impl From<AdmitError> for Rejection {
+    fn from(e: AdmitError) -> Rejection {
+        match e {
+            AdmitError::Limit => Rejection::Limit,
+            AdmitError::Tracker(tracker::Error::AlreadyTracked { .. }) => Rejection::Nested,
+            AdmitError::Tracker(tracker::Error::Exited { .. }) => Rejection::Vanished,
+            AdmitError::Tracker(_) | AdmitError::Cgroup(_) => Rejection::Error,
+        }
+    }
+}
+
+/// The listening socket. Removes its file when dropped.
+pub struct Gateway {
+    listener: UnixListener,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Gateway {
+    /// Listen on `path`: create its directory (0755) if missing, replace a stale socket there
+    /// (never a regular file or a symlink), and open it to everyone (0777) as Apptainer's
+    /// unprivileged side needs.
+    pub fn bind(path: &Path) -> Result<Gateway> {
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("chmod 0755 {}", dir.display()))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?,
+            Ok(m) => bail!(
+                "{} exists and is not a socket ({}); refusing to replace it",
+                path.display(),
+                if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "a file or directory"
+                }
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+            .with_context(|| format!("chmod 0777 {}", path.display()))?;
+        let ino = std::fs::metadata(path)?.ino();
+        Ok(Gateway {
+            listener,
+            path: path.to_path_buf(),
+            ino,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serve launchers until `shutdown`: each connection is identified and admitted on a
+    /// blocking thread (at most `MAX_PENDING_CONNECTIONS` at once), then held until it closes.
+    pub async fn serve(
+        self: Arc<Self>,
+        trust: Trust,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let admission = Arc::new(Admission {
+            trust,
+            registry,
+            metrics,
+        });
+        let pending = Arc::new(Semaphore::new(MAX_PENDING_CONNECTIONS));
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                p = pending.clone().acquire_owned() => p?,
+            };
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                s = self.listener.accept() => match s {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // EMFILE and the like: log, back off briefly, keep serving.
+                        tracing::warn!(error = %e, "accepting a launcher connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            tokio::spawn(
+                admission
+                    .clone()
+                    .connection(stream, permit, shutdown.clone()),
+            );
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // Remove the file only if it is still ours (another daemon may have replaced it).
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// What a connection needs to become a container.
+struct Admission {
+    trust: Trust,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    /// One connection, from accept to close.
+    async fn connection(
+        self: Arc<Self>,
+        stream: UnixStream,
+        permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let this = self.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            let admitted = this.admit(&stream);
+            (stream, admitted)
+        })
+        .await;
+        drop(permit);
+        let Ok((stream, admitted)) = decided else {
+            return;
+        };
+        match admitted {
+            Ok((key, identity)) => {
+                self.metrics.accepted();
+                tracing::info!(
+                    container = identity.id.as_str(),
+                    pid = identity.pid,
+                    uid = identity.uid,
+                    "launcher connection accepted"
+                );
+                if hold(stream, &shutdown).await {
+                    self.registry.disconnected(key);
+                }
+            }
+            // Logged where it was decided; dropping the stream closes the connection at once.
+            Err(reason) => self.metrics.rejected(reason),
+        }
+    }
+
+    /// Identify the peer, decide, and make it a container (blocking).
+    fn admit(
+        &self,
+        stream: &UnixStream,
+    ) -> Result<(u64, Arc<crate::container::Identity>), Rejection> {
+        let peer = Peer::identify(stream)?;
+        peer.verify(&self.trust)?;
+        self.registry
+            .admit(&peer)
+            .map_err(|e| peer.refuse(e.into()))
+    }
+}
+
+/// Hold an accepted launcher's connection until it closes (true) or the daemon stops.
+async fn hold(mut stream: UnixStream, shutdown: &CancellationToken) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 256];
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            n = stream.read(&mut buf) => match n {
+                // Launchers send nothing; whatever they send is ignored.
+                Ok(n) if n > 0 => continue,
+                _ => return true,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_labels_are_distinct() {
+        let mut labels: Vec<_> = Rejection::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), Rejection::ALL.len());
+    }
+}

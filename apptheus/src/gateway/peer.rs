@@ -1,0 +1,112 @@
+//! Who is at the other end of a launcher's connection.
+//!
+//! The peer is identified by SO_PEERCRED and held by a pidfd taken at once (SO_PEERPIDFD names
+//! the very process that connected; older kernels fall back to pidfd_open on its pid). It is
+//! trusted only when its executable is a trusted file now, and the pidfd still shows it alive
+//! after that decision, so a pid reused in between is never trusted.
+use std::path::PathBuf;
+
+use nix::sys::socket::{getsockopt, sockopt};
+use tokio::net::UnixStream;
+
+use super::{Rejection, trust::Trust};
+use crate::pidfd::Pidfd;
+
+/// A connected launcher, identified.
+#[derive(Debug)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// What `/proc/<pid>/exe` resolved to (" (deleted)" included, if so).
+    pub exe_path: PathBuf,
+    /// Holds the peer process: valid as long as we keep it, whatever happens to the pid.
+    pub pidfd: Pidfd,
+}
+
+impl Peer {
+    /// Identify the process at the other end of `stream` (blocking: reads /proc). A peer that
+    /// cannot be identified is refused here, and logged.
+    pub fn identify(stream: &UnixStream) -> Result<Peer, Rejection> {
+        let Ok(cred) = getsockopt(stream, sockopt::PeerCredentials) else {
+            return Err(log_refusal(Rejection::Error, 0, u32::MAX, ""));
+        };
+        let (pid, uid) = (cred.pid(), cred.uid());
+        let pidfd = match peer_pidfd(stream, pid) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Err(log_refusal(Rejection::Vanished, pid, uid, "")),
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "cannot open a pidfd for the peer");
+                return Err(log_refusal(Rejection::Error, pid, uid, ""));
+            }
+        };
+        let Ok(exe_path) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return Err(log_refusal(Rejection::Vanished, pid, uid, ""));
+        };
+        Ok(Peer {
+            pid,
+            uid,
+            gid: cred.gid(),
+            exe_path,
+            pidfd,
+        })
+    }
+
+    /// Decide whether the peer is trusted: its executable is trusted, and it is still the same
+    /// live process after the decision.
+    pub fn verify(&self, trust: &Trust) -> Result<(), Rejection> {
+        trust
+            .check(self.pid, &self.exe_path)
+            .map_err(|r| self.refuse(r))?;
+        test_hook_before_final_check();
+        // The decision was about whatever process had that pid; confirm it is still the peer.
+        match self.pidfd.has_exited() {
+            Ok(false) => Ok(()),
+            _ => Err(self.refuse(Rejection::Vanished)),
+        }
+    }
+
+    /// Log the refusal of this peer; returns `reason`.
+    pub fn refuse(&self, reason: Rejection) -> Rejection {
+        log_refusal(reason, self.pid, self.uid, &self.exe_path.to_string_lossy())
+    }
+}
+
+fn log_refusal(reason: Rejection, pid: i32, uid: u32, exe: &str) -> Rejection {
+    tracing::warn!(
+        reason = reason.as_str(),
+        pid,
+        uid,
+        exe,
+        "launcher connection refused"
+    );
+    reason
+}
+
+/// A pidfd of the peer: SO_PEERPIDFD (Linux 6.5+) names the very process that connected; older
+/// kernels fall back to pidfd_open on the SO_PEERCRED pid.
+fn peer_pidfd(stream: &UnixStream, pid: i32) -> std::io::Result<Option<Pidfd>> {
+    match getsockopt(stream, sockopt::PeerPidfd) {
+        Ok(fd) => Ok(Some(Pidfd::from(fd))),
+        // The peer is already gone.
+        Err(nix::errno::Errno::ESRCH) => Ok(None),
+        Err(nix::errno::Errno::ENOPROTOOPT | nix::errno::Errno::EINVAL) => Pidfd::open(pid),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Test hook: with `APPTHEUS_TEST_DECISION_DELAY_MS` set, wait between the exe check and the
+/// final liveness check, so a test can make the peer die exactly there.
+fn test_hook_before_final_check() {
+    use std::sync::OnceLock;
+    static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("APPTHEUS_TEST_DECISION_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
+    }
+}

@@ -1,0 +1,183 @@
+//! The metrics: the daemon's own (a `prometheus` registry) and the containers' series, which the
+//! sampler publishes as a snapshot once per pass. A scrape renders a snapshot at most once (and
+//! gzips it at most once), however many scrapes come in between passes.
+//!
+//! - `render`: the containers' families in the text format;
+//! - `gzip`: one gzip stream of the daemon's text and a snapshot's, compressed once per pass.
+mod gzip;
+mod render;
+
+pub use gzip::{Deflated, gzip_response};
+pub use render::render;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::Result;
+use bytes::Bytes;
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::{cgroup::Stats, container::Identity, gateway::Rejection, tracker::ProcessCounters};
+
+/// The daemon's own metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub containers: IntGauge,
+    connections: IntCounterVec,
+    rejections: IntCounterVec,
+    pub sample_duration: Histogram,
+    events_lost: IntCounter,
+    snapshot: Mutex<Arc<Snapshot>>,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics> {
+        let registry = Registry::new();
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "apptheus_build_info",
+                "A metric with a constant '1' value labeled by the version and revision of apptheus.",
+            ),
+            &["version", "revision"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("APPTHEUS_REVISION")])
+            .set(1);
+        let containers = IntGauge::new(
+            "apptheus_containers",
+            "Live containers (with at least one process).",
+        )?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "apptheus_gateway_connections_total",
+                "Launcher connections, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "apptheus_gateway_rejections_total",
+                "Refused launcher connections, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let sample_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "apptheus_sample_duration_seconds",
+                "Duration of one sampling pass over all containers.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let events_lost = IntCounter::new(
+            "apptheus_ebpf_events_lost_total",
+            "Process events the eBPF programs could not hand to userspace (ring buffer full).",
+        )?;
+        // Every label value that can occur, from zero, so rates work from the first scrape.
+        for outcome in ["accepted", "rejected"] {
+            connections.with_label_values(&[outcome]);
+        }
+        for r in Rejection::ALL {
+            rejections.with_label_values(&[r.as_str()]);
+        }
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(containers.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(sample_duration.clone()))?;
+        registry.register(Box::new(events_lost.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Metrics {
+            registry,
+            containers,
+            connections,
+            rejections,
+            sample_duration,
+            events_lost,
+            snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new()))),
+        })
+    }
+
+    pub fn accepted(&self) {
+        self.connections.with_label_values(&["accepted"]).inc();
+    }
+
+    pub fn rejected(&self, reason: Rejection) {
+        self.connections.with_label_values(&["rejected"]).inc();
+        self.rejections.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// The kernel's running total of lost events.
+    pub fn set_events_lost(&self, total: u64) {
+        let seen = self.events_lost.get();
+        if total > seen {
+            self.events_lost.inc_by(total - seen);
+        }
+    }
+
+    /// Replace the containers' series with a new pass's.
+    pub fn publish(&self, series: Vec<ContainerSeries>) {
+        let snap = Arc::new(Snapshot::new(series));
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The daemon's own families in the text format. Blocking (the process collector reads /proc).
+    pub fn encode_daemon(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding the daemon's metrics");
+        }
+        out
+    }
+}
+
+/// One container's labels and last values.
+#[derive(Clone, Debug)]
+pub struct ContainerSeries {
+    pub identity: Arc<Identity>,
+    pub memory_source: &'static str,
+    /// Unix time the last process exited; none while the container lives.
+    pub end_time: Option<f64>,
+    pub stats: Stats,
+    pub procs: ProcessCounters,
+}
+
+/// The containers' series of one sampling pass, rendered on first use.
+pub struct Snapshot {
+    series: Vec<ContainerSeries>,
+    text: OnceLock<Bytes>,
+    deflate: OnceLock<Deflated>,
+}
+
+impl Snapshot {
+    fn new(series: Vec<ContainerSeries>) -> Snapshot {
+        Snapshot {
+            series,
+            text: OnceLock::new(),
+            deflate: OnceLock::new(),
+        }
+    }
+
+    /// The rendered text, shared by every scrape of this pass (a clone is a reference count).
+    pub fn text(&self) -> Bytes {
+        self.text
+            .get_or_init(|| Bytes::from(render(&self.series)))
+            .clone()
+    }
+
+    /// The text compressed once per pass (see `gzip_response`).
+    pub fn deflated(&self) -> &Deflated {
+        self.deflate.get_or_init(|| Deflated::new(&self.text()))
+    }
+}

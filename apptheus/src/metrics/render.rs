@@ -1,0 +1,292 @@
+//! The containers' families in the text exposition format 0.0.4.
+use std::fmt::Write as _;
+
+use super::ContainerSeries;
+
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// A per-container family: name, type, help, and how to get its value.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    value: fn(&ContainerSeries) -> Option<Value>,
+}
+
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "apptheus_container_start_time_seconds",
+        kind: Kind::Gauge,
+        help: "Unix time the container was registered.",
+        value: |c| Some(Value::Float(c.identity.start_time)),
+    },
+    Family {
+        name: "apptheus_container_end_time_seconds",
+        kind: Kind::Gauge,
+        help: "Unix time the container's last process exited (only for ended containers).",
+        value: |c| c.end_time.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_usage_seconds_total",
+        kind: Kind::Counter,
+        help: "CPU time consumed by the container's cgroup.",
+        value: |c| c.stats.cpu_usage_seconds.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_user_seconds_total",
+        kind: Kind::Counter,
+        help: "User CPU time consumed by the container's cgroup.",
+        value: |c| c.stats.cpu_user_seconds.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_system_seconds_total",
+        kind: Kind::Counter,
+        help: "System CPU time consumed by the container's cgroup.",
+        value: |c| c.stats.cpu_system_seconds.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_memory_usage_bytes",
+        kind: Kind::Gauge,
+        help: "Current memory usage.",
+        value: |c| c.stats.memory_usage_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_working_set_bytes",
+        kind: Kind::Gauge,
+        help: "Memory usage minus inactive file cache.",
+        value: |c| c.stats.memory_working_set_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_rss_bytes",
+        kind: Kind::Gauge,
+        help: "Anonymous memory.",
+        value: |c| c.stats.memory_rss_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_cache_bytes",
+        kind: Kind::Gauge,
+        help: "Page cache memory.",
+        value: |c| c.stats.memory_cache_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_swap_bytes",
+        kind: Kind::Gauge,
+        help: "Swap in use.",
+        value: |c| c.stats.memory_swap_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_max_usage_bytes",
+        kind: Kind::Gauge,
+        help: "Peak memory usage.",
+        value: |c| c.stats.memory_max_usage_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_spec_memory_limit_bytes",
+        kind: Kind::Gauge,
+        help: "Memory limit of the container (the smallest along its cgroup path).",
+        value: |c| c.stats.memory_limit_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_pids",
+        kind: Kind::Gauge,
+        help: "Tasks in the container's cgroup.",
+        value: |c| c.stats.pids.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_spec_pids_limit",
+        kind: Kind::Gauge,
+        help: "Pids limit of the container (the smallest along its cgroup path).",
+        value: |c| c.stats.pids_limit.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_blkio_read_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes read from block devices.",
+        value: |c| c.stats.blkio_read_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_blkio_write_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes written to block devices.",
+        value: |c| c.stats.blkio_write_bytes.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_processes",
+        kind: Kind::Gauge,
+        help: "Live processes of the container, tracked by the eBPF hooks.",
+        value: |c| Some(Value::Int(c.procs.live)),
+    },
+    Family {
+        name: "apptheus_container_forks_total",
+        kind: Kind::Counter,
+        help: "Processes forked inside the container (eBPF).",
+        value: |c| Some(Value::Int(c.procs.forks)),
+    },
+    Family {
+        name: "apptheus_container_execs_total",
+        kind: Kind::Counter,
+        help: "execve calls inside the container (eBPF).",
+        value: |c| Some(Value::Int(c.procs.execs)),
+    },
+    Family {
+        name: "apptheus_container_exits_total",
+        kind: Kind::Counter,
+        help: "Processes of the container that exited (eBPF).",
+        value: |c| Some(Value::Int(c.procs.exits)),
+    },
+];
+
+/// The containers' families in the text exposition format 0.0.4. A family with no value for
+/// any container is left out entirely.
+pub fn render(series: &[ContainerSeries]) -> String {
+    let mut out = String::with_capacity(series.len() * 2200 + 1024);
+    // Label sets are the same for every family of a container: escape them once.
+    let labels: Vec<String> = series
+        .iter()
+        .map(|c| {
+            format!(
+                "container=\"{}\",user=\"{}\"",
+                escape(&c.identity.id),
+                escape(&c.identity.user)
+            )
+        })
+        .collect();
+    if !series.is_empty() {
+        out.push_str("# HELP apptheus_container_info Information about a monitored container (constant 1).\n# TYPE apptheus_container_info gauge\n");
+        for (c, l) in series.iter().zip(&labels) {
+            let _ = writeln!(
+                out,
+                "apptheus_container_info{{{l},exe=\"{}\",exe_path=\"{}\",pid=\"{}\",uid=\"{}\",cgroup=\"{}\",memory_source=\"{}\"}} 1",
+                escape(&c.identity.exe),
+                escape(&c.identity.exe_path),
+                c.identity.pid,
+                c.identity.uid,
+                escape(&c.identity.cgroup),
+                c.memory_source
+            );
+        }
+    }
+    for f in FAMILIES {
+        let mut header = false;
+        for (c, l) in series.iter().zip(&labels) {
+            let Some(v) = (f.value)(c) else { continue };
+            if !header {
+                let kind = match f.kind {
+                    Kind::Gauge => "gauge",
+                    Kind::Counter => "counter",
+                };
+                let _ = write!(
+                    out,
+                    "# HELP {} {}\n# TYPE {} {kind}\n",
+                    f.name, f.help, f.name
+                );
+                header = true;
+            }
+            let _ = match v {
+                Value::Int(i) => writeln!(out, "{}{{{l}}} {i}", f.name),
+                Value::Float(x) => writeln!(out, "{}{{{l}}} {}", f.name, float(x)),
+            };
+        }
+    }
+    out
+}
+
+/// A float as the text format wants it (Rust's Display never uses exponents; only the special
+/// values need care).
+fn float(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        x.to_string()
+    }
+}
+
+/// Escape a label value: backslash, double quote and newline.
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\\', '"', '\n']) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cgroup::Stats, container::Identity, tracker::ProcessCounters};
+
+    fn series(id: &str) -> ContainerSeries {
+        ContainerSeries {
+            identity: std::sync::Arc::new(Identity {
+                id: id.into(),
+                user: "alice".into(),
+                exe: "starter".into(),
+                exe_path: "/usr/libexec/apptainer/bin/starter".into(),
+                pid: 42,
+                uid: 1000,
+                cgroup: "/apptheus/starter_42".into(),
+                start_time: 1_700_000_000.5,
+            }),
+            memory_source: "cgroup",
+            end_time: None,
+            stats: Stats {
+                cpu_usage_seconds: Some(1.25),
+                memory_usage_bytes: Some(4096),
+                ..Default::default()
+            },
+            procs: ProcessCounters {
+                forks: 3,
+                execs: 1,
+                exits: 2,
+                live: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn renders_families_once_with_labels() {
+        let text = render(&[series("starter_42"), series("weird\"id\\\n")]);
+        assert_eq!(
+            text.matches("# TYPE apptheus_container_cpu_usage_seconds_total counter")
+                .count(),
+            1
+        );
+        assert!(text.contains("apptheus_container_cpu_usage_seconds_total{container=\"starter_42\",user=\"alice\"} 1.25\n"));
+        assert!(text.contains("container=\"weird\\\"id\\\\\\n\""));
+        assert!(
+            text.contains(
+                "apptheus_container_processes{container=\"starter_42\",user=\"alice\"} 2\n"
+            )
+        );
+        assert!(text.contains("memory_source=\"cgroup\"} 1\n"));
+        // No value anywhere: no family.
+        assert!(!text.contains("apptheus_container_memory_swap_bytes"));
+    }
+
+    #[test]
+    fn empty_snapshot_renders_nothing() {
+        assert_eq!(render(&[]), "");
+    }
+}

@@ -1,0 +1,47 @@
+//! Process file descriptors: a handle on one process that a reused pid cannot fool.
+use std::{
+    io,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// A pidfd: refers to the process it was opened for, whatever later happens to its pid.
+#[derive(Debug)]
+pub struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    /// A pidfd for `pid`, or `None` if there is no such process.
+    pub fn open(pid: i32) -> io::Result<Option<Pidfd>> {
+        let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+            return Ok(None);
+        };
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Ok(Some(Pidfd(fd))),
+            Err(rustix::io::Errno::SRCH) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the process has exited (a pidfd polls readable once it has).
+    pub fn has_exited(&self) -> io::Result<bool> {
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::ZERO)?;
+        Ok(n > 0
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN)))
+    }
+}
+
+impl From<OwnedFd> for Pidfd {
+    fn from(fd: OwnedFd) -> Pidfd {
+        Pidfd(fd)
+    }
+}
+
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

@@ -1,0 +1,149 @@
+//! Taking back, at start, the containers a previous run of the daemon left.
+//!
+//! Before any launcher is admitted, every container whose cgroup still exists under
+//! `--cgroup.parent` is put back in the registry: one whose cgroup still holds processes is
+//! tracked again (its processes and their descendants, under a new key); one whose cgroup is
+//! empty ended while the daemon was down, and is retained as ended. Identities come from the
+//! state file, or, for a container it missed (admitted just before a crash), from the id and the
+//! processes.
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+
+use crate::{
+    cgroup::ContainerCgroup,
+    container::{Identity, from_unix_seconds, pid_of_id, unix_seconds, user_name},
+    registry::Registry,
+    state::SavedContainer,
+};
+
+/// What `recover` found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    pub readopted: usize,
+    pub processes: usize,
+    pub ended: usize,
+}
+
+/// Put back into `registry` the containers of a previous run (blocking: cgroup files, /proc).
+pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
+    let mut recovery = Recovery::default();
+    let parent = registry.config().parent.as_str();
+    let ours = |rel: &str| {
+        let mut parts = rel.rsplit('/');
+        let id = parts.next().unwrap_or("");
+        parts.next() == Some(parent) && pid_of_id(id).is_some()
+    };
+    // By cgroup path: the state file's entries, then what the tree shows that it missed.
+    let mut candidates: BTreeMap<String, Option<SavedContainer>> = saved
+        .into_iter()
+        .filter(|c| ours(&c.identity.cgroup))
+        .map(|c| (c.identity.cgroup.clone(), Some(c)))
+        .collect();
+    for rel in registry.layout().list(parent) {
+        if ours(&rel) {
+            candidates.entry(rel).or_insert(None);
+        }
+    }
+    for (rel, saved) in candidates {
+        let made = saved.as_ref().map_or(&[][..], |s| &s.made_parents[..]);
+        let Some(cgroup) = registry.layout().open(&rel, made) else {
+            // Removed after the state file was written.
+            continue;
+        };
+        let procs = cgroup.procs();
+        let (identity, end_time) = match saved {
+            Some(s) => (s.identity, s.end_time),
+            None => (guess(&rel, &cgroup, &procs), None),
+        };
+        let key = registry.next_key();
+        let members = if procs.is_empty() {
+            Vec::new()
+        } else {
+            match registry.tracker().readopt(&procs, key) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(container = identity.id.as_str(), error = %e, "cannot track a re-adopted container's processes");
+                    let _ = registry.tracker().unregister(key);
+                    Vec::new()
+                }
+            }
+        };
+        // Descendants that left the cgroup while the daemon was down come back in.
+        for pid in members.iter().filter(|p| !procs.contains(p)) {
+            if let Err(e) = cgroup.add_process(*pid) {
+                tracing::warn!(container = identity.id.as_str(), pid = *pid, error = %e, "cannot move a process into the container's cgroup");
+            }
+        }
+        let live = !members.is_empty();
+        let end_time = (!live).then(|| {
+            end_time
+                .and_then(from_unix_seconds)
+                .unwrap_or_else(SystemTime::now)
+        });
+        if live {
+            recovery.readopted += 1;
+            recovery.processes += members.len();
+            tracing::info!(
+                container = identity.id.as_str(),
+                processes = members.len(),
+                cgroup = rel.as_str(),
+                "container re-adopted"
+            );
+        } else {
+            recovery.ended += 1;
+            tracing::info!(
+                container = identity.id.as_str(),
+                cgroup = rel.as_str(),
+                "container ended while the daemon was down"
+            );
+        }
+        registry.restore(key, identity, Arc::new(cgroup), end_time);
+    }
+    recovery
+}
+
+/// The identity of a container found in the cgroup tree but not in the state file: the exe and
+/// pid from its id, the user and exe path from the launcher if it still runs in the container
+/// (else the user of any of its processes), the start time from its directory.
+fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32]) -> Identity {
+    let id = rel.rsplit('/').next().unwrap_or_default().to_string();
+    let pid = pid_of_id(&id).unwrap_or(0);
+    let exe = id
+        .rsplit_once('_')
+        .map_or(id.as_str(), |(exe, _)| exe)
+        .to_string();
+    let launcher_here = procs.contains(&pid);
+    let owner = if launcher_here {
+        Some(pid)
+    } else {
+        procs.first().copied()
+    };
+    let uid = owner
+        .and_then(|p| procfs::process::Process::new(p).ok())
+        .and_then(|p| p.uid().ok())
+        .unwrap_or(u32::MAX);
+    let exe_path = launcher_here
+        .then(|| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let start_time = cgroup
+        .dirs()
+        .first()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .and_then(|m| m.created().or_else(|_| m.modified()).ok())
+        .map_or_else(|| unix_seconds(SystemTime::now()), unix_seconds);
+    Identity {
+        id,
+        cgroup: rel.to_string(),
+        user: if uid == u32::MAX {
+            "unknown".into()
+        } else {
+            user_name(uid)
+        },
+        uid,
+        pid,
+        exe,
+        exe_path,
+        start_time,
+    }
+}

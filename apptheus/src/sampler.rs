@@ -1,0 +1,250 @@
+//! The sampling pass: from the containers' cgroup files and kernel counters to the snapshot
+//! that `/metrics` serves.
+//!
+//! Once per `--monitor.interval` (and at once when a container is admitted, for that one only)
+//! the sampler reads every container that can have changed, ends those whose counters show no
+//! live process, publishes the series if any value changed, forgets containers whose retention
+//! is over, and saves the set of containers for a restart when it changed. It owns what it
+//! reads between passes: each container's last values, and the idle cache below.
+use std::{
+    collections::{HashMap, HashSet, hash_map},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cgroup::{Reader, Stats},
+    container::unix_seconds,
+    metrics::{ContainerSeries, Metrics},
+    registry::{Entry, Registry},
+    state::StateDir,
+    tracker::ProcessCounters,
+};
+
+/// How long an idle container's values may stand without reading its files: memory can still
+/// move without its processes running (reclaim, swap-out), and limits can be changed.
+const FULL_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// What the sampler keeps of one container between passes.
+struct Sampled {
+    entry: Entry,
+    stats: Stats,
+    /// The CPU probe's value at the last pass: unchanged means none of its processes ran.
+    probe: Option<u64>,
+    /// When all its files were last read.
+    last_full: Option<Instant>,
+    procs: ProcessCounters,
+    /// Sampled after its end: the values are final.
+    finished: bool,
+}
+
+impl Sampled {
+    fn new(entry: Entry) -> Sampled {
+        Sampled {
+            entry,
+            stats: Stats::default(),
+            probe: None,
+            last_full: None,
+            procs: ProcessCounters::default(),
+            finished: false,
+        }
+    }
+
+    /// Read what can have changed since the last pass. Returns whether a value changed.
+    ///
+    /// An idle container is read through its CPU probe only: when the probe reads the same CPU
+    /// time, none of its processes has run (memory is charged, processes forked and I/O done by
+    /// running tasks), so its other files are not read, unless the kernel counted a fork or an
+    /// exit, or the last full read is `FULL_SAMPLE_EVERY` old.
+    fn sample(
+        &mut self,
+        reader: &mut Reader,
+        procs: Option<ProcessCounters>,
+        now: Instant,
+    ) -> bool {
+        let cgroup = &self.entry.cgroup;
+        let probe = reader.probe(cgroup);
+        let fresh = self
+            .last_full
+            .is_some_and(|t| now.duration_since(t) < FULL_SAMPLE_EVERY);
+        let idle = fresh
+            && self.entry.end_time.is_none()
+            && procs == Some(self.procs)
+            && probe.value.is_some()
+            && probe.value == self.probe;
+        let mut changed = false;
+        if !idle {
+            let stats = reader.read_all(cgroup, &probe);
+            changed = stats != self.stats;
+            self.stats = stats;
+            self.last_full = Some(now);
+        }
+        self.probe = probe.value;
+        if let Some(p) = procs {
+            changed |= p != self.procs;
+            self.procs = p;
+        }
+        changed
+    }
+
+    fn series(&self) -> ContainerSeries {
+        ContainerSeries {
+            identity: self.entry.identity.clone(),
+            memory_source: self.entry.cgroup.memory_source().as_str(),
+            end_time: self.entry.end_time.map(unix_seconds),
+            stats: self.stats.clone(),
+            procs: self.procs,
+        }
+    }
+}
+
+pub struct Sampler {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Where the containers are saved for a restart; none in tests of the sampler alone.
+    state_dir: Option<StateDir>,
+    reader: Reader,
+    containers: HashMap<u64, Sampled>,
+    /// The registry's generation `containers` was last brought up to date with.
+    generation: Option<u64>,
+}
+
+impl Sampler {
+    pub fn new(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        state_dir: Option<StateDir>,
+    ) -> Sampler {
+        Sampler {
+            registry,
+            metrics,
+            state_dir,
+            reader: Reader::new(),
+            containers: HashMap::new(),
+            generation: None,
+        }
+    }
+
+    /// Sample every `interval`, and at once when a container is admitted, until `shutdown`;
+    /// then save the containers for the next start.
+    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) -> Result<()> {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let registry = self.registry.clone();
+        loop {
+            // Admissions in a burst share one such pass.
+            let only_new = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => false,
+                _ = registry.admitted() => true,
+            };
+            // Reads of cgroup files: on a blocking thread.
+            self = tokio::task::spawn_blocking(move || {
+                self.pass(only_new);
+                self
+            })
+            .await
+            .context("sampling pass")?;
+        }
+        tokio::task::spawn_blocking(move || {
+            self.registry.shutdown();
+            self.persist();
+        })
+        .await
+        .context("saving the containers at shutdown")
+    }
+
+    /// One pass (blocking). With `only_new`, just the containers never sampled, to show a new
+    /// container before the next pass.
+    pub fn pass(&mut self, only_new: bool) {
+        let start = Instant::now();
+        let mut changed = self.sync();
+        let mut ended = Vec::new();
+        let tracker = self.registry.tracker();
+        for (key, s) in &mut self.containers {
+            if s.finished || (only_new && s.last_full.is_some()) {
+                continue;
+            }
+            let procs = tracker.counters(*key).ok().flatten();
+            changed |= s.sample(&mut self.reader, procs, start);
+            // Ended when the pass began: these values are the final ones. A container whose
+            // counters show no live process has ended, even if its exit event was lost.
+            if s.entry.end_time.is_some() {
+                s.finished = true;
+            } else if procs.is_some_and(|p| p.live == 0) {
+                ended.push(*key);
+            }
+        }
+        for key in ended {
+            self.registry.end(key);
+        }
+        if changed {
+            self.publish();
+        }
+        self.metrics.containers.set(self.registry.live() as i64);
+        if only_new {
+            return;
+        }
+        if let Ok(lost) = tracker.lost_events() {
+            self.metrics.set_events_lost(lost);
+        }
+        self.metrics
+            .sample_duration
+            .observe(start.elapsed().as_secs_f64());
+        self.reap();
+        self.persist();
+    }
+
+    /// Bring the containers up to date with the registry's. Returns whether they changed.
+    fn sync(&mut self) -> bool {
+        let generation = self.registry.generation();
+        if self.generation == Some(generation) {
+            return false;
+        }
+        self.generation = Some(generation);
+        let entries = self.registry.entries();
+        let keys: HashSet<u64> = entries.iter().map(|e| e.key).collect();
+        self.containers.retain(|k, _| keys.contains(k));
+        for entry in entries {
+            match self.containers.entry(entry.key) {
+                hash_map::Entry::Occupied(mut o) => o.get_mut().entry = entry,
+                hash_map::Entry::Vacant(v) => {
+                    v.insert(Sampled::new(entry));
+                }
+            }
+        }
+        true
+    }
+
+    /// Hand every container's series to `/metrics`.
+    fn publish(&self) {
+        let mut series: Vec<ContainerSeries> =
+            self.containers.values().map(Sampled::series).collect();
+        series.sort_by(|a, b| a.identity.id.cmp(&b.identity.id));
+        self.metrics.publish(series);
+    }
+
+    /// Let the registry forget the containers whose retention is over, once their final
+    /// values were taken (the next pass's `sync` drops them here).
+    fn reap(&mut self) {
+        let containers = &self.containers;
+        self.registry
+            .reap(|key| containers.get(&key).is_some_and(|s| s.finished));
+    }
+
+    /// Write the state file if the set of containers changed since it was last written
+    /// (blocking). A failure is logged and retried on the next pass.
+    pub fn persist(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        let Some(saved) = self.registry.unsaved() else {
+            return;
+        };
+        if let Err(e) = dir.save(&saved) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot save the containers for a restart; will retry");
+            self.registry.unsaved_again();
+        }
+    }
+}
