@@ -102,6 +102,8 @@ impl Event {
 mod pod {
     // SAFETY: plain #[repr(C)] integers, no padding holes that carry meaning.
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above (`_pad` makes the padding explicit).
     unsafe impl aya::Pod for super::Event {}
 }

@@ -17,6 +17,8 @@
 //! - `sleep:SECS`: sleep.
 //! - `connect:PATH`: connect to the unix socket PATH and hold the connection (as a launcher does).
 //! - `exit:CODE`: exit with CODE.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
     io::{BufRead as _, Write as _},
     time::{Duration, Instant},

@@ -5,6 +5,8 @@
 //! invariant (or when the parser itself panics): that is what the fuzzer reports. They live in
 //! the library, not in `fuzz/`, because most parsers are private; the unit tests below replay
 //! the committed seeds (`fuzz/seeds/<target>/`) through them.
+// Harnesses: a panic is a finding, and their unwraps state invariants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use apptheus_common::NO_FIELD;
 

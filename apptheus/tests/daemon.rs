@@ -1,4 +1,6 @@
 //! The daemon end to end: the real binary, real launchers, real cgroups, a real HTTP client.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{

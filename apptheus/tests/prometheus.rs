@@ -5,6 +5,8 @@
 //!
 //! Every test runs as root on the real kernel and fails (never skips) when a tool is missing:
 //! `cargo xtask setup --test` installs them (Debian packages `prometheus` and `systemd`).
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{

@@ -1,4 +1,6 @@
 //! Restarts: the daemon killed with SIGKILL mid-run and started again takes back its containers.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{path::Path, time::Duration};

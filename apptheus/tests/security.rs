@@ -1,4 +1,6 @@
 //! Hostile and unlucky peers: refusals by reason, limits, nesting, floods.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{

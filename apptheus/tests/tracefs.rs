@@ -1,5 +1,7 @@
 //! A fresh host has no tracefs mounted: loading the tracker mounts it. (Its own test binary, so
 //! no other test reads tracefs while it is unmounted.)
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::path::Path;

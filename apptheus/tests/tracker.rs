@@ -1,4 +1,6 @@
 //! The eBPF tracker on the real kernel: process trees are followed exactly.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{collections::HashSet, time::Duration};

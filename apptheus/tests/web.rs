@@ -5,6 +5,8 @@
 //! 127.0.0.1 and localhost, a client certificate); bcrypt hashes with the `bcrypt` crate. Every
 //! test runs as root and fails (never skips) when a tool is missing: `cargo xtask setup --test`
 //! installs them. After each test the daemon has removed its socket and cgroups.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{

@@ -101,10 +101,10 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
+    // xtask lives in the workspace's top directory.
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("xtask lives inside the workspace")
-        .to_path_buf()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
 
 /// A `cargo` command at the workspace root, with ~/.cargo/bin (bpf-linker) on PATH.
@@ -141,8 +141,7 @@ fn target_dir(release: bool) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn run(release: bool, mut args: Vec<String>) -> Result<()> {

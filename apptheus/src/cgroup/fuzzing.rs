@@ -1,5 +1,7 @@
 //! Fuzz harnesses of the cgroup module's parsers (see `crate::fuzzing`). Here because the
 //! parsers, and the path mapping some invariants check, are private to the module.
+// Harnesses: a panic is a finding, and their unwraps state invariants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Component;
 

@@ -16,11 +16,10 @@ pub fn unix(t: SystemTime) -> f64 {
 }
 
 pub fn kill(pid: i32, sig: i32) {
-    if pid > 1 {
-        // SAFETY: plain syscall; a pid we started, and sig is a valid signal number.
-        unsafe {
-            libc::kill(pid, sig);
-        }
+    if pid > 1
+        && let Ok(sig) = nix::sys::signal::Signal::try_from(sig)
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 
@@ -132,8 +131,11 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
         .zip(f.get(12))
         .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?))
         .context("no utime/stime in /proc/<pid>/stat")?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64;
     Ok(ticks as f64 / hz)
 }
 
