@@ -248,3 +248,86 @@ impl Sampler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::{cgroup::Layout, container::Identity};
+
+    /// A container in a fake v1 tree (cpuacct and memory hierarchies in a temporary directory).
+    fn fake_container(dir: &std::path::Path) -> Entry {
+        let mut mountinfo = String::new();
+        for (n, name) in ["cpuacct", "memory"].iter().enumerate() {
+            let point = dir.join(name);
+            fs::create_dir_all(point.join("job/c_1")).unwrap();
+            mountinfo += &format!(
+                "{n} 1 0:{n} / {} rw - cgroup cgroup rw,{name}\n",
+                point.display()
+            );
+        }
+        fs::write(dir.join("cpuacct/job/c_1/cpuacct.usage"), "1000\n").unwrap();
+        fs::write(dir.join("memory/job/c_1/memory.usage_in_bytes"), "4096\n").unwrap();
+        let layout = Layout::from_mountinfo(&mountinfo).unwrap();
+        let cgroup = layout.open("/job/c_1", &[]).unwrap();
+        Entry {
+            key: 1,
+            identity: Arc::new(Identity {
+                id: "c_1".into(),
+                cgroup: "/job/c_1".into(),
+                user: "root".into(),
+                uid: 0,
+                pid: 1,
+                exe: "c".into(),
+                exe_path: "/bin/c".into(),
+                start_time: 0.0,
+            }),
+            cgroup: Arc::new(cgroup),
+            end_time: None,
+        }
+    }
+
+    #[test]
+    fn an_idle_container_is_read_through_its_cpu_probe_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Sampled::new(fake_container(dir.path()));
+        let mut reader = Reader::new();
+        let (t0, procs) = (Instant::now(), Some(ProcessCounters::default()));
+        let usage = dir.path().join("memory/job/c_1/memory.usage_in_bytes");
+        let cpu = dir.path().join("cpuacct/job/c_1/cpuacct.usage");
+        assert!(s.sample(&mut reader, procs, t0), "the first read");
+        assert_eq!(s.stats.memory_usage_bytes, Some(4096));
+
+        // Nothing ran: the CPU time is the same, so memory is not read again.
+        fs::write(&usage, "8192\n").unwrap();
+        assert!(!s.sample(&mut reader, procs, t0));
+        assert_eq!(s.stats.memory_usage_bytes, Some(4096));
+
+        // A fork or an exit counted by the kernel: everything is read.
+        let forked = Some(ProcessCounters {
+            forks: 1,
+            ..Default::default()
+        });
+        assert!(s.sample(&mut reader, forked, t0));
+        assert_eq!(s.stats.memory_usage_bytes, Some(8192));
+
+        // Something ran.
+        fs::write(&usage, "1\n").unwrap();
+        fs::write(&cpu, "2000\n").unwrap();
+        assert!(s.sample(&mut reader, forked, t0));
+        assert_eq!(s.stats.memory_usage_bytes, Some(1));
+
+        // Idle, but the last full read is too old.
+        fs::write(&usage, "2\n").unwrap();
+        assert!(s.sample(&mut reader, forked, t0 + FULL_SAMPLE_EVERY));
+        assert_eq!(s.stats.memory_usage_bytes, Some(2));
+
+        // No probe file: always a full read.
+        fs::remove_file(&cpu).unwrap();
+        fs::write(&usage, "3\n").unwrap();
+        let t1 = t0 + FULL_SAMPLE_EVERY;
+        assert!(s.sample(&mut reader, forked, t1));
+        assert_eq!(s.stats.memory_usage_bytes, Some(3));
+    }
+}
