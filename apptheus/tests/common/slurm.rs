@@ -451,8 +451,10 @@ impl Slurm {
     }
 
     /// The lines of slurmd's log (`DebugFlags=CGroup`) that say a step's or task's cgroup
-    /// directory of `job_id` could not be removed (v1: "Cannot rmdir(...)", "failed to delete
-    /// ..."; v2: "unable to remove ...", "Failed to delete ..."). A failed rmdir of `job_<id>`
+    /// directory of `job_id` could not be removed: "Cannot rmdir(<dir>), cgroup is not empty"
+    /// and "Unable to rmdir(<dir>), did 5 retries" (both plugins), "taskid: 0, failed to delete
+    /// <dir> Device or resource busy" (v1), "Failed to delete <dir>" (v2; its step-level
+    /// "unable to remove ..." is debug2, not in this log level). A failed rmdir of `job_<id>`
     /// itself is not one: every step that ends tries it, and while another step of the job
     /// (the batch step, the extern step) still runs it fails, as it should ("Cannot
     /// rmdir(.../job_<id>), cgroup is not empty").
@@ -464,6 +466,7 @@ impl Slurm {
             .filter(|l| {
                 [
                     "Cannot rmdir",
+                    "Unable to rmdir",
                     "failed to delete",
                     "Failed to delete",
                     "unable to remove",
