@@ -3,8 +3,9 @@
 //! Build needs (see README): the nightly toolchain's `rust-src` (eBPF crates build `core` from
 //! source) and `bpf-linker`, built against nightly rustc's own libLLVM, which is the LLVM it must
 //! match. Test needs: Debian's `prometheus` (promtool, the server), `systemd`
-//! (systemd-analyze), `openssl` and `curl` (the TLS tests). Each step checks first, so a machine
-//! that has everything pays a few milliseconds.
+//! (systemd-analyze), `openssl` and `curl` (the TLS tests), and a real Slurm (`slurmctld`,
+//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster). Each step checks
+//! first, so a machine that has everything pays a few milliseconds.
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -23,6 +24,20 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // tests/web.rs: certificates made at test time, a TLS client that can be held to TLS 1.2.
     ("/usr/bin/openssl", "openssl"),
     ("/usr/bin/curl", "curl"),
+    // tests/slurm.rs: a private single-node Slurm cluster (tests/common/slurm.rs).
+    ("/usr/sbin/slurmctld", "slurmctld"),
+    ("/usr/sbin/slurmd", "slurmd"),
+    ("/usr/bin/srun", "slurm-client"),
+    ("/usr/sbin/munged", "munge"),
+];
+
+/// Daemons the test packages ship. Their packages may start them (a host with systemd, or
+/// without a `policy-rc.d` that forbids it); the tests run their own instances, so whatever the
+/// install started is stopped again, by pid.
+const TEST_DAEMONS: &[&str] = &[
+    "/usr/sbin/munged",
+    "/usr/sbin/slurmctld",
+    "/usr/sbin/slurmd",
 ];
 
 fn cargo_bin() -> PathBuf {
@@ -136,7 +151,77 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn test_deps() -> Result<()> {
-    install(TEST_PACKAGES, "the tests")
+    if TEST_PACKAGES.iter().all(|(bin, _)| Path::new(bin).exists()) {
+        return Ok(());
+    }
+    let before = daemon_pids(TEST_DAEMONS);
+    let systemd = std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd");
+    install(TEST_PACKAGES, "the tests")?;
+    if systemd {
+        // Under systemd the packages enable their units too: stop and disable only those whose
+        // daemon was not running before (the administrator's own are left alone).
+        for (exe, unit) in [
+            ("/usr/sbin/munged", "munge.service"),
+            ("/usr/sbin/slurmctld", "slurmctld.service"),
+            ("/usr/sbin/slurmd", "slurmd.service"),
+        ] {
+            if !before.iter().any(|(_, e)| *e == canonical(exe)) {
+                let _ = output(Command::new("systemctl").args(["disable", "--now", unit]));
+            }
+        }
+    }
+    stop_new_daemons(&before, TEST_DAEMONS);
+    Ok(())
+}
+
+/// Running processes whose executable is one of `exes`: (pid, exe). `/usr/sbin/slurmd` and
+/// `slurmctld` are alternatives symlinks (to `slurmd-wlm`, ...): a process's exe is the target.
+fn daemon_pids(exes: &[&str]) -> Vec<(i32, String)> {
+    let exes: Vec<String> = exes.iter().map(|e| canonical(e)).collect();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            let exe = exe.to_string_lossy().into_owned();
+            exes.contains(&exe).then_some((pid, exe))
+        })
+        .collect()
+}
+
+/// `path` with its symlinks resolved (as is, when it does not exist).
+fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string())
+}
+
+/// SIGTERM every process running one of `exes` that is not in `before` (the install started
+/// it); SIGKILL what is still there 5 s later.
+fn stop_new_daemons(before: &[(i32, String)], exes: &[&str]) {
+    let started: Vec<(i32, String)> = daemon_pids(exes)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    if started.is_empty() {
+        return;
+    }
+    for (pid, exe) in &started {
+        println!("xtask setup: stopping {exe} (pid {pid}), which the install started");
+        // SAFETY: kill has no memory preconditions; the pid was read from /proc just now.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let alive = |p: &(i32, String)| daemon_pids(exes).contains(p);
+    while started.iter().any(alive) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for p in started.iter().filter(|p| alive(p)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(p.0, libc::SIGKILL) };
+    }
 }
 
 /// The bench's packages. Installing Pushgateway enables and, under systemd, starts its service

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod prometheus;
+pub mod slurm;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
