@@ -46,22 +46,39 @@ impl Prometheus {
     /// Like `start`, with `job` added to the scrape job's settings (YAML at the job's level,
     /// e.g. `scheme: https`).
     pub fn start_with(target: &str, job: &str) -> Prometheus {
+        // scrape_timeout defaults to 10 s, which Prometheus refuses above a 1 s interval.
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: apptheus\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: ['{target}']\n{}",
+            job.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        );
+        Self::launch(&config, &[], &[], &[])
+    }
+
+    /// A `prometheus` with `config` (prometheus.yml), `files` written beside it (name,
+    /// content: rule files), extra `args` (e.g. `--enable-feature=agent`) and `env`. Its storage
+    /// is a temporary directory: the TSDB, or in agent mode (an `--enable-feature` argument
+    /// naming `agent`) the agent's WAL.
+    pub fn launch(
+        config: &str,
+        files: &[(&str, &str)],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Prometheus {
         let exe = tool("prometheus", "prometheus");
         let mut dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("prometheus.yml");
-        // scrape_timeout defaults to 10 s, which Prometheus refuses above a 1 s interval.
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: apptheus\n    scrape_interval: 1s\n    \
-                 static_configs:\n      - targets: ['{target}']\n{}",
-                job.lines()
-                    .map(|l| format!("    {l}\n"))
-                    .collect::<String>()
-            ),
-        )
-        .expect("write prometheus.yml");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content)
+                .unwrap_or_else(|e| panic!("write {name}: {e}"));
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let agent_mode = args
+            .iter()
+            .any(|a| a.starts_with("--enable-feature=") && a.contains("agent"));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
@@ -71,14 +88,18 @@ impl Prometheus {
         // A free port can be taken between free_port() and Prometheus binding it: retry.
         for _ in 0..3 {
             let port = free_port();
+            let storage = if agent_mode {
+                format!("--storage.agent.path={}", dir.path().join("wal").display())
+            } else {
+                format!("--storage.tsdb.path={}", dir.path().join("tsdb").display())
+            };
             let child = Command::new(&exe)
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("tsdb").display()
-                ))
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(storage)
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .arg("--log.level=warn")
+                .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("log file"))
