@@ -130,6 +130,16 @@ pub struct Args {
     /// Format of the log lines on stderr.
     #[arg(long = "log.format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Logfmt)]
     pub log_format: LogFormat,
+
+    /// Publish user names, uids and home-directory paths as keyed hashes (HMAC-SHA256, u-/p- and
+    /// 16 hex digits), keyed with the salt in FILE: root's, mode 0600 or 0400, 16 bytes or more.
+    /// Nodes sharing the salt publish the same hashes [default: off, values in clear]
+    #[arg(
+        long = "privacy.hash-salt-file",
+        value_name = "FILE",
+        value_parser = parse_absolute_path
+    )]
+    pub privacy_hash_salt_file: Option<PathBuf>,
 }
 
 /// Where a container's cgroup is made (`--cgroup.placement`).
@@ -939,6 +949,16 @@ mod tests {
         let err = parse(&["--web.listen-addr", ":1"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnknownArgument);
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn privacy_salt_file_is_off_by_default_and_absolute() {
+        assert_eq!(parse_ok(&[]).privacy_hash_salt_file, None);
+        assert_eq!(
+            parse_ok(&["--privacy.hash-salt-file=/etc/apptheus/salt"]).privacy_hash_salt_file,
+            Some(PathBuf::from("/etc/apptheus/salt"))
+        );
+        assert_bad_value("--privacy.hash-salt-file", "salt");
     }
 
     #[test]

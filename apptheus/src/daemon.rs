@@ -15,6 +15,7 @@ use crate::{
     gateway::{Gateway, Trust},
     http,
     metrics::Metrics,
+    privacy::Privacy,
     recovery,
     registry::{self, Registry},
     sampler::Sampler,
@@ -23,8 +24,9 @@ use crate::{
     webconfig::Web,
 };
 
-/// Run the daemon; `web` is the loaded `--web.config.file`, if given.
-pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
+/// Run the daemon; `web` is the loaded `--web.config.file`, if given, `privacy` what
+/// `--privacy.hash-salt-file` asks.
+pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -> Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
     let ready = Arc::new(AtomicBool::new(false));
@@ -62,7 +64,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
         "cgroup layout detected"
     );
     let registry = Arc::new(Registry::new(
-        registry_config(&args),
+        registry_config(&args, privacy),
         layout,
         Arc::new(tracker),
     ));
@@ -123,7 +125,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     Ok(())
 }
 
-fn registry_config(args: &Args) -> registry::Config {
+fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
     registry::Config {
         placement: match args.cgroup_placement {
             cli::Placement::Nested => Placement::Nested,
@@ -132,6 +134,7 @@ fn registry_config(args: &Args) -> registry::Config {
         parent: args.cgroup_parent.clone(),
         retention: args.container_retention,
         max_containers: args.gateway_max_containers,
+        privacy: Arc::new(privacy),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod pidfd;
+pub mod privacy;
 pub mod recovery;
 pub mod registry;
 pub mod sampler;

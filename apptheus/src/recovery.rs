@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 use crate::{
     cgroup::ContainerCgroup,
     container::{Identity, from_unix_seconds, pid_of_id, unix_seconds, user_name},
+    privacy::Privacy,
     registry::Registry,
     state::SavedContainer,
 };
@@ -50,9 +51,11 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
             continue;
         };
         let procs = cgroup.procs();
+        let privacy = &registry.config().privacy;
         let (identity, end_time) = match saved {
-            Some(s) => (s.identity, s.end_time),
-            None => (guess(&rel, &cgroup, &procs), None),
+            // A state file written with --privacy.hash-salt-file off holds clear values.
+            Some(s) => (republish(privacy, s.identity), s.end_time),
+            None => (guess(&rel, &cgroup, &procs, privacy), None),
         };
         let key = registry.next_key();
         let members = if procs.is_empty() {
@@ -104,7 +107,7 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
 /// The identity of a container found in the cgroup tree but not in the state file: the exe and
 /// pid from its id, the user and exe path from the launcher if it still runs in the container
 /// (else the user of any of its processes), the start time from its directory.
-fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32]) -> Identity {
+fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32], privacy: &Privacy) -> Identity {
     let id = rel.rsplit('/').next().unwrap_or_default().to_string();
     let pid = pid_of_id(&id).unwrap_or(0);
     let exe = id
@@ -132,18 +135,29 @@ fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32]) -> Identity {
         .and_then(|d| std::fs::metadata(d).ok())
         .and_then(|m| m.created().or_else(|_| m.modified()).ok())
         .map_or_else(|| unix_seconds(SystemTime::now()), unix_seconds);
+    let user = if uid == u32::MAX {
+        "unknown".into()
+    } else {
+        user_name(uid)
+    };
+    let published = privacy.publish(&user, uid, &exe_path);
     Identity {
         id,
         cgroup: rel.to_string(),
-        user: if uid == u32::MAX {
-            "unknown".into()
-        } else {
-            user_name(uid)
-        },
-        uid,
+        user: published.user,
+        uid: published.uid,
         pid,
         exe,
-        exe_path,
+        exe_path: published.exe_path,
         start_time,
     }
+}
+
+/// A saved identity in the published form of this run.
+fn republish(privacy: &Privacy, mut identity: Identity) -> Identity {
+    let published = privacy.republish(&identity.user, &identity.uid, &identity.exe_path);
+    identity.user = published.user;
+    identity.uid = published.uid;
+    identity.exe_path = published.exe_path;
+    identity
 }

@@ -19,6 +19,7 @@ use crate::{
     cgroup::{self, ContainerCgroup, Layout, Placement},
     container::{Identity, unix_seconds, user_name},
     gateway::Peer,
+    privacy::Privacy,
     state::SavedContainer,
     tracker::{self, EventStream, Tracker},
 };
@@ -30,6 +31,8 @@ pub struct Config {
     pub parent: String,
     pub retention: Duration,
     pub max_containers: usize,
+    /// How the values naming a person are published (`--privacy.hash-salt-file`).
+    pub privacy: Arc<Privacy>,
 }
 
 /// Why a peer could not be made a container.
@@ -207,14 +210,21 @@ impl Registry {
                 return Err(e.into());
             }
         };
+        // The one place an admitted container's identity is made: published as it will be seen
+        // everywhere (series, state file, log lines).
+        let published = self.cfg.privacy.publish(
+            &user_name(peer.uid),
+            peer.uid,
+            &peer.exe_path.to_string_lossy(),
+        );
         let identity = Arc::new(Identity {
             id,
             cgroup: cgroup.rel_path().to_string(),
-            user: user_name(peer.uid),
-            uid: peer.uid,
+            user: published.user,
+            uid: published.uid,
             pid: peer.pid,
             exe,
-            exe_path: peer.exe_path.to_string_lossy().into_owned(),
+            exe_path: published.exe_path,
             start_time: unix_seconds(SystemTime::now()),
         });
         self.insert(key, identity.clone(), cgroup.clone());
@@ -252,7 +262,7 @@ impl Registry {
         tracing::info!(
             container = identity.id.as_str(),
             pid = peer.pid,
-            uid = peer.uid,
+            uid = identity.uid.as_str(),
             exe = identity.exe_path.as_str(),
             processes = members.len(),
             cgroup = identity.cgroup.as_str(),

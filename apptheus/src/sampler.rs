@@ -277,7 +277,7 @@ mod tests {
                 id: "c_1".into(),
                 cgroup: "/job/c_1".into(),
                 user: "root".into(),
-                uid: 0,
+                uid: "0".into(),
                 pid: 1,
                 exe: "c".into(),
                 exe_path: "/bin/c".into(),

@@ -232,7 +232,7 @@ mod tests {
                 id: id.into(),
                 cgroup: format!("/slurm/job_1/apptheus/{id}"),
                 user: "alice".into(),
-                uid: 1000,
+                uid: "1000".into(),
                 pid: 4242,
                 exe: "starter-suid".into(),
                 exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),

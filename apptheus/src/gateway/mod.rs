@@ -211,7 +211,7 @@ impl Admission {
                 tracing::info!(
                     container = identity.id.as_str(),
                     pid = identity.pid,
-                    uid = identity.uid,
+                    uid = identity.uid.as_str(),
                     "launcher connection accepted"
                 );
                 if hold(stream, &shutdown).await {
@@ -228,7 +228,7 @@ impl Admission {
         &self,
         stream: &UnixStream,
     ) -> Result<(u64, Arc<crate::container::Identity>), Rejection> {
-        let peer = Peer::identify(stream)?;
+        let peer = Peer::identify(stream, &self.registry.config().privacy)?;
         peer.verify(&self.trust)?;
         self.registry
             .admit(&peer)

@@ -10,7 +10,7 @@ use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::UnixStream;
 
 use super::{Rejection, trust::Trust};
-use crate::pidfd::Pidfd;
+use crate::{pidfd::Pidfd, privacy::Privacy};
 
 /// A connected launcher, identified.
 #[derive(Debug)]
@@ -22,33 +22,40 @@ pub struct Peer {
     pub exe_path: PathBuf,
     /// Holds the peer process: valid as long as we keep it, whatever happens to the pid.
     pub pidfd: Pidfd,
+    /// The uid and exe as a refusal's log line shows them (`--privacy.hash-salt-file`).
+    shown_uid: String,
+    shown_exe: String,
 }
 
 impl Peer {
     /// Identify the process at the other end of `stream` (blocking: reads /proc). A peer that
     /// cannot be identified is refused here, and logged.
-    pub fn identify(stream: &UnixStream) -> Result<Peer, Rejection> {
+    pub fn identify(stream: &UnixStream, privacy: &Privacy) -> Result<Peer, Rejection> {
         let Ok(cred) = getsockopt(stream, sockopt::PeerCredentials) else {
-            return Err(log_refusal(Rejection::Error, 0, u32::MAX, ""));
+            return Err(log_refusal(Rejection::Error, 0, &privacy.uid(u32::MAX), ""));
         };
         let (pid, uid) = (cred.pid(), cred.uid());
+        let shown_uid = privacy.uid(uid);
         let pidfd = match peer_pidfd(stream, pid) {
             Ok(Some(fd)) => fd,
-            Ok(None) => return Err(log_refusal(Rejection::Vanished, pid, uid, "")),
+            Ok(None) => return Err(log_refusal(Rejection::Vanished, pid, &shown_uid, "")),
             Err(e) => {
                 tracing::debug!(pid, error = %e, "cannot open a pidfd for the peer");
-                return Err(log_refusal(Rejection::Error, pid, uid, ""));
+                return Err(log_refusal(Rejection::Error, pid, &shown_uid, ""));
             }
         };
         let Ok(exe_path) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            return Err(log_refusal(Rejection::Vanished, pid, uid, ""));
+            return Err(log_refusal(Rejection::Vanished, pid, &shown_uid, ""));
         };
+        let shown_exe = privacy.path(&exe_path.to_string_lossy(), Some(uid));
         Ok(Peer {
             pid,
             uid,
             gid: cred.gid(),
             exe_path,
             pidfd,
+            shown_uid,
+            shown_exe,
         })
     }
 
@@ -68,11 +75,11 @@ impl Peer {
 
     /// Log the refusal of this peer; returns `reason`.
     pub fn refuse(&self, reason: Rejection) -> Rejection {
-        log_refusal(reason, self.pid, self.uid, &self.exe_path.to_string_lossy())
+        log_refusal(reason, self.pid, &self.shown_uid, &self.shown_exe)
     }
 }
 
-fn log_refusal(reason: Rejection, pid: i32, uid: u32, exe: &str) -> Rejection {
+fn log_refusal(reason: Rejection, pid: i32, uid: &str, exe: &str) -> Rejection {
     tracing::warn!(
         reason = reason.as_str(),
         pid,

@@ -168,7 +168,7 @@ pub fn render(series: &[ContainerSeries]) -> String {
                 escape(&c.identity.exe),
                 escape(&c.identity.exe_path),
                 c.identity.pid,
-                c.identity.uid,
+                escape(&c.identity.uid),
                 escape(&c.identity.cgroup),
                 c.memory_source
             );
@@ -245,7 +245,7 @@ mod tests {
                 exe: "starter".into(),
                 exe_path: "/usr/libexec/apptainer/bin/starter".into(),
                 pid: 42,
-                uid: 1000,
+                uid: "1000".into(),
                 cgroup: "/apptheus/starter_42".into(),
                 start_time: 1_700_000_000.5,
             }),
