@@ -696,7 +696,7 @@ fn systemd_unit_verifies() {
     let daemon = bin("apptheus");
     let unit = std::fs::read_to_string(workspace().join("deploy/systemd/apptheus.service"))
         .expect("read deploy/systemd/apptheus.service");
-    let prefix = "ExecStart=/usr/local/bin/apptheus ";
+    let prefix = "ExecStart=/usr/bin/apptheus ";
     assert_eq!(
         unit.lines().filter(|l| l.starts_with(prefix)).count(),
         1,

@@ -197,7 +197,8 @@ pub struct Daemon {
     pub parent: String,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
-    /// The flags and environment it was started with (a restart reuses them).
+    /// The executable, flags and environment it was started with (a restart reuses them).
+    exe: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
     pub client: Client,
@@ -225,6 +226,16 @@ impl Daemon {
     /// Start the daemon with `args` and `env`; `client` is how to reach its HTTP server (also
     /// for the readiness check).
     pub fn start_client(args: &[&str], env: &[(&str, &str)], client: Client) -> Daemon {
+        Self::start_exe(&bin("apptheus"), args, env, client)
+    }
+
+    /// Start the daemon `exe` (e.g. an installed /usr/bin/apptheus) like `start_client`.
+    pub fn start_exe(
+        exe: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        client: Client,
+    ) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
@@ -245,9 +256,10 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let child = spawn_daemon(&args, &env, &log);
+        let child = spawn_daemon(exe, &args, &env, &log);
         let mut d = Daemon {
             child,
+            exe: exe.to_path_buf(),
             port,
             socket,
             parent,
@@ -285,7 +297,7 @@ impl Daemon {
     /// goes on in the same file.
     pub fn respawn(&mut self) {
         assert!(self.exited(), "respawn: the daemon still runs");
-        self.child = spawn_daemon(&self.args, &self.env, &self.log);
+        self.child = spawn_daemon(&self.exe, &self.args, &self.env, &self.log);
         self.wait_ready();
     }
 
@@ -377,13 +389,18 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn_daemon(args: &[String], env: &[(String, String)], log: &std::path::Path) -> Child {
+fn spawn_daemon(
+    exe: &std::path::Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(bin("apptheus"))
+    Command::new(exe)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
