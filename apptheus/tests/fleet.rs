@@ -200,30 +200,35 @@ fn two_nodes_one_store() {
         "sum by (node, container) (rate(apptheus_container_cpu_usage_seconds_total{{container=~\"{ids_re}\"}}[10s]))"
     );
     until(&central, &q, "both containers' CPU rates", |a| {
-        a.series.len() == 2 && a.series.iter().all(|s| value(s) > 0.05)
+        a.series.len() == 2 && a.series.iter().all(|s| value(s) > 0.0)
     });
 
     // 3. The central rules run: root's CPU across both nodes.
     let q = "user:apptheus_container_cpu_usage_seconds:rate1m{user=\"root\"}";
     until(&central, q, "the per-user recording rule", |a| {
-        a.series.len() == 1 && value(&a.series[0]) > 0.05
+        a.series.len() == 1 && value(&a.series[0]) > 0.0
     });
 
     // 4. The job: apptheus_container_job_info from the launchers' SLURM_JOB_ID, on both nodes.
-    let q = format!("apptheus_container_job_info{{job_id=\"{job}\"}}");
-    let a = central.query_until(&q, CENTRAL_TIMEOUT, |a| a.series.len() == 2);
-    println!("central: {q}\n  -> {}", json!(a.series));
-    let exported = daemons
-        .iter()
-        .any(|d| d.metrics().contains("apptheus_container_job_info"));
+    // Asked of the daemons first: without the series there, the store cannot have it.
+    let exported = common::eventually(Duration::from_secs(5), || {
+        daemons
+            .iter()
+            .all(|d| d.metrics().contains("apptheus_container_job_info{"))
+            .then_some(())
+    });
     assert!(
-        exported,
+        exported.is_some(),
         "the daemons export no apptheus_container_job_info series yet (it is being added on main): \
          everything else of the fleet passed; the per-job sum across nodes cannot be checked. \
          Expected on both nodes: apptheus_container_job_info{{container=\"apptheus-exec_<pid>\", \
          scheduler=\"slurm\", job_id=\"{job}\", job_source=\"environment\", ...}} 1 for a launcher \
          with SLURM_JOB_ID={job} in its environment"
     );
+    let q = format!("apptheus_container_job_info{{job_id=\"{job}\"}}");
+    let a = until(&central, &q, "the job's info series from both nodes", |a| {
+        a.series.len() == 2
+    });
     assert_eq!(a.series.len(), 2, "job {job} on both nodes: {a:?}");
     for s in &a.series {
         assert_eq!(labels(s, "scheduler"), "slurm", "{s}");
@@ -246,7 +251,7 @@ fn two_nodes_one_store() {
         &central,
         &sum,
         "the job's CPU summed over both nodes",
-        |a| a.series.len() == 1 && value(&a.series[0]) > 0.1,
+        |a| a.series.len() == 1 && value(&a.series[0]) > 0.0,
     );
     // Both queries at the same instant: the job's sum is the two containers' rates.
     let both = format!("({sum}) - on () ({parts})");
@@ -256,7 +261,7 @@ fn two_nodes_one_store() {
     let q = format!("job_id:apptheus_container_cpu_usage_seconds:rate1m{{job_id=\"{job}\"}}");
     until(&central, &q, "the per-job recording rule", |a| {
         a.series.len() == 1
-            && value(&a.series[0]) > 0.1
+            && value(&a.series[0]) > 0.0
             && labels(&a.series[0], "scheduler") == "slurm"
     });
     let q = format!("job_id:apptheus_nodes:count{{job_id=\"{job}\"}}");

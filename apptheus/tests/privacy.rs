@@ -183,23 +183,29 @@ fn names_and_uids_never_leave_the_node_in_clear() {
     let copy = bob.home.join("apptheus-exec");
     std::fs::copy(bin("apptheus-exec"), &copy).unwrap();
     nix::unistd::chown(&copy, Some(bob.uid.into()), None).unwrap();
-    let st = bob
-        .command(&copy)
-        .arg(format!("--socket={}", d.socket.display()))
-        .args(["--", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "an untrusted launcher still runs its command: {st}"
-    );
+    let mut cmd = bob.command(&copy);
+    cmd.arg(format!("--socket={}", d.socket.display()))
+        .arg("--")
+        .arg(workload_bin())
+        .args(["ready", "wait"])
+        .stderr(Stdio::null());
+    let mut untrusted = Workload::spawn_cmd(&mut cmd);
+    untrusted.ready();
     eventually(Duration::from_secs(10), || {
         d.log_text()
-            .contains("launcher connection refused")
+            .lines()
+            .any(|l| l.contains("launcher connection refused") && l.contains("reason=untrusted"))
             .then_some(())
     })
-    .expect("the untrusted launcher's refusal is logged");
+    .unwrap_or_else(|| {
+        panic!(
+            "the untrusted launcher's refusal is not logged:\n{}",
+            d.log_text()
+        )
+    });
+    // An untrusted launcher still runs its command.
+    untrusted.go();
+    assert!(untrusted.wait().success());
 
     // /metrics: hashed user and uid labels, neither name nor uid anywhere in a label.
     let metrics = d.metrics();
@@ -271,7 +277,7 @@ fn names_and_uids_never_leave_the_node_in_clear() {
     let bob_uid = expected_hash(&salt, &bob.uid.to_string());
     let refused = lines
         .iter()
-        .find(|l| l.contains("launcher connection refused"))
+        .find(|l| l.contains("launcher connection refused") && l.contains("reason=untrusted"))
         .expect("a refusal line at warn");
     assert!(refused.contains(&format!("uid={bob_uid}")), "{refused}");
     assert!(
