@@ -179,8 +179,15 @@ fn pack(revision: &str, out: &Path) -> (PathBuf, PathBuf, Duration) {
     (find(".deb"), find(".rpm"), took)
 }
 
-/// The maintainer scripts reload systemd where it runs and never start the service.
+/// The maintainer scripts reload systemd where it runs and never start the service (their
+/// comments, which tell the administrator what to run, aside).
 fn check_scripts(what: &str, text: &str) {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = code.as_str();
     assert!(
         text.contains("[ -d /run/systemd/system ]") && text.contains("systemctl daemon-reload"),
         "{what}: no guarded `systemctl daemon-reload`:\n{text}"
@@ -377,11 +384,23 @@ fn run_with_default_state_dir() {
             .is_ok_and(|r| r.status() == 200)
             .then_some(())
     });
+    // A container, so that the daemon has state to save.
+    let exec = ready.and_then(|()| {
+        Command::new("/usr/bin/apptheus-exec")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["--", "true"])
+            .status()
+            .ok()
+    });
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let st = child.wait().unwrap();
+    assert!(
+        exec.is_some_and(|s| s.success()),
+        "apptheus-exec -- true: {exec:?}"
+    );
     assert!(
         ready.is_some(),
         "not ready in 30 s:\n{}",
