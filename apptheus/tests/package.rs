@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Daemon, eventually, free_port, prometheus::tool, unique};
+use common::{Client, Daemon, Workload, eventually, free_port, prometheus::tool, unique};
 
 const PACKAGE: &str = "apptheus";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -311,8 +311,44 @@ fn check_installed_files() {
     ok(Command::new(analyze).args(["verify", "/usr/lib/systemd/system/apptheus.service"]));
 }
 
-/// The installed daemon, with its own socket, port, cgroup parent and state directory, admits
-/// `apptheus-exec -- true` run through it.
+/// The installed apptheus-exec running the workload (`ready wait`) through the daemon at
+/// `socket`: it holds its connection until `go`.
+fn held_launcher(socket: &Path) -> Workload {
+    let mut w = Workload::spawn_cmd(
+        Command::new("/usr/bin/apptheus-exec")
+            .arg(format!("--socket={}", socket.display()))
+            .arg("--")
+            .arg(common::workload_bin())
+            .args(["ready", "wait"]),
+    );
+    w.ready();
+    w
+}
+
+/// Wait until the daemon whose /metrics `metrics` reads has accepted `n` launchers; its
+/// /metrics then.
+fn accepted(n: f64, metrics: impl Fn() -> String, log: impl Fn() -> String) -> String {
+    eventually(Duration::from_secs(10), || {
+        let m = metrics();
+        common::sample(
+            &m,
+            "apptheus_gateway_connections_total",
+            "outcome=\"accepted\"",
+        )
+        .filter(|v| *v == n)
+        .map(|_| m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the installed daemon did not accept the launcher:\n{}\n{}",
+            metrics(),
+            log()
+        )
+    })
+}
+
+/// The installed daemon, with its own socket, port, cgroup parent and state directory: a
+/// launcher through it becomes a container, and `apptheus-exec -- true` runs its command.
 fn run_installed_daemon() {
     let mut d = Daemon::start_exe(
         Path::new("/usr/bin/apptheus"),
@@ -320,33 +356,23 @@ fn run_installed_daemon() {
         &[],
         Client::plain(),
     );
+    let mut w = held_launcher(&d.socket);
+    let m = accepted(1.0, || d.metrics(), || d.log_text());
+    let shown = format!("container=\"apptheus-exec_{}\"", w.pid());
+    assert!(
+        m.contains(&shown) && m.contains("exe_path=\"/usr/bin/apptheus-exec\""),
+        "the container of /usr/bin/apptheus-exec is not shown:\n{m}"
+    );
+    w.go();
+    assert!(w.wait().success());
+    // A command that ends at once: it runs and its status comes back, whether or not the daemon
+    // admitted the launcher before it ended (it may count as `vanished`).
     let st = Command::new("/usr/bin/apptheus-exec")
         .arg(format!("--socket={}", d.socket.display()))
         .args(["--", "true"])
         .status()
         .expect("run /usr/bin/apptheus-exec");
     assert!(st.success(), "apptheus-exec -- true: {st}");
-    let accepted = eventually(Duration::from_secs(10), || {
-        let m = d.metrics();
-        common::sample(
-            &m,
-            "apptheus_gateway_connections_total",
-            "outcome=\"accepted\"",
-        )
-        .filter(|v| *v == 1.0)
-        .map(|_| m)
-    });
-    let m = accepted.unwrap_or_else(|| {
-        panic!(
-            "the installed daemon did not accept apptheus-exec:\n{}\n{}",
-            d.metrics(),
-            d.log_text()
-        )
-    });
-    assert!(
-        m.contains("exe_path=\"/usr/bin/apptheus-exec\""),
-        "the container of /usr/bin/apptheus-exec is not shown:\n{m}"
-    );
     assert!(
         d.stop().success(),
         "the installed daemon did not stop cleanly"
@@ -360,56 +386,66 @@ fn run_with_default_state_dir() {
     let socket = dir.path().join("gateway.sock");
     let port = free_port();
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new("/usr/bin/apptheus")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg(format!("--socket.path={}", socket.display()))
-        .arg(format!("--cgroup.parent={}", unique("apptheus-test-pkg")))
-        .arg("--trust.path=/usr/bin/apptheus-exec")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start /usr/bin/apptheus");
-    let client = Client::plain();
-    let ready = eventually(Duration::from_secs(30), || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "/usr/bin/apptheus exited ({st}):\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+    let parent = unique("apptheus-test-pkg");
+    // Stopped by its pid at the end, whatever happens in between; then the cgroups it left go.
+    struct Stop(std::process::Child, String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+            for d in common::find_dirs(Path::new("/sys/fs/cgroup"), &self.1) {
+                common::remove_cgroup_tree(&d);
+            }
         }
+    }
+    let mut child = Stop(
+        Command::new("/usr/bin/apptheus")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--socket.path={}", socket.display()))
+            .arg(format!("--cgroup.parent={parent}"))
+            .arg("--trust.path=/usr/bin/apptheus-exec")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start /usr/bin/apptheus"),
+        parent.clone(),
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let client = Client::plain();
+    let get = |path: &str| {
         client
             .agent
-            .get(format!("http://127.0.0.1:{port}/-/ready"))
+            .get(format!("http://127.0.0.1:{port}{path}"))
             .call()
-            .is_ok_and(|r| r.status() == 200)
-            .then_some(())
-    });
-    // A container, so that the daemon has state to save.
-    let exec = ready.and_then(|()| {
-        Command::new("/usr/bin/apptheus-exec")
-            .arg(format!("--socket={}", socket.display()))
-            .args(["--", "true"])
-            .status()
             .ok()
+            .and_then(|mut r| (r.status() == 200).then(|| r.body_mut().read_to_string().ok()))
+            .flatten()
+    };
+    let ready = eventually(Duration::from_secs(30), || {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("/usr/bin/apptheus exited ({st}):\n{}", log_text());
+        }
+        get("/-/ready").map(|_| ())
     });
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let st = child.wait().unwrap();
-    assert!(
-        exec.is_some_and(|s| s.success()),
-        "apptheus-exec -- true: {exec:?}"
-    );
-    assert!(
-        ready.is_some(),
-        "not ready in 30 s:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert!(st.success(), "{st}");
+    assert!(ready.is_some(), "not ready in 30 s:\n{}", log_text());
+    // A container, so that the daemon has state to save.
+    let mut w = held_launcher(&socket);
+    accepted(1.0, || get("/metrics").unwrap_or_default(), log_text);
+    w.go();
+    assert!(w.wait().success());
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let st = child.0.wait().unwrap();
+    assert!(st.success(), "{st}:\n{}", log_text());
     let m = std::fs::metadata("/var/lib/apptheus").expect("/var/lib/apptheus made by the daemon");
     assert_eq!(m.mode() & 0o7777, 0o700);
-    assert!(Path::new("/var/lib/apptheus/containers.json").is_file());
+    assert!(
+        Path::new("/var/lib/apptheus/containers.json").is_file(),
+        "no containers.json in /var/lib/apptheus:\n{}",
+        log_text()
+    );
 }
 
 #[test]
