@@ -9,8 +9,12 @@ use serde::{Deserialize, Serialize};
 pub struct Identity {
     /// `<exe basename>_<launcher pid>`, as the Go Apptheus named it.
     pub id: String,
-    /// Its cgroup path below the root of the primary hierarchy (the `cgroup` label).
+    /// Its cgroup path below the root of the primary hierarchy.
     pub cgroup: String,
+    /// The `cgroup` label: `cgroup`, with uids in it hashed under `--privacy.hash-salt-file`.
+    /// Not saved: a restart makes it again from `cgroup`.
+    #[serde(skip)]
+    pub cgroup_label: String,
     /// The launcher's user name, or its uid when it has none; with
     /// `--privacy.hash-salt-file`, its keyed hash (`privacy`).
     pub user: String,

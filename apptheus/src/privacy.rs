@@ -1,7 +1,8 @@
 //! Privacy for metrics that leave the node: `--privacy.hash-salt-file`.
 //!
-//! Off by default. When on, every value that names a person (the `user` and `uid` labels, and an
-//! `exe_path` inside a user's home directory) is replaced by a keyed hash of it: HMAC-SHA256 keyed
+//! Off by default. When on, every value that names a person (the `user` and `uid` labels, an
+//! `exe_path` inside a user's home directory, and the uid in a `cgroup` label such as systemd's
+//! `user-1000.slice` or Slurm's `uid_1000`) is replaced by a keyed hash of it: HMAC-SHA256 keyed
 //! with a site salt, truncated to 16 hex digits and prefixed (`u-3fa9c0d2e4b61a07` for users and
 //! uids, `p-...` for paths). Every node that shares the salt publishes the same value for the same
 //! user, so per-user sums still work across a fleet; without the salt nobody can test a guessed
@@ -67,6 +68,8 @@ pub struct Published {
     pub user: String,
     pub uid: String,
     pub exe_path: String,
+    /// The `cgroup` label (the path itself stays in the state file: a restart needs it).
+    pub cgroup_label: String,
 }
 
 /// Whether, and with which key, values naming a person are hashed.
@@ -124,12 +127,14 @@ impl Privacy {
         self.key.is_some()
     }
 
-    /// The published form of a launcher's user name, uid and executable path.
-    pub fn publish(&self, user: &str, uid: u32, exe_path: &str) -> Published {
+    /// The published form of a launcher's user name, uid and executable path, and of its
+    /// container's cgroup path.
+    pub fn publish(&self, user: &str, uid: u32, exe_path: &str, cgroup: &str) -> Published {
         Published {
             user: self.user(user),
             uid: self.uid(uid),
             exe_path: self.path(exe_path, Some(uid)),
+            cgroup_label: self.cgroup(cgroup),
         }
     }
 
@@ -156,9 +161,34 @@ impl Privacy {
             .unwrap_or_else(|| path.to_string())
     }
 
+    /// A cgroup path as published: the uid of a systemd user slice or manager
+    /// (`user-1000.slice`, `user@1000.service`) or of a Slurm uid directory (`uid_1000`) replaced
+    /// by its hash, so that the path keeps its shape.
+    pub fn cgroup(&self, path: &str) -> String {
+        if !self.is_on() {
+            return path.to_string();
+        }
+        path.split('/')
+            .map(|segment| {
+                for (prefix, suffix) in [("user-", ".slice"), ("user@", ".service"), ("uid_", "")] {
+                    let uid = segment
+                        .strip_prefix(prefix)
+                        .and_then(|rest| rest.strip_suffix(suffix))
+                        .and_then(|digits| digits.parse::<u32>().ok());
+                    if let Some(uid) = uid {
+                        return format!("{prefix}{}{suffix}", self.uid(uid));
+                    }
+                }
+                segment.to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
     /// Publish fields that a previous run may have stored in clear (a state file written with
-    /// the flag off); a value already in the published form stays as it is.
-    pub fn republish(&self, user: &str, uid: &str, exe_path: &str) -> Published {
+    /// the flag off); a value already in the published form stays as it is. The state file
+    /// keeps the cgroup path itself, so its label is made again.
+    pub fn republish(&self, user: &str, uid: &str, exe_path: &str, cgroup: &str) -> Published {
         let again = |prefix: &str, v: &str, hash: &dyn Fn(&str) -> String| {
             if !self.is_on() || is_published(prefix, v) {
                 v.to_string()
@@ -170,6 +200,7 @@ impl Privacy {
             user: again(USER_PREFIX, user, &|v| self.user(v)),
             uid: again(USER_PREFIX, uid, &|v| self.user(v)),
             exe_path: again(PATH_PREFIX, exe_path, &|v| self.path(v, uid.parse().ok())),
+            cgroup_label: self.cgroup(cgroup),
         }
     }
 
@@ -308,11 +339,17 @@ mod tests {
         let p = Privacy::off();
         assert!(!p.is_on());
         assert_eq!(
-            p.publish("alice", 1000, "/home/alice/bin/x"),
+            p.publish(
+                "alice",
+                1000,
+                "/home/alice/bin/x",
+                "/user.slice/user-1000.slice/a_1"
+            ),
             Published {
                 user: "alice".into(),
                 uid: "1000".into(),
-                exe_path: "/home/alice/bin/x".into()
+                exe_path: "/home/alice/bin/x".into(),
+                cgroup_label: "/user.slice/user-1000.slice/a_1".into(),
             }
         );
     }
@@ -357,19 +394,55 @@ mod tests {
             let published = p.path(person, Some(0));
             assert!(is_published("p-", &published), "{person}: {published}");
         }
-        let out = p.publish("alice", 1000, "/home/alice/bin/sim");
+        let out = p.publish(
+            "alice",
+            1000,
+            "/home/alice/bin/sim",
+            "/slurm/uid_1000/job_7/a_1",
+        );
         assert!(!format!("{out:?}").contains("alice"));
         assert!(!format!("{out:?}").contains("1000"));
     }
 
     #[test]
+    fn uids_in_cgroup_paths_are_hashed() {
+        let p = on();
+        let u = p.uid(1000);
+        assert_eq!(
+            p.cgroup("/user.slice/user-1000.slice/user@1000.service/app.slice/apptheus/a_1"),
+            format!("/user.slice/user-{u}.slice/user@{u}.service/app.slice/apptheus/a_1")
+        );
+        assert_eq!(
+            p.cgroup("/slurm_n1/uid_1000/job_42/step_0/task_0/apptheus/apptheus-exec_9"),
+            format!("/slurm_n1/uid_{u}/job_42/step_0/task_0/apptheus/apptheus-exec_9")
+        );
+        // Only whole uid segments: job ids, pids and other names stay.
+        for clear in [
+            "/system.slice/slurmstepd.scope/job_1000/step_0/user/task_0/apptheus/a_1000",
+            "/user.slice/user-x.slice/a_1",
+            "/uid_/a_1",
+            "/",
+        ] {
+            assert_eq!(p.cgroup(clear), clear);
+        }
+    }
+
+    #[test]
     fn republish_hashes_clear_values_once() {
         let p = on();
-        let first = p.publish("alice", 1000, "/home/alice/bin/sim");
-        assert_eq!(p.republish(&first.user, &first.uid, &first.exe_path), first);
-        assert_eq!(p.republish("alice", "1000", "/home/alice/bin/sim"), first);
+        let cg = "/slurm/uid_1000/job_7/apptheus/a_1";
+        let first = p.publish("alice", 1000, "/home/alice/bin/sim", cg);
+        assert_eq!(
+            p.republish(&first.user, &first.uid, &first.exe_path, cg),
+            first
+        );
+        assert_eq!(
+            p.republish("alice", "1000", "/home/alice/bin/sim", cg),
+            first
+        );
         let off = Privacy::off();
-        assert_eq!(off.republish("alice", "1000", "/x").user, "alice");
+        assert_eq!(off.republish("alice", "1000", "/x", cg).user, "alice");
+        assert_eq!(off.republish("alice", "1000", "/x", cg).cgroup_label, cg);
     }
 
     #[test]

@@ -88,14 +88,14 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
             tracing::info!(
                 container = identity.id.as_str(),
                 processes = members.len(),
-                cgroup = rel.as_str(),
+                cgroup = identity.cgroup_label.as_str(),
                 "container re-adopted"
             );
         } else {
             recovery.ended += 1;
             tracing::info!(
                 container = identity.id.as_str(),
-                cgroup = rel.as_str(),
+                cgroup = identity.cgroup_label.as_str(),
                 "container ended while the daemon was down"
             );
         }
@@ -140,10 +140,11 @@ fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32], privacy: &Privacy) 
     } else {
         user_name(uid)
     };
-    let published = privacy.publish(&user, uid, &exe_path);
+    let published = privacy.publish(&user, uid, &exe_path, rel);
     Identity {
         id,
         cgroup: rel.to_string(),
+        cgroup_label: published.cgroup_label,
         user: published.user,
         uid: published.uid,
         pid,
@@ -155,9 +156,15 @@ fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32], privacy: &Privacy) 
 
 /// A saved identity in the published form of this run.
 fn republish(privacy: &Privacy, mut identity: Identity) -> Identity {
-    let published = privacy.republish(&identity.user, &identity.uid, &identity.exe_path);
+    let published = privacy.republish(
+        &identity.user,
+        &identity.uid,
+        &identity.exe_path,
+        &identity.cgroup,
+    );
     identity.user = published.user;
     identity.uid = published.uid;
     identity.exe_path = published.exe_path;
+    identity.cgroup_label = published.cgroup_label;
     identity
 }

@@ -216,10 +216,12 @@ impl Registry {
             &user_name(peer.uid),
             peer.uid,
             &peer.exe_path.to_string_lossy(),
+            cgroup.rel_path(),
         );
         let identity = Arc::new(Identity {
             id,
             cgroup: cgroup.rel_path().to_string(),
+            cgroup_label: published.cgroup_label,
             user: published.user,
             uid: published.uid,
             pid: peer.pid,
@@ -265,7 +267,7 @@ impl Registry {
             uid = identity.uid.as_str(),
             exe = identity.exe_path.as_str(),
             processes = members.len(),
-            cgroup = identity.cgroup.as_str(),
+            cgroup = identity.cgroup_label.as_str(),
             "container started"
         );
         if live == 0 {

@@ -276,6 +276,7 @@ mod tests {
             identity: Arc::new(Identity {
                 id: "c_1".into(),
                 cgroup: "/job/c_1".into(),
+                cgroup_label: "/job/c_1".into(),
                 user: "root".into(),
                 uid: "0".into(),
                 pid: 1,

@@ -231,6 +231,8 @@ mod tests {
             identity: Identity {
                 id: id.into(),
                 cgroup: format!("/slurm/job_1/apptheus/{id}"),
+                // Not saved.
+                cgroup_label: String::new(),
                 user: "alice".into(),
                 uid: "1000".into(),
                 pid: 4242,

@@ -57,12 +57,17 @@ impl TestUser {
     /// `setpriv` to this user, then `cmd`: the launcher runs with the user's uid and groups.
     fn command(&self, cmd: &Path) -> Command {
         let mut c = Command::new(tool("setpriv", "util-linux"));
-        c.arg(format!("--reuid={}", self.name))
-            .arg(format!("--regid={}", self.name))
-            .arg("--init-groups")
-            .arg("--")
-            .arg(cmd);
+        c.args(self.setpriv_args()).arg(cmd);
         c
+    }
+
+    fn setpriv_args(&self) -> [String; 4] {
+        [
+            format!("--reuid={}", self.name),
+            format!("--regid={}", self.name),
+            "--init-groups".into(),
+            "--".into(),
+        ]
     }
 }
 
@@ -124,8 +129,63 @@ fn has_number(text: &str, number: u32) -> bool {
 }
 
 /// A launcher of `user` on `daemon`, admitted: its container id.
-fn user_launcher(daemon: &Daemon, user: &TestUser) -> (Workload, String) {
-    let mut cmd = user.command(&bin("apptheus-exec"));
+/// A cgroup named as systemd names a user's slice, `<unique>/user-<uid>.slice`, in the hierarchy
+/// whose paths are the `cgroup` label (v1 memory, else the unified tree); removed when dropped.
+struct UserSlice {
+    top: PathBuf,
+    slice: PathBuf,
+}
+
+impl UserSlice {
+    fn new(uid: u32) -> UserSlice {
+        let root = if Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+            Path::new("/sys/fs/cgroup/memory")
+        } else {
+            Path::new("/sys/fs/cgroup")
+        };
+        let top = root.join(common::unique("apptheus-test-priv"));
+        let slice = top.join(format!("user-{uid}.slice"));
+        std::fs::create_dir_all(&slice)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", slice.display()));
+        UserSlice { top, slice }
+    }
+}
+
+impl Drop for UserSlice {
+    fn drop(&mut self) {
+        // The launchers in it were ended before (they are declared after it).
+        let gone = eventually(Duration::from_secs(3), || {
+            common::remove_cgroup_tree(&self.top);
+            (!self.top.exists()).then_some(())
+        });
+        if gone.is_none() {
+            eprintln!("test cgroup left behind: {}", self.top.display());
+        }
+    }
+}
+
+/// A launcher of `user` on `daemon` (started in `slice`, if given), admitted: its container id.
+fn user_launcher(
+    daemon: &Daemon,
+    user: &TestUser,
+    slice: Option<&UserSlice>,
+) -> (Workload, String) {
+    let mut cmd = match slice {
+        // Root moves the shell into the slice, then it becomes the user's launcher.
+        Some(s) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                    s.slice.display()
+                ))
+                .arg(tool("setpriv", "util-linux"))
+                .args(user.setpriv_args())
+                .arg(bin("apptheus-exec"));
+            c
+        }
+        None => user.command(&bin("apptheus-exec")),
+    };
     cmd.arg(format!("--socket={}", daemon.socket.display()))
         .arg("--")
         .arg(workload_bin())
@@ -173,11 +233,14 @@ fn names_and_uids_never_leave_the_node_in_clear() {
     let alice = TestUser::new("a");
     let bob = TestUser::new("b");
 
+    // alice's first launcher starts in a cgroup named like her systemd slice: the `cgroup` label
+    // must not show her uid either. Declared before the daemon and the launchers: dropped last.
+    let slice = UserSlice::new(alice.uid);
     let d = Daemon::start(&[&flag]);
     // The launchers run as the users: they must reach the socket in the daemon's own directory.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_wa, id_a) = user_launcher(&d, &alice);
-    let (_wb, id_b) = user_launcher(&d, &bob);
+    let (_wa, id_a) = user_launcher(&d, &alice, Some(&slice));
+    let (_wb, id_b) = user_launcher(&d, &bob, None);
     // bob also runs a copy of apptheus-exec from his home: refused (untrusted), and logged at
     // warn with his uid and the path in his home, both hashed.
     let copy = bob.home.join("apptheus-exec");
@@ -233,6 +296,13 @@ fn names_and_uids_never_leave_the_node_in_clear() {
         }
     }
 
+    let alice_uid = expected_hash(&salt, &alice.uid.to_string());
+    assert!(
+        metrics.contains(&format!("/user-{alice_uid}.slice/")),
+        "the cgroup label of alice's container in user-{}.slice does not show it hashed:\n{metrics}",
+        alice.uid
+    );
+
     // The state file, once the sampler saved both containers.
     let state = d.state_dir().join("containers.json");
     let saved = eventually(Duration::from_secs(10), || {
@@ -240,19 +310,40 @@ fn names_and_uids_never_leave_the_node_in_clear() {
         (s.contains(&id_a) && s.contains(&id_b)).then_some(s)
     })
     .expect("containers.json holds both containers");
+    // Every value but the cgroup paths: the state file keeps the real paths (a restarted daemon
+    // finds the cgroups by them; the file is root's, 0600, and never leaves the node), so alice's
+    // slice shows there, and only there.
+    let doc: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let mut values = Vec::new();
+    fn strings(v: &serde_json::Value, key: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| strings(v, k, out)),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, key, out)),
+            other => out.push((key.to_string(), other.to_string())),
+        }
+    }
+    strings(&doc, "", &mut values);
     for user in [&alice, &bob] {
         assert!(
             !saved.contains(&user.name),
             "{} in the state file:\n{saved}",
             user.name
         );
-        assert!(
-            !saved.contains(&format!("\"uid\":\"{}\"", user.uid))
-                && !saved.contains(&format!("\"uid\":{}", user.uid)),
-            "{}'s uid in the state file:\n{saved}",
-            user.name
-        );
+        for (key, v) in values
+            .iter()
+            .filter(|(k, _)| k != "cgroup" && k != "made_parents")
+        {
+            assert!(
+                !has_number(v, user.uid),
+                "{}'s uid in the state file ({key}: {v}):\n{saved}",
+                user.name
+            );
+        }
         assert!(saved.contains(&expected_hash(&salt, &user.name)));
+        assert!(saved.contains(&format!(
+            "\"uid\":\"{}\"",
+            expected_hash(&salt, &user.uid.to_string())
+        )));
     }
 
     // The log at info and above: the accepted and refused lines carry hashes only.
@@ -295,7 +386,7 @@ fn names_and_uids_never_leave_the_node_in_clear() {
     // Another daemon ("node") with the same salt: the same hash for the same user.
     let d2 = Daemon::start(&[&flag]);
     std::fs::set_permissions(d2.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_wa2, id_a2) = user_launcher(&d2, &alice);
+    let (_wa2, id_a2) = user_launcher(&d2, &alice, None);
     assert_eq!(
         user_of(&d2.metrics(), &id_a2),
         user_of(&metrics, &id_a),

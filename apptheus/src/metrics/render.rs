@@ -169,7 +169,7 @@ pub fn render(series: &[ContainerSeries]) -> String {
                 escape(&c.identity.exe_path),
                 c.identity.pid,
                 escape(&c.identity.uid),
-                escape(&c.identity.cgroup),
+                escape(&c.identity.cgroup_label),
                 c.memory_source
             );
         }
@@ -247,6 +247,7 @@ mod tests {
                 pid: 42,
                 uid: "1000".into(),
                 cgroup: "/apptheus/starter_42".into(),
+                cgroup_label: "/apptheus/starter_42".into(),
                 start_time: 1_700_000_000.5,
             }),
             memory_source: "cgroup",
