@@ -131,9 +131,10 @@ pub struct Args {
     #[arg(long = "log.format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Logfmt)]
     pub log_format: LogFormat,
 
-    /// Publish user names, uids and home-directory paths as keyed hashes (HMAC-SHA256, u-/p- and
-    /// 16 hex digits), keyed with the salt in FILE: root's, mode 0600 or 0400, 16 bytes or more.
-    /// Nodes sharing the salt publish the same hashes [default: off, values in clear]
+    /// Publish user names, uids (also those in cgroup paths) and home-directory paths as keyed
+    /// hashes (HMAC-SHA256, u-/p- and 16 hex digits), keyed with the salt in FILE: root's, mode
+    /// 0600 or 0400, 16 bytes or more. Nodes sharing the salt publish the same hashes [default:
+    /// off, values in clear]
     #[arg(
         long = "privacy.hash-salt-file",
         value_name = "FILE",

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     };
     if privacy.is_on() {
         tracing::info!(
-            "--privacy.hash-salt-file: user names, uids and home paths are published as keyed hashes"
+            "--privacy.hash-salt-file: user names, uids (also in cgroup paths) and home paths are published as keyed hashes"
         );
     }
     match runtime.block_on(daemon::run(args, trust, web, privacy)) {
