@@ -5,6 +5,8 @@
 //! docs/notes/slurm-cgroups.md); the `apptheus_*` tests hold the daemon to the same behaviour
 //! with `apptheus-exec` inside a job step: Slurm still sees the job's OOM kill, Slurm can still
 //! remove every cgroup of the job when it ends, and the daemon still measures the job.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{
