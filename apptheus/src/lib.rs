@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod fuzzing;
 pub mod gateway;
 pub mod http;
+pub mod job;
 pub mod metrics;
 pub mod pidfd;
 pub mod recovery;

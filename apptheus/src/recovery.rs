@@ -45,7 +45,8 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
     }
     for (rel, saved) in candidates {
         let made = saved.as_ref().map_or(&[][..], |s| &s.made_parents[..]);
-        let Some(cgroup) = registry.layout().open(&rel, made) else {
+        let adopted = saved.as_ref().map_or(&[][..], |s| &s.adopted[..]);
+        let Some(cgroup) = registry.layout().open(&rel, made, adopted) else {
             // Removed after the state file was written.
             continue;
         };
@@ -145,5 +146,6 @@ fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32]) -> Identity {
         exe,
         exe_path,
         start_time,
+        job: Default::default(),
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     cgroup::{self, ContainerCgroup, Layout, Placement},
     container::{Identity, unix_seconds, user_name},
     gateway::Peer,
+    job::{self, Job},
     state::SavedContainer,
     tracker::{self, EventStream, Tracker},
 };
@@ -46,7 +47,10 @@ pub enum AdmitError {
 /// A container the registry keeps.
 struct Container {
     identity: Arc<Identity>,
-    cgroup: Arc<ContainerCgroup>,
+    /// None while it is being admitted: its cgroup is decided once its processes are known.
+    cgroup: Option<Arc<ContainerCgroup>>,
+    /// Children forked while `cgroup` was None, to move once it is known.
+    early_forks: Vec<i32>,
     /// Forks after this CLOCK_MONOTONIC time inherit the container's cgroup from their parent;
     /// earlier ones may come from a parent not moved yet, so the child is moved explicitly.
     inherit_after_ns: u64,
@@ -79,6 +83,9 @@ pub struct Registry {
     state: Mutex<State>,
     /// Signalled when a container is admitted (the sampler shows it at once).
     admitted: tokio::sync::Notify,
+    /// Signalled when a container ends (the sampler takes its final values at once, then its
+    /// directories go, before a batch system tries to remove the job's cgroup).
+    ended: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -119,6 +126,7 @@ impl Registry {
             tracker,
             state: Mutex::new(State::default()),
             admitted: tokio::sync::Notify::new(),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -141,6 +149,11 @@ impl Registry {
     /// Wait until a container is admitted (one wake-up for any number since the last call).
     pub async fn admitted(&self) {
         self.admitted.notified().await;
+    }
+
+    /// Wait until a container ends (one wake-up for any number since the last call).
+    pub async fn ended(&self) {
+        self.ended.notified().await;
     }
 
     /// Live containers.
@@ -189,7 +202,9 @@ impl Registry {
         Ok(key)
     }
 
-    /// The rest of `admit`, once a slot is reserved.
+    /// The rest of `admit`, once a slot is reserved: track the launcher's process tree, give
+    /// the container its cgroup (the launcher's own where it holds nothing else), move the
+    /// processes in.
     fn admit_reserved(
         &self,
         peer: &Peer,
@@ -197,16 +212,45 @@ impl Registry {
         id: String,
         exe: String,
     ) -> Result<(u64, Arc<Identity>), AdmitError> {
-        let cgroup = match self
-            .layout
-            .create(peer.pid, self.cfg.placement, &self.cfg.parent, &id)
-        {
-            Ok(c) => Arc::new(c),
+        let launcher = match self.layout.launcher(peer.pid) {
+            Ok(l) => l,
             Err(e) => {
                 tracing::error!(container = id.as_str(), pid = peer.pid, error = %e, "cannot create the container's cgroups");
                 return Err(e.into());
             }
         };
+        // In before the tracker: a fork event may come as soon as the launcher is tracked.
+        self.insert(key, Identity::pending(id.clone()));
+        let members = match self.tracker.register(peer.pid, key) {
+            Ok(m) => m,
+            Err(e) => {
+                self.state().containers.remove(&key);
+                if !matches!(
+                    e,
+                    tracker::Error::Exited { .. } | tracker::Error::AlreadyTracked { .. }
+                ) {
+                    tracing::error!(container = id.as_str(), error = %e, "cannot track the container's processes");
+                }
+                return Err(e.into());
+            }
+        };
+        let nested = (self.cfg.placement == Placement::Nested).then_some(&launcher);
+        let cgroup = match self.layout.create(nested, &self.cfg.parent, &id, &members) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                self.state().containers.remove(&key);
+                let _ = self.tracker.unregister(key);
+                tracing::error!(container = id.as_str(), pid = peer.pid, error = %e, "cannot create the container's cgroups");
+                return Err(e.into());
+            }
+        };
+        let launcher_dirs: Vec<PathBuf> = self
+            .layout
+            .launcher_paths(&launcher)
+            .into_iter()
+            .map(|(_, dir)| dir)
+            .collect();
+        let environs: Vec<_> = members.iter().take(8).map(|&p| job::environ(p)).collect();
         let identity = Arc::new(Identity {
             id,
             cgroup: cgroup.rel_path().to_string(),
@@ -216,23 +260,10 @@ impl Registry {
             exe,
             exe_path: peer.exe_path.to_string_lossy().into_owned(),
             start_time: unix_seconds(SystemTime::now()),
+            job: Job::find(&launcher_dirs, &environs),
         });
-        self.insert(key, identity.clone(), cgroup.clone());
-        let members = match self.tracker.register(peer.pid, key) {
-            Ok(m) => m,
-            Err(e) => {
-                self.state().containers.remove(&key);
-                let _ = cgroup.remove();
-                if !matches!(
-                    e,
-                    tracker::Error::Exited { .. } | tracker::Error::AlreadyTracked { .. }
-                ) {
-                    tracing::error!(container = identity.id.as_str(), error = %e, "cannot track the container's processes");
-                }
-                return Err(e.into());
-            }
-        };
-        for pid in &members {
+        let early = self.placed(key, identity.clone(), cgroup.clone());
+        for pid in members.iter().chain(&early) {
             if let Err(e) = cgroup.add_process(*pid) {
                 tracing::warn!(container = identity.id.as_str(), pid = *pid, error = %e, "cannot move a process into the container's cgroup");
             }
@@ -265,6 +296,21 @@ impl Registry {
         Ok((key, identity))
     }
 
+    /// The container being admitted has its cgroup: from now on fork events move into it.
+    /// Returns the children forked before, to move too.
+    fn placed(&self, key: u64, identity: Arc<Identity>, cgroup: Arc<ContainerCgroup>) -> Vec<i32> {
+        let mut st = self.state();
+        st.made_parents.extend(cgroup.made_parents());
+        let Some(c) = st.containers.get_mut(&key) else {
+            return Vec::new();
+        };
+        c.identity = identity;
+        c.cgroup = Some(cgroup);
+        let early = std::mem::take(&mut c.early_forks);
+        st.changed();
+        early
+    }
+
     /// A fresh key (for recovery, which admits no peer).
     pub fn next_key(&self) -> u64 {
         let mut st = self.state();
@@ -287,7 +333,8 @@ impl Registry {
             key,
             Container {
                 identity: Arc::new(identity),
-                cgroup,
+                cgroup: Some(cgroup),
+                early_forks: Vec::new(),
                 inherit_after_ns: monotonic_ns(),
                 connected: false,
                 ended: end_time.map(|t| (Instant::now(), t)),
@@ -296,15 +343,15 @@ impl Registry {
         st.changed();
     }
 
-    /// Add a container being admitted.
-    fn insert(&self, key: u64, identity: Arc<Identity>, cgroup: Arc<ContainerCgroup>) {
+    /// Add a container being admitted, before its cgroup is known.
+    fn insert(&self, key: u64, identity: Identity) {
         let mut st = self.state();
-        st.made_parents.extend(cgroup.made_parents());
         st.containers.insert(
             key,
             Container {
-                identity,
-                cgroup,
+                identity: Arc::new(identity),
+                cgroup: None,
+                early_forks: Vec::new(),
                 inherit_after_ns: u64::MAX,
                 connected: true,
                 ended: None,
@@ -354,17 +401,20 @@ impl Registry {
         let mut moves = Vec::new();
         let mut exited = Vec::new();
         {
-            let st = self.state();
+            let mut st = self.state();
             for ev in events {
-                let Some(c) = st.containers.get(&ev.key) else {
+                let Some(c) = st.containers.get_mut(&ev.key) else {
                     continue;
                 };
                 match ev.kind() {
-                    Some(EventKind::Fork) if ev.ts_ns <= c.inherit_after_ns => moves.push(Move {
-                        key: ev.key,
-                        cgroup: c.cgroup.clone(),
-                        pid: ev.pid as i32,
-                    }),
+                    Some(EventKind::Fork) if ev.ts_ns <= c.inherit_after_ns => match &c.cgroup {
+                        Some(cgroup) => moves.push(Move {
+                            key: ev.key,
+                            cgroup: cgroup.clone(),
+                            pid: ev.pid as i32,
+                        }),
+                        None => c.early_forks.push(ev.pid as i32),
+                    },
                     Some(EventKind::Exit) if c.ended.is_none() => exited.push(ev.key),
                     _ => {}
                 }
@@ -420,6 +470,32 @@ impl Registry {
             "container ended"
         );
         st.changed();
+        drop(st);
+        self.ended.notify_one();
+    }
+
+    /// Remove the directories an ended container had of its own, now that its final values
+    /// are taken (blocking; a directory the kernel still reports busy is retried by `reap`).
+    /// The container itself stays, with those values, for the retention.
+    pub fn release(&self, key: u64) {
+        let Some(cgroup) = self
+            .state()
+            .containers
+            .get(&key)
+            .filter(|c| c.ended.is_some())
+            .and_then(|c| c.cgroup.clone())
+        else {
+            return;
+        };
+        let removed = cgroup.remove();
+        let mut st = self.state();
+        match removed {
+            Ok(()) => remove_empty_parents(&mut st.made_parents),
+            Err(e) => {
+                tracing::debug!(cgroup = cgroup.rel_path(), error = %e, "cgroup still busy; will retry");
+                st.to_remove.push(cgroup);
+            }
+        }
     }
 
     /// Bumped whenever a container is added, ends or is forgotten: `entries` is the same while
@@ -428,16 +504,18 @@ impl Registry {
         self.state().generation
     }
 
-    /// Every container, live and retained.
+    /// Every container, live and retained (not those still being admitted).
     pub fn entries(&self) -> Vec<Entry> {
         self.state()
             .containers
             .iter()
-            .map(|(&key, c)| Entry {
-                key,
-                identity: c.identity.clone(),
-                cgroup: c.cgroup.clone(),
-                end_time: c.ended.map(|(_, t)| t),
+            .filter_map(|(&key, c)| {
+                Some(Entry {
+                    key,
+                    identity: c.identity.clone(),
+                    cgroup: c.cgroup.clone()?,
+                    end_time: c.ended.map(|(_, t)| t),
+                })
             })
             .collect()
     }
@@ -463,7 +541,7 @@ impl Registry {
                         container = c.identity.id.as_str(),
                         "retention over: removing the container's series and cgroups"
                     );
-                    st.to_remove.push(c.cgroup);
+                    st.to_remove.extend(c.cgroup);
                 }
             }
             if !expired.is_empty() {
@@ -502,7 +580,7 @@ impl Registry {
         Some(
             st.containers
                 .values()
-                .map(|c| saved_of(c, &st.made_parents))
+                .filter_map(|c| saved_of(c, &st.made_parents))
                 .collect(),
         )
     }
@@ -518,7 +596,9 @@ impl Registry {
         let removed: Vec<u64> = st
             .containers
             .iter()
-            .filter(|(_, c)| c.ended.is_some() && c.cgroup.remove().is_ok())
+            .filter(|(_, c)| {
+                c.ended.is_some() && c.cgroup.as_ref().is_none_or(|cg| cg.remove().is_ok())
+            })
             .map(|(key, c)| {
                 tracing::debug!(
                     container = c.identity.id.as_str(),
@@ -546,19 +626,21 @@ fn remove_empty_parents(made: &mut HashSet<PathBuf>) {
     });
 }
 
-/// A container as the state file keeps it. Its made parents are those of its own directories
-/// that the daemon made, whichever container made them, so that they outlive their maker.
-fn saved_of(c: &Container, made_parents: &HashSet<PathBuf>) -> SavedContainer {
-    SavedContainer {
+/// A container as the state file keeps it (none while it is being admitted). Its made parents
+/// are those of its own directories that the daemon made, whichever container made them, so
+/// that they outlive their maker.
+fn saved_of(c: &Container, made_parents: &HashSet<PathBuf>) -> Option<SavedContainer> {
+    let cgroup = c.cgroup.as_ref()?;
+    Some(SavedContainer {
         identity: Identity::clone(&c.identity),
         end_time: c.ended.map(|(_, t)| unix_seconds(t)),
-        made_parents: c
-            .cgroup
+        made_parents: cgroup
             .dirs()
             .iter()
             .filter_map(|d| d.parent())
             .filter(|p| made_parents.contains(*p))
             .map(Path::to_path_buf)
             .collect(),
-    }
+        adopted: cgroup.adopted(),
+    })
 }

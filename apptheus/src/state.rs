@@ -35,6 +35,9 @@ pub struct SavedContainer {
     /// empty). Only ever compared with the directories the cgroup tree shows.
     #[serde(default)]
     pub made_parents: Vec<PathBuf>,
+    /// The directories that were the launcher's own cgroup, taken as they were: never removed.
+    #[serde(default)]
+    pub adopted: Vec<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -237,9 +240,11 @@ mod tests {
                 exe: "starter-suid".into(),
                 exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),
                 start_time: 1_700_000_000.25,
+                job: Default::default(),
             },
             end_time: None,
             made_parents: vec!["/sys/fs/cgroup/memory/slurm/job_1/apptheus".into()],
+            adopted: vec![],
         }
     }
 

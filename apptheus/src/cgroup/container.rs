@@ -2,14 +2,15 @@
 //! found again after a restart, and removed when the container is gone.
 use std::{
     fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use super::{
-    Error, Placement, Source, files,
+    Error, Source, files,
     layout::{
-        Hierarchy, Layout, Version, check_name, join_rel, last_components, read_proc_cgroup,
-        walk_dirs,
+        Hierarchy, Launcher, Layout, Version, check_name, join_rel, last_components,
+        read_proc_cgroup, walk_dirs,
     },
     parse,
 };
@@ -30,6 +31,9 @@ pub(super) struct Member {
     pub dir: PathBuf,
     /// The `<parent>` directory, when making this container made it too.
     pub created_parent: Option<PathBuf>,
+    /// The daemon made `dir` (and removes it). A launcher's own cgroup that holds nothing but
+    /// the container's processes is the container's cgroup as it is: not ours to change.
+    pub owned: bool,
 }
 
 impl Member {
@@ -48,35 +52,41 @@ pub struct ContainerCgroup {
 }
 
 impl Layout {
-    /// Creates `<base>/<parent>/<id>` in every hierarchy the daemon uses.
+    /// Gives a container its directory in every hierarchy the daemon uses.
     ///
-    /// `<base>` is the cgroup of `launcher_pid` (Nested) or the hierarchy's root (Dedicated).
-    /// The `<parent>` directory is made when missing, and remembered so that `remove` deletes
-    /// only what this call made. On failure, the directories made so far are removed again.
+    /// With a `launcher` (nested placement) the base is the launcher's cgroup in each
+    /// hierarchy; without one (dedicated), the hierarchy's root. Where the launcher's cgroup
+    /// holds nothing but `members` (a Slurm task cgroup, a systemd scope: the job's own leaf),
+    /// that cgroup is the container's as it is: nothing is made, moved or written there, and
+    /// the batch system sees its job exactly as without apptheus. Elsewhere the container gets
+    /// `<base>/<parent>/<id>`; the `<parent>` directory is made when missing, and remembered so
+    /// that `remove` deletes only what this call made. On failure, what was made is removed.
     pub fn create(
         &self,
-        launcher_pid: i32,
-        placement: Placement,
+        launcher: Option<&Launcher>,
         parent: &str,
         id: &str,
+        members: &[i32],
     ) -> Result<ContainerCgroup, Error> {
         check_name(parent)?;
         check_name(id)?;
-        let launcher = match placement {
-            Placement::Nested => Some(read_proc_cgroup(launcher_pid)?),
-            Placement::Dedicated => None,
-        };
         let mut container = ContainerCgroup {
             rel_path: String::new(),
             members: Vec::new(),
             primary: self.primary(),
         };
         for hierarchy in &self.hierarchies {
-            let base = match &launcher {
-                Some(entries) => hierarchy.path_in(entries),
-                None => Ok(hierarchy.root.as_str()),
+            let member = match launcher {
+                Some(launcher) => launcher.path_in(hierarchy).and_then(|base| {
+                    if base != hierarchy.root && holds_only(hierarchy, base, members) {
+                        adopt_member(hierarchy, base)
+                    } else {
+                        create_member(hierarchy, base, parent, id)
+                    }
+                }),
+                None => create_member(hierarchy, &hierarchy.root, parent, id),
             };
-            match base.and_then(|base| create_member(hierarchy, base, parent, id)) {
+            match member {
                 Ok(member) => container.members.push(member),
                 Err(error) => {
                     // A half-made container would leak its directories: undo them.
@@ -98,9 +108,15 @@ impl Layout {
     /// on a hybrid host, where each hierarchy has its own base) where one of its processes is,
     /// or else as the only directory ending in the same `<parent>/<id>`. A hierarchy where it
     /// cannot be found is left out (logged). Directories of a reopened container count as its
-    /// own for `remove`; of its `<parent>` directories, only those listed in `made_parents` (what
-    /// `ContainerCgroup::made_parents` said before the restart) do.
-    pub fn open(&self, rel: &str, made_parents: &[PathBuf]) -> Option<ContainerCgroup> {
+    /// own for `remove` when root owns them and they are not in `adopted` (what
+    /// `ContainerCgroup::adopted` said before the restart); of its `<parent>` directories, only
+    /// those listed in `made_parents` (what `ContainerCgroup::made_parents` said) do.
+    pub fn open(
+        &self,
+        rel: &str,
+        made_parents: &[PathBuf],
+        adopted: &[PathBuf],
+    ) -> Option<ContainerCgroup> {
         let primary = self.primary();
         let primary_dir = self.hierarchies[primary].dir_of(rel).ok()?;
         if !primary_dir.is_dir() {
@@ -130,13 +146,14 @@ impl Layout {
             if index == primary {
                 container.primary = container.members.len();
             }
+            let owned = !adopted.contains(&dir) && owned_by_root(&dir);
             let made = dir
                 .parent()
-                .filter(|p| made_parents.iter().any(|m| m == p))
+                .filter(|p| owned && made_parents.iter().any(|m| m == p))
                 .map(Path::to_path_buf);
             container
                 .members
-                .push(open_member(hierarchy, member_rel, dir, made));
+                .push(open_member(hierarchy, member_rel, dir, made, owned));
         }
         Some(container)
     }
@@ -163,10 +180,20 @@ impl ContainerCgroup {
         self.members.iter().map(|m| m.dir.clone()).collect()
     }
 
-    /// Moves process `pid` (all its threads) into the container in every hierarchy.
+    /// The directories that are the launcher's own cgroup, taken as they are (not ours).
+    pub fn adopted(&self) -> Vec<PathBuf> {
+        self.members
+            .iter()
+            .filter(|m| !m.owned)
+            .map(|m| m.dir.clone())
+            .collect()
+    }
+
+    /// Moves process `pid` (all its threads) into the container in every hierarchy where the
+    /// container has a directory of its own (in an adopted one it is already).
     /// `Ok(false)` if the process no longer exists.
     pub fn add_process(&self, pid: i32) -> Result<bool, Error> {
-        for member in &self.members {
+        for member in self.members.iter().filter(|m| m.owned) {
             let procs = member.dir.join("cgroup.procs");
             match files::write(&procs, &pid.to_string()) {
                 Ok(()) => {}
@@ -237,7 +264,7 @@ impl ContainerCgroup {
     /// gone counts as removed.
     pub fn remove(&self) -> Result<(), Error> {
         let mut first_error = None;
-        for member in &self.members {
+        for member in self.members.iter().filter(|m| m.owned) {
             match fs::remove_dir(&member.dir) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -274,6 +301,21 @@ impl ContainerCgroup {
     }
 }
 
+/// Whether the cgroup `base` holds processes, and only processes of `members`.
+fn holds_only(hierarchy: &Hierarchy, base: &str, members: &[i32]) -> bool {
+    let Ok(dir) = hierarchy.dir_of(base) else {
+        return false;
+    };
+    files::read_parsed(&dir.join("cgroup.procs"), parse::parse_ids)
+        .is_some_and(|pids| !pids.is_empty() && pids.iter().all(|p| members.contains(p)))
+}
+
+/// Takes the launcher's own cgroup `base` as the container's directory in one hierarchy.
+fn adopt_member(hierarchy: &Hierarchy, base: &str) -> Result<Member, Error> {
+    let dir = hierarchy.dir_of(base)?;
+    Ok(open_member(hierarchy, base.to_string(), dir, None, false))
+}
+
 /// Makes the container's directory in one hierarchy, below the cgroup path `base`.
 fn create_member(
     hierarchy: &Hierarchy,
@@ -284,7 +326,7 @@ fn create_member(
     let base_dir = hierarchy.dir_of(base)?;
     let parent_dir = base_dir.join(parent);
     let dir = parent_dir.join(id);
-    if hierarchy.v2() {
+    if hierarchy.v2() && may_enable_controllers(hierarchy, &base_dir) {
         enable_controllers(&base_dir);
     }
     let mut created_parent = None;
@@ -314,8 +356,33 @@ fn create_member(
             }
         }
     }
+    // A v2 cgroup below a populated parent with threaded controllers (cpu, pids) enabled is
+    // "domain invalid": no process can ever be moved into it.
+    if hierarchy.v2()
+        && files::read_text(&dir.join("cgroup.type")).is_some_and(|t| t.trim() == "domain invalid")
+    {
+        let _ = fs::remove_dir(&dir);
+        if let Some(made) = &created_parent {
+            let _ = fs::remove_dir(made);
+        }
+        return Err(Error::Invalid(format!(
+            "{} would be a \"domain invalid\" cgroup (threaded controllers are enabled above it)",
+            dir.display()
+        )));
+    }
     let rel = join_rel(&join_rel(base, parent), id);
-    Ok(open_member(hierarchy, rel, dir, created_parent))
+    Ok(open_member(hierarchy, rel, dir, created_parent, true))
+}
+
+/// Whether the daemon may enable controllers for the children of `dir`. Never in a cgroup that
+/// holds processes: v2 refuses the domain controllers there, and accepts the threaded ones
+/// (cpu, pids), which makes every child "domain invalid" and changes a cgroup the daemon does
+/// not own. The root is exempt from that rule (dedicated placement).
+fn may_enable_controllers(hierarchy: &Hierarchy, dir: &Path) -> bool {
+    let is_root = hierarchy.root == "/" && dir == hierarchy.mount_point;
+    is_root
+        || files::read_parsed(&dir.join("cgroup.procs"), parse::parse_ids)
+            .is_some_and(|pids| pids.is_empty())
 }
 
 /// Describes a container directory that exists.
@@ -324,6 +391,7 @@ fn open_member(
     rel: String,
     dir: PathBuf,
     created_parent: Option<PathBuf>,
+    owned: bool,
 ) -> Member {
     let controllers = match hierarchy.version {
         Version::V2 => read_controllers(&dir.join("cgroup.controllers")),
@@ -336,7 +404,14 @@ fn open_member(
         rel,
         dir,
         created_parent,
+        owned,
     }
+}
+
+/// Whether root owns `dir`: a directory a user made (in a cgroup delegated to them) is never
+/// the daemon's to remove.
+fn owned_by_root(dir: &Path) -> bool {
+    fs::metadata(dir).is_ok_and(|m| m.uid() == 0)
 }
 
 /// Makes a directory; `Ok(false)` if it was there already.

@@ -163,9 +163,7 @@ fn dedicated_container_on_the_host() {
     let pid = guard.pid;
     let parent = unique("dedicated");
     let id = format!("sleep_{pid}");
-    let container = layout
-        .create(pid, Placement::Dedicated, &parent, &id)
-        .unwrap();
+    let container = layout.create(None, &parent, &id, &[]).unwrap();
     guard.track(&container);
     for (member, hierarchy) in container.members.iter().zip(&layout.hierarchies) {
         let expected = join_rel(&join_rel(&hierarchy.root, &parent), &id);
@@ -251,8 +249,10 @@ fn nested_container_on_the_host() {
     }
 
     let id = format!("sleep_{pid}");
+    // No members given: the base is not the container's alone, so it gets a directory inside.
+    let launcher = layout.launcher(pid).unwrap();
     let container = layout
-        .create(pid, Placement::Nested, "apptheus", &id)
+        .create(Some(&launcher), "apptheus", &id, &[])
         .unwrap();
     guard.track(&container);
     for (member, (base_rel, base_dir)) in container.members.iter().zip(&bases) {
@@ -274,7 +274,7 @@ fn nested_container_on_the_host() {
 
     // A restarted daemon finds every directory again from the label alone.
     let reopened = layout
-        .open(container.rel_path(), &container.made_parents())
+        .open(container.rel_path(), &container.made_parents(), &[])
         .unwrap();
     assert_eq!(reopened.dirs(), container.dirs());
     assert_eq!(reopened.made_parents(), container.made_parents());

@@ -16,6 +16,8 @@ use crate::pidfd::Pidfd;
 #[derive(Debug)]
 pub struct Peer {
     pub pid: i32,
+    /// Its real uid: the user who ran it. A set-uid launcher (Apptainer's `starter-suid`)
+    /// runs with an effective uid of 0, which SO_PEERCRED reports.
     pub uid: u32,
     pub gid: u32,
     /// What `/proc/<pid>/exe` resolved to (" (deleted)" included, if so).
@@ -41,6 +43,10 @@ impl Peer {
             }
         };
         let Ok(exe_path) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return Err(log_refusal(Rejection::Vanished, pid, uid, ""));
+        };
+        // Read by pid: `verify` checks afterwards, through the pidfd, that it was the peer's.
+        let Some(uid) = real_uid(pid) else {
             return Err(log_refusal(Rejection::Vanished, pid, uid, ""));
         };
         Ok(Peer {
@@ -70,6 +76,12 @@ impl Peer {
     pub fn refuse(&self, reason: Rejection) -> Rejection {
         log_refusal(reason, self.pid, self.uid, &self.exe_path.to_string_lossy())
     }
+}
+
+/// The real uid of `pid`, from the first field of the `Uid:` line of its status.
+fn real_uid(pid: i32) -> Option<u32> {
+    let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
+    Some(status.ruid)
 }
 
 fn log_refusal(reason: Rejection, pid: i32, uid: u32, exe: &str) -> Rejection {

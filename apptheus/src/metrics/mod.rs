@@ -147,6 +147,8 @@ impl Metrics {
 pub struct ContainerSeries {
     pub identity: Arc<Identity>,
     pub memory_source: &'static str,
+    /// `kernel` (the cgroup's own peak) or `sampled` (the highest usage the sampler read).
+    pub memory_peak_source: &'static str,
     /// Unix time the last process exited; none while the container lives.
     pub end_time: Option<f64>,
     pub stats: Stats,
