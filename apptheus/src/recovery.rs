@@ -32,10 +32,11 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         let id = parts.next().unwrap_or("");
         parts.next() == Some(parent) && pid_of_id(id).is_some()
     };
-    // By cgroup path: the state file's entries, then what the tree shows that it missed.
+    // By cgroup path: the state file's entries (a launcher's own cgroup that was adopted is
+    // known only from there), then what the tree shows that it missed.
     let mut candidates: BTreeMap<String, Option<SavedContainer>> = saved
         .into_iter()
-        .filter(|c| ours(&c.identity.cgroup))
+        .filter(|c| !c.adopted.is_empty() || ours(&c.identity.cgroup))
         .map(|c| (c.identity.cgroup.clone(), Some(c)))
         .collect();
     for rel in registry.layout().list(parent) {

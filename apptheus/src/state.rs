@@ -88,13 +88,32 @@ fn check(saved: &SavedContainer) -> Result<()> {
     if !plain_name(&c.id) {
         bail!("bad id");
     }
+    // A container's own cgroup ends in its id; one that is the launcher's own cgroup (adopted)
+    // has the name the batch system gave it.
     let parts: Vec<&str> = c.cgroup.split('/').collect();
     if !c.cgroup.starts_with('/')
         || c.cgroup.contains(['\0', '\n'])
         || parts.iter().skip(1).any(|p| !plain_name(p))
-        || parts.last() != Some(&c.id.as_str())
+        || (saved.adopted.is_empty() && parts.last() != Some(&c.id.as_str()))
     {
         bail!("bad cgroup path {:?}", c.cgroup);
+    }
+    let absolute_plain = |p: &PathBuf| {
+        p.is_absolute()
+            && p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+    };
+    if !saved
+        .adopted
+        .iter()
+        .chain(&saved.made_parents)
+        .all(absolute_plain)
+    {
+        bail!("bad directory");
     }
     if c.pid <= 0 {
         bail!("bad pid {}", c.pid);
@@ -275,6 +294,16 @@ mod tests {
         assert!(with(&|c| c.identity.cgroup = "/x/../../etc/a_1".into()).is_err());
         assert!(with(&|c| c.identity.cgroup = "relative/a_1".into()).is_err());
         assert!(with(&|c| c.identity.cgroup = "/x/other".into()).is_err());
+        // The launcher's own cgroup, adopted: its path need not end in the id.
+        assert!(
+            with(&|c| {
+                c.identity.cgroup = "/slurm/job_1/step_0/task_0".into();
+                c.adopted = vec!["/sys/fs/cgroup/memory/slurm/job_1/step_0/task_0".into()];
+            })
+            .is_ok()
+        );
+        assert!(with(&|c| c.adopted = vec!["relative".into()]).is_err());
+        assert!(with(&|c| c.made_parents = vec!["/a/../b".into()]).is_err());
         assert!(with(&|c| c.identity.id = "..".into()).is_err());
         assert!(with(&|c| c.identity.pid = 0).is_err());
         assert!(with(&|c| c.identity.start_time = f64::NAN).is_err());
