@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;
+pub mod duration;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

@@ -475,7 +475,7 @@ fn parse_rate_limit(r: RawRateLimit) -> Result<Option<RateLimit>> {
     let interval = match non_empty(r.interval) {
         None => Duration::ZERO,
         Some(s) => {
-            crate::cli::parse_duration(&s).map_err(|e| anyhow!("rate_limit.interval: {e}"))?
+            crate::duration::parse_duration(&s).map_err(|e| anyhow!("rate_limit.interval: {e}"))?
         }
     };
     // Go: an interval of 0 disables the limiter.
