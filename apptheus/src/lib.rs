@@ -4,6 +4,7 @@
 //! the `registry` gives it a container: a cgroup in every hierarchy (`cgroup`), and its whole
 //! process tree followed by eBPF (`tracker`). The `daemon`'s sampler reads the cgroups' counters
 //! into `metrics`, which `http` serves to Prometheus, with TLS and basic auth from `webconfig`.
+pub mod accept;
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;
