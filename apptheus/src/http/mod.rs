@@ -252,3 +252,24 @@ impl http_body::Body for Tracked {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README states these numbers (HTTP: TLS and basic auth, Security): a change here
+    /// must be a change there too.
+    #[test]
+    fn the_documented_limits() {
+        assert_eq!(MAX_CONNECTIONS, 512);
+        assert_eq!(MAX_CONNECTIONS_PER_CLIENT, 64);
+        assert_eq!(NEW_CONNECTION_GRACE, Duration::from_secs(2));
+        assert_eq!(HEADER_READ_TIMEOUT, Duration::from_secs(10));
+        assert_eq!(TLS_HANDSHAKE_TIMEOUT, Duration::from_secs(10));
+        assert_eq!(MAX_CONCURRENT_SCRAPES, 4);
+        assert_eq!(SCRAPE_QUEUE_TIMEOUT, Duration::from_secs(2));
+        assert_eq!(BCRYPT_QUEUE_TIMEOUT, Duration::from_secs(2));
+        assert_eq!(AUTH_CACHE_SIZE, 256);
+        assert_eq!(RATE_LIMITED_CLIENTS, 4096);
+    }
+}
