@@ -85,7 +85,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
             "containers of a previous run taken back"
         );
     }
-    let gateway = Arc::new(Gateway::bind(&args.socket_path)?);
+    let gateway = Gateway::bind(&args.socket_path)?;
     tracing::info!(
         socket = args.socket_path.display().to_string().as_str(),
         trusted = trust.paths().len(),
@@ -93,9 +93,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     );
     ready.store(true, Ordering::Release);
 
-    let serve = gateway
-        .clone()
-        .serve(trust, registry.clone(), metrics.clone(), shutdown.clone());
+    let serve = gateway.serve(trust, registry.clone(), metrics.clone(), shutdown.clone());
     tasks.spawn(serve);
     tasks.spawn(registry.clone().follow(events, shutdown.clone()));
     tasks.spawn(sampler.run(args.monitor_interval, shutdown.clone()));
@@ -116,8 +114,8 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     ready.store(false, Ordering::Release);
     // The sampler's last act saves the containers for the next start.
     while tasks.join_next().await.is_some() {}
-    // Removes the socket file. The programs detach when the last tracker reference goes.
-    drop(gateway);
+    // The gateway removed its socket when it stopped; the programs detach when the last
+    // tracker reference goes.
     drop(registry);
     tracing::info!("stopped");
     Ok(())

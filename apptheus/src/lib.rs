@@ -5,10 +5,12 @@
 //! whole process tree followed by eBPF (`tracker`). The `sampler` reads the cgroups' counters
 //! into `metrics`, which `http` serves to Prometheus, with TLS and basic auth from `webconfig`.
 //! `docs/architecture.md` draws the two data paths.
+pub mod accept;
 pub mod cgroup;
 pub mod cli;
 pub mod container;
 pub mod daemon;
+pub mod duration;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

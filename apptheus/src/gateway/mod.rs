@@ -11,18 +11,15 @@ use std::{
     os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::{
-    net::{UnixListener, UnixStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 pub use self::{peer::Peer, trust::Trust};
 use crate::{
+    accept::{Accepted, Acceptor, Listen, Slot},
     metrics::Metrics,
     registry::{AdmitError, Registry},
     tracker,
@@ -130,10 +127,11 @@ impl Gateway {
         &self.path
     }
 
-    /// Serve launchers until `shutdown`: each connection is identified and admitted on a
-    /// blocking thread (at most `MAX_PENDING_CONNECTIONS` at once), then held until it closes.
+    /// Serve launchers until `shutdown`, then remove the socket: each connection is
+    /// identified and admitted on a blocking thread (at most `MAX_PENDING_CONNECTIONS` at once;
+    /// more wait in the kernel's listen backlog), then held until it closes.
     pub async fn serve(
-        self: Arc<Self>,
+        self,
         trust: Trust,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
@@ -144,30 +142,26 @@ impl Gateway {
             registry,
             metrics,
         });
-        let pending = Arc::new(Semaphore::new(MAX_PENDING_CONNECTIONS));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                p = pending.clone().acquire_owned() => p?,
-            };
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                s = self.listener.accept() => match s {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        // EMFILE and the like: log, back off briefly, keep serving.
-                        tracing::warn!(error = %e, "accepting a launcher connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            tokio::spawn(
-                admission
-                    .clone()
-                    .connection(stream, permit, shutdown.clone()),
-            );
+        let acceptor = Acceptor::new(
+            self,
+            MAX_PENDING_CONNECTIONS,
+            shutdown.clone(),
+            "a launcher connection",
+        );
+        while let Some(Accepted { stream, slot, .. }) = acceptor.next().await {
+            tokio::spawn(admission.clone().connection(stream, slot, shutdown.clone()));
         }
+        Ok(())
+    }
+}
+
+impl Listen for Gateway {
+    type Stream = UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(UnixStream, Self::Peer)>> + Send {
+        self.listener.accept()
     }
 }
 
@@ -192,7 +186,7 @@ impl Admission {
     async fn connection(
         self: Arc<Self>,
         stream: UnixStream,
-        permit: OwnedSemaphorePermit,
+        slot: Slot,
         shutdown: CancellationToken,
     ) {
         let this = self.clone();
@@ -201,7 +195,8 @@ impl Admission {
             (stream, admitted)
         })
         .await;
-        drop(permit);
+        // Identified: the next peer may be.
+        drop(slot);
         let Ok((stream, admitted)) = decided else {
             return;
         };
