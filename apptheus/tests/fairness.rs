@@ -1,6 +1,8 @@
 //! HTTP fairness under hostile clients, against a real daemon over real sockets: a client that
 //! holds hundreds of idle keep-alive connections does not keep a real Prometheus out, and a
 //! flood of wrong passwords does not push the right one out of the auth cache.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{
