@@ -116,6 +116,55 @@ pub struct Args {
     )]
     pub gateway_max_containers: usize,
 
+    /// Most containers alive at once for one user (uid); their further launchers are turned
+    /// away, so that one user cannot take every container from the others.
+    #[arg(
+        long = "gateway.max-containers-per-user",
+        value_name = "COUNT",
+        default_value = "1024",
+        value_parser = parse_max_containers
+    )]
+    pub gateway_max_containers_per_user: usize,
+
+    /// Containers one user may start per second (sustained); see
+    /// --gateway.admission-burst-per-user.
+    #[arg(
+        long = "gateway.admission-rate-per-user",
+        value_name = "PER_SECOND",
+        default_value = "20",
+        value_parser = parse_rate
+    )]
+    pub gateway_admission_rate_per_user: f64,
+
+    /// Containers one user may start at once before --gateway.admission-rate-per-user applies.
+    #[arg(
+        long = "gateway.admission-burst-per-user",
+        value_name = "COUNT",
+        default_value = "200",
+        value_parser = parse_burst
+    )]
+    pub gateway_admission_burst_per_user: u32,
+
+    /// Ended containers kept for --container.retention, in all; beyond it the oldest are
+    /// forgotten early.
+    #[arg(
+        long = "container.max-retained",
+        value_name = "COUNT",
+        default_value = "4096",
+        value_parser = parse_max_containers
+    )]
+    pub container_max_retained: usize,
+
+    /// Ended containers kept for --container.retention, per user; beyond it that user's oldest
+    /// are forgotten early.
+    #[arg(
+        long = "container.max-retained-per-user",
+        value_name = "COUNT",
+        default_value = "1024",
+        value_parser = parse_max_containers
+    )]
+    pub container_max_retained_per_user: usize,
+
     /// Directory for the daemon's state.
     #[arg(
         long = "state.dir",
@@ -429,7 +478,27 @@ fn parse_cgroup_parent(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// `--gateway.max-containers`: at least 1.
+/// A rate per second: a finite number above 0.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err("must be a number above 0".to_string());
+    }
+    Ok(rate)
+}
+
+/// A burst: at least 1.
+fn parse_burst(s: &str) -> Result<u32, String> {
+    let burst: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    if burst == 0 {
+        return Err("must be at least 1".to_string());
+    }
+    Ok(burst)
+}
+
+/// `--gateway.max-containers` and the other counts: at least 1.
 fn parse_max_containers(s: &str) -> Result<usize, String> {
     let count: usize = s
         .parse()
@@ -508,6 +577,11 @@ mod tests {
         assert_eq!(args.cgroup_parent, "apptheus");
         assert_eq!(args.container_retention, Duration::from_secs(120));
         assert_eq!(args.gateway_max_containers, 4096);
+        assert_eq!(args.gateway_max_containers_per_user, 1024);
+        assert_eq!(args.gateway_admission_rate_per_user, 20.0);
+        assert_eq!(args.gateway_admission_burst_per_user, 200);
+        assert_eq!(args.container_max_retained, 4096);
+        assert_eq!(args.container_max_retained_per_user, 1024);
         assert_eq!(args.state_dir, PathBuf::from("/var/lib/apptheus"));
         assert_eq!(args.log_level, LogLevel::Info);
         assert_eq!(args.log_format, LogFormat::Logfmt);

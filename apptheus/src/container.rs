@@ -30,13 +30,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The identity of a container still being admitted: its id only.
-    pub fn pending(id: String) -> Identity {
+    /// The identity of a container still being admitted: its id and uid only.
+    pub fn pending(id: String, uid: u32) -> Identity {
         Identity {
             id,
             cgroup: String::new(),
             user: String::new(),
-            uid: 0,
+            uid,
             pid: 0,
             exe: String::new(),
             exe_path: String::new(),

@@ -130,6 +130,13 @@ fn registry_config(args: &Args) -> registry::Config {
         parent: args.cgroup_parent.clone(),
         retention: args.container_retention,
         max_containers: args.gateway_max_containers,
+        limits: registry::Limits {
+            containers_per_user: args.gateway_max_containers_per_user,
+            retained: args.container_max_retained,
+            retained_per_user: args.container_max_retained_per_user,
+            admissions_per_second: args.gateway_admission_rate_per_user,
+            admission_burst: args.gateway_admission_burst_per_user,
+        },
     }
 }
 

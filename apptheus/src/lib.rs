@@ -11,6 +11,7 @@ pub mod cli;
 pub mod container;
 pub mod daemon;
 pub mod duration;
+pub mod fsperm;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
@@ -23,5 +24,7 @@ pub mod registry;
 pub mod sampler;
 pub mod state;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testhook;
 pub mod tracker;
 pub mod webconfig;

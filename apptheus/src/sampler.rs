@@ -236,6 +236,9 @@ impl Sampler {
         if let Ok(lost) = tracker.lost_events() {
             self.metrics.set_events_lost(lost);
         }
+        self.registry.finish_walks();
+        self.metrics
+            .set_walks_cut_short(self.registry.walks_cut_short());
         self.metrics
             .sample_duration
             .observe(start.elapsed().as_secs_f64());

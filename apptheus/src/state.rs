@@ -5,7 +5,9 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -14,7 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::container::{Identity, from_unix_seconds};
+use crate::{
+    container::{Identity, from_unix_seconds},
+    fsperm::writable_by_others,
+};
 
 /// The file's name inside `--state.dir`.
 pub const FILE_NAME: &str = "containers.json";
@@ -141,12 +146,31 @@ impl StateDir {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating --state.dir {}", dir.display()))?;
+        // Its files are opened without following links, and nobody but root may change it or
+        // what leads to it.
+        let meta = fs::symlink_metadata(dir)
+            .with_context(|| format!("inspecting --state.dir {}", dir.display()))?;
+        if !meta.is_dir() {
+            bail!("--state.dir {} is not a directory (a link?)", dir.display());
+        }
+        if let Some(bad) = writable_by_others(dir) {
+            bail!(
+                "--state.dir {} is unsafe: {} is writable by a user other than root",
+                dir.display(),
+                bad.display()
+            );
+        }
+        if meta.mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod 0700 --state.dir {}", dir.display()))?;
+        }
         let lock_path = dir.join(LOCK_NAME);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
@@ -219,6 +243,7 @@ impl StateDir {
                 .truncate(true)
                 .write(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             f.write_all(&render(containers))?;
             f.sync_all()?;
@@ -231,17 +256,27 @@ impl StateDir {
 
 /// The file's bytes, `None` if it does not exist.
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
+    use std::io::Read as _;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
     if !meta.is_file() || meta.len() > MAX_BYTES {
         bail!("not a regular file of at most {MAX_BYTES} bytes");
     }
-    fs::read(path)
-        .map(Some)
-        .with_context(|| format!("reading {}", path.display()))
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::{
 };
 
 use super::{
+    super::pidfd::Process,
     Error, Source, files,
     layout::{
         Hierarchy, Launcher, Layout, Version, check_name, join_rel, last_components,
@@ -21,6 +22,8 @@ const V2_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 /// One directory of a container, in one hierarchy.
 #[derive(Clone, Debug)]
 pub(super) struct Member {
+    /// Its hierarchy's index in the layout.
+    pub hierarchy: usize,
     pub version: Version,
     /// v1: the hierarchy's controllers; v2: what the directory's cgroup.controllers listed when
     /// it was made or opened.
@@ -40,6 +43,17 @@ impl Member {
     pub fn has(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }
+}
+
+/// What became of a move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// The process is in the container's cgroups.
+    Done,
+    /// The process had exited: nothing was written.
+    Gone,
+    /// The process exited around a write: its pid may have named another process then.
+    Raced,
 }
 
 /// A container's cgroup: its directory in each hierarchy.
@@ -75,7 +89,7 @@ impl Layout {
             members: Vec::new(),
             primary: self.primary(),
         };
-        for hierarchy in &self.hierarchies {
+        for (index, hierarchy) in self.hierarchies.iter().enumerate() {
             let member = match launcher {
                 Some(launcher) => launcher.path_in(hierarchy).and_then(|base| {
                     if base != hierarchy.root && holds_only(hierarchy, base, members) {
@@ -87,7 +101,10 @@ impl Layout {
                 None => create_member(hierarchy, &hierarchy.root, parent, id),
             };
             match member {
-                Ok(member) => container.members.push(member),
+                Ok(member) => container.members.push(Member {
+                    hierarchy: index,
+                    ..member
+                }),
                 Err(error) => {
                     // A half-made container would leak its directories: undo them.
                     if let Err(undo) = container.remove() {
@@ -99,6 +116,45 @@ impl Layout {
         }
         container.rel_path = container.members[container.primary].rel.clone();
         Ok(container)
+    }
+
+    /// After a `Moved::Raced`: if the process that has `pid` now sits in one of `container`'s
+    /// own directories and is not `is_member`, it is not the container's (it took the pid of
+    /// one that exited): move it back where its parent is. Returns whether it did.
+    pub fn send_back(
+        &self,
+        container: &ContainerCgroup,
+        pid: i32,
+        is_member: impl Fn(i32) -> bool,
+    ) -> Result<bool, Error> {
+        let Ok(now) = read_proc_cgroup(pid) else {
+            return Ok(false);
+        };
+        let stat = procfs::process::Process::new(pid).and_then(|p| p.stat());
+        let Ok(parent) = stat.map(|s| s.ppid) else {
+            return Ok(false);
+        };
+        let Ok(parent_cgroups) = read_proc_cgroup(parent) else {
+            return Ok(false);
+        };
+        if is_member(pid) {
+            return Ok(false);
+        }
+        let mut moved = false;
+        for member in container.members.iter().filter(|m| m.owned) {
+            let Some(hierarchy) = self.hierarchies.get(member.hierarchy) else {
+                continue;
+            };
+            if hierarchy.path_in(&now).ok() != Some(member.rel.as_str()) {
+                continue;
+            }
+            let dir = hierarchy.dir_of(hierarchy.path_in(&parent_cgroups)?)?;
+            let procs = dir.join("cgroup.procs");
+            files::write(&procs, &pid.to_string())
+                .map_err(|e| Error::io(&format!("moving process {pid} back into"), &procs, e))?;
+            moved = true;
+        }
+        Ok(moved)
     }
 
     /// Reopens an existing container cgroup after a daemon restart. `rel` is its
@@ -151,9 +207,10 @@ impl Layout {
                 .parent()
                 .filter(|p| owned && made_parents.iter().any(|m| m == p))
                 .map(Path::to_path_buf);
-            container
-                .members
-                .push(open_member(hierarchy, member_rel, dir, made, owned));
+            container.members.push(Member {
+                hierarchy: index,
+                ..open_member(hierarchy, member_rel, dir, made, owned)
+            });
         }
         Some(container)
     }
@@ -189,15 +246,23 @@ impl ContainerCgroup {
             .collect()
     }
 
-    /// Moves process `pid` (all its threads) into the container in every hierarchy where the
+    /// Moves `process` (all its threads) into the container in every hierarchy where the
     /// container has a directory of its own (in an adopted one it is already).
-    /// `Ok(false)` if the process no longer exists.
-    pub fn add_process(&self, pid: i32) -> Result<bool, Error> {
+    ///
+    /// A pid is written to cgroup.procs only while the process's pidfd shows it alive, checked
+    /// before and after each write: alive after means the write moved that very process. Gone
+    /// after means the pid may have been another process's by the time of the write
+    /// (`Moved::Raced`): the caller puts that one back (`Layout::send_back`).
+    pub fn add_process(&self, process: &Process) -> Result<Moved, Error> {
+        let pid = process.pid();
         for member in self.members.iter().filter(|m| m.owned) {
+            if !process.alive() {
+                return Ok(Moved::Gone);
+            }
             let procs = member.dir.join("cgroup.procs");
             match files::write(&procs, &pid.to_string()) {
                 Ok(()) => {}
-                Err(error) if error.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+                Err(error) if error.raw_os_error() == Some(libc::ESRCH) => return Ok(Moved::Gone),
                 Err(error) => {
                     return Err(Error::io(
                         &format!("moving process {pid} into"),
@@ -206,8 +271,11 @@ impl ContainerCgroup {
                     ));
                 }
             }
+            if !process.alive() {
+                return Ok(Moved::Raced);
+            }
         }
-        Ok(true)
+        Ok(Moved::Done)
     }
 
     /// The pids currently in the container.
@@ -342,10 +410,18 @@ fn create_member(
         match fs::create_dir(&dir) {
             Ok(()) => break,
             // The id holds the launcher's pid, so a directory of that name is a leftover of an
-            // earlier container of ours with a reused pid: take it over.
+            // earlier container with a reused pid. Never taken over with what it holds: made
+            // anew if it is empty (fresh counters), refused if it still holds processes.
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                tracing::info!("reusing existing cgroup {}", dir.display());
-                break;
+                fs::remove_dir(&dir).map_err(|e| Error::io("replacing the leftover", &dir, e))?;
+                tracing::info!("replaced the leftover cgroup {}", dir.display());
+                if attempt == 0 {
+                    continue;
+                }
+                return Err(Error::Invalid(format!(
+                    "{} keeps coming back",
+                    dir.display()
+                )));
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound && attempt == 0 => continue,
             Err(error) => {
@@ -398,6 +474,7 @@ fn open_member(
         Version::V1 => hierarchy.controllers.clone(),
     };
     Member {
+        hierarchy: 0,
         version: hierarchy.version,
         controllers,
         mount_point: hierarchy.mount_point.clone(),

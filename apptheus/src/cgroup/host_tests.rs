@@ -23,10 +23,16 @@ use nix::unistd::Pid;
 use std::{fs, path::PathBuf};
 
 use super::{
+    super::pidfd::{Pidfd, Process},
     files::write as write_file,
     layout::{join_rel, read_proc_cgroup},
     *,
 };
+
+/// `pid`, held by a pidfd.
+fn held(pid: i32) -> Process {
+    Process::new(pid, Pidfd::open(pid).unwrap().unwrap())
+}
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -172,7 +178,7 @@ fn dedicated_container_on_the_host() {
         assert!(member.created_parent.is_some());
     }
 
-    assert!(container.add_process(pid).unwrap());
+    assert_eq!(container.add_process(&held(pid)).unwrap(), Moved::Done);
     assert_member(&container, &layout, pid);
     guard.exec_sleep();
     assert_sample(&container);
@@ -199,8 +205,12 @@ fn dedicated_container_on_the_host() {
     assert!(container.remove().is_err());
     assert!(container.dirs().iter().all(|d| d.is_dir()));
 
-    // No process can have this pid (above the kernel's largest pid_max, 2^22).
-    assert!(!container.add_process(1 << 30).unwrap());
+    // A process that exited is never written (its pid may be another's by now).
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id() as i32;
+    let gone_held = held(gone_pid);
+    gone.wait().unwrap();
+    assert_eq!(container.add_process(&gone_held).unwrap(), Moved::Gone);
 
     guard.kill_child();
     remove_after_exit(&container);
@@ -261,7 +271,7 @@ fn nested_container_on_the_host() {
         assert!(member.dir.is_dir());
     }
 
-    assert!(container.add_process(pid).unwrap());
+    assert_eq!(container.add_process(&held(pid)).unwrap(), Moved::Done);
     assert_member(&container, &layout, pid);
     guard.exec_sleep();
     let stats = assert_sample(&container);

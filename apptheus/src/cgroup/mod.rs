@@ -29,7 +29,7 @@ mod host_tests;
 
 use std::{io, path::Path};
 
-pub use container::ContainerCgroup;
+pub use container::{ContainerCgroup, Moved};
 pub use layout::{Launcher, Layout, Mode, Version};
 pub use stats::{Probe, Reader, Stats};
 

@@ -605,7 +605,7 @@ fn remove_reports_a_busy_container() {
 }
 
 #[test]
-fn create_takes_over_a_leftover_container_dir() {
+fn create_makes_an_empty_leftover_anew_and_refuses_a_busy_one() {
     let tree = FakeTree::new();
     let layout = tree.v2_layout();
     tree.mkdir("unified/apptheus/exec_1");
@@ -614,6 +614,14 @@ fn create_takes_over_a_leftover_container_dir() {
     assert!(!tree.path("unified/apptheus/exec_1").exists());
     // The parent was there before: kept.
     assert!(tree.path("unified/apptheus").is_dir());
+    // A leftover that still holds something (here a file: rmdir refuses it, as the kernel
+    // refuses a cgroup with processes) is never taken over.
+    tree.write("unified/apptheus/exec_2/cgroup.procs", "4242\n");
+    assert!(layout.create(None, "apptheus", "exec_2", &[]).is_err());
+    assert_eq!(
+        fs::read_to_string(tree.path("unified/apptheus/exec_2/cgroup.procs")).unwrap(),
+        "4242\n"
+    );
 }
 
 #[test]
@@ -691,7 +699,10 @@ fn a_leaf_holding_only_the_container_is_its_cgroup_as_it_is() {
     assert_eq!(container.memory_source(), Source::Cgroup);
     // Nothing made, nothing written, nothing removed.
     assert!(!tree.path("unified/job/step/task_0/apptheus").exists());
-    assert!(container.add_process(4244).unwrap());
+    // This test's own process stands in (adopted: nothing is written).
+    let me = std::process::id() as i32;
+    let held = crate::pidfd::Process::new(me, crate::pidfd::Pidfd::open(me).unwrap().unwrap());
+    assert_eq!(container.add_process(&held).unwrap(), Moved::Done);
     assert_eq!(
         fs::read_to_string(tree.path("unified/job/step/task_0/cgroup.procs")).unwrap(),
         "4242\n4243\n"

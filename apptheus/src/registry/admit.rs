@@ -1,41 +1,65 @@
 //! Admission: a trusted peer becomes a container.
+//!
+//! The launcher is held by its pidfd from identification on; every process of its tree is held
+//! by a pidfd from before it is tracked until it is moved, and moved only while alive (see
+//! `ContainerCgroup::add_process`), so a pid reused meanwhile is never moved.
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
-use super::{AdmitError, Container, Registry, monotonic_ns};
+use super::{AdmitError, Registry, monotonic_ns};
 use crate::{
-    cgroup::{ContainerCgroup, Placement},
+    cgroup::{ContainerCgroup, Moved, Placement},
     container::{Identity, unix_seconds, user_name},
     gateway::Peer,
     job::{self, Job},
-    tracker,
+    pidfd::Process,
+    testhook, tracker,
 };
+
+/// A container just admitted.
+pub struct Admitted {
+    pub key: u64,
+    pub identity: Arc<Identity>,
+    /// Cancelled when the container ends.
+    pub gone: tokio_util::sync::CancellationToken,
+}
 
 impl Registry {
     /// Make a container of a trusted peer (blocking: cgroup files, a /proc walk). Returns its
     /// key and identity.
-    pub fn admit(&self, peer: &Peer) -> Result<(u64, Arc<Identity>), AdmitError> {
+    pub fn admit(&self, peer: &Peer) -> Result<Admitted, AdmitError> {
         if let Some(key) = self.tracker.key_of(peer.pid)? {
             return Err(tracker::Error::AlreadyTracked { pid: peer.pid, key }.into());
         }
         let (id, exe) = Identity::id_of(&peer.exe_path, peer.pid);
-        let key = self.reserve(&id)?;
+        let key = self.reserve(&id, peer.uid)?;
         let res = self.admit_reserved(peer, key, id, exe);
         self.state().admitting.remove(&key);
         res
     }
 
-    /// A key for a new container, if the limit allows one more.
-    fn reserve(&self, id: &str) -> Result<u64, AdmitError> {
+    /// A key for a new container of `uid`, if the limits allow one more.
+    fn reserve(&self, id: &str, uid: u32) -> Result<u64, AdmitError> {
         let mut st = self.state();
-        // Admissions run in parallel: the ones under way count against the limit too (once,
-        // whether or not they are in the map yet).
+        let limits = &self.cfg.limits;
+        // Admissions run in parallel: the ones under way count against the limits too, once,
+        // whether or not they are in the map yet.
         let admitted = st
             .containers
             .iter()
-            .filter(|(k, c)| c.ended.is_none() && !st.admitting.contains(k))
-            .count();
-        if admitted + st.admitting.len() >= self.cfg.max_containers {
-            return Err(AdmitError::Limit);
+            .filter(|(k, c)| c.ended.is_none() && !st.admitting.contains_key(k))
+            .map(|(_, c)| c.identity.uid);
+        let under_way = st.admitting.values().copied();
+        let (all, users) = admitted.chain(under_way).fold((0, 0), |(all, users), u| {
+            (all + 1, users + usize::from(u == uid))
+        });
+        if all >= self.cfg.max_containers {
+            return Err(AdmitError::Limit("--gateway.max-containers"));
+        }
+        if users >= limits.containers_per_user {
+            return Err(AdmitError::Limit("--gateway.max-containers-per-user"));
+        }
+        if !st.admission_rate(uid, limits.admissions_per_second, limits.admission_burst) {
+            return Err(AdmitError::Limit("--gateway.admissions-per-user"));
         }
         // An ended container of a recycled pid may still be retained under the same id.
         if st.containers.values().any(|c| c.identity.id == id) {
@@ -44,7 +68,7 @@ impl Registry {
         }
         st.next_key += 1;
         let key = st.next_key;
-        st.admitting.insert(key);
+        st.admitting.insert(key, uid);
         Ok(key)
     }
 
@@ -57,7 +81,7 @@ impl Registry {
         key: u64,
         id: String,
         exe: String,
-    ) -> Result<(u64, Arc<Identity>), AdmitError> {
+    ) -> Result<Admitted, AdmitError> {
         let launcher = match self.layout.launcher(peer.pid) {
             Ok(l) => l,
             Err(e) => {
@@ -65,10 +89,18 @@ impl Registry {
                 return Err(e.into());
             }
         };
+        // Read by pid: the peer's only if its pidfd shows it alive after.
+        let root = match peer.pidfd.try_clone() {
+            Ok(fd) => Process::new(peer.pid, fd),
+            Err(e) => return Err(tracker::Error::io("duplicating the peer's pidfd", e).into()),
+        };
+        if !root.alive() {
+            return Err(tracker::Error::Exited { pid: peer.pid }.into());
+        }
         // In before the tracker: a fork event may come as soon as the launcher is tracked.
-        self.insert(key, Identity::pending(id.clone()));
-        let members = match self.tracker.register(peer.pid, key) {
-            Ok(m) => m,
+        self.insert(key, Identity::pending(id.clone(), peer.uid));
+        let tracked = match self.tracker.register(root, key) {
+            Ok(t) => t,
             Err(e) => {
                 self.state().containers.remove(&key);
                 if !matches!(
@@ -80,8 +112,12 @@ impl Registry {
                 return Err(e.into());
             }
         };
+        if !tracked.complete {
+            self.walk_cut_short(key, &id);
+        }
+        let pids: Vec<i32> = tracked.members.iter().map(Process::pid).collect();
         let nested = (self.cfg.placement == Placement::Nested).then_some(&launcher);
-        let cgroup = match self.layout.create(nested, &self.cfg.parent, &id, &members) {
+        let cgroup = match self.layout.create(nested, &self.cfg.parent, &id, &pids) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 self.state().containers.remove(&key);
@@ -96,7 +132,8 @@ impl Registry {
             .into_iter()
             .map(|(_, dir)| dir)
             .collect();
-        let environs: Vec<_> = members.iter().take(8).map(|&p| job::environ(p)).collect();
+        // Environments are read by pid: they only ever become labels.
+        let environs: Vec<_> = pids.iter().take(8).map(|&p| job::environ(p)).collect();
         let identity = Arc::new(Identity {
             id,
             cgroup: cgroup.rel_path().to_string(),
@@ -109,9 +146,13 @@ impl Registry {
             job: Job::find(&launcher_dirs, &environs),
         });
         let early = self.placed(key, identity.clone(), cgroup.clone());
-        for pid in members.iter().chain(&early) {
-            if let Err(e) = cgroup.add_process(*pid) {
-                tracing::warn!(container = identity.id.as_str(), pid = *pid, error = %e, "cannot move a process into the container's cgroup");
+        testhook::pause(testhook::Point::Move, &pids);
+        for process in &tracked.members {
+            self.move_into(&cgroup, process, key, &identity.id);
+        }
+        for pid in early {
+            if let Some(process) = self.tracker.member(pid, key) {
+                self.move_into(&cgroup, &process, key, &identity.id);
             }
         }
         let now = monotonic_ns();
@@ -131,7 +172,7 @@ impl Registry {
             pid = peer.pid,
             uid = peer.uid,
             exe = identity.exe_path.as_str(),
-            processes = members.len(),
+            processes = pids.len(),
             cgroup = identity.cgroup.as_str(),
             "container started"
         );
@@ -139,7 +180,37 @@ impl Registry {
             self.end(key);
         }
         self.admitted.notify_one();
-        Ok((key, identity))
+        Ok(Admitted {
+            key,
+            gone: self.gone(key),
+            identity,
+        })
+    }
+
+    /// Move one of `key`'s processes into its cgroup; if the process exited around the write,
+    /// put back whatever process took its pid meanwhile (it is not the container's).
+    pub fn move_into(&self, cgroup: &ContainerCgroup, process: &Process, key: u64, id: &str) {
+        let pid = process.pid();
+        match cgroup.add_process(process) {
+            Ok(Moved::Done | Moved::Gone) => {}
+            Ok(Moved::Raced) => {
+                let is_member = |p: i32| matches!(self.tracker.key_of(p), Ok(Some(k)) if k == key);
+                match self.layout.send_back(cgroup, pid, is_member) {
+                    Ok(true) => tracing::warn!(
+                        container = id,
+                        pid,
+                        "a process that took the pid of one of the container's while it was moved was put back where its parent is"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(container = id, pid, error = %e, "cannot put back a process that took the pid of one of the container's")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(container = id, pid, error = %e, "cannot move a process into the container's cgroup");
+            }
+        }
     }
 
     /// The container being admitted has its cgroup: from now on fork events move into it.
@@ -156,21 +227,14 @@ impl Registry {
         st.changed();
         early
     }
+}
 
+impl Registry {
     /// Add a container being admitted, before its cgroup is known.
     fn insert(&self, key: u64, identity: Identity) {
         let mut st = self.state();
-        st.containers.insert(
-            key,
-            Container {
-                identity: Arc::new(identity),
-                cgroup: None,
-                early_forks: Vec::new(),
-                inherit_after_ns: u64::MAX,
-                connected: true,
-                ended: None,
-            },
-        );
+        st.containers
+            .insert(key, super::Container::pending(identity));
         st.changed();
     }
 }

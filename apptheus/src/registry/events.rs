@@ -6,11 +6,12 @@ use apptheus_common::{Event, EventKind};
 use tokio_util::sync::CancellationToken;
 
 use super::{Registry, monotonic_ns};
-use crate::{cgroup::ContainerCgroup, tracker::EventStream};
+use crate::{cgroup::ContainerCgroup, container::Identity, testhook, tracker::EventStream};
 
 /// A process to put into a container's cgroup.
 pub struct Move {
     key: u64,
+    id: Arc<Identity>,
     cgroup: Arc<ContainerCgroup>,
     pid: i32,
 }
@@ -54,6 +55,7 @@ impl Registry {
                     Some(EventKind::Fork) if ev.ts_ns <= c.inherit_after_ns => match &c.cgroup {
                         Some(cgroup) => moves.push(Move {
                             key: ev.key,
+                            id: c.identity.clone(),
                             cgroup: cgroup.clone(),
                             pid: ev.pid as i32,
                         }),
@@ -73,11 +75,15 @@ impl Registry {
         moves
     }
 
-    /// Carry out moves (blocking), then let later forks of these processes inherit.
+    /// Carry out moves (blocking), then let later forks of these processes inherit. The pid of
+    /// an event is a member only while the tracker has it under the container's key (its entry
+    /// goes when it exits): each is held by a pidfd and checked so before it is moved.
     fn apply_moves(&self, moves: Vec<Move>) {
+        let pids: Vec<i32> = moves.iter().map(|m| m.pid).collect();
+        testhook::pause(testhook::Point::Move, &pids);
         for m in &moves {
-            if let Err(e) = m.cgroup.add_process(m.pid) {
-                tracing::warn!(pid = m.pid, error = %e, "cannot move a forked process into its container's cgroup");
+            if let Some(process) = self.tracker.member(m.pid, m.key) {
+                self.move_into(&m.cgroup, &process, m.key, &m.id.id);
             }
         }
         let now = monotonic_ns();

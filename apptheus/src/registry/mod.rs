@@ -15,7 +15,9 @@ use std::{
 mod admit;
 mod events;
 
-pub use self::events::Move;
+pub use self::{admit::Admitted, events::Move};
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     cgroup::{self, ContainerCgroup, Layout, Placement},
     container::{Identity, unix_seconds},
@@ -30,13 +32,29 @@ pub struct Config {
     pub parent: String,
     pub retention: Duration,
     pub max_containers: usize,
+    pub limits: Limits,
+}
+
+/// What one user may hold, so that one user's churn cannot starve the others.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Live containers per uid.
+    pub containers_per_user: usize,
+    /// Ended containers kept for the retention, in all and per uid: beyond them a user's
+    /// oldest ended container is forgotten early.
+    pub retained: usize,
+    pub retained_per_user: usize,
+    /// Admissions per second per uid, with bursts of `admission_burst`.
+    pub admissions_per_second: f64,
+    pub admission_burst: u32,
 }
 
 /// Why a peer could not be made a container.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
-    #[error("--gateway.max-containers live containers exist already")]
-    Limit,
+    /// A limit is reached (named by its flag).
+    #[error("{0} reached")]
+    Limit(&'static str),
     #[error(transparent)]
     Tracker(#[from] tracker::Error),
     #[error(transparent)]
@@ -56,6 +74,25 @@ struct Container {
     connected: bool,
     /// When the last process exited: for the retention, and as the end time.
     ended: Option<(Instant, SystemTime)>,
+    /// Its tree's walk was cut short at its bound: go on with it (see `finish_walks`).
+    walking: bool,
+    /// Cancelled when it ends: its launcher's connection closes then.
+    gone: CancellationToken,
+}
+
+impl Container {
+    fn pending(identity: Identity) -> Container {
+        Container {
+            identity: Arc::new(identity),
+            cgroup: None,
+            early_forks: Vec::new(),
+            inherit_after_ns: u64::MAX,
+            connected: true,
+            ended: None,
+            walking: false,
+            gone: CancellationToken::new(),
+        }
+    }
 }
 
 /// A container as the sampler sees it.
@@ -84,8 +121,8 @@ pub struct Registry {
 struct State {
     containers: HashMap<u64, Container>,
     next_key: u64,
-    /// Admissions under way (they count against the limit).
-    admitting: HashSet<u64>,
+    /// Admissions under way, and their uid (they count against the limits).
+    admitting: HashMap<u64, u32>,
     /// Cgroups of forgotten containers whose directories the kernel still reported busy.
     to_remove: Vec<Arc<ContainerCgroup>>,
     /// The set of containers changed since `unsaved` last gave it.
@@ -95,12 +132,37 @@ struct State {
     /// `<parent>` directories the daemon made: removed once empty, whichever of the containers
     /// in them goes last.
     made_parents: HashSet<PathBuf>,
+    /// Per uid, the admission token bucket: (tokens, when last filled).
+    admissions: HashMap<u32, (f64, Instant)>,
+    /// Walks of a tree cut short at their bound, since the start.
+    walks_cut_short: u64,
 }
 
 impl State {
     fn changed(&mut self) {
         self.dirty = true;
         self.generation += 1;
+    }
+
+    /// Take one admission of `uid`'s bucket, if there is one.
+    fn admission_rate(&mut self, uid: u32, per_second: f64, burst: u32) -> bool {
+        let now = Instant::now();
+        let burst = f64::from(burst.max(1));
+        // Full buckets carry no information: drop them so the table stays small.
+        if self.admissions.len() > 4096 {
+            self.admissions.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
+            });
+        }
+        let (tokens, at) = self.admissions.entry(uid).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -178,12 +240,11 @@ impl Registry {
         st.containers.insert(
             key,
             Container {
-                identity: Arc::new(identity),
                 cgroup: Some(cgroup),
-                early_forks: Vec::new(),
                 inherit_after_ns: monotonic_ns(),
                 connected: false,
                 ended: end_time.map(|t| (Instant::now(), t)),
+                ..Container::pending(identity)
             },
         );
         st.changed();
@@ -223,9 +284,70 @@ impl Registry {
             connected = c.connected,
             "container ended"
         );
+        c.gone.cancel();
         st.changed();
         drop(st);
         self.ended.notify_one();
+    }
+
+    /// Cancelled when container `key` ends (already, if it has ended or is forgotten): its
+    /// launcher's connection, and any copy of it, is closed then.
+    pub fn gone(&self, key: u64) -> CancellationToken {
+        match self.state().containers.get(&key) {
+            Some(c) => c.gone.clone(),
+            None => {
+                let token = CancellationToken::new();
+                token.cancel();
+                token
+            }
+        }
+    }
+
+    /// The walk of `key`'s tree stopped at its bound: `finish_walks` goes on with it.
+    fn walk_cut_short(&self, key: u64, id: &str) {
+        let mut st = self.state();
+        st.walks_cut_short += 1;
+        if let Some(c) = st.containers.get_mut(&key) {
+            c.walking = true;
+        }
+        tracing::warn!(
+            container = id,
+            "the walk of the container's process tree was cut short at its bound; it goes on at the next passes (forks of its tracked processes are followed meanwhile)"
+        );
+    }
+
+    /// Walks of a tree cut short at their bound, since the start.
+    pub fn walks_cut_short(&self) -> u64 {
+        self.state().walks_cut_short
+    }
+
+    /// Go on with the walks that were cut short (blocking; each bounded again), moving what
+    /// they adopt into the container.
+    pub fn finish_walks(&self) {
+        let walking: Vec<(u64, Arc<Identity>, Arc<ContainerCgroup>)> = self
+            .state()
+            .containers
+            .iter()
+            .filter(|(_, c)| c.walking && c.ended.is_none())
+            .filter_map(|(k, c)| Some((*k, c.identity.clone(), c.cgroup.clone()?)))
+            .collect();
+        for (key, identity, cgroup) in walking {
+            let tracked = match self.tracker.walk_again(key) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(container = identity.id.as_str(), error = %e, "cannot go on with the walk of the container's tree");
+                    continue;
+                }
+            };
+            for process in &tracked.members {
+                self.move_into(&cgroup, process, key, &identity.id);
+            }
+            if tracked.complete
+                && let Some(c) = self.state().containers.get_mut(&key)
+            {
+                c.walking = false;
+            }
+        }
     }
 
     /// Remove the directories an ended container had of its own, now that its final values
@@ -281,7 +403,7 @@ impl Registry {
         let retention = self.cfg.retention;
         let (done, mut to_remove) = {
             let mut st = self.state();
-            let expired: Vec<u64> = st
+            let mut expired: Vec<u64> = st
                 .containers
                 .iter()
                 .filter(|(k, c)| {
@@ -289,6 +411,7 @@ impl Registry {
                 })
                 .map(|(&k, _)| k)
                 .collect();
+            expired.extend(self.over_retained(&st, &expired, &is_final));
             for key in &expired {
                 if let Some(c) = st.containers.remove(key) {
                     tracing::debug!(
@@ -322,6 +445,39 @@ impl Registry {
         if removed_any {
             remove_empty_parents(&mut st.made_parents);
         }
+    }
+
+    /// The ended containers, beyond those `expired`, to forget before their retention is over
+    /// because their user (or all users) retain more than the limits allow: the oldest ended
+    /// first.
+    fn over_retained(
+        &self,
+        st: &State,
+        expired: &[u64],
+        is_final: impl Fn(u64) -> bool,
+    ) -> Vec<u64> {
+        let limits = &self.cfg.limits;
+        let mut retained: Vec<(Instant, u64, u32)> = st
+            .containers
+            .iter()
+            .filter(|(k, _)| !expired.contains(k) && is_final(**k))
+            .filter_map(|(k, c)| Some((c.ended?.0, *k, c.identity.uid)))
+            .collect();
+        // Newest first: what is kept is the newest.
+        retained.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let mut per_user: HashMap<u32, usize> = HashMap::new();
+        let mut kept = 0;
+        let mut out = Vec::new();
+        for (_, key, uid) in retained {
+            let users = per_user.entry(uid).or_default();
+            if kept >= limits.retained || *users >= limits.retained_per_user {
+                out.push(key);
+            } else {
+                kept += 1;
+                *users += 1;
+            }
+        }
+        out
     }
 
     /// The containers to save for a restart, if they changed since the last call. After a

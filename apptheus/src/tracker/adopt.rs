@@ -1,64 +1,162 @@
 //! Tracking a process tree from userspace: the root, then the descendants that existed before,
 //! without racing the fork hook (both sides insert with `BPF_NOEXIST`; whoever inserts counts
 //! the process live).
-use std::collections::HashSet;
+//!
+//! Every process adopted is held by a pidfd from before its insert to after the caller moved it,
+//! and is adopted only if it is still the process the walk found (the inode of its /proc
+//! directory), so a pid reused meanwhile is never adopted, nor later moved. The tracker's locks
+//! are taken per operation, never across a /proc walk, and the walk is bounded in scans and
+//! time: a tree that keeps forking faster than it can be walked cannot stall the daemon (its
+//! later forks are the kernel's to follow; the caller is told the walk was cut short).
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt as _,
+    time::{Duration, Instant},
+};
 
 use apptheus_common::Counters;
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 
-use super::{Error, Maps};
-use crate::pidfd::Pidfd;
+use super::{Error, Maps, Tracker};
+use crate::pidfd::{Pidfd, Process};
 
 /// `BPF_NOEXIST` from `<linux/bpf.h>`.
 const BPF_NOEXIST: u64 = 1;
 
-/// Register `key`, track each of `roots` that still lives, then their descendants. Returns the
-/// members found (the live roots first).
-pub(super) fn track(maps: &mut Maps, roots: &[i32], key: u64) -> Result<Vec<i32>, Error> {
-    maps.counters
-        .insert(key, Counters::default(), 0)
-        .map_err(|e| Error::map(format!("creating counters for container key {key}"), e))?;
-    maps.adopted.insert(key, 0);
-    let mut members = Vec::new();
-    let mut seen = HashSet::new();
-    for &pid in roots {
-        match adopt(maps, pid, key) {
-            Ok(true) if seen.insert(pid) => members.push(pid),
-            Ok(_) => {}
-            Err(e) => {
-                forget(maps, key)?;
-                return Err(e);
+/// Scans of /proc for one walk, at most: a tree that settles needs two or three.
+const MAX_SCANS: usize = 16;
+/// Time for one walk, at most.
+const MAX_WALK: Duration = Duration::from_millis(250);
+
+/// The processes a registration tracked.
+#[derive(Debug)]
+pub struct Tracked {
+    /// The live roots first, then their descendants; each held until the caller drops it.
+    pub members: Vec<Process>,
+    /// False when the walk stopped at its bound with processes possibly left to adopt.
+    pub complete: bool,
+}
+
+impl Tracker {
+    /// Create `key`'s counters and track each of `roots` that still lives, then their
+    /// descendants.
+    pub(super) fn track(&self, roots: Vec<Process>, key: u64) -> Result<Tracked, Error> {
+        {
+            let mut maps = self.maps();
+            maps.counters
+                .insert(key, Counters::default(), 0)
+                .map_err(|e| Error::map(format!("creating counters for container key {key}"), e))?;
+            maps.adopted.insert(key, 0);
+        }
+        let mut members = Vec::new();
+        let mut seen = HashSet::new();
+        for root in roots {
+            match self.adopt(&root, key) {
+                Ok(true) if seen.insert(root.pid()) => members.push(root),
+                Ok(_) => {}
+                Err(e) => {
+                    forget(&mut self.maps(), key)?;
+                    return Err(e);
+                }
             }
         }
+        if members.is_empty() {
+            return Ok(Tracked {
+                members,
+                complete: true,
+            });
+        }
+        let complete = self.walk(&mut members, &mut seen, key)?;
+        Ok(Tracked { members, complete })
     }
-    if members.is_empty() {
-        return Ok(members);
-    }
-    // Repeat until a whole scan adopts nothing: a process forked by a descendant before that
-    // descendant was tracked only shows in a later scan; once a scan adds nothing, every later
-    // fork comes from a tracked parent and the kernel takes it.
-    loop {
-        let mut adopted_any = false;
-        maps.procs
-            .refresh()
-            .map_err(|e| Error::io("listing /proc", e))?;
-        for pid in maps.procs.descendants(&members) {
-            match lookup(&maps.tracked, pid as u32)? {
-                // Inside another container (a nested launcher's): it stays there.
-                Some(k) if k != key => continue,
-                Some(_) => {}
-                None if adopt(maps, pid, key)? => adopted_any = true,
-                None => continue,
+
+    /// Adopt the descendants of `members` until a scan adopts nothing, or the bound. A process
+    /// forked by a descendant before that descendant was tracked only shows in a later scan;
+    /// once a scan adds nothing, every later fork comes from a tracked parent and the kernel
+    /// takes it. Returns whether it got there.
+    pub(super) fn walk(
+        &self,
+        members: &mut Vec<Process>,
+        seen: &mut HashSet<i32>,
+        key: u64,
+    ) -> Result<bool, Error> {
+        let start = Instant::now();
+        for _ in 0..MAX_SCANS {
+            if start.elapsed() > MAX_WALK {
+                return Ok(false);
             }
-            if seen.insert(pid) {
-                members.push(pid);
+            let roots: Vec<i32> = members.iter().map(Process::pid).collect();
+            let candidates = {
+                let mut procs = self.procs();
+                procs.refresh().map_err(|e| Error::io("listing /proc", e))?;
+                procs
+                    .descendants(&roots)
+                    .into_iter()
+                    .map(|pid| (pid, procs.ino_of(pid)))
+                    .collect::<Vec<_>>()
+            };
+            let mut adopted_any = false;
+            for (pid, ino) in candidates {
+                if seen.contains(&pid) {
+                    continue;
+                }
+                let Some(process) = open_as_found(pid, ino)? else {
+                    continue;
+                };
+                let tracked_as = lookup(&self.maps().tracked, pid as u32)?;
+                match tracked_as {
+                    // Inside another container (a nested launcher's): it stays there.
+                    Some(k) if k != key => continue,
+                    // The fork hook took it: a member already.
+                    Some(_) => {}
+                    None if self.adopt(&process, key)? => adopted_any = true,
+                    None => continue,
+                }
+                seen.insert(pid);
+                members.push(process);
+            }
+            if !adopted_any {
+                return Ok(true);
             }
         }
-        if !adopted_any {
-            break;
-        }
+        Ok(false)
     }
-    Ok(members)
+
+    /// Add `process` to the tracked map under `key` if it still lives. Returns whether it is
+    /// tracked now (by us or, in a race, by the fork hook).
+    fn adopt(&self, process: &Process, key: u64) -> Result<bool, Error> {
+        let pid = process.pid();
+        let mut maps = self.maps();
+        match maps.tracked.insert(pid as u32, key, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::EEXIST) => return Ok(true),
+            Err(e) => return Err(Error::map(format!("tracking pid {pid}"), e)),
+        }
+        *maps.adopted.entry(key).or_default() += 1;
+        if !process.alive() {
+            // It exited around our insert. If its entry is still there, the exit hook ran before
+            // we added it and will not run again: take it back. If it is gone, the hook counted
+            // the exit.
+            if maps.tracked.remove(&(pid as u32)).is_ok() {
+                *maps.adopted.entry(key).or_default() -= 1;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A pidfd of `pid`, if it is still the process the walk found there (`ino`, its /proc
+/// directory's inode then): the pidfd is opened first, so if the inode still matches after, the
+/// pidfd holds that process.
+fn open_as_found(pid: i32, ino: Option<u64>) -> Result<Option<Process>, Error> {
+    let Some(fd) = Pidfd::open(pid).map_err(|e| Error::io(format!("pidfd_open({pid})"), e))? else {
+        return Ok(None);
+    };
+    let now = std::fs::metadata(format!("/proc/{pid}"))
+        .map(|m| m.ino())
+        .ok();
+    Ok((ino.is_some() && now == ino).then(|| Process::new(pid, fd)))
 }
 
 /// Forget `key`: its counters and any of its processes still tracked.
@@ -79,34 +177,6 @@ pub(super) fn tracked_under(maps: &Maps, key: u64) -> Vec<u32> {
         .filter(|&(_, k)| k == key)
         .map(|(pid, _)| pid)
         .collect()
-}
-
-/// Add `pid` to the tracked map under `key` if it is still the live process it was. Returns
-/// whether it is tracked now (by us or, in a race, by the fork hook).
-fn adopt(maps: &mut Maps, pid: i32, key: u64) -> Result<bool, Error> {
-    // Hold the process with a pidfd, so a pid reused after our insert cannot fool the check.
-    let Some(pidfd) = Pidfd::open(pid).map_err(|e| Error::io(format!("pidfd_open({pid})"), e))?
-    else {
-        return Ok(false);
-    };
-    match maps.tracked.insert(pid as u32, key, BPF_NOEXIST) {
-        Ok(()) => {}
-        Err(e) if is_errno(&e, libc::EEXIST) => return Ok(true),
-        Err(e) => return Err(Error::map(format!("tracking pid {pid}"), e)),
-    }
-    *maps.adopted.entry(key).or_default() += 1;
-    if pidfd
-        .has_exited()
-        .map_err(|e| Error::io("poll(pidfd)", e))?
-    {
-        // It exited around our insert. If its entry is still there, the exit hook ran before we
-        // added it and will not run again: take it back. If it is gone, the hook counted the exit.
-        if maps.tracked.remove(&(pid as u32)).is_ok() {
-            *maps.adopted.entry(key).or_default() -= 1;
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 pub(super) fn lookup(map: &BpfHashMap<MapData, u32, u64>, pid: u32) -> Result<Option<u64>, Error> {

@@ -76,13 +76,13 @@ impl Tracker {
             counters: BpfHashMap::try_from(counters).map_err(|e| load("map COUNTERS", &e))?,
             lost: PerCpuArray::try_from(lost).map_err(|e| load("map LOST", &e))?,
             adopted: HashMap::new(),
-            procs: ProcTable::default(),
         };
         let ring = RingBuf::try_from(ring).map_err(|e| load("map EVENTS", &e))?;
         let events =
             EventStream::new(ring, logger).map_err(|e| load("watching the event ring", &e))?;
         let tracker = Tracker {
             maps: std::sync::Mutex::new(maps),
+            procs: std::sync::Mutex::new(ProcTable::default()),
             _ebpf: ebpf,
         };
         Ok((tracker, events))

@@ -24,15 +24,17 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
 };
 
-use self::{
-    adopt::{forget, lookup, track, tracked_under},
-    proctable::ProcTable,
-};
 pub use self::{
+    adopt::Tracked,
     error::Error,
     events::EventStream,
     tracefs::{TRACEFS, ensure_tracefs},
 };
+use self::{
+    adopt::{forget, lookup, tracked_under},
+    proctable::ProcTable,
+};
+use crate::pidfd::{Pidfd, Process};
 
 /// A container's process counters, as the kernel counted them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,13 +52,14 @@ struct Maps {
     lost: PerCpuArray<MapData, u64>,
     /// Per key, processes that `register` added (the kernel counts only what it added).
     adopted: HashMap<u64, i64>,
-    /// The host's parent links, for finding descendants.
-    procs: ProcTable,
 }
 
 /// The loaded and attached programs and their maps. Dropping it detaches the programs.
 pub struct Tracker {
     maps: Mutex<Maps>,
+    /// The host's parent links, for finding descendants (locked apart from the maps: a /proc
+    /// walk never holds up a map operation).
+    procs: Mutex<ProcTable>,
     // Owns the programs and their links; kept for its Drop.
     _ebpf: Ebpf,
 }
@@ -68,30 +71,61 @@ impl Tracker {
         self.maps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Track `root` and all its current descendants under `key`; from now on the kernel adds
-    /// every process they fork. Returns every member found (root first), for the caller to move
-    /// into the container's cgroups. Blocking: it scans /proc.
-    pub fn register(&self, root: i32, key: u64) -> Result<Vec<i32>, Error> {
-        let mut maps = self.maps();
-        if let Some(other) = lookup(&maps.tracked, root as u32)? {
-            return Err(Error::AlreadyTracked {
-                pid: root,
-                key: other,
-            });
+    fn procs(&self) -> MutexGuard<'_, ProcTable> {
+        self.procs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Track `root` (held by its pidfd since the peer was identified) and all its current
+    /// descendants under `key`; from now on the kernel adds every process they fork. Returns
+    /// every member found (root first), each held by a pidfd, for the caller to move into the
+    /// container's cgroups. Blocking: it scans /proc.
+    pub fn register(&self, root: Process, key: u64) -> Result<Tracked, Error> {
+        let pid = root.pid();
+        if let Some(other) = self.key_of(pid)? {
+            return Err(Error::AlreadyTracked { pid, key: other });
         }
-        let members = track(&mut maps, &[root], key)?;
-        if members.first() != Some(&root) {
-            forget(&mut maps, key)?;
-            return Err(Error::Exited { pid: root });
+        let tracked = self.track(vec![root], key)?;
+        if tracked.members.first().map(Process::pid) != Some(pid) {
+            forget(&mut self.maps(), key)?;
+            return Err(Error::Exited { pid });
         }
-        Ok(members)
+        Ok(tracked)
     }
 
     /// Track again, after a daemon restart, the processes `pids` found in a container's cgroup,
     /// and their descendants, under a new `key`. Processes that exited meanwhile are skipped;
-    /// an empty result means none is left (the key stays registered, with no live process).
-    pub fn readopt(&self, pids: &[i32], key: u64) -> Result<Vec<i32>, Error> {
-        track(&mut self.maps(), pids, key)
+    /// no member means none is left (the key stays registered, with no live process).
+    pub fn readopt(&self, pids: &[i32], key: u64) -> Result<Tracked, Error> {
+        let mut roots = Vec::new();
+        for &pid in pids {
+            if let Some(fd) =
+                Pidfd::open(pid).map_err(|e| Error::io(format!("pidfd_open({pid})"), e))?
+            {
+                roots.push(Process::new(pid, fd));
+            }
+        }
+        self.track(roots, key)
+    }
+
+    /// Go on with a walk that was cut short: adopt the descendants of `key`'s processes that
+    /// are not tracked yet (bounded like the first walk).
+    pub fn walk_again(&self, key: u64) -> Result<Tracked, Error> {
+        let pids = tracked_under(&self.maps(), key);
+        let mut members: Vec<Process> = pids
+            .into_iter()
+            .filter_map(|pid| self.member(pid as i32, key))
+            .collect();
+        let mut seen = members.iter().map(Process::pid).collect();
+        let complete = self.walk(&mut members, &mut seen, key)?;
+        Ok(Tracked { members, complete })
+    }
+
+    /// Process `pid` held by a pidfd, if it is a live process tracked under `key` (its entry
+    /// goes when it exits, so the pidfd, opened first, holds the member).
+    pub fn member(&self, pid: i32, key: u64) -> Option<Process> {
+        let fd = Pidfd::open(pid).ok()??;
+        let process = Process::new(pid, fd);
+        (self.key_of(pid).ok()? == Some(key) && process.alive()).then_some(process)
     }
 
     /// Forget a container: its counters and any of its processes still tracked.
