@@ -7,6 +7,7 @@
 //! cargo xtask vm --kernel all --check              # the guest's facts, on every kernel
 //! cargo xtask vm --kernel 5.10 --test tracker      # an integration test binary in the guest
 //! cargo xtask vm --kernel 6.12 --test daemon -- exec_propagates   # with a test filter
+//! cargo xtask vm --kernel all --test tracker,daemon                 # both in one boot per kernel
 //! ```
 //!
 //! How it works:
@@ -50,9 +51,10 @@
 //! 5. **Outcome** ([`Outcome`]): the command's status (None if the guest reported none), the time
 //!    from QEMU's start to the guest init, the command's own time, the log's path.
 //!    [`run`] is the reusable entry (`cargo xtask test` can call it per kernel);
-//!    `--test SUITE` builds the daemon, its examples and `cargo test --no-run --test SUITE`,
-//!    takes the executable from cargo's JSON messages, runs it with `--test-threads=1` and reads
-//!    libtest's `test result:` line from the console.
+//!    `--test SUITE[,SUITE...]` builds the daemon, its examples and `cargo test --no-run --test
+//!    SUITE...`, takes the executables from cargo's JSON messages, runs them one after the other
+//!    in one boot with `--test-threads=1` (and `--color=never`), and reads each one's `test
+//!    result:` line, failed tests and panic messages from the console ([`suite::Verdict`]).
 //!
 //! Needs root (QEMU must read the whole host file system for the guest's root user).
 //! Speed under TCG on 2 cores: a few seconds to the guest init; fork+exec and 9p reads are tens
@@ -210,10 +212,16 @@ pub struct VmArgs {
     /// Working directory in the guest (default: the workspace root).
     #[arg(long)]
     cwd: Option<PathBuf>,
-    /// Run this integration test binary of the apptheus package (tracker, daemon, ...); the
-    /// arguments after `--` go to it (a test name filter, --exact, ...).
-    #[arg(long, value_name = "SUITE", conflicts_with = "check")]
-    test: Option<String>,
+    /// Run this integration test binary of the apptheus package (tracker, daemon, ...; several
+    /// with commas or repeated: one after the other in one boot); the arguments after `--` go
+    /// to each (a test name filter, --exact, ...).
+    #[arg(
+        long,
+        value_name = "SUITE",
+        value_delimiter = ',',
+        conflicts_with = "check"
+    )]
+    test: Vec<String>,
     /// Check the guest's facts: kernel, pure cgroup v2 with cpu io memory pids, tracefs, bpffs,
     /// BTF, the overlay root.
     #[arg(long)]
@@ -246,14 +254,15 @@ pub fn main(args: VmArgs) -> Result<i32> {
             .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
         extra.push((k.to_string(), v.to_string()));
     }
-    if args.test.is_some() && !extra.iter().any(|(k, _)| k == "RUST_BACKTRACE") {
+    let testing = !args.test.is_empty();
+    if testing && !extra.iter().any(|(k, _)| k == "RUST_BACKTRACE") {
         extra.push(("RUST_BACKTRACE".to_string(), "1".to_string()));
     }
     let env = guest_env(&extra);
-    let cmd = if let Some(suite) = &args.test {
+    let cmd = if testing {
         crate::setup::build_deps()?;
-        let exe = suite::build(suite)?;
-        suite::test_args(&exe, &args.args)
+        let exes = suite::build(&args.test)?;
+        suite::command(&exes, &args.args)
     } else if args.check {
         if !args.args.is_empty() {
             bail!("--check runs its own script: no command");
@@ -288,14 +297,16 @@ pub fn main(args: VmArgs) -> Result<i32> {
             kernels::require(*kernel)?.package
         );
         let outcome = qemu::run(*kernel, &cmd, &env, &cwd, timeout, &opts)?;
-        let verdict = args.test.as_ref().map(|_| {
-            suite::Verdict::parse(&std::fs::read_to_string(&outcome.log).unwrap_or_default())
-        });
-        rows.push((outcome, verdict));
+        let log = std::fs::read_to_string(&outcome.log).unwrap_or_default();
+        let verdicts: Vec<(String, suite::Verdict)> = suite::split_log(&log, &args.test)
+            .into_iter()
+            .map(|(name, part)| (name, suite::Verdict::parse(part)))
+            .collect();
+        rows.push((outcome, verdicts));
     }
     println!();
     let mut code = 0;
-    for (o, verdict) in &rows {
+    for (o, verdicts) in &rows {
         let secs = |d: Option<Duration>| {
             d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
         };
@@ -313,13 +324,18 @@ pub fn main(args: VmArgs) -> Result<i32> {
             secs(Some(o.total)),
             o.log.display()
         );
-        if let Some(v) = verdict {
+        for (name, v) in verdicts {
             println!(
-                "          test result: {}",
-                v.result.as_deref().unwrap_or("(none)")
+                "          {name}: {}",
+                v.result.as_deref().unwrap_or("no test result")
             );
-            if !v.failed.is_empty() {
-                println!("          failed: {}", v.failed.join(", "));
+            for failed in &v.failed {
+                let msg = v
+                    .messages
+                    .iter()
+                    .find(|(n, _)| n == failed)
+                    .map_or("", |(_, m)| m.as_str());
+                println!("            FAILED {failed}: {msg}");
             }
         }
         let c = match o.status {

@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::Stdio};
 use anyhow::{Context as _, Result, bail};
 
 /// Build what the integration tests start (the daemon, apptheus-exec, the workload example)
-/// and the test binary of `suite` (`apptheus/tests/<suite>.rs`); the binary's path.
-pub fn build(suite: &str) -> Result<PathBuf> {
+/// and the test binaries of `suites` (`apptheus/tests/<suite>.rs`); each suite's executable.
+pub fn build(suites: &[String]) -> Result<Vec<(String, PathBuf)>> {
     crate::status(crate::cargo().args(["build", "--package", "apptheus", "--bins", "--examples"]))?;
     let mut cmd = crate::cargo();
     cmd.args([
@@ -15,9 +15,10 @@ pub fn build(suite: &str) -> Result<PathBuf> {
         "--message-format=json",
         "--package",
         "apptheus",
-        "--test",
-        suite,
     ]);
+    for s in suites {
+        cmd.args(["--test", s]);
+    }
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -26,8 +27,15 @@ pub fn build(suite: &str) -> Result<PathBuf> {
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", out.status);
     }
-    executable(&String::from_utf8_lossy(&out.stdout), suite)
-        .with_context(|| format!("cargo built no test executable named {suite}"))
+    let messages = String::from_utf8_lossy(&out.stdout);
+    suites
+        .iter()
+        .map(|s| {
+            executable(&messages, s)
+                .map(|exe| (s.clone(), exe))
+                .with_context(|| format!("cargo built no test executable named {s}"))
+        })
+        .collect()
 }
 
 /// The executable of the integration test target `suite` in cargo's JSON messages.
@@ -48,33 +56,105 @@ fn executable(messages: &str, suite: &str) -> Option<PathBuf> {
     })
 }
 
+/// The line the guest prints before each suite when it runs several.
+const SUITE_MARK: &str = "apptheus-vm: suite ";
+
+/// The guest command for `suites`: one test binary as it is, several one after the other in one
+/// boot (each announced on the console; the status is the first failing one's).
+pub fn command(suites: &[(String, PathBuf)], extra: &[String]) -> Vec<String> {
+    if let [(_, exe)] = suites {
+        return test_args(exe, extra);
+    }
+    let mut script = String::from("st=0\n");
+    for (name, exe) in suites {
+        let args: Vec<String> = test_args(exe, extra)
+            .iter()
+            .map(|a| super::guest::sh_quote(a))
+            .collect();
+        script.push_str(&format!(
+            "echo {}\n{} || {{ s=$?; [ $st -eq 0 ] && st=$s; }}\n",
+            super::guest::sh_quote(&format!("{SUITE_MARK}{name}")),
+            args.join(" ")
+        ));
+    }
+    script.push_str("exit $st\n");
+    vec!["/bin/sh".to_string(), "-c".to_string(), script]
+}
+
+/// Each suite's part of a console log (the whole log for one suite).
+pub fn split_log<'a>(log: &'a str, suites: &[String]) -> Vec<(String, &'a str)> {
+    if let [one] = suites {
+        return vec![(one.clone(), log)];
+    }
+    suites
+        .iter()
+        .map(|name| {
+            let mark = format!("{SUITE_MARK}{name}\n");
+            let part = log.find(&mark).map_or("", |i| {
+                let rest = &log[i + mark.len()..];
+                rest.find(SUITE_MARK).map_or(rest, |j| &rest[..j])
+            });
+            (name.clone(), part)
+        })
+        .collect()
+}
+
 /// libtest's verdict, read from a console log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Verdict {
     /// The `test result: ...` line without its prefix.
     pub result: Option<String>,
+    /// Tests seen to pass (a line of its own: output of the test between the name and "ok"
+    /// hides it, the count in `result` does not miss it).
     pub passed: Vec<String>,
+    /// The failed tests, from libtest's closing `failures:` list.
     pub failed: Vec<String>,
-    pub ignored: Vec<String>,
+    /// Each failed test's panic message (the line after "panicked at ...").
+    pub messages: Vec<(String, String)>,
 }
 
 impl Verdict {
     pub fn parse(log: &str) -> Verdict {
         let mut v = Verdict::default();
-        for line in log.lines() {
-            let line = line.trim_end();
+        let lines: Vec<&str> = log.lines().map(str::trim_end).collect();
+        let mut current: Option<&str> = None;
+        for (i, line) in lines.iter().enumerate() {
             if let Some(r) = line.strip_prefix("test result: ") {
                 v.result = Some(r.to_string());
-            } else if let Some(rest) = line.strip_prefix("test ") {
-                let Some((name, what)) = rest.rsplit_once(" ... ") else {
-                    continue;
-                };
-                let name = name.to_string();
-                match what.trim() {
-                    "ok" => v.passed.push(name),
-                    "FAILED" => v.failed.push(name),
-                    w if w.starts_with("ignored") => v.ignored.push(name),
-                    _ => {}
+            } else if let Some(name) = line
+                .strip_prefix("---- ")
+                .and_then(|l| l.strip_suffix(" stdout ----"))
+            {
+                current = Some(name);
+            } else if line.starts_with("thread '")
+                && line.contains(" panicked at ")
+                && let Some(name) = current.take()
+            {
+                let mut msg: Vec<&str> = lines[i + 1..]
+                    .iter()
+                    .take_while(|l| !l.is_empty() && !l.starts_with("stack backtrace:"))
+                    .take(4)
+                    .copied()
+                    .collect();
+                if msg.is_empty() {
+                    msg.push("(no message)");
+                }
+                v.messages.push((name.to_string(), msg.join(" / ")));
+            } else if let Some(rest) = line.strip_prefix("test ")
+                && let Some(name) = rest.strip_suffix(" ... ok")
+            {
+                v.passed.push(name.to_string());
+            } else if *line == "failures:" {
+                // The closing list: indented names up to a blank line (the first "failures:"
+                // heads the tests' output, whose lines are "---- name stdout ----").
+                let names: Vec<String> = lines[i + 1..]
+                    .iter()
+                    .skip_while(|l| l.is_empty())
+                    .take_while(|l| l.starts_with("    ") && !l.trim().is_empty())
+                    .map(|l| l.trim().to_string())
+                    .collect();
+                if !names.is_empty() {
+                    v.failed = names;
                 }
             }
         }
@@ -151,17 +231,70 @@ mod tests {
 
     #[test]
     fn reads_the_verdict() {
-        let log = "running 3 tests\ntest a ... ok\n[  12.1] some kernel line\ntest b ... FAILED\ntest c ... ignored, slow\n\nfailures:\n    b\n\ntest result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 3.2s\n";
+        let log = "running 3 tests
+test a ... ok
+[  12.1] some kernel line
+test b ... FAILED
+test c ... apptheus-exec: warning: something
+ok
+
+failures:
+
+---- b stdout ----
+
+thread 'b' (12) panicked at tests/x.rs:3:5:
+assertion `left == right` failed
+  left: None
+ right: Some(1)
+stack backtrace:
+   0: x
+
+failures:
+    b
+
+test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.2s
+";
         let v = Verdict::parse(log);
         assert_eq!(v.passed, ["a"]);
         assert_eq!(v.failed, ["b"]);
-        assert_eq!(v.ignored, ["c"]);
+        assert_eq!(
+            v.messages,
+            [(
+                "b".to_string(),
+                "assertion `left == right` failed /   left: None /  right: Some(1)".to_string()
+            )]
+        );
         assert_eq!(
             v.result.as_deref(),
             Some(
-                "FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 3.2s"
+                "FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.2s"
             )
         );
+    }
+
+    #[test]
+    fn several_suites_in_one_boot() {
+        let suites = vec![
+            ("tracker".to_string(), PathBuf::from("/t/tracker-1")),
+            ("daemon".to_string(), PathBuf::from("/t/daemon-2")),
+        ];
+        let cmd = command(&suites, &[]);
+        assert_eq!(cmd[..2], ["/bin/sh", "-c"]);
+        assert!(cmd[2].contains(
+            "echo 'apptheus-vm: suite tracker'\n/t/tracker-1 --test-threads=1 --color=never || "
+        ));
+        let log = "boot\napptheus-vm: suite tracker\ntest result: ok. 5 passed\napptheus-vm: suite daemon\ntest result: FAILED. 1 passed\napptheus-vm: status 101 at 9 s\n";
+        let names = vec!["tracker".to_string(), "daemon".to_string()];
+        let parts = split_log(log, &names);
+        assert_eq!(
+            Verdict::parse(parts[0].1).result.as_deref(),
+            Some("ok. 5 passed")
+        );
+        assert_eq!(
+            Verdict::parse(parts[1].1).result.as_deref(),
+            Some("FAILED. 1 passed")
+        );
+        assert_eq!(command(&suites[..1], &[])[0], "/t/tracker-1");
     }
 
     #[test]
