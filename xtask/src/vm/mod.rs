@@ -11,8 +11,10 @@
 //! ```
 //!
 //! How it works:
-//! 1. **Kernels** ([`kernels`]): `cargo xtask setup --test` installs QEMU (`qemu-system-x86`),
-//!    `busybox-static`, `kmod` (depmod) and `xz-utils`, and fetches the newest
+//! 1. **Kernels** ([`kernels`], [`apt`]): `cargo xtask setup --test` installs QEMU
+//!    (`qemu-system-x86`; on Debian 12 QEMU 10 from bookworm-backports through private apt lists,
+//!    because machines of this kind carry `qemu-utils` 10 from there, which Breaks bookworm's
+//!    QEMU 7.2), `busybox-static`, `kmod` (depmod) and `xz-utils`, and fetches the newest
 //!    `linux-image-5.10.0-N-amd64` (bullseye, bullseye-security), `linux-image-6.1.0-N-amd64`
 //!    (bookworm, bookworm-security) and `linux-image-6.12.N+deb12-amd64` (bookworm-backports,
 //!    bookworm-security) with `apt-get download` through a private apt configuration (its own

@@ -134,7 +134,7 @@ impl Verdict {
                     .iter()
                     .take_while(|l| !l.is_empty() && !l.starts_with("stack backtrace:"))
                     .take(4)
-                    .copied()
+                    .map(|l| l.trim())
                     .collect();
                 if msg.is_empty() {
                     msg.push("(no message)");
@@ -261,7 +261,7 @@ test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; 
             v.messages,
             [(
                 "b".to_string(),
-                "assertion `left == right` failed /   left: None /  right: Some(1)".to_string()
+                "assertion `left == right` failed / left: None / right: Some(1)".to_string()
             )]
         );
         assert_eq!(
