@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::duration::parse_duration;
+
 const ABOUT: &str = "apptheus: per-container telemetry for HPC and batch hosts";
 
 const LONG_ABOUT: &str = "apptheus: per-container telemetry for HPC and batch hosts.
@@ -113,6 +115,55 @@ pub struct Args {
         value_parser = parse_max_containers
     )]
     pub gateway_max_containers: usize,
+
+    /// Most containers alive at once for one user (uid); their further launchers are turned
+    /// away, so that one user cannot take every container from the others.
+    #[arg(
+        long = "gateway.max-containers-per-user",
+        value_name = "COUNT",
+        default_value = "1024",
+        value_parser = parse_max_containers
+    )]
+    pub gateway_max_containers_per_user: usize,
+
+    /// Containers one user may start per second (sustained); see
+    /// --gateway.admission-burst-per-user.
+    #[arg(
+        long = "gateway.admission-rate-per-user",
+        value_name = "PER_SECOND",
+        default_value = "20",
+        value_parser = parse_rate
+    )]
+    pub gateway_admission_rate_per_user: f64,
+
+    /// Containers one user may start at once before --gateway.admission-rate-per-user applies.
+    #[arg(
+        long = "gateway.admission-burst-per-user",
+        value_name = "COUNT",
+        default_value = "200",
+        value_parser = parse_burst
+    )]
+    pub gateway_admission_burst_per_user: u32,
+
+    /// Ended containers kept for --container.retention, in all; beyond it the oldest are
+    /// forgotten early.
+    #[arg(
+        long = "container.max-retained",
+        value_name = "COUNT",
+        default_value = "4096",
+        value_parser = parse_max_containers
+    )]
+    pub container_max_retained: usize,
+
+    /// Ended containers kept for --container.retention, per user; beyond it that user's oldest
+    /// are forgotten early.
+    #[arg(
+        long = "container.max-retained-per-user",
+        value_name = "COUNT",
+        default_value = "1024",
+        value_parser = parse_max_containers
+    )]
+    pub container_max_retained_per_user: usize,
 
     /// Directory for the daemon's state.
     #[arg(
@@ -279,115 +330,9 @@ const NAME_MAX: usize = 255;
 /// The HTTP paths the daemon serves itself; the metrics endpoint must not hide them.
 const RESERVED_HTTP_PATHS: [&str; 2] = ["/-/healthy", "/-/ready"];
 
-const DURATION_SYNTAX: &str =
-    "expected numbers with units (ms, s, m, h, d, w, y), e.g. 500ms, 0.5s, 2m, 1h30m";
-
-/// Parses a duration in the Prometheus/Go syntax: a sequence of `<number><unit>`, e.g. `500ms`,
-/// `0.5s`, `1h30m`, `1.5h`. Units: `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`, `d`, `w`,
-/// `y` (365 days). Numbers may have a fraction; what falls below a nanosecond is truncated.
-/// A lone `0` is zero; any other number needs a unit. No sign is accepted.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.is_empty() {
-        return Err(format!("empty duration: {DURATION_SYNTAX}"));
-    }
-    if s.starts_with('-') {
-        return Err("a duration cannot be negative".to_string());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total_nanos: u128 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let (number, after_number) = split_number(rest)?;
-        let (unit, after_unit) = split_unit(after_number);
-        if unit.is_empty() {
-            return Err(format!("missing unit after {number:?}: {DURATION_SYNTAX}"));
-        }
-        let unit_nanos =
-            unit_nanos(unit).ok_or_else(|| format!("unknown unit {unit:?}: {DURATION_SYNTAX}"))?;
-        let term = number_times_unit(number, unit_nanos).ok_or_else(too_large)?;
-        total_nanos = total_nanos.checked_add(term).ok_or_else(too_large)?;
-        rest = after_unit;
-    }
-    // Keeping every duration within u64 nanoseconds (584 years) lets the rest of the daemon
-    // convert to nanoseconds without overflow checks.
-    let nanos = u64::try_from(total_nanos).map_err(|_| too_large())?;
-    Ok(Duration::from_nanos(nanos))
-}
-
-fn too_large() -> String {
-    "duration too large (the limit is about 584 years)".to_string()
-}
-
-/// Splits `<digits>[.<digits>]` off the front of `s`; at least one digit is needed.
-fn split_number(s: &str) -> Result<(&str, &str), String> {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let number = &s[..end];
-    let well_formed = number.chars().filter(|&c| c == '.').count() <= 1
-        && number.chars().any(|c| c.is_ascii_digit());
-    if !well_formed {
-        let found = if number.is_empty() { s } else { number };
-        return Err(format!("expected a number at {found:?}: {DURATION_SYNTAX}"));
-    }
-    Ok((number, &s[end..]))
-}
-
-/// Splits the unit (everything up to the next number) off the front of `s`.
-fn split_unit(s: &str) -> (&str, &str) {
-    let end = s
-        .find(|c: char| c.is_ascii_digit() || c == '.')
-        .unwrap_or(s.len());
-    (&s[..end], &s[end..])
-}
-
-fn unit_nanos(unit: &str) -> Option<u128> {
-    const SECOND: u128 = 1_000_000_000;
-    const DAY: u128 = 24 * 60 * 60 * SECOND;
-    let nanos = match unit {
-        "ns" => 1,
-        // Go accepts both the micro sign (U+00B5) and the Greek mu (U+03BC).
-        "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
-        "ms" => 1_000_000,
-        "s" => SECOND,
-        "m" => 60 * SECOND,
-        "h" => 60 * 60 * SECOND,
-        "d" => DAY,
-        "w" => 7 * DAY,
-        "y" => 365 * DAY,
-        _ => return None,
-    };
-    Some(nanos)
-}
-
-/// `number` (digits with at most one '.') times `unit_nanos`, exactly, truncated to whole
-/// nanoseconds. None on overflow.
-fn number_times_unit(number: &str, unit_nanos: u128) -> Option<u128> {
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let mut nanos: u128 = 0;
-    for digit in whole.bytes() {
-        nanos = nanos
-            .checked_mul(10)?
-            .checked_add(u128::from(digit - b'0'))?;
-    }
-    nanos = nanos.checked_mul(unit_nanos)?;
-    // Fraction digits past the 18th are worth less than a nanosecond even for a year (3.2e16
-    // ns); dropping them keeps 10^digits and the product within u128.
-    let fraction = &fraction[..fraction.len().min(18)];
-    let mut numerator: u128 = 0;
-    let mut denominator: u128 = 1;
-    for digit in fraction.bytes() {
-        numerator = numerator * 10 + u128::from(digit - b'0');
-        denominator *= 10;
-    }
-    nanos.checked_add(numerator * unit_nanos / denominator)
-}
-
 /// `--monitor.interval`: a duration above zero (a zero interval would spin).
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let duration = parse_duration(s)?;
+    let duration = parse_duration(s).map_err(|e| e.to_string())?;
     if duration.is_zero() {
         return Err("must be greater than zero".to_string());
     }
@@ -544,7 +489,27 @@ fn parse_cgroup_parent(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// `--gateway.max-containers`: at least 1.
+/// A rate per second: a finite number above 0.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err("must be a number above 0".to_string());
+    }
+    Ok(rate)
+}
+
+/// A burst: at least 1.
+fn parse_burst(s: &str) -> Result<u32, String> {
+    let burst: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    if burst == 0 {
+        return Err("must be at least 1".to_string());
+    }
+    Ok(burst)
+}
+
+/// `--gateway.max-containers` and the other counts: at least 1.
 fn parse_max_containers(s: &str) -> Result<usize, String> {
     let count: usize = s
         .parse()
@@ -623,6 +588,11 @@ mod tests {
         assert_eq!(args.cgroup_parent, "apptheus");
         assert_eq!(args.container_retention, Duration::from_secs(120));
         assert_eq!(args.gateway_max_containers, 4096);
+        assert_eq!(args.gateway_max_containers_per_user, 1024);
+        assert_eq!(args.gateway_admission_rate_per_user, 20.0);
+        assert_eq!(args.gateway_admission_burst_per_user, 200);
+        assert_eq!(args.container_max_retained, 4096);
+        assert_eq!(args.container_max_retained_per_user, 1024);
         assert_eq!(args.state_dir, PathBuf::from("/var/lib/apptheus"));
         assert_eq!(args.log_level, LogLevel::Info);
         assert_eq!(args.log_format, LogFormat::Logfmt);
@@ -714,65 +684,6 @@ mod tests {
         let args = parse_ok(&["--monitor.inverval", "250ms"]);
         assert_eq!(args.monitor_interval, Duration::from_millis(250));
         assert_bad_value_named("--monitor.inverval", "abc", "--monitor.interval");
-    }
-
-    #[test]
-    fn durations() {
-        let ms = Duration::from_millis;
-        let s = Duration::from_secs;
-        let good: &[(&str, Duration)] = &[
-            ("0", Duration::ZERO),
-            ("0s", Duration::ZERO),
-            ("500ms", ms(500)),
-            ("0.5s", ms(500)),
-            (".5s", ms(500)),
-            ("90s", s(90)),
-            ("2m", s(120)),
-            ("1h", s(3600)),
-            ("1h30m", s(5400)),
-            ("1.5h", s(5400)),
-            ("1d", s(86_400)),
-            ("1w", s(7 * 86_400)),
-            ("1y", s(365 * 86_400)),
-            (
-                "1y2w3d4h5m6s7ms",
-                ms(((((365 + 14 + 3) * 24 + 4) * 60 + 5) * 60 + 6) * 1000 + 7),
-            ),
-            ("1s1h", s(3601)),
-            ("100us", Duration::from_micros(100)),
-            ("100\u{b5}s", Duration::from_micros(100)),
-            ("100\u{3bc}s", Duration::from_micros(100)),
-            ("42ns", Duration::from_nanos(42)),
-            ("1.0000000001s", Duration::from_nanos(1_000_000_000)),
-            (
-                "0.333333333333333333333333s",
-                Duration::from_nanos(333_333_333),
-            ),
-            ("500y", s(500 * 365 * 86_400)),
-        ];
-        for (input, want) in good {
-            assert_eq!(parse_duration(input), Ok(*want), "{input}");
-        }
-        let bad: &[(&str, &str)] = &[
-            ("", "empty"),
-            ("5", "missing unit"),
-            ("1h30", "missing unit"),
-            ("-1s", "negative"),
-            ("+1s", "expected a number"),
-            ("abc", "expected a number"),
-            ("s", "expected a number"),
-            ("1.2.3s", "expected a number"),
-            (".s", "expected a number"),
-            ("5x", "unknown unit"),
-            ("5 s", "unknown unit"),
-            ("5sec", "unknown unit"),
-            ("1000y", "too large"),
-            ("99999999999999999999999999999999999999999h", "too large"),
-        ];
-        for (input, want) in bad {
-            let err = parse_duration(input).expect_err(input);
-            assert!(err.contains(want), "{input}: {err:?} lacks {want:?}");
-        }
     }
 
     #[test]

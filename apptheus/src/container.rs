@@ -4,6 +4,8 @@ use std::{path::Path, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::Job;
+
 /// A container's identity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
@@ -29,9 +31,28 @@ pub struct Identity {
     pub exe_path: String,
     /// Unix seconds of the admission.
     pub start_time: f64,
+    /// The batch job it belongs to (state files of earlier versions have none).
+    #[serde(default)]
+    pub job: Job,
 }
 
 impl Identity {
+    /// The identity of a container still being admitted: its id and (published) uid only.
+    pub fn pending(id: String, uid: String) -> Identity {
+        Identity {
+            id,
+            cgroup: String::new(),
+            cgroup_label: String::new(),
+            user: String::new(),
+            uid,
+            pid: 0,
+            exe: String::new(),
+            exe_path: String::new(),
+            start_time: 0.0,
+            job: Job::default(),
+        }
+    }
+
     /// The id and exe basename of a launcher.
     pub fn id_of(exe_path: &Path, pid: i32) -> (String, String) {
         let exe = exe_basename(exe_path);

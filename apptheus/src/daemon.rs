@@ -87,7 +87,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
             "containers of a previous run taken back"
         );
     }
-    let gateway = Arc::new(Gateway::bind(&args.socket_path)?);
+    let gateway = Gateway::bind(&args.socket_path)?;
     tracing::info!(
         socket = args.socket_path.display().to_string().as_str(),
         trusted = trust.paths().len(),
@@ -95,9 +95,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     );
     ready.store(true, Ordering::Release);
 
-    let serve = gateway
-        .clone()
-        .serve(trust, registry.clone(), metrics.clone(), shutdown.clone());
+    let serve = gateway.serve(trust, registry.clone(), metrics.clone(), shutdown.clone());
     tasks.spawn(serve);
     tasks.spawn(registry.clone().follow(events, shutdown.clone()));
     tasks.spawn(sampler.run(args.monitor_interval, shutdown.clone()));
@@ -118,8 +116,8 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     ready.store(false, Ordering::Release);
     // The sampler's last act saves the containers for the next start.
     while tasks.join_next().await.is_some() {}
-    // Removes the socket file. The programs detach when the last tracker reference goes.
-    drop(gateway);
+    // The gateway removed its socket when it stopped; the programs detach when the last
+    // tracker reference goes.
     drop(registry);
     tracing::info!("stopped");
     Ok(())
@@ -135,6 +133,13 @@ fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
         retention: args.container_retention,
         max_containers: args.gateway_max_containers,
         privacy: Arc::new(privacy),
+        limits: registry::Limits {
+            containers_per_user: args.gateway_max_containers_per_user,
+            retained: args.container_max_retained,
+            retained_per_user: args.container_max_retained_per_user,
+            admissions_per_second: args.gateway_admission_rate_per_user,
+            admission_burst: args.gateway_admission_burst_per_user,
+        },
     }
 }
 

@@ -5,14 +5,18 @@
 //! whole process tree followed by eBPF (`tracker`). The `sampler` reads the cgroups' counters
 //! into `metrics`, which `http` serves to Prometheus, with TLS and basic auth from `webconfig`.
 //! `docs/architecture.md` draws the two data paths.
+pub mod accept;
 pub mod cgroup;
 pub mod cli;
 pub mod container;
 pub mod daemon;
+pub mod duration;
+pub mod fsperm;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
 pub mod http;
+pub mod job;
 pub mod metrics;
 pub mod pidfd;
 pub mod privacy;
@@ -21,5 +25,7 @@ pub mod registry;
 pub mod sampler;
 pub mod state;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testhook;
 pub mod tracker;
 pub mod webconfig;

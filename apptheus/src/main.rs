@@ -53,6 +53,14 @@ fn main() -> ExitCode {
     if trust.paths().is_empty() {
         tracing::warn!("--trust.path is empty: every launcher will be refused");
     }
+    // Admission holds a pidfd per process of a launcher's tree until it is moved: room for that
+    // beyond the usual 1024 descriptors (the hard limit is the administrator's to set).
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     // glibc gives each thread that allocates its own arena; a burst of short blocking tasks
     // (a connection flood) would leave many half-used arenas resident. Two are plenty here.
     // SAFETY: mallopt has no memory-safety preconditions.

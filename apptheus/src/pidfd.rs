@@ -34,6 +34,13 @@ impl Pidfd {
     }
 }
 
+impl Pidfd {
+    /// Another pidfd of the same process.
+    pub fn try_clone(&self) -> io::Result<Pidfd> {
+        self.0.try_clone().map(Pidfd)
+    }
+}
+
 impl From<OwnedFd> for Pidfd {
     fn from(fd: OwnedFd) -> Pidfd {
         Pidfd(fd)
@@ -43,5 +50,28 @@ impl From<OwnedFd> for Pidfd {
 impl AsFd for Pidfd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
+    }
+}
+
+/// A process held by its pidfd: what every move into a container's cgroup is tied to. Its pid
+/// is only ever used while the pidfd shows the process alive.
+#[derive(Debug)]
+pub struct Process {
+    pid: i32,
+    fd: Pidfd,
+}
+
+impl Process {
+    pub fn new(pid: i32, fd: Pidfd) -> Process {
+        Process { pid, fd }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether the process is still alive (an error polling counts as gone: never act on it).
+    pub fn alive(&self) -> bool {
+        matches!(self.fd.has_exited(), Ok(false))
     }
 }

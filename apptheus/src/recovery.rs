@@ -9,11 +9,12 @@
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use crate::{
-    cgroup::ContainerCgroup,
     container::{Identity, from_unix_seconds, pid_of_id, unix_seconds, user_name},
+    pidfd::Process,
     privacy::Privacy,
     registry::Registry,
     state::SavedContainer,
+    testhook,
 };
 
 /// What `recover` found.
@@ -33,10 +34,11 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         let id = parts.next().unwrap_or("");
         parts.next() == Some(parent) && pid_of_id(id).is_some()
     };
-    // By cgroup path: the state file's entries, then what the tree shows that it missed.
+    // By cgroup path: the state file's entries (a launcher's own cgroup that was adopted is
+    // known only from there), then what the tree shows that it missed.
     let mut candidates: BTreeMap<String, Option<SavedContainer>> = saved
         .into_iter()
-        .filter(|c| ours(&c.identity.cgroup))
+        .filter(|c| !c.adopted.is_empty() || ours(&c.identity.cgroup))
         .map(|c| (c.identity.cgroup.clone(), Some(c)))
         .collect();
     for rel in registry.layout().list(parent) {
@@ -46,23 +48,33 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
     }
     for (rel, saved) in candidates {
         let made = saved.as_ref().map_or(&[][..], |s| &s.made_parents[..]);
-        let Some(cgroup) = registry.layout().open(&rel, made) else {
+        let adopted = saved.as_ref().map_or(&[][..], |s| &s.adopted[..]);
+        let Some(cgroup) = registry.layout().open(&rel, made, adopted) else {
             // Removed after the state file was written.
             continue;
         };
+        // Found in the tree only: ours if root made it (a user may make directories of any name
+        // in a cgroup delegated to them; those are never taken, nor removed).
+        if saved.is_none() && !cgroup.adopted().is_empty() {
+            tracing::warn!(
+                cgroup = rel.as_str(),
+                "a directory shaped like a container's is not root's: left alone"
+            );
+            continue;
+        }
         let procs = cgroup.procs();
         let privacy = &registry.config().privacy;
         let (identity, end_time) = match saved {
             // A state file written with --privacy.hash-salt-file off holds clear values.
             Some(s) => (republish(privacy, s.identity), s.end_time),
-            None => (guess(&rel, &cgroup, &procs, privacy), None),
+            None => (guess(&rel, &procs, privacy), None),
         };
         let key = registry.next_key();
         let members = if procs.is_empty() {
             Vec::new()
         } else {
             match registry.tracker().readopt(&procs, key) {
-                Ok(m) => m,
+                Ok(t) => t.members,
                 Err(e) => {
                     tracing::error!(container = identity.id.as_str(), error = %e, "cannot track a re-adopted container's processes");
                     let _ = registry.tracker().unregister(key);
@@ -71,10 +83,14 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
             }
         };
         // Descendants that left the cgroup while the daemon was down come back in.
-        for pid in members.iter().filter(|p| !procs.contains(p)) {
-            if let Err(e) = cgroup.add_process(*pid) {
-                tracing::warn!(container = identity.id.as_str(), pid = *pid, error = %e, "cannot move a process into the container's cgroup");
-            }
+        let outside: Vec<&Process> = members
+            .iter()
+            .filter(|p| !procs.contains(&p.pid()))
+            .collect();
+        let pids: Vec<i32> = outside.iter().map(|p| p.pid()).collect();
+        testhook::pause(testhook::Point::Move, &pids);
+        for process in outside {
+            registry.move_into(&cgroup, process, key, &identity.id);
         }
         let live = !members.is_empty();
         let end_time = (!live).then(|| {
@@ -106,8 +122,9 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
 
 /// The identity of a container found in the cgroup tree but not in the state file: the exe and
 /// pid from its id, the user and exe path from the launcher if it still runs in the container
-/// (else the user of any of its processes), the start time from its directory.
-fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32], privacy: &Privacy) -> Identity {
+/// (else the user of any of its processes). Its start is unknown: the restart's time stands for
+/// it (a directory's times are its owner's to set).
+fn guess(rel: &str, procs: &[i32], privacy: &Privacy) -> Identity {
     let id = rel.rsplit('/').next().unwrap_or_default().to_string();
     let pid = pid_of_id(&id).unwrap_or(0);
     let exe = id
@@ -129,12 +146,7 @@ fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32], privacy: &Privacy) 
         .flatten()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let start_time = cgroup
-        .dirs()
-        .first()
-        .and_then(|d| std::fs::metadata(d).ok())
-        .and_then(|m| m.created().or_else(|_| m.modified()).ok())
-        .map_or_else(|| unix_seconds(SystemTime::now()), unix_seconds);
+    let start_time = unix_seconds(SystemTime::now());
     let user = if uid == u32::MAX {
         "unknown".into()
     } else {
@@ -151,6 +163,7 @@ fn guess(rel: &str, cgroup: &ContainerCgroup, procs: &[i32], privacy: &Privacy) 
         exe,
         exe_path: published.exe_path,
         start_time,
+        job: Default::default(),
     }
 }
 
@@ -166,5 +179,8 @@ fn republish(privacy: &Privacy, mut identity: Identity) -> Identity {
     identity.uid = published.uid;
     identity.exe_path = published.exe_path;
     identity.cgroup_label = published.cgroup_label;
+    if !identity.job.image.starts_with("p-") {
+        identity.job.image = privacy.path(&identity.job.image, identity.uid.parse().ok());
+    }
     identity
 }

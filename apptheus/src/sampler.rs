@@ -1,11 +1,12 @@
 //! The sampling pass: from the containers' cgroup files and kernel counters to the snapshot
 //! that `/metrics` serves.
 //!
-//! Once per `--monitor.interval` (and at once when a container is admitted, for that one only)
-//! the sampler reads every container that can have changed, ends those whose counters show no
-//! live process, publishes the series if any value changed, forgets containers whose retention
-//! is over, and saves the set of containers for a restart when it changed. It owns what it
-//! reads between passes: each container's last values, and the idle cache below.
+//! Once per `--monitor.interval` the sampler reads every container that can have changed, ends
+//! those whose counters show no live process, publishes the series if any value changed,
+//! forgets containers whose retention is over, and saves the set of containers for a restart
+//! when it changed. A container just admitted is read at once (to show it), and one that just
+//! ended too (its final values; then its own directories go). The sampler owns what it reads
+//! between passes: each container's last values, its highest memory, and the idle cache below.
 use std::{
     collections::{HashMap, HashSet, hash_map},
     sync::Arc,
@@ -28,6 +29,17 @@ use crate::{
 /// move without its processes running (reclaim, swap-out), and limits can be changed.
 const FULL_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
+/// Which containers a pass reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// Every one that can have changed, on the interval.
+    Full,
+    /// Those never read yet: just admitted.
+    New,
+    /// Those that ended and whose final values are not taken yet.
+    Ended,
+}
+
 /// What the sampler keeps of one container between passes.
 struct Sampled {
     entry: Entry,
@@ -37,6 +49,8 @@ struct Sampled {
     /// When all its files were last read.
     last_full: Option<Instant>,
     procs: ProcessCounters,
+    /// The highest memory usage read, for kernels that keep no peak (before 5.19 on v2).
+    sampled_peak: Option<u64>,
     /// Sampled after its end: the values are final.
     finished: bool,
 }
@@ -49,8 +63,19 @@ impl Sampled {
             probe: None,
             last_full: None,
             procs: ProcessCounters::default(),
+            sampled_peak: None,
             finished: false,
         }
+    }
+
+    /// Whether `pass` reads this container.
+    fn wanted(&self, pass: Pass) -> bool {
+        !self.finished
+            && match pass {
+                Pass::Full => true,
+                Pass::New => self.last_full.is_none(),
+                Pass::Ended => self.entry.end_time.is_some(),
+            }
     }
 
     /// Read what can have changed since the last pass. Returns whether a value changed.
@@ -66,21 +91,28 @@ impl Sampled {
         now: Instant,
     ) -> bool {
         let cgroup = &self.entry.cgroup;
+        let ended = self.entry.end_time.is_some();
         let probe = reader.probe(cgroup);
         let fresh = self
             .last_full
             .is_some_and(|t| now.duration_since(t) < FULL_SAMPLE_EVERY);
         let idle = fresh
-            && self.entry.end_time.is_none()
+            && !ended
             && procs == Some(self.procs)
             && probe.value.is_some()
             && probe.value == self.probe;
         let mut changed = false;
         if !idle {
-            let stats = reader.read_all(cgroup, &probe);
+            let mut stats = reader.read_all(cgroup, &probe);
+            if ended {
+                // A batch system removes a job's cgroup (which may be the container's) as soon
+                // as its last process exits: what was read last stands where nothing is left.
+                stats = stats.or(&self.stats);
+            }
             changed = stats != self.stats;
             self.stats = stats;
             self.last_full = Some(now);
+            self.sampled_peak = self.sampled_peak.max(self.stats.memory_usage_bytes);
         }
         self.probe = probe.value;
         if let Some(p) = procs {
@@ -91,11 +123,20 @@ impl Sampled {
     }
 
     fn series(&self) -> ContainerSeries {
+        let mut stats = self.stats.clone();
+        let peak_source = match stats.memory_max_usage_bytes {
+            Some(_) => "kernel",
+            None => {
+                stats.memory_max_usage_bytes = self.sampled_peak;
+                "sampled"
+            }
+        };
         ContainerSeries {
             identity: self.entry.identity.clone(),
             memory_source: self.entry.cgroup.memory_source().as_str(),
+            memory_peak_source: peak_source,
             end_time: self.entry.end_time.map(unix_seconds),
-            stats: self.stats.clone(),
+            stats,
             procs: self.procs,
         }
     }
@@ -128,22 +169,23 @@ impl Sampler {
         }
     }
 
-    /// Sample every `interval`, and at once when a container is admitted, until `shutdown`;
-    /// then save the containers for the next start.
+    /// Sample every `interval`, and at once when a container is admitted or ends, until
+    /// `shutdown`; then save the containers for the next start.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) -> Result<()> {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let registry = self.registry.clone();
         loop {
-            // Admissions in a burst share one such pass.
-            let only_new = tokio::select! {
+            // Admissions (or ends) in a burst share one such pass.
+            let pass = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => false,
-                _ = registry.admitted() => true,
+                _ = tick.tick() => Pass::Full,
+                _ = registry.admitted() => Pass::New,
+                _ = registry.ended() => Pass::Ended,
             };
             // Reads of cgroup files: on a blocking thread.
             self = tokio::task::spawn_blocking(move || {
-                self.pass(only_new);
+                self.pass(pass);
                 self
             })
             .await
@@ -157,40 +199,46 @@ impl Sampler {
         .context("saving the containers at shutdown")
     }
 
-    /// One pass (blocking). With `only_new`, just the containers never sampled, to show a new
-    /// container before the next pass.
-    pub fn pass(&mut self, only_new: bool) {
+    /// One pass (blocking).
+    fn pass(&mut self, pass: Pass) {
         let start = Instant::now();
         let mut changed = self.sync();
-        let mut ended = Vec::new();
+        let (mut ended, mut finished) = (Vec::new(), Vec::new());
         let tracker = self.registry.tracker();
-        for (key, s) in &mut self.containers {
-            if s.finished || (only_new && s.last_full.is_some()) {
-                continue;
-            }
+        for (key, s) in self.containers.iter_mut().filter(|(_, s)| s.wanted(pass)) {
             let procs = tracker.counters(*key).ok().flatten();
             changed |= s.sample(&mut self.reader, procs, start);
             // Ended when the pass began: these values are the final ones. A container whose
             // counters show no live process has ended, even if its exit event was lost.
             if s.entry.end_time.is_some() {
                 s.finished = true;
+                finished.push(*key);
             } else if procs.is_some_and(|p| p.live == 0) {
                 ended.push(*key);
             }
         }
-        for key in ended {
-            self.registry.end(key);
-        }
         if changed {
             self.publish();
         }
+        for key in finished {
+            self.registry.release(key);
+        }
+        for key in ended {
+            self.registry.end(key);
+        }
         self.metrics.containers.set(self.registry.live() as i64);
-        if only_new {
+        if pass != Pass::Full {
+            // Saved at once: an admitted container may be the launcher's own cgroup, which
+            // only the state file can tell a restarted daemon about.
+            self.persist();
             return;
         }
         if let Ok(lost) = tracker.lost_events() {
             self.metrics.set_events_lost(lost);
         }
+        self.registry.finish_walks();
+        self.metrics
+            .set_walks_cut_short(self.registry.walks_cut_short());
         self.metrics
             .sample_duration
             .observe(start.elapsed().as_secs_f64());
@@ -270,7 +318,7 @@ mod tests {
         fs::write(dir.join("cpuacct/job/c_1/cpuacct.usage"), "1000\n").unwrap();
         fs::write(dir.join("memory/job/c_1/memory.usage_in_bytes"), "4096\n").unwrap();
         let layout = Layout::from_mountinfo(&mountinfo).unwrap();
-        let cgroup = layout.open("/job/c_1", &[]).unwrap();
+        let cgroup = layout.open("/job/c_1", &[], &[]).unwrap();
         Entry {
             key: 1,
             identity: Arc::new(Identity {
@@ -283,6 +331,7 @@ mod tests {
                 exe: "c".into(),
                 exe_path: "/bin/c".into(),
                 start_time: 0.0,
+                job: Default::default(),
             }),
             cgroup: Arc::new(cgroup),
             end_time: None,

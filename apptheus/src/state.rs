@@ -5,7 +5,9 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -14,7 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::container::{Identity, from_unix_seconds};
+use crate::{
+    container::{Identity, from_unix_seconds},
+    fsperm::writable_by_others,
+};
 
 /// The file's name inside `--state.dir`.
 pub const FILE_NAME: &str = "containers.json";
@@ -35,6 +40,9 @@ pub struct SavedContainer {
     /// empty). Only ever compared with the directories the cgroup tree shows.
     #[serde(default)]
     pub made_parents: Vec<PathBuf>,
+    /// The directories that were the launcher's own cgroup, taken as they were: never removed.
+    #[serde(default)]
+    pub adopted: Vec<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,13 +93,32 @@ fn check(saved: &SavedContainer) -> Result<()> {
     if !plain_name(&c.id) {
         bail!("bad id");
     }
+    // A container's own cgroup ends in its id; one that is the launcher's own cgroup (adopted)
+    // has the name the batch system gave it.
     let parts: Vec<&str> = c.cgroup.split('/').collect();
     if !c.cgroup.starts_with('/')
         || c.cgroup.contains(['\0', '\n'])
         || parts.iter().skip(1).any(|p| !plain_name(p))
-        || parts.last() != Some(&c.id.as_str())
+        || (saved.adopted.is_empty() && parts.last() != Some(&c.id.as_str()))
     {
         bail!("bad cgroup path {:?}", c.cgroup);
+    }
+    let absolute_plain = |p: &PathBuf| {
+        p.is_absolute()
+            && p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+    };
+    if !saved
+        .adopted
+        .iter()
+        .chain(&saved.made_parents)
+        .all(absolute_plain)
+    {
+        bail!("bad directory");
     }
     if c.pid <= 0 {
         bail!("bad pid {}", c.pid);
@@ -119,12 +146,31 @@ impl StateDir {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating --state.dir {}", dir.display()))?;
+        // Its files are opened without following links, and nobody but root may change it or
+        // what leads to it.
+        let meta = fs::symlink_metadata(dir)
+            .with_context(|| format!("inspecting --state.dir {}", dir.display()))?;
+        if !meta.is_dir() {
+            bail!("--state.dir {} is not a directory (a link?)", dir.display());
+        }
+        if let Some(bad) = writable_by_others(dir) {
+            bail!(
+                "--state.dir {} is unsafe: {} is writable by a user other than root",
+                dir.display(),
+                bad.display()
+            );
+        }
+        if meta.mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod 0700 --state.dir {}", dir.display()))?;
+        }
         let lock_path = dir.join(LOCK_NAME);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
@@ -197,6 +243,7 @@ impl StateDir {
                 .truncate(true)
                 .write(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             f.write_all(&render(containers))?;
             f.sync_all()?;
@@ -209,17 +256,27 @@ impl StateDir {
 
 /// The file's bytes, `None` if it does not exist.
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
+    use std::io::Read as _;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
     if !meta.is_file() || meta.len() > MAX_BYTES {
         bail!("not a regular file of at most {MAX_BYTES} bytes");
     }
-    fs::read(path)
-        .map(Some)
-        .with_context(|| format!("reading {}", path.display()))
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
@@ -239,9 +296,11 @@ mod tests {
                 exe: "starter-suid".into(),
                 exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),
                 start_time: 1_700_000_000.25,
+                job: Default::default(),
             },
             end_time: None,
             made_parents: vec!["/sys/fs/cgroup/memory/slurm/job_1/apptheus".into()],
+            adopted: vec![],
         }
     }
 
@@ -272,6 +331,16 @@ mod tests {
         assert!(with(&|c| c.identity.cgroup = "/x/../../etc/a_1".into()).is_err());
         assert!(with(&|c| c.identity.cgroup = "relative/a_1".into()).is_err());
         assert!(with(&|c| c.identity.cgroup = "/x/other".into()).is_err());
+        // The launcher's own cgroup, adopted: its path need not end in the id.
+        assert!(
+            with(&|c| {
+                c.identity.cgroup = "/slurm/job_1/step_0/task_0".into();
+                c.adopted = vec!["/sys/fs/cgroup/memory/slurm/job_1/step_0/task_0".into()];
+            })
+            .is_ok()
+        );
+        assert!(with(&|c| c.adopted = vec!["relative".into()]).is_err());
+        assert!(with(&|c| c.made_parents = vec!["/a/../b".into()]).is_err());
         assert!(with(&|c| c.identity.id = "..".into()).is_err());
         assert!(with(&|c| c.identity.pid = 0).is_err());
         assert!(with(&|c| c.identity.start_time = f64::NAN).is_err());

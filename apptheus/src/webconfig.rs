@@ -19,6 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use axum::http::{HeaderName, HeaderValue};
 use rustls::{
     CipherSuite, NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite,
     crypto::CryptoProvider,
@@ -104,8 +105,9 @@ pub struct WebConfig {
     pub tls: Option<TlsSettings>,
     /// Accepted for compatibility; the daemon serves HTTP/1.1 only (see README).
     pub http2: bool,
-    /// Extra response headers, from exporter-toolkit's fixed list.
-    pub headers: Vec<(String, String)>,
+    /// Extra response headers, from exporter-toolkit's fixed list: ready to insert, checked
+    /// once here.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// User name -> bcrypt hash. Empty: no authentication.
     pub users: BTreeMap<String, String>,
     pub rate_limit: Option<RateLimit>,
@@ -448,7 +450,9 @@ fn parse_curves(names: Option<Vec<String>>) -> Result<Vec<Curve>> {
     Ok(out)
 }
 
-fn parse_headers(headers: Option<BTreeMap<String, String>>) -> Result<Vec<(String, String)>> {
+fn parse_headers(
+    headers: Option<BTreeMap<String, String>>,
+) -> Result<Vec<(HeaderName, HeaderValue)>> {
     let mut out = Vec::new();
     for (name, value) in headers.unwrap_or_default() {
         let Some((_, allowed)) = ALLOWED_HEADERS.iter().find(|(n, _)| *n == name) else {
@@ -463,9 +467,13 @@ fn parse_headers(headers: Option<BTreeMap<String, String>>) -> Result<Vec<(Strin
         if value.is_empty() {
             continue;
         }
-        if axum::http::HeaderValue::from_str(&value).is_err() {
+        let Ok(value) = HeaderValue::from_str(&value) else {
             bail!("http_server_config.headers: {name}: not a valid header value");
-        }
+        };
+        // The allowed names are valid: this cannot fail, but is not unwrapped either.
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            anyhow!("http_server_config.headers: {name:?}: not a valid header name")
+        })?;
         out.push((name, value));
     }
     Ok(out)
@@ -475,7 +483,7 @@ fn parse_rate_limit(r: RawRateLimit) -> Result<Option<RateLimit>> {
     let interval = match non_empty(r.interval) {
         None => Duration::ZERO,
         Some(s) => {
-            crate::cli::parse_duration(&s).map_err(|e| anyhow!("rate_limit.interval: {e}"))?
+            crate::duration::parse_duration(&s).map_err(|e| anyhow!("rate_limit.interval: {e}"))?
         }
     };
     // Go: an interval of 0 disables the limiter.
@@ -698,7 +706,19 @@ mod tests {
         assert_eq!(tls.curves, vec![Curve::X25519, Curve::P256]);
         assert!(!tls.prefer_server_cipher_suites);
         assert!(!c.http2);
-        assert_eq!(c.headers.len(), 2);
+        assert_eq!(
+            c.headers,
+            [
+                (
+                    HeaderName::from_static("strict-transport-security"),
+                    HeaderValue::from_static("max-age=31536000")
+                ),
+                (
+                    HeaderName::from_static("x-frame-options"),
+                    HeaderValue::from_static("deny")
+                ),
+            ]
+        );
         assert!(c.users.contains_key("alice"));
         assert_eq!(
             c.rate_limit,

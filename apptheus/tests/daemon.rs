@@ -282,11 +282,13 @@ fn nested_placement_keeps_the_launchers_memory_limit() {
         m.contains(&label).then_some(m)
     })
     .unwrap_or_else(|| panic!("container not exported:\n{}", d.log_text()));
+    // The launcher's cgroup holds nothing but the container: it is the container's cgroup.
     let cg = cgroup_label(&m, &label).unwrap();
     let base_name = base.0.file_name().unwrap().to_str().unwrap();
+    assert_eq!(cg, format!("/{base_name}"), "not the launcher's own cgroup");
     assert!(
-        cg.starts_with(&format!("/{base_name}/{}/", d.parent)),
-        "container cgroup {cg} not under the launcher's"
+        !base.0.join(&d.parent).exists(),
+        "a directory was made in it"
     );
     assert_eq!(
         sample(&m, "apptheus_container_spec_memory_limit_bytes", &label),
@@ -300,6 +302,68 @@ fn nested_placement_keeps_the_launchers_memory_limit() {
         "a 256 MiB allocation succeeded under a 64 MiB limit"
     );
     println!("workload under the limit ended with {status}");
+}
+
+#[test]
+fn a_launcher_sharing_its_cgroup_gets_a_cgroup_inside_it() {
+    let d = Daemon::start(&["--monitor.interval=200ms"]);
+    let base = LimitedCgroup(
+        Path::new("/sys/fs/cgroup/memory").join(common::unique("apptheus-test-shared")),
+    );
+    std::fs::create_dir(&base.0).unwrap();
+    std::fs::write(base.0.join("memory.limit_in_bytes"), "134217728").unwrap();
+    // A process that is not the launcher's lives in the same cgroup (a batch script's shell).
+    let mut foreign = common::Workload::spawn_cmd(Command::new("sh").args([
+        "-c",
+        &format!(
+            "echo $$ > {}/cgroup.procs && exec sleep 600",
+            base.0.display()
+        ),
+    ]));
+    eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(base.0.join("cgroup.procs"))
+            .ok()
+            .filter(|p| p.contains(&foreign.pid().to_string()))
+    })
+    .expect("the foreign process never entered the cgroup");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} --socket={} -- {} ready wait",
+        base.0.display(),
+        bin("apptheus-exec").display(),
+        d.socket.display(),
+        common::workload_bin().display()
+    );
+    let mut w = common::Workload::spawn_cmd(Command::new("sh").args(["-c", &script]));
+    w.ready();
+    let label = exec_label(w.pid());
+    let m = eventually(Duration::from_secs(3), || {
+        let m = d.metrics();
+        m.contains(&label).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("container not exported:\n{}", d.log_text()));
+    let cg = cgroup_label(&m, &label).unwrap();
+    let base_name = base.0.file_name().unwrap().to_str().unwrap();
+    assert!(
+        cg.starts_with(&format!("/{base_name}/{}/", d.parent)),
+        "container cgroup {cg} not inside the launcher's"
+    );
+    assert_eq!(
+        sample(&m, "apptheus_container_spec_memory_limit_bytes", &label),
+        Some(134217728.0)
+    );
+    // The foreign process stays where it was.
+    let procs = std::fs::read_to_string(base.0.join("cgroup.procs")).unwrap();
+    assert!(procs.contains(&foreign.pid().to_string()));
+    w.go();
+    assert!(w.wait().success());
+    // Its own directory goes the moment it ends (a batch system removes the job's cgroup right
+    // after its last process exits).
+    eventually(Duration::from_secs(5), || {
+        (!base.0.join(&d.parent).exists()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the container's directory was left:\n{}", d.log_text()));
+    foreign.child.kill().unwrap();
+    foreign.child.wait().unwrap();
 }
 
 #[test]

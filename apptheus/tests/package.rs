@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Daemon, Workload, eventually, free_port, prometheus::tool, unique};
+use common::{Client, Daemon, Workload, eventually, listening_port, prometheus::tool, unique};
 
 const PACKAGE: &str = "apptheus";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -384,7 +384,6 @@ fn run_installed_daemon() {
 fn run_with_default_state_dir() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gateway.sock");
-    let port = free_port();
     let log = dir.path().join("daemon.log");
     let parent = unique("apptheus-test-pkg");
     // Stopped by its pid at the end, whatever happens in between; then the cgroups it left go.
@@ -402,7 +401,8 @@ fn run_with_default_state_dir() {
     }
     let mut child = Stop(
         Command::new("/usr/bin/apptheus")
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Port 0: the kernel picks a free one; the log says which.
+            .arg("--web.listen-address=127.0.0.1:0")
             .arg(format!("--socket.path={}", socket.display()))
             .arg(format!("--cgroup.parent={parent}"))
             .arg("--trust.path=/usr/bin/apptheus-exec")
@@ -413,6 +413,8 @@ fn run_with_default_state_dir() {
         parent.clone(),
     );
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let port = eventually(Duration::from_secs(30), || listening_port(&log_text()))
+        .unwrap_or_else(|| panic!("/usr/bin/apptheus does not listen:\n{}", log_text()));
     let client = Client::plain();
     let get = |path: &str| {
         client

@@ -201,8 +201,14 @@ impl Live {
             daemon.socket.display(),
             common::workload_bin().display()
         );
+        // A job's environment, so that every label of the job series shows.
         let mut limited = Launcher(Workload::spawn_cmd(
-            Command::new("sh").args(["-c", &script]),
+            Command::new("sh")
+                .args(["-c", &script])
+                .env("SLURM_JOB_ID", "4242")
+                .env("SLURM_JOB_ACCOUNT", "proj1")
+                .env("SLURM_JOB_PARTITION", "batch")
+                .env("APPTAINER_CONTAINER", "/images/test.sif"),
         ));
         for l in [&mut plain, &mut limited] {
             l.0.ready();

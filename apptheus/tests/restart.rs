@@ -253,10 +253,8 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
             "--socket.path={}",
             d.dir.path().join("other.sock").display()
         ))
-        .arg(format!(
-            "--web.listen-address=127.0.0.1:{}",
-            common::free_port()
-        ))
+        // Port 0: no port picked in advance that another test could take first.
+        .arg("--web.listen-address=127.0.0.1:0")
         .arg(format!(
             "--cgroup.parent={}",
             common::unique("apptheus-test")

@@ -539,10 +539,9 @@ fn check_cleanup(slurm: &Slurm, job: u32, problems: &mut Vec<String>) {
     }
 }
 
-/// EXPECTED TO FAIL until the daemon is fixed: the OOM kill of a container inside a job must
-/// still be the job's OOM for Slurm (v1 counts `oom_kill` in task_0's and step_0's own
-/// `memory.oom_control` only, not in their children), and the container's cgroup inside task_0
-/// must not keep slurmstepd from removing the job's cgroups.
+/// The OOM kill of a container inside a job is still the job's OOM for Slurm (v1 counts
+/// `oom_kill` in task_0's and step_0's own `memory.oom_control` only, not in their children),
+/// and nothing of the container keeps slurmstepd from removing the job's cgroups.
 #[test]
 fn apptheus_exec_in_srun_oom_is_reported_and_cgroups_go() {
     let slurm = Slurm::start();
@@ -574,9 +573,10 @@ fn apptheus_exec_in_srun_oom_is_reported_and_cgroups_go() {
     );
 }
 
-/// EXPECTED TO FAIL until the daemon is fixed (the cgroup cleanup): a 1 s CPU burner under
-/// apptheus-exec in an srun step is measured (CPU >= 0.8 s, its cgroup nested in the job's
-/// task_0) and the job's cgroups all go at its end.
+/// A 1 s CPU burner under apptheus-exec in an srun step is measured (CPU >= 0.8 s); the task
+/// cgroup, which holds nothing but the container, is the container's cgroup as Slurm made it;
+/// the job is named by the cgroup (`job_info` with `job_source="cgroup"`), and the job's
+/// cgroups all go at its end.
 #[test]
 fn apptheus_exec_in_srun_cpu_is_measured_and_cgroups_go() {
     let slurm = Slurm::start();
@@ -615,11 +615,22 @@ fn apptheus_exec_in_srun_cpu_is_measured_and_cgroups_go() {
                 .find(|l| l.starts_with("apptheus_container_info{") && l.contains(label.as_str()))
                 .unwrap_or_default()
                 .to_string();
-            let inside = format!("{}/{}/", task_cgroup(&slurm, job, "0", 0), d.parent);
-            if !info.contains(&inside) {
+            let task = format!("cgroup=\"{}\"", task_cgroup(&slurm, job, "0", 0));
+            if !info.contains(&task) {
                 problems.push(format!(
-                    "container's cgroup not nested in the job's task_0 ({inside}): {info}"
+                    "the container's cgroup is not the job's task_0 ({task}): {info}"
                 ));
+            }
+            let job_info = m
+                .lines()
+                .find(|l| {
+                    l.starts_with("apptheus_container_job_info{") && l.contains(label.as_str())
+                })
+                .unwrap_or_default()
+                .to_string();
+            let want = format!("scheduler=\"slurm\",job_id=\"{job}\",job_source=\"cgroup\"");
+            if !job_info.contains(&want) {
+                problems.push(format!("the job is not named ({want}): {job_info}"));
             }
         }
     }

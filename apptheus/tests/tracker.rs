@@ -5,7 +5,10 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use apptheus::tracker::{ProcessCounters, Tracker};
+use apptheus::{
+    pidfd::{Pidfd, Process},
+    tracker::{ProcessCounters, Tracker},
+};
 use apptheus_common::{Event, EventKind};
 use common::{Workload, eventually, require_root};
 
@@ -14,6 +17,14 @@ const KEY: u64 = 0xA9_0001;
 fn load() -> (Tracker, apptheus::tracker::EventStream) {
     require_root();
     Tracker::load().unwrap_or_else(|e| panic!("the eBPF tracker cannot load here: {e:#}"))
+}
+
+/// Register `pid`'s tree under `key`: the members' pids (root first).
+fn register(t: &Tracker, pid: i32, key: u64) -> Result<Vec<i32>, apptheus::tracker::Error> {
+    let fd = Pidfd::open(pid).unwrap().expect("the root is alive");
+    let tracked = t.register(Process::new(pid, fd), key)?;
+    assert!(tracked.complete, "the walk was cut short");
+    Ok(tracked.members.iter().map(Process::pid).collect())
 }
 
 /// Wait until the counters of `key` equal `want`; return what they were last.
@@ -60,7 +71,7 @@ async fn follows_processes_forked_after_registration() {
         "exit:0",
     ]);
     w.ready();
-    let members = t.register(w.pid(), KEY).unwrap();
+    let members = register(&t, w.pid(), KEY).unwrap();
     assert_eq!(members, vec![w.pid()]);
     w.go();
     w.ready();
@@ -166,7 +177,7 @@ async fn adopts_processes_forked_before_registration() {
     let key = KEY + 1;
     let mut w = Workload::spawn(&["tree:2:3", "ready", "wait", "release", "ready", "wait"]);
     w.ready();
-    let members: HashSet<i32> = t.register(w.pid(), key).unwrap().into_iter().collect();
+    let members: HashSet<i32> = register(&t, w.pid(), key).unwrap().into_iter().collect();
     assert_eq!(
         members.len(),
         9,
@@ -221,7 +232,7 @@ async fn fork_storm_is_counted_exactly_and_never_leaks() {
     let mut other = Workload::spawn(&["ready", "wait", "storm:2", "wait"]);
     tracked.ready();
     other.ready();
-    t.register(tracked.pid(), key).unwrap();
+    register(&t, tracked.pid(), key).unwrap();
     tracked.go();
     other.go();
     let start = std::time::Instant::now();
@@ -303,9 +314,9 @@ async fn unregister_forgets_live_processes() {
     let key = KEY + 3;
     let mut w = Workload::spawn(&["tree:2:0", "ready", "wait"]);
     w.ready();
-    assert_eq!(t.register(w.pid(), key).unwrap().len(), 3);
+    assert_eq!(register(&t, w.pid(), key).unwrap().len(), 3);
     assert!(
-        t.register(w.pid(), key + 100).is_err(),
+        register(&t, w.pid(), key + 100).is_err(),
         "a tracked pid cannot be registered twice"
     );
     t.unregister(key).unwrap();
@@ -318,8 +329,13 @@ async fn unregister_forgets_live_processes() {
 async fn registering_a_vanished_process_fails() {
     let (t, _events) = load();
     let mut w = Workload::spawn(&["exit:0"]);
+    // Held before it is reaped (a zombie still has its pid), registered after.
+    let fd = Pidfd::open(w.pid()).unwrap().expect("a zombie at least");
     w.wait();
-    let err = t.register(w.pid(), KEY + 4).unwrap_err().to_string();
+    let err = t
+        .register(Process::new(w.pid(), fd), KEY + 4)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("exited"), "{err}");
     assert_eq!(t.counters(KEY + 4).unwrap(), None);
 }

@@ -5,6 +5,7 @@ mod bench;
 mod fuzz;
 mod package;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,6 +32,9 @@ enum Cmd {
         /// Also install what the bench uses (Pushgateway, wrk, strace, bpftool, gcc).
         #[arg(long)]
         bench: bool,
+        /// Fetch the newest kernels of the VM matrix again (5.10, 6.1, 6.12), even if cached.
+        #[arg(long)]
+        refresh_kernels: bool,
     },
     /// Build the daemon (with its embedded eBPF object) and apptheus-exec.
     Build {
@@ -64,6 +68,10 @@ enum Cmd {
     /// Build the .deb and the .rpm (target/debian/, target/generate-rpm/) from a release build
     /// without debug info (cargo profile `dist`, binaries in target/dist/).
     Package(package::PackageArgs),
+    /// Run a command (or `--test SUITE`, an integration test binary) as root in a QEMU guest
+    /// booting Debian's 5.10, 6.1 or 6.12 kernel on pure cgroup v2, the host's / shared
+    /// read-only under a tmpfs overlay; exits with the command's status.
+    Vm(vm::VmArgs),
     /// Measure the daemon side by side with Pushgateway and with C floors (as root); writes
     /// docs/benchmarks.md and the README summary. Not part of `test`.
     Bench(bench::BenchArgs),
@@ -71,11 +79,18 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Setup { test, bench } => {
+        Cmd::Setup {
+            test,
+            bench,
+            refresh_kernels,
+        } => {
             setup::build_deps()?;
             if test {
                 setup::test_deps()?;
                 setup::package_deps()?;
+            }
+            if refresh_kernels {
+                setup::vm_deps(true)?;
             }
             if bench {
                 setup::bench_deps()?;
@@ -108,6 +123,10 @@ fn main() -> Result<()> {
             package::run(args)
         }
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Vm(args) => {
+            let code = vm::main(args)?;
+            std::process::exit(code)
+        }
     }
 }
 

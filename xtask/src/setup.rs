@@ -3,9 +3,11 @@
 //! Build needs (see README): the nightly toolchain's `rust-src` (eBPF crates build `core` from
 //! source) and `bpf-linker`, built against nightly rustc's own libLLVM, which is the LLVM it must
 //! match. Test needs: Debian's `prometheus` (promtool, the server), `systemd`
-//! (systemd-analyze), `openssl` and `curl` (the TLS tests), and a real Slurm (`slurmctld`,
-//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster). Each step checks
-//! first, so a machine that has everything pays a few milliseconds.
+//! (systemd-analyze), `openssl` and `curl` (the TLS tests), a real Slurm (`slurmctld`,
+//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster), and the VM test
+//! bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils and the kernels of the matrix
+//! in /var/cache/apptheus/vm, see xtask/src/vm). Each step checks first, so a machine that has
+//! everything pays a few milliseconds.
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -151,9 +153,14 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn test_deps() -> Result<()> {
-    if TEST_PACKAGES.iter().all(|(bin, _)| Path::new(bin).exists()) {
-        return Ok(());
+    if !TEST_PACKAGES.iter().all(|(bin, _)| Path::new(bin).exists()) {
+        install_test_packages()?;
     }
+    vm_deps(false)
+}
+
+/// The test packages; the Slurm and munge daemons their install may start are stopped again.
+fn install_test_packages() -> Result<()> {
     let before = daemon_pids(TEST_DAEMONS);
     let systemd = std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd");
     install(TEST_PACKAGES, "the tests")?;
@@ -191,6 +198,10 @@ fn daemon_pids(exes: &[&str]) -> Vec<(i32, String)> {
         .collect()
 }
 
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
 /// `path` with its symlinks resolved (as is, when it does not exist).
 fn canonical(path: &str) -> String {
     std::fs::canonicalize(path)
@@ -210,8 +221,7 @@ fn stop_new_daemons(before: &[(i32, String)], exes: &[&str]) {
     }
     for (pid, exe) in &started {
         println!("xtask setup: stopping {exe} (pid {pid}), which the install started");
-        // SAFETY: kill has no memory preconditions; the pid was read from /proc just now.
-        unsafe { libc::kill(*pid, libc::SIGTERM) };
+        signal(*pid, nix::sys::signal::Signal::SIGTERM);
     }
     let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let alive = |p: &(i32, String)| daemon_pids(exes).contains(p);
@@ -219,9 +229,60 @@ fn stop_new_daemons(before: &[(i32, String)], exes: &[&str]) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     for p in started.iter().filter(|p| alive(p)) {
-        // SAFETY: as above.
-        unsafe { libc::kill(p.0, libc::SIGKILL) };
+        signal(p.0, nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Debian packages of the VM test bed (`cargo xtask vm`): binary -> package.
+/// QEMU itself: see `ensure_qemu`.
+const VM_PACKAGES: &[(&str, &str)] = &[
+    // the initramfs's and the guest init's shell and tools (static: the initramfs has no libc)
+    (crate::vm::initramfs::BUSYBOX, "busybox-static"),
+    // depmod: the kernel packages ship no modules.dep
+    ("/sbin/depmod", "kmod"),
+    // 6.12's modules are .ko.xz
+    ("/usr/bin/xz", "xz-utils"),
+];
+
+/// QEMU and the initramfs's tools, then the kernels of the matrix (fetched once into
+/// /var/cache/apptheus/vm; again with `refresh`).
+pub fn vm_deps(refresh: bool) -> Result<()> {
+    let mut missing = missing(VM_PACKAGES);
+    // Debian's plain `busybox` package has a dynamic /bin/busybox, useless in an initramfs.
+    let busybox = crate::vm::initramfs::BUSYBOX;
+    if !missing.contains(&"busybox-static")
+        && !std::fs::read(busybox).is_ok_and(|b| crate::vm::initramfs::is_static_elf(&b))
+    {
+        missing.push("busybox-static");
+    }
+    apt_install(&missing, "the VM test bed")?;
+    ensure_qemu()?;
+    crate::vm::kernels::ensure(refresh)
+}
+
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+/// QEMU for x86. On Debian 12, from bookworm-backports (QEMU 10) through private apt lists:
+/// machines of this kind carry `qemu-utils` 10 from there, which Breaks the
+/// `qemu-system-common` 7.2 of bookworm itself, so installing bookworm's QEMU would remove it.
+/// Elsewhere, the release's own package.
+fn ensure_qemu() -> Result<()> {
+    if Path::new(QEMU).exists() {
+        return Ok(());
+    }
+    let bookworm = std::fs::read_to_string("/etc/os-release")
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == "VERSION_CODENAME=bookworm"));
+    if !bookworm {
+        return apt_install(&["qemu-system-x86"], "the VM test bed");
+    }
+    let dir = crate::vm::kernels::cache_dir().join("apt-host");
+    println!(
+        "xtask setup: installing qemu-system-x86 from bookworm-backports, through private apt lists in {}",
+        dir.display()
+    );
+    let apt = crate::vm::apt::PrivateApt::bookworm_host(&dir)?;
+    apt.update()?;
+    apt.install_from("bookworm-backports", &["qemu-system-x86"])
 }
 
 /// The bench's packages. Installing Pushgateway enables and, under systemd, starts its service
@@ -243,11 +304,19 @@ pub fn bench_deps() -> Result<()> {
 }
 
 fn install(packages: &[(&str, &str)], what: &str) -> Result<()> {
-    let missing: Vec<&str> = packages
+    apt_install(&missing(packages), what)
+}
+
+/// The packages whose binary is not there.
+fn missing<'a>(packages: &[(&str, &'a str)]) -> Vec<&'a str> {
+    packages
         .iter()
         .filter(|(bin, _)| !Path::new(bin).exists())
         .map(|(_, pkg)| *pkg)
-        .collect();
+        .collect()
+}
+
+fn apt_install(missing: &[&str], what: &str) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -258,8 +327,17 @@ fn install(packages: &[(&str, &str)], what: &str) -> Result<()> {
     crate::status(Command::new("apt-get").arg("update").arg("-q"))?;
     crate::status(
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
+            // never remove a package of this shared machine to make room (apt fails instead)
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "--no-remove",
+            ])
+            // other engineers' setups may be installing at the same time
+            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

@@ -2,14 +2,16 @@
 //! found again after a restart, and removed when the container is gone.
 use std::{
     fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use super::{
-    Error, Placement, Source, files,
+    super::pidfd::Process,
+    Error, Source, files,
     layout::{
-        Hierarchy, Layout, Version, check_name, join_rel, last_components, read_proc_cgroup,
-        walk_dirs,
+        Hierarchy, Launcher, Layout, Version, check_name, join_rel, last_components,
+        read_proc_cgroup, walk_dirs,
     },
     parse,
 };
@@ -20,6 +22,8 @@ const V2_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 /// One directory of a container, in one hierarchy.
 #[derive(Clone, Debug)]
 pub(super) struct Member {
+    /// Its hierarchy's index in the layout.
+    pub hierarchy: usize,
     pub version: Version,
     /// v1: the hierarchy's controllers; v2: what the directory's cgroup.controllers listed when
     /// it was made or opened.
@@ -30,12 +34,26 @@ pub(super) struct Member {
     pub dir: PathBuf,
     /// The `<parent>` directory, when making this container made it too.
     pub created_parent: Option<PathBuf>,
+    /// The daemon made `dir` (and removes it). A launcher's own cgroup that holds nothing but
+    /// the container's processes is the container's cgroup as it is: not ours to change.
+    pub owned: bool,
 }
 
 impl Member {
     pub fn has(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }
+}
+
+/// What became of a move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// The process is in the container's cgroups.
+    Done,
+    /// The process had exited: nothing was written.
+    Gone,
+    /// The process exited around a write: its pid may have named another process then.
+    Raced,
 }
 
 /// A container's cgroup: its directory in each hierarchy.
@@ -48,36 +66,45 @@ pub struct ContainerCgroup {
 }
 
 impl Layout {
-    /// Creates `<base>/<parent>/<id>` in every hierarchy the daemon uses.
+    /// Gives a container its directory in every hierarchy the daemon uses.
     ///
-    /// `<base>` is the cgroup of `launcher_pid` (Nested) or the hierarchy's root (Dedicated).
-    /// The `<parent>` directory is made when missing, and remembered so that `remove` deletes
-    /// only what this call made. On failure, the directories made so far are removed again.
+    /// With a `launcher` (nested placement) the base is the launcher's cgroup in each
+    /// hierarchy; without one (dedicated), the hierarchy's root. Where the launcher's cgroup
+    /// holds nothing but `members` (a Slurm task cgroup, a systemd scope: the job's own leaf),
+    /// that cgroup is the container's as it is: nothing is made, moved or written there, and
+    /// the batch system sees its job exactly as without apptheus. Elsewhere the container gets
+    /// `<base>/<parent>/<id>`; the `<parent>` directory is made when missing, and remembered so
+    /// that `remove` deletes only what this call made. On failure, what was made is removed.
     pub fn create(
         &self,
-        launcher_pid: i32,
-        placement: Placement,
+        launcher: Option<&Launcher>,
         parent: &str,
         id: &str,
+        members: &[i32],
     ) -> Result<ContainerCgroup, Error> {
         check_name(parent)?;
         check_name(id)?;
-        let launcher = match placement {
-            Placement::Nested => Some(read_proc_cgroup(launcher_pid)?),
-            Placement::Dedicated => None,
-        };
         let mut container = ContainerCgroup {
             rel_path: String::new(),
             members: Vec::new(),
             primary: self.primary(),
         };
-        for hierarchy in &self.hierarchies {
-            let base = match &launcher {
-                Some(entries) => hierarchy.path_in(entries),
-                None => Ok(hierarchy.root.as_str()),
+        for (index, hierarchy) in self.hierarchies.iter().enumerate() {
+            let member = match launcher {
+                Some(launcher) => launcher.path_in(hierarchy).and_then(|base| {
+                    if base != hierarchy.root && holds_only(hierarchy, base, members) {
+                        adopt_member(hierarchy, base)
+                    } else {
+                        create_member(hierarchy, base, parent, id)
+                    }
+                }),
+                None => create_member(hierarchy, &hierarchy.root, parent, id),
             };
-            match base.and_then(|base| create_member(hierarchy, base, parent, id)) {
-                Ok(member) => container.members.push(member),
+            match member {
+                Ok(member) => container.members.push(Member {
+                    hierarchy: index,
+                    ..member
+                }),
                 Err(error) => {
                     // A half-made container would leak its directories: undo them.
                     if let Err(undo) = container.remove() {
@@ -91,6 +118,45 @@ impl Layout {
         Ok(container)
     }
 
+    /// After a `Moved::Raced`: if the process that has `pid` now sits in one of `container`'s
+    /// own directories and is not `is_member`, it is not the container's (it took the pid of
+    /// one that exited): move it back where its parent is. Returns whether it did.
+    pub fn send_back(
+        &self,
+        container: &ContainerCgroup,
+        pid: i32,
+        is_member: impl Fn(i32) -> bool,
+    ) -> Result<bool, Error> {
+        let Ok(now) = read_proc_cgroup(pid) else {
+            return Ok(false);
+        };
+        let stat = procfs::process::Process::new(pid).and_then(|p| p.stat());
+        let Ok(parent) = stat.map(|s| s.ppid) else {
+            return Ok(false);
+        };
+        let Ok(parent_cgroups) = read_proc_cgroup(parent) else {
+            return Ok(false);
+        };
+        if is_member(pid) {
+            return Ok(false);
+        }
+        let mut moved = false;
+        for member in container.members.iter().filter(|m| m.owned) {
+            let Some(hierarchy) = self.hierarchies.get(member.hierarchy) else {
+                continue;
+            };
+            if hierarchy.path_in(&now).ok() != Some(member.rel.as_str()) {
+                continue;
+            }
+            let dir = hierarchy.dir_of(hierarchy.path_in(&parent_cgroups)?)?;
+            let procs = dir.join("cgroup.procs");
+            files::write(&procs, &pid.to_string())
+                .map_err(|e| Error::io(&format!("moving process {pid} back into"), &procs, e))?;
+            moved = true;
+        }
+        Ok(moved)
+    }
+
     /// Reopens an existing container cgroup after a daemon restart. `rel` is its
     /// `ContainerCgroup::rel_path()`; `None` if that directory no longer exists.
     ///
@@ -98,9 +164,15 @@ impl Layout {
     /// on a hybrid host, where each hierarchy has its own base) where one of its processes is,
     /// or else as the only directory ending in the same `<parent>/<id>`. A hierarchy where it
     /// cannot be found is left out (logged). Directories of a reopened container count as its
-    /// own for `remove`; of its `<parent>` directories, only those listed in `made_parents` (what
-    /// `ContainerCgroup::made_parents` said before the restart) do.
-    pub fn open(&self, rel: &str, made_parents: &[PathBuf]) -> Option<ContainerCgroup> {
+    /// own for `remove` when root owns them and they are not in `adopted` (what
+    /// `ContainerCgroup::adopted` said before the restart); of its `<parent>` directories, only
+    /// those listed in `made_parents` (what `ContainerCgroup::made_parents` said) do.
+    pub fn open(
+        &self,
+        rel: &str,
+        made_parents: &[PathBuf],
+        adopted: &[PathBuf],
+    ) -> Option<ContainerCgroup> {
         let primary = self.primary();
         let primary_dir = self.hierarchies[primary].dir_of(rel).ok()?;
         if !primary_dir.is_dir() {
@@ -130,13 +202,15 @@ impl Layout {
             if index == primary {
                 container.primary = container.members.len();
             }
+            let owned = !adopted.contains(&dir) && owned_by_root(&dir);
             let made = dir
                 .parent()
-                .filter(|p| made_parents.iter().any(|m| m == p))
+                .filter(|p| owned && made_parents.iter().any(|m| m == p))
                 .map(Path::to_path_buf);
-            container
-                .members
-                .push(open_member(hierarchy, member_rel, dir, made));
+            container.members.push(Member {
+                hierarchy: index,
+                ..open_member(hierarchy, member_rel, dir, made, owned)
+            });
         }
         Some(container)
     }
@@ -163,14 +237,32 @@ impl ContainerCgroup {
         self.members.iter().map(|m| m.dir.clone()).collect()
     }
 
-    /// Moves process `pid` (all its threads) into the container in every hierarchy.
-    /// `Ok(false)` if the process no longer exists.
-    pub fn add_process(&self, pid: i32) -> Result<bool, Error> {
-        for member in &self.members {
+    /// The directories that are the launcher's own cgroup, taken as they are (not ours).
+    pub fn adopted(&self) -> Vec<PathBuf> {
+        self.members
+            .iter()
+            .filter(|m| !m.owned)
+            .map(|m| m.dir.clone())
+            .collect()
+    }
+
+    /// Moves `process` (all its threads) into the container in every hierarchy where the
+    /// container has a directory of its own (in an adopted one it is already).
+    ///
+    /// A pid is written to cgroup.procs only while the process's pidfd shows it alive, checked
+    /// before and after each write: alive after means the write moved that very process. Gone
+    /// after means the pid may have been another process's by the time of the write
+    /// (`Moved::Raced`): the caller puts that one back (`Layout::send_back`).
+    pub fn add_process(&self, process: &Process) -> Result<Moved, Error> {
+        let pid = process.pid();
+        for member in self.members.iter().filter(|m| m.owned) {
+            if !process.alive() {
+                return Ok(Moved::Gone);
+            }
             let procs = member.dir.join("cgroup.procs");
             match files::write(&procs, &pid.to_string()) {
                 Ok(()) => {}
-                Err(error) if error.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+                Err(error) if error.raw_os_error() == Some(libc::ESRCH) => return Ok(Moved::Gone),
                 Err(error) => {
                     return Err(Error::io(
                         &format!("moving process {pid} into"),
@@ -179,8 +271,11 @@ impl ContainerCgroup {
                     ));
                 }
             }
+            if !process.alive() {
+                return Ok(Moved::Raced);
+            }
         }
-        Ok(true)
+        Ok(Moved::Done)
     }
 
     /// The pids currently in the container.
@@ -237,7 +332,7 @@ impl ContainerCgroup {
     /// gone counts as removed.
     pub fn remove(&self) -> Result<(), Error> {
         let mut first_error = None;
-        for member in &self.members {
+        for member in self.members.iter().filter(|m| m.owned) {
             match fs::remove_dir(&member.dir) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -274,6 +369,21 @@ impl ContainerCgroup {
     }
 }
 
+/// Whether the cgroup `base` holds processes, and only processes of `members`.
+fn holds_only(hierarchy: &Hierarchy, base: &str, members: &[i32]) -> bool {
+    let Ok(dir) = hierarchy.dir_of(base) else {
+        return false;
+    };
+    files::read_parsed(&dir.join("cgroup.procs"), parse::parse_ids)
+        .is_some_and(|pids| !pids.is_empty() && pids.iter().all(|p| members.contains(p)))
+}
+
+/// Takes the launcher's own cgroup `base` as the container's directory in one hierarchy.
+fn adopt_member(hierarchy: &Hierarchy, base: &str) -> Result<Member, Error> {
+    let dir = hierarchy.dir_of(base)?;
+    Ok(open_member(hierarchy, base.to_string(), dir, None, false))
+}
+
 /// Makes the container's directory in one hierarchy, below the cgroup path `base`.
 fn create_member(
     hierarchy: &Hierarchy,
@@ -284,7 +394,7 @@ fn create_member(
     let base_dir = hierarchy.dir_of(base)?;
     let parent_dir = base_dir.join(parent);
     let dir = parent_dir.join(id);
-    if hierarchy.v2() {
+    if hierarchy.v2() && may_enable_controllers(hierarchy, &base_dir) {
         enable_controllers(&base_dir);
     }
     let mut created_parent = None;
@@ -300,10 +410,18 @@ fn create_member(
         match fs::create_dir(&dir) {
             Ok(()) => break,
             // The id holds the launcher's pid, so a directory of that name is a leftover of an
-            // earlier container of ours with a reused pid: take it over.
+            // earlier container with a reused pid. Never taken over with what it holds: made
+            // anew if it is empty (fresh counters), refused if it still holds processes.
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                tracing::info!("reusing existing cgroup {}", dir.display());
-                break;
+                fs::remove_dir(&dir).map_err(|e| Error::io("replacing the leftover", &dir, e))?;
+                tracing::info!("replaced the leftover cgroup {}", dir.display());
+                if attempt == 0 {
+                    continue;
+                }
+                return Err(Error::Invalid(format!(
+                    "{} keeps coming back",
+                    dir.display()
+                )));
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound && attempt == 0 => continue,
             Err(error) => {
@@ -314,8 +432,33 @@ fn create_member(
             }
         }
     }
+    // A v2 cgroup below a populated parent with threaded controllers (cpu, pids) enabled is
+    // "domain invalid": no process can ever be moved into it.
+    if hierarchy.v2()
+        && files::read_text(&dir.join("cgroup.type")).is_some_and(|t| t.trim() == "domain invalid")
+    {
+        let _ = fs::remove_dir(&dir);
+        if let Some(made) = &created_parent {
+            let _ = fs::remove_dir(made);
+        }
+        return Err(Error::Invalid(format!(
+            "{} would be a \"domain invalid\" cgroup (threaded controllers are enabled above it)",
+            dir.display()
+        )));
+    }
     let rel = join_rel(&join_rel(base, parent), id);
-    Ok(open_member(hierarchy, rel, dir, created_parent))
+    Ok(open_member(hierarchy, rel, dir, created_parent, true))
+}
+
+/// Whether the daemon may enable controllers for the children of `dir`. Never in a cgroup that
+/// holds processes: v2 refuses the domain controllers there, and accepts the threaded ones
+/// (cpu, pids), which makes every child "domain invalid" and changes a cgroup the daemon does
+/// not own. The root is exempt from that rule (dedicated placement).
+fn may_enable_controllers(hierarchy: &Hierarchy, dir: &Path) -> bool {
+    let is_root = hierarchy.root == "/" && dir == hierarchy.mount_point;
+    is_root
+        || files::read_parsed(&dir.join("cgroup.procs"), parse::parse_ids)
+            .is_some_and(|pids| pids.is_empty())
 }
 
 /// Describes a container directory that exists.
@@ -324,19 +467,28 @@ fn open_member(
     rel: String,
     dir: PathBuf,
     created_parent: Option<PathBuf>,
+    owned: bool,
 ) -> Member {
     let controllers = match hierarchy.version {
         Version::V2 => read_controllers(&dir.join("cgroup.controllers")),
         Version::V1 => hierarchy.controllers.clone(),
     };
     Member {
+        hierarchy: 0,
         version: hierarchy.version,
         controllers,
         mount_point: hierarchy.mount_point.clone(),
         rel,
         dir,
         created_parent,
+        owned,
     }
+}
+
+/// Whether root owns `dir`: a directory a user made (in a cgroup delegated to them) is never
+/// the daemon's to remove.
+fn owned_by_root(dir: &Path) -> bool {
+    fs::metadata(dir).is_ok_and(|m| m.uid() == 0)
 }
 
 /// Makes a directory; `Ok(false)` if it was there already.

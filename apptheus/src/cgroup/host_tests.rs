@@ -23,10 +23,16 @@ use nix::unistd::Pid;
 use std::{fs, path::PathBuf};
 
 use super::{
+    super::pidfd::{Pidfd, Process},
     files::write as write_file,
     layout::{join_rel, read_proc_cgroup},
     *,
 };
+
+/// `pid`, held by a pidfd.
+fn held(pid: i32) -> Process {
+    Process::new(pid, Pidfd::open(pid).unwrap().unwrap())
+}
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -163,9 +169,7 @@ fn dedicated_container_on_the_host() {
     let pid = guard.pid;
     let parent = unique("dedicated");
     let id = format!("sleep_{pid}");
-    let container = layout
-        .create(pid, Placement::Dedicated, &parent, &id)
-        .unwrap();
+    let container = layout.create(None, &parent, &id, &[]).unwrap();
     guard.track(&container);
     for (member, hierarchy) in container.members.iter().zip(&layout.hierarchies) {
         let expected = join_rel(&join_rel(&hierarchy.root, &parent), &id);
@@ -174,7 +178,7 @@ fn dedicated_container_on_the_host() {
         assert!(member.created_parent.is_some());
     }
 
-    assert!(container.add_process(pid).unwrap());
+    assert_eq!(container.add_process(&held(pid)).unwrap(), Moved::Done);
     assert_member(&container, &layout, pid);
     guard.exec_sleep();
     assert_sample(&container);
@@ -201,8 +205,12 @@ fn dedicated_container_on_the_host() {
     assert!(container.remove().is_err());
     assert!(container.dirs().iter().all(|d| d.is_dir()));
 
-    // No process can have this pid (above the kernel's largest pid_max, 2^22).
-    assert!(!container.add_process(1 << 30).unwrap());
+    // A process that exited is never written (its pid may be another's by now).
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id() as i32;
+    let gone_held = held(gone_pid);
+    gone.wait().unwrap();
+    assert_eq!(container.add_process(&gone_held).unwrap(), Moved::Gone);
 
     guard.kill_child();
     remove_after_exit(&container);
@@ -251,8 +259,10 @@ fn nested_container_on_the_host() {
     }
 
     let id = format!("sleep_{pid}");
+    // No members given: the base is not the container's alone, so it gets a directory inside.
+    let launcher = layout.launcher(pid).unwrap();
     let container = layout
-        .create(pid, Placement::Nested, "apptheus", &id)
+        .create(Some(&launcher), "apptheus", &id, &[])
         .unwrap();
     guard.track(&container);
     for (member, (base_rel, base_dir)) in container.members.iter().zip(&bases) {
@@ -261,7 +271,7 @@ fn nested_container_on_the_host() {
         assert!(member.dir.is_dir());
     }
 
-    assert!(container.add_process(pid).unwrap());
+    assert_eq!(container.add_process(&held(pid)).unwrap(), Moved::Done);
     assert_member(&container, &layout, pid);
     guard.exec_sleep();
     let stats = assert_sample(&container);
@@ -274,7 +284,7 @@ fn nested_container_on_the_host() {
 
     // A restarted daemon finds every directory again from the label alone.
     let reopened = layout
-        .open(container.rel_path(), &container.made_parents())
+        .open(container.rel_path(), &container.made_parents(), &[])
         .unwrap();
     assert_eq!(reopened.dirs(), container.dirs());
     assert_eq!(reopened.made_parents(), container.made_parents());

@@ -224,6 +224,45 @@ impl Layout {
     }
 }
 
+/// The cgroups a launcher was in when it connected: the base of a nested container.
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    entries: Vec<parse::ProcCgroup>,
+}
+
+impl Layout {
+    /// The cgroups of process `pid` (read from /proc by number: the caller checks afterwards
+    /// that its pidfd still shows the same process alive).
+    pub fn launcher(&self, pid: i32) -> Result<Launcher, Error> {
+        Ok(Launcher {
+            entries: read_proc_cgroup(pid)?,
+        })
+    }
+
+    /// The launcher's cgroup path in each hierarchy that has a line for it.
+    pub fn launcher_paths(&self, launcher: &Launcher) -> Vec<(String, PathBuf)> {
+        self.hierarchies
+            .iter()
+            .filter_map(|h| {
+                let rel = h.path_in(&launcher.entries).ok()?;
+                Some((rel.to_string(), h.dir_of(rel).ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Launcher {
+    #[cfg(test)]
+    pub(super) fn from_entries(entries: Vec<parse::ProcCgroup>) -> Launcher {
+        Launcher { entries }
+    }
+
+    /// Its cgroup path in `hierarchy`.
+    pub(super) fn path_in(&self, hierarchy: &Hierarchy) -> Result<&str, Error> {
+        hierarchy.path_in(&self.entries)
+    }
+}
+
 /// Calls `visit` for every directory below `dir` (not `dir` itself), depth first.
 pub(super) fn walk_dirs(dir: &Path, depth: usize, visit: &mut dyn FnMut(&Path)) {
     if depth >= MAX_WALK_DEPTH {

@@ -29,8 +29,8 @@ mod host_tests;
 
 use std::{io, path::Path};
 
-pub use container::ContainerCgroup;
-pub use layout::{Layout, Mode, Version};
+pub use container::{ContainerCgroup, Moved};
+pub use layout::{Launcher, Layout, Mode, Version};
 pub use stats::{Probe, Reader, Stats};
 
 /// Where a container's cgroup is made.

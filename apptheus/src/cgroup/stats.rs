@@ -56,6 +56,31 @@ pub struct Stats {
     pub blkio_write_bytes: Option<u64>,
 }
 
+impl Stats {
+    /// These values, with `older`'s where these have none: for a container that ended, whose
+    /// directories a batch system may be removing while they are read.
+    pub fn or(self, older: &Stats) -> Stats {
+        Stats {
+            cpu_usage_seconds: self.cpu_usage_seconds.or(older.cpu_usage_seconds),
+            cpu_user_seconds: self.cpu_user_seconds.or(older.cpu_user_seconds),
+            cpu_system_seconds: self.cpu_system_seconds.or(older.cpu_system_seconds),
+            memory_usage_bytes: self.memory_usage_bytes.or(older.memory_usage_bytes),
+            memory_working_set_bytes: self
+                .memory_working_set_bytes
+                .or(older.memory_working_set_bytes),
+            memory_rss_bytes: self.memory_rss_bytes.or(older.memory_rss_bytes),
+            memory_cache_bytes: self.memory_cache_bytes.or(older.memory_cache_bytes),
+            memory_swap_bytes: self.memory_swap_bytes.or(older.memory_swap_bytes),
+            memory_max_usage_bytes: self.memory_max_usage_bytes.or(older.memory_max_usage_bytes),
+            memory_limit_bytes: self.memory_limit_bytes.or(older.memory_limit_bytes),
+            pids: self.pids.or(older.pids),
+            pids_limit: self.pids_limit.or(older.pids_limit),
+            blkio_read_bytes: self.blkio_read_bytes.or(older.blkio_read_bytes),
+            blkio_write_bytes: self.blkio_write_bytes.or(older.blkio_write_bytes),
+        }
+    }
+}
+
 /// The container's total CPU time in the kernel's own unit (v1 cpuacct.usage, ns; v2 cpu.stat
 /// usage_usec): the cheapest sign of whether any of its processes ran. On v2 the same read
 /// gives the user and system times, which a full read then takes from here.

@@ -4,7 +4,7 @@
 use std::{fs, path::PathBuf};
 
 use super::{
-    layout::{check_name, join_rel, last_components, read_proc_cgroup},
+    layout::{Launcher, check_name, join_rel, last_components, read_proc_cgroup},
     *,
 };
 
@@ -248,7 +248,7 @@ fn v2_sample_from_fake_tree() {
     let tree = FakeTree::new();
     fake_v2_container(&tree);
     let layout = tree.v2_layout();
-    let container = layout.open("/job/apptheus/c_1", &[]).unwrap();
+    let container = layout.open("/job/apptheus/c_1", &[], &[]).unwrap();
     assert_eq!(container.rel_path(), "/job/apptheus/c_1");
     assert_eq!(container.dirs(), [tree.path("unified/job/apptheus/c_1")]);
     assert_eq!(container.procs(), [4242, 4243]);
@@ -287,7 +287,12 @@ fn v2_sample_with_missing_and_garbled_files() {
     tree.write(&format!("{c}/io.stat"), "garbage\n");
     tree.write(&format!("{c}/pids.max"), "lots\n");
     tree.write(&format!("{c}/cpu.stat"), "");
-    let stats = sample(&tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap());
+    let stats = sample(
+        &tree
+            .v2_layout()
+            .open("/job/apptheus/c_1", &[], &[])
+            .unwrap(),
+    );
     assert_eq!(
         stats,
         Stats {
@@ -312,7 +317,10 @@ fn v2_without_controllers_uses_processes() {
     tree.write(&format!("{c}/cgroup.threads"), "1\n2\n3\n");
     tree.write(&format!("{c}/cpu.stat"), V2_CPU_STAT);
     tree.write(&format!("{c}/memory.max"), "100\n");
-    let container = tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap();
+    let container = tree
+        .v2_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
     assert_eq!(container.memory_source(), Source::Processes);
     assert_eq!(container.pids_source(), Source::Processes);
     let stats = sample(&container);
@@ -378,7 +386,7 @@ fn v1_sample_from_fake_tree() {
     let tree = FakeTree::new();
     fake_v1_container(&tree);
     let layout = tree.v1_layout();
-    let container = layout.open("/job/apptheus/c_1", &[]).unwrap();
+    let container = layout.open("/job/apptheus/c_1", &[], &[]).unwrap();
     assert_eq!(container.dirs().len(), 4);
     assert_eq!(container.memory_source(), Source::Cgroup);
     assert_eq!(container.pids_source(), Source::Cgroup);
@@ -414,7 +422,12 @@ fn v1_cpu_from_usage_all() {
         "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage_all",
         "cpu user system\n0 1000000000 250000000\n1 500000000 0\n",
     );
-    let stats = sample(&tree.v1_layout().open("/job/apptheus/c_1", &[]).unwrap());
+    let stats = sample(
+        &tree
+            .v1_layout()
+            .open("/job/apptheus/c_1", &[], &[])
+            .unwrap(),
+    );
     assert_eq!(stats.cpu_usage_seconds, Some(1.75));
     assert_eq!(stats.cpu_user_seconds, Some(1.5));
     assert_eq!(stats.cpu_system_seconds, Some(0.25));
@@ -445,7 +458,12 @@ fn v1_fallbacks() {
         &format!("{blkio}/blkio.throttle.io_service_bytes"),
         "8:0 Read 5\n8:0 Write 6\nTotal 11\n",
     );
-    let stats = sample(&tree.v1_layout().open("/job/apptheus/c_1", &[]).unwrap());
+    let stats = sample(
+        &tree
+            .v1_layout()
+            .open("/job/apptheus/c_1", &[], &[])
+            .unwrap(),
+    );
     let hz = procfs::ticks_per_second() as f64;
     assert_eq!(stats.cpu_user_seconds, Some(8.0 / hz));
     assert_eq!(stats.cpu_system_seconds, Some(86.0 / hz));
@@ -465,7 +483,7 @@ fn v1_without_pids_hierarchy_counts_tasks() {
     let layout = Layout::from_mountinfo(&text).unwrap();
     tree.write("memory/c_1/tasks", "10\n11\n");
     tree.mkdir("cpu,cpuacct/c_1");
-    let container = layout.open("/c_1", &[]).unwrap();
+    let container = layout.open("/c_1", &[], &[]).unwrap();
     assert_eq!(container.pids_source(), Source::Processes);
     assert_eq!(container.memory_source(), Source::Cgroup);
     assert_eq!(sample(&container).pids, Some(2));
@@ -474,8 +492,12 @@ fn v1_without_pids_hierarchy_counts_tasks() {
 #[test]
 fn open_missing_container() {
     let tree = FakeTree::new();
-    assert!(tree.v2_layout().open("/job/apptheus/c_9", &[]).is_none());
-    assert!(tree.v2_layout().open("not-absolute", &[]).is_none());
+    assert!(
+        tree.v2_layout()
+            .open("/job/apptheus/c_9", &[], &[])
+            .is_none()
+    );
+    assert!(tree.v2_layout().open("not-absolute", &[], &[]).is_none());
 }
 
 #[test]
@@ -488,7 +510,7 @@ fn open_finds_differing_paths_of_a_hybrid_host() {
     tree.mkdir("memory/batch/job_7/apptheus/c_1");
     tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_1");
     tree.mkdir("unified/user.slice/session-1.scope/apptheus/c_2");
-    let container = layout.open("/batch/job_7/apptheus/c_1", &[]).unwrap();
+    let container = layout.open("/batch/job_7/apptheus/c_1", &[], &[]).unwrap();
     assert_eq!(container.rel_path(), "/batch/job_7/apptheus/c_1");
     assert_eq!(
         container.dirs(),
@@ -499,7 +521,7 @@ fn open_finds_differing_paths_of_a_hybrid_host() {
     );
     // Two candidates cannot be told apart: the hierarchy is left out.
     tree.mkdir("unified/other/apptheus/c_1");
-    let container = layout.open("/batch/job_7/apptheus/c_1", &[]).unwrap();
+    let container = layout.open("/batch/job_7/apptheus/c_1", &[], &[]).unwrap();
     assert_eq!(
         container.dirs(),
         [tree.path("memory/batch/job_7/apptheus/c_1")]
@@ -531,9 +553,7 @@ fn create_and_remove_in_fake_tree() {
     let layout = Layout::from_mountinfo(&text).unwrap();
     // The parent already exists in the memory hierarchy (an administrator made it).
     tree.mkdir("memory/apptheus");
-    let container = layout
-        .create(1, Placement::Dedicated, "apptheus", "exec_1")
-        .unwrap();
+    let container = layout.create(None, "apptheus", "exec_1", &[]).unwrap();
     assert_eq!(container.rel_path(), "/apptheus/exec_1");
     let dirs = container.dirs();
     assert_eq!(
@@ -545,9 +565,7 @@ fn create_and_remove_in_fake_tree() {
     );
     assert!(dirs.iter().all(|d| d.is_dir()));
     // A second container shares the parents.
-    let second = layout
-        .create(1, Placement::Dedicated, "apptheus", "exec_2")
-        .unwrap();
+    let second = layout.create(None, "apptheus", "exec_2", &[]).unwrap();
     container.remove().unwrap();
     assert!(dirs.iter().all(|d| !d.exists()));
     // Removing again is fine: gone counts as removed.
@@ -565,9 +583,7 @@ fn create_and_remove_in_fake_tree() {
 fn remove_deletes_the_parent_it_made() {
     let tree = FakeTree::new();
     let layout = tree.v2_layout();
-    let container = layout
-        .create(1, Placement::Dedicated, "apptheus", "exec_1")
-        .unwrap();
+    let container = layout.create(None, "apptheus", "exec_1", &[]).unwrap();
     assert!(tree.path("unified/apptheus/exec_1").is_dir());
     container.remove().unwrap();
     assert!(!tree.path("unified/apptheus").exists());
@@ -577,9 +593,7 @@ fn remove_deletes_the_parent_it_made() {
 fn remove_reports_a_busy_container() {
     let tree = FakeTree::new();
     let layout = tree.v2_layout();
-    let container = layout
-        .create(1, Placement::Dedicated, "apptheus", "exec_1")
-        .unwrap();
+    let container = layout.create(None, "apptheus", "exec_1", &[]).unwrap();
     // A plain directory that is not empty stands in for a cgroup with processes.
     tree.write("unified/apptheus/exec_1/leftover", "");
     let error = container.remove().unwrap_err();
@@ -591,17 +605,23 @@ fn remove_reports_a_busy_container() {
 }
 
 #[test]
-fn create_takes_over_a_leftover_container_dir() {
+fn create_makes_an_empty_leftover_anew_and_refuses_a_busy_one() {
     let tree = FakeTree::new();
     let layout = tree.v2_layout();
     tree.mkdir("unified/apptheus/exec_1");
-    let container = layout
-        .create(1, Placement::Dedicated, "apptheus", "exec_1")
-        .unwrap();
+    let container = layout.create(None, "apptheus", "exec_1", &[]).unwrap();
     container.remove().unwrap();
     assert!(!tree.path("unified/apptheus/exec_1").exists());
     // The parent was there before: kept.
     assert!(tree.path("unified/apptheus").is_dir());
+    // A leftover that still holds something (here a file: rmdir refuses it, as the kernel
+    // refuses a cgroup with processes) is never taken over.
+    tree.write("unified/apptheus/exec_2/cgroup.procs", "4242\n");
+    assert!(layout.create(None, "apptheus", "exec_2", &[]).is_err());
+    assert_eq!(
+        fs::read_to_string(tree.path("unified/apptheus/exec_2/cgroup.procs")).unwrap(),
+        "4242\n"
+    );
 }
 
 #[test]
@@ -609,7 +629,7 @@ fn create_refuses_bad_names() {
     let tree = FakeTree::new();
     let layout = tree.v2_layout();
     for (parent, id) in [("a/b", "c"), ("apptheus", ".."), ("", "x")] {
-        assert!(layout.create(1, Placement::Dedicated, parent, id).is_err());
+        assert!(layout.create(None, parent, id, &[]).is_err());
     }
 }
 
@@ -621,9 +641,7 @@ fn create_undoes_a_partial_container() {
     let layout = Layout::from_mountinfo(&text).unwrap();
     // A file where the unified parent should be makes the second mkdir fail.
     tree.write("unified/apptheus", "");
-    let error = layout
-        .create(1, Placement::Dedicated, "apptheus", "exec_1")
-        .unwrap_err();
+    let error = layout.create(None, "apptheus", "exec_1", &[]).unwrap_err();
     assert!(format!("{error:#}").contains("apptheus"), "{error:#}");
     assert!(!tree.path("memory/apptheus").exists());
 }
@@ -641,16 +659,79 @@ fn nested_create_follows_the_launcher() {
     };
     let base = base.to_string();
     fs::create_dir_all(layout.hierarchies[0].dir_of(&base).unwrap()).unwrap();
+    let launcher = layout.launcher(std::process::id() as i32).unwrap();
     let container = layout
-        .create(
-            std::process::id() as i32,
-            Placement::Nested,
-            "apptheus",
-            "exec_1",
-        )
+        .create(Some(&launcher), "apptheus", "exec_1", &[])
         .unwrap();
     assert_eq!(container.rel_path(), join_rel(&base, "apptheus/exec_1"));
     container.remove().unwrap();
+}
+
+/// A launcher (pid 4242) in the v2 cgroup /job/step/task_0 of a fake tree, with `procs` in it.
+fn launcher_in_leaf(tree: &FakeTree, procs: &str) -> (Layout, Launcher) {
+    let layout = tree.v2_layout();
+    let leaf = "unified/job/step/task_0";
+    tree.write(&format!("{leaf}/cgroup.procs"), procs);
+    tree.write(
+        &format!("{leaf}/cgroup.controllers"),
+        "cpu io memory pids\n",
+    );
+    tree.write(&format!("{leaf}/cgroup.subtree_control"), "");
+    let entries = parse::parse_proc_cgroup("0::/job/step/task_0\n").unwrap();
+    (layout, Launcher::from_entries(entries))
+}
+
+#[test]
+fn a_leaf_holding_only_the_container_is_its_cgroup_as_it_is() {
+    let tree = FakeTree::new();
+    let (layout, launcher) = launcher_in_leaf(&tree, "4242\n4243\n");
+    let container = layout
+        .create(
+            Some(&launcher),
+            "apptheus",
+            "exec_4242",
+            &[4242, 4243, 4244],
+        )
+        .unwrap();
+    assert_eq!(container.rel_path(), "/job/step/task_0");
+    assert_eq!(container.adopted(), [tree.path("unified/job/step/task_0")]);
+    assert!(container.made_parents().is_empty());
+    assert_eq!(container.memory_source(), Source::Cgroup);
+    // Nothing made, nothing written, nothing removed.
+    assert!(!tree.path("unified/job/step/task_0/apptheus").exists());
+    // This test's own process stands in (adopted: nothing is written).
+    let me = std::process::id() as i32;
+    let held = crate::pidfd::Process::new(me, crate::pidfd::Pidfd::open(me).unwrap().unwrap());
+    assert_eq!(container.add_process(&held).unwrap(), Moved::Done);
+    assert_eq!(
+        fs::read_to_string(tree.path("unified/job/step/task_0/cgroup.procs")).unwrap(),
+        "4242\n4243\n"
+    );
+    container.remove().unwrap();
+    assert!(tree.path("unified/job/step/task_0").is_dir());
+    // After a restart the state file says it is adopted: still not ours.
+    let again = layout
+        .open("/job/step/task_0", &[], &container.adopted())
+        .unwrap();
+    assert_eq!(again.adopted(), container.adopted());
+}
+
+#[test]
+fn a_leaf_shared_with_other_processes_gets_a_child_and_is_not_changed() {
+    let tree = FakeTree::new();
+    let (layout, launcher) = launcher_in_leaf(&tree, "4242\n999\n");
+    let container = layout
+        .create(Some(&launcher), "apptheus", "exec_4242", &[4242])
+        .unwrap();
+    assert_eq!(container.rel_path(), "/job/step/task_0/apptheus/exec_4242");
+    assert!(container.adopted().is_empty());
+    // The launcher's cgroup holds processes: its subtree_control is never written.
+    assert_eq!(
+        fs::read_to_string(tree.path("unified/job/step/task_0/cgroup.subtree_control")).unwrap(),
+        ""
+    );
+    container.remove().unwrap();
+    assert!(!tree.path("unified/job/step/task_0/apptheus").exists());
 }
 
 #[test]
@@ -658,7 +739,10 @@ fn the_cpu_probe_reads_the_kernels_cpu_time() {
     let tree = FakeTree::new();
     fake_v1_container(&tree);
     let cpu = "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage";
-    let container = tree.v1_layout().open("/job/apptheus/c_1", &[]).unwrap();
+    let container = tree
+        .v1_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
     let mut reader = Reader::new();
     let probe = reader.probe(&container);
     let value = probe.value.expect("cpuacct.usage");
@@ -674,7 +758,10 @@ fn the_cpu_probe_reads_the_kernels_cpu_time() {
 fn v2_probe_is_cpu_stat_read_once() {
     let tree = FakeTree::new();
     fake_v2_container(&tree);
-    let container = tree.v2_layout().open("/job/apptheus/c_1", &[]).unwrap();
+    let container = tree
+        .v2_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
     let mut reader = Reader::new();
     let probe = reader.probe(&container);
     assert!(probe.value.is_some());

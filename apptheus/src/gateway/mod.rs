@@ -4,27 +4,27 @@
 //! identified (`peer`), checked against the trusted executables (`trust`), and made a container
 //! by the registry; a refused one is closed at once, with nothing created for it.
 mod peer;
+mod refusals;
 mod trust;
 
 use std::{
     io,
-    os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _},
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::{
-    net::{UnixListener, UnixStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use self::refusals::Refusals;
 pub use self::{peer::Peer, trust::Trust};
 use crate::{
+    accept::{Accepted, Acceptor, Listen, Slot},
+    fsperm::writable_by_others,
     metrics::Metrics,
-    registry::{AdmitError, Registry},
+    registry::{AdmitError, Admitted, Registry},
     tracker,
 };
 
@@ -74,7 +74,7 @@ impl Rejection {
 impl From<AdmitError> for Rejection {
     fn from(e: AdmitError) -> Rejection {
         match e {
-            AdmitError::Limit => Rejection::Limit,
+            AdmitError::Limit(_) => Rejection::Limit,
             AdmitError::Tracker(tracker::Error::AlreadyTracked { .. }) => Rejection::Nested,
             AdmitError::Tracker(tracker::Error::Exited { .. }) => Rejection::Vanished,
             AdmitError::Tracker(_) | AdmitError::Cgroup(_) => Rejection::Error,
@@ -90,14 +90,27 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Listen on `path`: create its directory (0755) if missing, replace a stale socket there
+    /// Listen on `path`: create its directory (0755) if missing (an existing one must be
+    /// root's alone: whoever can write it could swap the socket), replace a stale socket there
     /// (never a regular file or a symlink), and open it to everyone (0777) as Apptainer's
-    /// unprivileged side needs.
+    /// unprivileged side needs. The mode is set at creation (no chmod by path afterwards,
+    /// which a link could redirect).
     pub fn bind(path: &Path) -> Result<Gateway> {
-        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                .with_context(|| format!("chmod 0755 {}", dir.display()))?;
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            if let Some(bad) = writable_by_others(dir) {
+                bail!(
+                    "--socket.path {} is unsafe: {} is writable by a user other than root",
+                    path.display(),
+                    bad.display()
+                );
+            }
         }
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
@@ -114,11 +127,12 @@ impl Gateway {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
         }
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
-            .with_context(|| format!("chmod 0777 {}", path.display()))?;
-        let ino = std::fs::metadata(path)?.ino();
+        // The daemon creates no other file while it starts: the umask is its own to clear.
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let listener = UnixListener::bind(path);
+        nix::sys::stat::umask(umask);
+        let listener = listener.with_context(|| format!("listening on {}", path.display()))?;
+        let ino = std::fs::symlink_metadata(path)?.ino();
         Ok(Gateway {
             listener,
             path: path.to_path_buf(),
@@ -130,44 +144,43 @@ impl Gateway {
         &self.path
     }
 
-    /// Serve launchers until `shutdown`: each connection is identified and admitted on a
-    /// blocking thread (at most `MAX_PENDING_CONNECTIONS` at once), then held until it closes.
+    /// Serve launchers until `shutdown`, then remove the socket: each connection is
+    /// identified and admitted on a blocking thread (at most `MAX_PENDING_CONNECTIONS` at once;
+    /// more wait in the kernel's listen backlog), then held until it closes.
     pub async fn serve(
-        self: Arc<Self>,
+        self,
         trust: Trust,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        let refusals = Refusals::new(registry.config().privacy.clone());
         let admission = Arc::new(Admission {
             trust,
             registry,
             metrics,
+            refusals,
         });
-        let pending = Arc::new(Semaphore::new(MAX_PENDING_CONNECTIONS));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                p = pending.clone().acquire_owned() => p?,
-            };
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                s = self.listener.accept() => match s {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        // EMFILE and the like: log, back off briefly, keep serving.
-                        tracing::warn!(error = %e, "accepting a launcher connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            tokio::spawn(
-                admission
-                    .clone()
-                    .connection(stream, permit, shutdown.clone()),
-            );
+        let acceptor = Acceptor::new(
+            self,
+            MAX_PENDING_CONNECTIONS,
+            shutdown.clone(),
+            "a launcher connection",
+        );
+        while let Some(Accepted { stream, slot, .. }) = acceptor.next().await {
+            tokio::spawn(admission.clone().connection(stream, slot, shutdown.clone()));
         }
+        Ok(())
+    }
+}
+
+impl Listen for Gateway {
+    type Stream = UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(UnixStream, Self::Peer)>> + Send {
+        self.listener.accept()
     }
 }
 
@@ -185,6 +198,7 @@ struct Admission {
     trust: Trust,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    refusals: Refusals,
 }
 
 impl Admission {
@@ -192,7 +206,7 @@ impl Admission {
     async fn connection(
         self: Arc<Self>,
         stream: UnixStream,
-        permit: OwnedSemaphorePermit,
+        slot: Slot,
         shutdown: CancellationToken,
     ) {
         let this = self.clone();
@@ -201,21 +215,23 @@ impl Admission {
             (stream, admitted)
         })
         .await;
-        drop(permit);
+        // Identified: the next peer may be.
+        drop(slot);
         let Ok((stream, admitted)) = decided else {
             return;
         };
         match admitted {
-            Ok((key, identity)) => {
+            Ok(admitted) => {
                 self.metrics.accepted();
+                let id = &admitted.identity;
                 tracing::info!(
-                    container = identity.id.as_str(),
-                    pid = identity.pid,
-                    uid = identity.uid.as_str(),
+                    container = id.id.as_str(),
+                    pid = id.pid,
+                    uid = id.uid.as_str(),
                     "launcher connection accepted"
                 );
-                if hold(stream, &shutdown).await {
-                    self.registry.disconnected(key);
+                if hold(stream, &admitted.gone, &shutdown).await {
+                    self.registry.disconnected(admitted.key);
                 }
             }
             // Logged where it was decided; dropping the stream closes the connection at once.
@@ -224,28 +240,38 @@ impl Admission {
     }
 
     /// Identify the peer, decide, and make it a container (blocking).
-    fn admit(
-        &self,
-        stream: &UnixStream,
-    ) -> Result<(u64, Arc<crate::container::Identity>), Rejection> {
-        let peer = Peer::identify(stream, &self.registry.config().privacy)?;
-        peer.verify(&self.trust)?;
-        self.registry
-            .admit(&peer)
-            .map_err(|e| peer.refuse(e.into()))
+    fn admit(&self, stream: &UnixStream) -> Result<Admitted, Rejection> {
+        let peer = Peer::identify(stream, &self.refusals)?;
+        peer.verify(&self.trust, &self.refusals)?;
+        self.registry.admit(&peer).map_err(|e| {
+            let why = e.to_string();
+            peer.refuse(&self.refusals, e.into(), &why)
+        })
     }
 }
 
-/// Hold an accepted launcher's connection until it closes (true) or the daemon stops.
-async fn hold(mut stream: UnixStream, shutdown: &CancellationToken) -> bool {
+/// What a launcher may send on its connection, at most (launchers send nothing).
+const MAX_LAUNCHER_BYTES: usize = 4096;
+
+/// Hold an accepted launcher's connection until it closes (true), its container ends, the
+/// launcher sends more than `MAX_LAUNCHER_BYTES`, or the daemon stops. Closing it when the
+/// container ends also closes any copy of it (passed on, or taken with pidfd_getfd): a
+/// connection never outlives its container.
+async fn hold(
+    mut stream: UnixStream,
+    gone: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> bool {
     use tokio::io::AsyncReadExt as _;
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 512];
+    let mut received = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
+            _ = gone.cancelled() => return true,
             n = stream.read(&mut buf) => match n {
-                // Launchers send nothing; whatever they send is ignored.
-                Ok(n) if n > 0 => continue,
+                // Whatever launchers send is ignored, up to a bound.
+                Ok(n) if n > 0 && received + n <= MAX_LAUNCHER_BYTES => received += n,
                 _ => return true,
             },
         }

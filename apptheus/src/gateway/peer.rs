@@ -9,85 +9,84 @@ use std::path::PathBuf;
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::UnixStream;
 
-use super::{Rejection, trust::Trust};
-use crate::{pidfd::Pidfd, privacy::Privacy};
+use super::{Rejection, refusals::Refusals, trust::Trust};
+use crate::{pidfd::Pidfd, testhook};
 
 /// A connected launcher, identified.
 #[derive(Debug)]
 pub struct Peer {
     pub pid: i32,
+    /// Its real uid: the user who ran it. A set-uid launcher (Apptainer's `starter-suid`)
+    /// runs with an effective uid of 0, which SO_PEERCRED reports.
     pub uid: u32,
     pub gid: u32,
     /// What `/proc/<pid>/exe` resolved to (" (deleted)" included, if so).
     pub exe_path: PathBuf,
     /// Holds the peer process: valid as long as we keep it, whatever happens to the pid.
     pub pidfd: Pidfd,
-    /// The uid and exe as a refusal's log line shows them (`--privacy.hash-salt-file`).
-    shown_uid: String,
-    shown_exe: String,
 }
 
 impl Peer {
     /// Identify the process at the other end of `stream` (blocking: reads /proc). A peer that
     /// cannot be identified is refused here, and logged.
-    pub fn identify(stream: &UnixStream, privacy: &Privacy) -> Result<Peer, Rejection> {
+    pub fn identify(stream: &UnixStream, log: &Refusals) -> Result<Peer, Rejection> {
         let Ok(cred) = getsockopt(stream, sockopt::PeerCredentials) else {
-            return Err(log_refusal(Rejection::Error, 0, &privacy.uid(u32::MAX), ""));
+            return Err(log.refuse(Rejection::Error, 0, u32::MAX, "", "no peer credentials"));
         };
         let (pid, uid) = (cred.pid(), cred.uid());
-        let shown_uid = privacy.uid(uid);
         let pidfd = match peer_pidfd(stream, pid) {
             Ok(Some(fd)) => fd,
-            Ok(None) => return Err(log_refusal(Rejection::Vanished, pid, &shown_uid, "")),
+            Ok(None) => return Err(log.refuse(Rejection::Vanished, pid, uid, "", "")),
             Err(e) => {
-                tracing::debug!(pid, error = %e, "cannot open a pidfd for the peer");
-                return Err(log_refusal(Rejection::Error, pid, &shown_uid, ""));
+                return Err(log.refuse(Rejection::Error, pid, uid, "", &format!("pidfd: {e}")));
             }
         };
         let Ok(exe_path) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            return Err(log_refusal(Rejection::Vanished, pid, &shown_uid, ""));
+            return Err(log.refuse(Rejection::Vanished, pid, uid, "", ""));
         };
-        let shown_exe = privacy.path(&exe_path.to_string_lossy(), Some(uid));
+        // Read by pid: `verify` checks afterwards, through the pidfd, that it was the peer's.
+        let Some(uid) = real_uid(pid) else {
+            return Err(log.refuse(Rejection::Vanished, pid, uid, "", ""));
+        };
         Ok(Peer {
             pid,
             uid,
             gid: cred.gid(),
             exe_path,
             pidfd,
-            shown_uid,
-            shown_exe,
         })
     }
 
     /// Decide whether the peer is trusted: its executable is trusted, and it is still the same
     /// live process after the decision.
-    pub fn verify(&self, trust: &Trust) -> Result<(), Rejection> {
+    pub fn verify(&self, trust: &Trust, log: &Refusals) -> Result<(), Rejection> {
         trust
             .check(self.pid, &self.exe_path)
-            .map_err(|r| self.refuse(r))?;
-        test_hook_before_final_check();
+            .map_err(|r| self.refuse(log, r, ""))?;
+        testhook::pause(testhook::Point::Decision, &[self.pid]);
         // The decision was about whatever process had that pid; confirm it is still the peer.
         match self.pidfd.has_exited() {
             Ok(false) => Ok(()),
-            _ => Err(self.refuse(Rejection::Vanished)),
+            _ => Err(self.refuse(log, Rejection::Vanished, "")),
         }
     }
 
-    /// Log the refusal of this peer; returns `reason`.
-    pub fn refuse(&self, reason: Rejection) -> Rejection {
-        log_refusal(reason, self.pid, &self.shown_uid, &self.shown_exe)
+    /// Log the refusal of this peer (`why`, if more than the reason says); returns `reason`.
+    pub fn refuse(&self, log: &Refusals, reason: Rejection, why: &str) -> Rejection {
+        log.refuse(
+            reason,
+            self.pid,
+            self.uid,
+            &self.exe_path.to_string_lossy(),
+            why,
+        )
     }
 }
 
-fn log_refusal(reason: Rejection, pid: i32, uid: &str, exe: &str) -> Rejection {
-    tracing::warn!(
-        reason = reason.as_str(),
-        pid,
-        uid,
-        exe,
-        "launcher connection refused"
-    );
-    reason
+/// The real uid of `pid`, from the first field of the `Uid:` line of its status.
+fn real_uid(pid: i32) -> Option<u32> {
+    let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
+    Some(status.ruid)
 }
 
 /// A pidfd of the peer: SO_PEERPIDFD (Linux 6.5+) names the very process that connected; older
@@ -99,21 +98,5 @@ fn peer_pidfd(stream: &UnixStream, pid: i32) -> std::io::Result<Option<Pidfd>> {
         Err(nix::errno::Errno::ESRCH) => Ok(None),
         Err(nix::errno::Errno::ENOPROTOOPT | nix::errno::Errno::EINVAL) => Pidfd::open(pid),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Test hook: with `APPTHEUS_TEST_DECISION_DELAY_MS` set, wait between the exe check and the
-/// final liveness check, so a test can make the peer die exactly there.
-fn test_hook_before_final_check() {
-    use std::sync::OnceLock;
-    static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
-    let delay = DELAY.get_or_init(|| {
-        std::env::var("APPTHEUS_TEST_DECISION_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_millis)
-    });
-    if let Some(d) = delay {
-        std::thread::sleep(*d);
     }
 }

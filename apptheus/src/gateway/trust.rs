@@ -2,13 +2,14 @@
 //! peer's executable.
 use std::{
     io,
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Result, bail};
 
 use super::Rejection;
+use crate::fsperm::writable_by_others;
 
 /// The trusted launcher executables.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +29,16 @@ impl Trust {
                 bail!("--trust.path entry {} is not an absolute path", p.display());
             }
             match std::fs::metadata(p) {
+                // Apptainer may be installed later; whoever can write the directories that do
+                // exist could put a launcher of their own there first.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(bad) = writable_by_others(p) {
+                        bail!(
+                            "--trust.path entry {} is unsafe: it does not exist, and {} is writable by a user other than root",
+                            p.display(),
+                            bad.display()
+                        );
+                    }
                     warnings.push(format!(
                         "trusted launcher {} does not exist (yet)",
                         p.display()
@@ -90,20 +100,10 @@ impl Trust {
     }
 }
 
-/// The first of `path` and its ancestors that a non-root user could write to.
-fn writable_by_others(path: &Path) -> Option<PathBuf> {
-    path.ancestors().find_map(|p| {
-        let m = std::fs::metadata(p).ok()?;
-        let mode = m.permissions().mode();
-        // Sticky directories (/tmp) still let others create, but not replace, entries.
-        let sticky_dir = m.is_dir() && mode & 0o1000 != 0;
-        let unsafe_mode = m.uid() != 0 || (mode & 0o022 != 0 && !sticky_dir);
-        unsafe_mode.then(|| p.to_path_buf())
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

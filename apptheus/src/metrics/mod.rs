@@ -28,6 +28,7 @@ pub struct Metrics {
     rejections: IntCounterVec,
     pub sample_duration: Histogram,
     events_lost: IntCounter,
+    walks_cut_short: IntCounter,
     snapshot: Mutex<Arc<Snapshot>>,
 }
 
@@ -75,6 +76,10 @@ impl Metrics {
             "apptheus_ebpf_events_lost_total",
             "Process events the eBPF programs could not hand to userspace (ring buffer full).",
         )?;
+        let walks_cut_short = IntCounter::new(
+            "apptheus_adoption_walks_cut_short_total",
+            "Walks of a launcher's process tree stopped at their bound (a tree that forks faster than it can be walked); each goes on at the next passes.",
+        )?;
         // Every label value that can occur, from zero, so rates work from the first scrape.
         for outcome in ["accepted", "rejected"] {
             connections.with_label_values(&[outcome]);
@@ -88,6 +93,7 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(sample_duration.clone()))?;
         registry.register(Box::new(events_lost.clone()))?;
+        registry.register(Box::new(walks_cut_short.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -98,6 +104,7 @@ impl Metrics {
             rejections,
             sample_duration,
             events_lost,
+            walks_cut_short,
             snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new()))),
         })
     }
@@ -116,6 +123,14 @@ impl Metrics {
         let seen = self.events_lost.get();
         if total > seen {
             self.events_lost.inc_by(total - seen);
+        }
+    }
+
+    /// The registry's running total of walks cut short.
+    pub fn set_walks_cut_short(&self, total: u64) {
+        let seen = self.walks_cut_short.get();
+        if total > seen {
+            self.walks_cut_short.inc_by(total - seen);
         }
     }
 
@@ -147,6 +162,8 @@ impl Metrics {
 pub struct ContainerSeries {
     pub identity: Arc<Identity>,
     pub memory_source: &'static str,
+    /// `kernel` (the cgroup's own peak) or `sampled` (the highest usage the sampler read).
+    pub memory_peak_source: &'static str,
     /// Unix time the last process exited; none while the container lives.
     pub end_time: Option<f64>,
     pub stats: Stats,

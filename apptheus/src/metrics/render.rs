@@ -164,14 +164,37 @@ pub fn render(series: &[ContainerSeries]) -> String {
         for (c, l) in series.iter().zip(&labels) {
             let _ = writeln!(
                 out,
-                "apptheus_container_info{{{l},exe=\"{}\",exe_path=\"{}\",pid=\"{}\",uid=\"{}\",cgroup=\"{}\",memory_source=\"{}\"}} 1",
+                "apptheus_container_info{{{l},exe=\"{}\",exe_path=\"{}\",pid=\"{}\",uid=\"{}\",cgroup=\"{}\",memory_source=\"{}\",memory_peak_source=\"{}\"}} 1",
                 escape(&c.identity.exe),
                 escape(&c.identity.exe_path),
                 c.identity.pid,
                 escape(&c.identity.uid),
                 escape(&c.identity.cgroup_label),
-                c.memory_source
+                c.memory_source,
+                c.memory_peak_source,
             );
+        }
+        out.push_str("# HELP apptheus_container_job_info The batch job a container belongs to (constant 1).\n# TYPE apptheus_container_job_info gauge\n");
+        for (c, l) in series.iter().zip(&labels) {
+            let job = &c.identity.job;
+            let _ = write!(
+                out,
+                "apptheus_container_job_info{{{l},scheduler=\"{}\"",
+                escape(job.scheduler_label())
+            );
+            // Unknown values are left out (an empty label is no label).
+            for (name, value) in [
+                ("job_id", &job.id),
+                ("job_source", &job.source),
+                ("account", &job.account),
+                ("partition", &job.partition),
+                ("image", &job.image),
+            ] {
+                if !value.is_empty() {
+                    let _ = write!(out, ",{name}=\"{}\"", escape(value));
+                }
+            }
+            out.push_str("} 1\n");
         }
     }
     for f in FAMILIES {
@@ -249,8 +272,10 @@ mod tests {
                 cgroup: "/apptheus/starter_42".into(),
                 cgroup_label: "/apptheus/starter_42".into(),
                 start_time: 1_700_000_000.5,
+                job: Default::default(),
             }),
             memory_source: "cgroup",
+            memory_peak_source: "kernel",
             end_time: None,
             stats: Stats {
                 cpu_usage_seconds: Some(1.25),
@@ -281,9 +306,28 @@ mod tests {
                 "apptheus_container_processes{container=\"starter_42\",user=\"alice\"} 2\n"
             )
         );
-        assert!(text.contains("memory_source=\"cgroup\"} 1\n"));
+        assert!(text.contains("memory_source=\"cgroup\",memory_peak_source=\"kernel\"} 1\n"));
+        assert!(text.contains(
+            "apptheus_container_job_info{container=\"starter_42\",user=\"alice\",scheduler=\"none\"} 1\n"
+        ));
         // No value anywhere: no family.
         assert!(!text.contains("apptheus_container_memory_swap_bytes"));
+    }
+
+    #[test]
+    fn job_labels_are_escaped_and_unknown_ones_left_out() {
+        let mut c = series("c_1");
+        let identity = std::sync::Arc::make_mut(&mut c.identity);
+        identity.job = crate::job::Job {
+            scheduler: "slurm".into(),
+            id: "7\"} evil 1\n".into(),
+            source: "environment".into(),
+            ..Default::default()
+        };
+        let text = render(&[c]);
+        assert!(text.contains(
+            "apptheus_container_job_info{container=\"c_1\",user=\"alice\",scheduler=\"slurm\",job_id=\"7\\\"} evil 1\\n\",job_source=\"environment\"} 1\n"
+        ), "{text}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl Error {
         }
     }
 
-    pub(super) fn io(what: impl Into<String>, err: std::io::Error) -> Error {
+    pub fn io(what: impl Into<String>, err: std::io::Error) -> Error {
         Error::Io {
             what: what.into(),
             err,

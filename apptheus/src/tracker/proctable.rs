@@ -7,7 +7,9 @@
 //! `/proc` (cheap) and reads `stat` only for processes it has not seen, or whose parent has
 //! exited (they may have been reparented). A process is known by its pid *and* the inode number
 //! of its `/proc/<pid>` directory: a new process never gets the inode of an older one, so a
-//! reused pid is never mistaken for the process it replaced.
+//! reused pid is never mistaken for the process it replaced. Parent links are kept the same
+//! way: a child's link names its parent's pid and inode, and counts only while a process with
+//! that pid and inode is in the table; a parent pid reused by another process breaks the link.
 use std::{
     collections::{HashMap, HashSet},
     fs,
@@ -15,10 +17,20 @@ use std::{
     os::unix::fs::DirEntryExt as _,
 };
 
+/// One process: its identity, and its parent's.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// The inode of its /proc/<pid>.
+    ino: u64,
+    ppid: i32,
+    /// The inode of the parent's /proc/<ppid> when the link was read; `None` if the parent was
+    /// not listed then (a link that never counts).
+    parent_ino: Option<u64>,
+}
+
 #[derive(Default)]
 pub struct ProcTable {
-    /// pid -> (inode of /proc/<pid>, parent pid)
-    entries: HashMap<i32, (u64, i32)>,
+    entries: HashMap<i32, Entry>,
     /// `stat` files read in the last refresh (for tests and diagnostics).
     last_reads: usize,
 }
@@ -41,12 +53,14 @@ impl ProcTable {
         let current: HashMap<i32, u64> = listing.iter().copied().collect();
         // Gone, or the pid now names another process.
         self.entries
-            .retain(|pid, (ino, _)| current.get(pid) == Some(ino));
+            .retain(|pid, e| current.get(pid) == Some(&e.ino));
         let mut buf = [0u8; 1024];
         self.last_reads = 0;
         for (pid, ino) in listing {
-            if let Some(&(_, ppid)) = self.entries.get(&pid)
-                && (ppid == 0 || self.entries.contains_key(&ppid))
+            // A link stands while its parent is the same process; else (the parent exited: the
+            // child may have been reparented) it is read again.
+            if let Some(e) = self.entries.get(&pid)
+                && (e.ppid == 0 || current.get(&e.ppid) == e.parent_ino.as_ref())
             {
                 continue;
             }
@@ -54,7 +68,15 @@ impl ProcTable {
             // Processes vanish during the walk; that is not an error.
             match read_ppid(pid, &mut buf) {
                 Some(ppid) => {
-                    self.entries.insert(pid, (ino, ppid));
+                    let parent_ino = current.get(&ppid).copied();
+                    self.entries.insert(
+                        pid,
+                        Entry {
+                            ino,
+                            ppid,
+                            parent_ino,
+                        },
+                    );
                 }
                 None => {
                     self.entries.remove(&pid);
@@ -64,11 +86,23 @@ impl ProcTable {
         Ok(())
     }
 
+    /// The inode of `pid`'s /proc directory as of the last refresh.
+    pub fn ino_of(&self, pid: i32) -> Option<u64> {
+        self.entries.get(&pid).map(|e| e.ino)
+    }
+
     /// The descendants of `roots` (not the roots themselves) as of the last refresh.
     pub fn descendants(&self, roots: &[i32]) -> Vec<i32> {
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for (&pid, &(_, ppid)) in &self.entries {
-            children.entry(ppid).or_default().push(pid);
+        for (&pid, e) in &self.entries {
+            // Only links to the very process they were read from.
+            let linked = self
+                .entries
+                .get(&e.ppid)
+                .is_some_and(|parent| Some(parent.ino) == e.parent_ino);
+            if linked {
+                children.entry(e.ppid).or_default().push(pid);
+            }
         }
         // Each pid is visited once, whatever the links say.
         let mut seen: HashSet<i32> = roots.iter().copied().collect();
@@ -110,6 +144,31 @@ pub fn parse_stat_ppid(stat: &[u8]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_to_a_reused_parent_pid_does_not_count() {
+        let entry = |ino, ppid, parent_ino| Entry {
+            ino,
+            ppid,
+            parent_ino,
+        };
+        let mut t = ProcTable::default();
+        t.entries.insert(10, entry(100, 1, Some(1)));
+        t.entries.insert(20, entry(200, 10, Some(100)));
+        t.entries.insert(30, entry(300, 20, Some(200)));
+        assert_eq!(sorted(t.descendants(&[10])), [20, 30]);
+        // Pid 10 is another process now: 20's link (read from the old one) is broken.
+        t.entries.insert(10, entry(101, 1, Some(1)));
+        assert!(t.descendants(&[10]).is_empty());
+        // A link whose parent was not listed when it was read never counts.
+        t.entries.insert(20, entry(200, 10, None));
+        assert!(t.descendants(&[10]).is_empty());
+    }
+
+    fn sorted(mut v: Vec<i32>) -> Vec<i32> {
+        v.sort();
+        v
+    }
 
     #[test]
     fn ppid_of_stat_lines() {

@@ -144,12 +144,42 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
-/// A free TCP port on loopback (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// The port of the first `HTTP server listening address=<ip>:<port>` line in a daemon's
+/// logfmt `log`.
+pub fn listening_port(log: &str) -> Option<u16> {
+    log.lines()
+        .filter(|l| l.contains("msg=\"HTTP server listening\""))
+        .find_map(|l| {
+            let address = l.split(' ').find_map(|kv| kv.strip_prefix("address="))?;
+            address
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.port())
+        })
+}
+
+/// A loopback port for a program that cannot be given port 0 (Slurm's daemons read theirs from
+/// slurm.conf). It is taken below the kernel's ephemeral range (/proc/sys/net/ipv4/
+/// ip_local_port_range, 32768 and up by default), from which every port-0 bind and outgoing
+/// connection draws, so no other test's socket can take it; among the test process's own
+/// picks, a counter keeps them apart, and a bind check skips ports in use.
+pub fn static_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (first, span) = (10_000u32, low.saturating_sub(10_000).max(1000));
+    let start = std::process::id() * 97 % span;
+    loop {
+        let n = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        assert!(n < 1000, "no free loopback port below {low}");
+        let port = (first + (start + n * 7) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -240,10 +270,11 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
         let parent = unique("apptheus-test");
-        let port = free_port();
         let log = dir.path().join("daemon.log");
         let args: Vec<String> = [
-            format!("--web.listen-address=127.0.0.1:{port}"),
+            // Port 0: the kernel picks a free port as the daemon binds, so no other test can
+            // take it in between; the daemon's log says which.
+            "--web.listen-address=127.0.0.1:0".to_string(),
             format!("--socket.path={}", socket.display()),
             format!("--cgroup.parent={parent}"),
             format!("--state.dir={}", dir.path().join("state").display()),
@@ -260,7 +291,7 @@ impl Daemon {
         let mut d = Daemon {
             child,
             exe: exe.to_path_buf(),
-            port,
+            port: 0,
             socket,
             parent,
             dir,
@@ -269,11 +300,26 @@ impl Daemon {
             env,
             client,
         };
-        d.wait_ready();
+        d.wait_ready(0);
         d
     }
 
-    fn wait_ready(&mut self) {
+    /// Wait for the `HTTP server listening` line written to the log after byte `from` (the
+    /// port), then until /-/ready answers 200.
+    fn wait_ready(&mut self, from: usize) {
+        let port = eventually(Duration::from_secs(30), || {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("apptheus exited at start ({st}):\n{}", self.log_text());
+            }
+            let log = std::fs::read(&self.log).ok()?;
+            listening_port(&String::from_utf8_lossy(log.get(from..)?))
+        });
+        self.port = port.unwrap_or_else(|| {
+            panic!(
+                "apptheus did not say where it listens after 30 s:\n{}",
+                self.log_text()
+            )
+        });
         let ready = eventually(Duration::from_secs(30), || {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("apptheus exited at start ({st}):\n{}", self.log_text());
@@ -293,12 +339,13 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
-    /// Start it again with the same flags (port, socket, state dir, cgroup parent); its log
-    /// goes on in the same file.
+    /// Start it again with the same flags (socket, state dir, cgroup parent; a new port); its
+    /// log goes on in the same file.
     pub fn respawn(&mut self) {
         assert!(self.exited(), "respawn: the daemon still runs");
+        let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         self.child = spawn_daemon(&self.exe, &self.args, &self.env, &self.log);
-        self.wait_ready();
+        self.wait_ready(from);
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -12,7 +12,20 @@ use nix::{
 };
 use serde_json::Value;
 
-use super::{eventually, free_port};
+use super::eventually;
+
+/// A port that was free a moment ago (bound then released): another process may take it
+/// before Prometheus binds it, so its one user below retries.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Attempts at a free port. A lost race is rare (one in tens of thousands of ports), so 10 in a
+/// row means something else is wrong.
+const PORT_ATTEMPTS: usize = 10;
 
 /// The absolute path of an installed tool; a missing tool fails the test with what to install.
 pub fn tool(name: &str, package: &str) -> PathBuf {
@@ -85,17 +98,19 @@ impl Prometheus {
             .build()
             .into();
         let log = dir.path().join("prometheus.log");
-        // A free port can be taken between free_port() and Prometheus binding it: retry.
-        for _ in 0..3 {
+        // Prometheus cannot be told to bind port 0 and report the port it got, so a port that
+        // was free is picked, and a lost race (another process bound it first) is retried.
+        for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            let storage = if agent_mode {
-                format!("--storage.agent.path={}", dir.path().join("wal").display())
+            // The agent keeps a WAL only, under its own flag.
+            let (flag, storage) = if agent_mode {
+                ("storage.agent.path", dir.path().join("wal"))
             } else {
-                format!("--storage.tsdb.path={}", dir.path().join("tsdb").display())
+                ("storage.tsdb.path", dir.path().join("tsdb"))
             };
             let child = Command::new(&exe)
                 .arg(format!("--config.file={}", config_path.display()))
-                .arg(storage)
+                .arg(format!("--{flag}={}", storage.display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .arg("--log.level=warn")
                 .args(args)
@@ -115,12 +130,9 @@ impl Prometheus {
                 if let Ok(Some(st)) = p.child.try_wait() {
                     return Some(Err(st));
                 }
-                let up = p
-                    .agent
-                    .get(format!("{}/-/ready", p.url))
-                    .call()
-                    .is_ok_and(|r| r.status() == 200);
-                up.then_some(Ok(()))
+                // Ready, and ours: whoever won the port may be another test's server (even
+                // another Prometheus) answering while ours is still failing to bind.
+                p.serves_storage(flag, &storage).then_some(Ok(()))
             });
             match ready {
                 Some(Ok(())) => return p,
@@ -133,7 +145,28 @@ impl Prometheus {
                 None => panic!("prometheus not ready after 20 s:\n{}", p.log()),
             }
         }
-        panic!("prometheus could not find a free port in 3 attempts");
+        panic!("prometheus lost the race for a free port {PORT_ATTEMPTS} times in a row");
+    }
+
+    /// Whether the server at `url` is ready and is this Prometheus (its storage flag `flag` is
+    /// `storage`).
+    fn serves_storage(&self, flag: &str, storage: &std::path::Path) -> bool {
+        let ready = self
+            .agent
+            .get(format!("{}/-/ready", self.url))
+            .call()
+            .is_ok_and(|r| r.status() == 200);
+        let flags = || -> Option<Value> {
+            let mut r = self
+                .agent
+                .get(format!("{}/api/v1/status/flags", self.url))
+                .call()
+                .ok()?;
+            serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+        };
+        ready
+            && flags()
+                .is_some_and(|f| f["data"][flag].as_str() == Some(&storage.display().to_string()))
     }
 
     pub fn log(&self) -> String {

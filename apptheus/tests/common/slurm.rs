@@ -22,7 +22,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{free_port, prometheus::tool, require_root};
+use super::{prometheus::tool, require_root, static_port};
 
 /// How the host mounts cgroups (from /proc/self/mountinfo).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,13 +248,8 @@ impl Slurm {
             &d.join("log/munged.out"),
         );
 
-        let ctld_port = free_port();
-        let slurmd_port = loop {
-            let p = free_port();
-            if p != ctld_port {
-                break p;
-            }
-        };
+        // Slurm reads its ports from slurm.conf: no port 0 (see `static_port`).
+        let (ctld_port, slurmd_port) = (static_port(), static_port());
         // Job ids from the clock (10 ms steps), so ids of earlier runs (kernel log, leftover
         // directories) do not come back. MaxJobId is 67043328 by default.
         let first_job_id = 1000

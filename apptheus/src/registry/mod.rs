@@ -12,16 +12,18 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use apptheus_common::{Event, EventKind};
+mod admit;
+mod events;
+
+pub use self::{admit::Admitted, events::Move};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     cgroup::{self, ContainerCgroup, Layout, Placement},
-    container::{Identity, unix_seconds, user_name},
-    gateway::Peer,
+    container::{Identity, unix_seconds},
     privacy::Privacy,
     state::SavedContainer,
-    tracker::{self, EventStream, Tracker},
+    tracker::{self, Tracker},
 };
 
 /// How containers are made and kept.
@@ -33,13 +35,29 @@ pub struct Config {
     pub max_containers: usize,
     /// How the values naming a person are published (`--privacy.hash-salt-file`).
     pub privacy: Arc<Privacy>,
+    pub limits: Limits,
+}
+
+/// What one user may hold, so that one user's churn cannot starve the others.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Live containers per uid.
+    pub containers_per_user: usize,
+    /// Ended containers kept for the retention, in all and per uid: beyond them a user's
+    /// oldest ended container is forgotten early.
+    pub retained: usize,
+    pub retained_per_user: usize,
+    /// Admissions per second per uid, with bursts of `admission_burst`.
+    pub admissions_per_second: f64,
+    pub admission_burst: u32,
 }
 
 /// Why a peer could not be made a container.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
-    #[error("--gateway.max-containers live containers exist already")]
-    Limit,
+    /// A limit is reached (named by its flag).
+    #[error("{0} reached")]
+    Limit(&'static str),
     #[error(transparent)]
     Tracker(#[from] tracker::Error),
     #[error(transparent)]
@@ -49,13 +67,35 @@ pub enum AdmitError {
 /// A container the registry keeps.
 struct Container {
     identity: Arc<Identity>,
-    cgroup: Arc<ContainerCgroup>,
+    /// None while it is being admitted: its cgroup is decided once its processes are known.
+    cgroup: Option<Arc<ContainerCgroup>>,
+    /// Children forked while `cgroup` was None, to move once it is known.
+    early_forks: Vec<i32>,
     /// Forks after this CLOCK_MONOTONIC time inherit the container's cgroup from their parent;
     /// earlier ones may come from a parent not moved yet, so the child is moved explicitly.
     inherit_after_ns: u64,
     connected: bool,
     /// When the last process exited: for the retention, and as the end time.
     ended: Option<(Instant, SystemTime)>,
+    /// Its tree's walk was cut short at its bound: go on with it (see `finish_walks`).
+    walking: bool,
+    /// Cancelled when it ends: its launcher's connection closes then.
+    gone: CancellationToken,
+}
+
+impl Container {
+    fn pending(identity: Identity) -> Container {
+        Container {
+            identity: Arc::new(identity),
+            cgroup: None,
+            early_forks: Vec::new(),
+            inherit_after_ns: u64::MAX,
+            connected: true,
+            ended: None,
+            walking: false,
+            gone: CancellationToken::new(),
+        }
+    }
 }
 
 /// A container as the sampler sees it.
@@ -68,13 +108,6 @@ pub struct Entry {
     pub end_time: Option<SystemTime>,
 }
 
-/// A process to put into a container's cgroup.
-pub struct Move {
-    key: u64,
-    cgroup: Arc<ContainerCgroup>,
-    pid: i32,
-}
-
 pub struct Registry {
     cfg: Config,
     layout: Layout,
@@ -82,14 +115,17 @@ pub struct Registry {
     state: Mutex<State>,
     /// Signalled when a container is admitted (the sampler shows it at once).
     admitted: tokio::sync::Notify,
+    /// Signalled when a container ends (the sampler takes its final values at once, then its
+    /// directories go, before a batch system tries to remove the job's cgroup).
+    ended: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct State {
     containers: HashMap<u64, Container>,
     next_key: u64,
-    /// Admissions under way (they count against the limit).
-    admitting: HashSet<u64>,
+    /// Admissions under way, and their uid (they count against the limits).
+    admitting: HashMap<u64, String>,
     /// Cgroups of forgotten containers whose directories the kernel still reported busy.
     to_remove: Vec<Arc<ContainerCgroup>>,
     /// The set of containers changed since `unsaved` last gave it.
@@ -99,12 +135,40 @@ struct State {
     /// `<parent>` directories the daemon made: removed once empty, whichever of the containers
     /// in them goes last.
     made_parents: HashSet<PathBuf>,
+    /// Per uid, the admission token bucket: (tokens, when last filled).
+    admissions: HashMap<String, (f64, Instant)>,
+    /// Walks of a tree cut short at their bound, since the start.
+    walks_cut_short: u64,
 }
 
 impl State {
     fn changed(&mut self) {
         self.dirty = true;
         self.generation += 1;
+    }
+
+    /// Take one admission of `uid`'s bucket, if there is one.
+    fn admission_rate(&mut self, uid: &str, per_second: f64, burst: u32) -> bool {
+        let now = Instant::now();
+        let burst = f64::from(burst.max(1));
+        // Full buckets carry no information: drop them so the table stays small.
+        if self.admissions.len() > 4096 {
+            self.admissions.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
+            });
+        }
+        let (tokens, at) = self
+            .admissions
+            .entry(uid.to_string())
+            .or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -122,6 +186,7 @@ impl Registry {
             tracker,
             state: Mutex::new(State::default()),
             admitted: tokio::sync::Notify::new(),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -146,6 +211,11 @@ impl Registry {
         self.admitted.notified().await;
     }
 
+    /// Wait until a container ends (one wake-up for any number since the last call).
+    pub async fn ended(&self) {
+        self.ended.notified().await;
+    }
+
     /// Live containers.
     pub fn live(&self) -> usize {
         self.state()
@@ -153,128 +223,6 @@ impl Registry {
             .values()
             .filter(|c| c.ended.is_none())
             .count()
-    }
-
-    /// Make a container of a trusted peer (blocking: cgroup files, a /proc walk). Returns its
-    /// key and identity.
-    pub fn admit(&self, peer: &Peer) -> Result<(u64, Arc<Identity>), AdmitError> {
-        if let Some(key) = self.tracker.key_of(peer.pid)? {
-            return Err(tracker::Error::AlreadyTracked { pid: peer.pid, key }.into());
-        }
-        let (id, exe) = Identity::id_of(&peer.exe_path, peer.pid);
-        let key = self.reserve(&id)?;
-        let res = self.admit_reserved(peer, key, id, exe);
-        self.state().admitting.remove(&key);
-        res
-    }
-
-    /// A key for a new container, if the limit allows one more.
-    fn reserve(&self, id: &str) -> Result<u64, AdmitError> {
-        let mut st = self.state();
-        // Admissions run in parallel: the ones under way count against the limit too (once,
-        // whether or not they are in the map yet).
-        let admitted = st
-            .containers
-            .iter()
-            .filter(|(k, c)| c.ended.is_none() && !st.admitting.contains(k))
-            .count();
-        if admitted + st.admitting.len() >= self.cfg.max_containers {
-            return Err(AdmitError::Limit);
-        }
-        // An ended container of a recycled pid may still be retained under the same id.
-        if st.containers.values().any(|c| c.identity.id == id) {
-            st.containers
-                .retain(|_, c| c.identity.id != id || c.ended.is_none());
-        }
-        st.next_key += 1;
-        let key = st.next_key;
-        st.admitting.insert(key);
-        Ok(key)
-    }
-
-    /// The rest of `admit`, once a slot is reserved.
-    fn admit_reserved(
-        &self,
-        peer: &Peer,
-        key: u64,
-        id: String,
-        exe: String,
-    ) -> Result<(u64, Arc<Identity>), AdmitError> {
-        let cgroup = match self
-            .layout
-            .create(peer.pid, self.cfg.placement, &self.cfg.parent, &id)
-        {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                tracing::error!(container = id.as_str(), pid = peer.pid, error = %e, "cannot create the container's cgroups");
-                return Err(e.into());
-            }
-        };
-        // The one place an admitted container's identity is made: published as it will be seen
-        // everywhere (series, state file, log lines).
-        let published = self.cfg.privacy.publish(
-            &user_name(peer.uid),
-            peer.uid,
-            &peer.exe_path.to_string_lossy(),
-            cgroup.rel_path(),
-        );
-        let identity = Arc::new(Identity {
-            id,
-            cgroup: cgroup.rel_path().to_string(),
-            cgroup_label: published.cgroup_label,
-            user: published.user,
-            uid: published.uid,
-            pid: peer.pid,
-            exe,
-            exe_path: published.exe_path,
-            start_time: unix_seconds(SystemTime::now()),
-        });
-        self.insert(key, identity.clone(), cgroup.clone());
-        let members = match self.tracker.register(peer.pid, key) {
-            Ok(m) => m,
-            Err(e) => {
-                self.state().containers.remove(&key);
-                let _ = cgroup.remove();
-                if !matches!(
-                    e,
-                    tracker::Error::Exited { .. } | tracker::Error::AlreadyTracked { .. }
-                ) {
-                    tracing::error!(container = identity.id.as_str(), error = %e, "cannot track the container's processes");
-                }
-                return Err(e.into());
-            }
-        };
-        for pid in &members {
-            if let Err(e) = cgroup.add_process(*pid) {
-                tracing::warn!(container = identity.id.as_str(), pid = *pid, error = %e, "cannot move a process into the container's cgroup");
-            }
-        }
-        let now = monotonic_ns();
-        let live = self
-            .tracker
-            .counters(key)
-            .ok()
-            .flatten()
-            .map_or(0, |c| c.live);
-        if let Some(c) = self.state().containers.get_mut(&key)
-            && c.inherit_after_ns == u64::MAX
-        {
-            c.inherit_after_ns = now;
-        }
-        tracing::info!(
-            container = identity.id.as_str(),
-            pid = peer.pid,
-            uid = identity.uid.as_str(),
-            exe = identity.exe_path.as_str(),
-            processes = members.len(),
-            cgroup = identity.cgroup_label.as_str(),
-            "container started"
-        );
-        if live == 0 {
-            self.end(key);
-        }
-        self.admitted.notify_one();
-        Ok((key, identity))
     }
 
     /// A fresh key (for recovery, which admits no peer).
@@ -298,28 +246,11 @@ impl Registry {
         st.containers.insert(
             key,
             Container {
-                identity: Arc::new(identity),
-                cgroup,
+                cgroup: Some(cgroup),
                 inherit_after_ns: monotonic_ns(),
                 connected: false,
                 ended: end_time.map(|t| (Instant::now(), t)),
-            },
-        );
-        st.changed();
-    }
-
-    /// Add a container being admitted.
-    fn insert(&self, key: u64, identity: Arc<Identity>, cgroup: Arc<ContainerCgroup>) {
-        let mut st = self.state();
-        st.made_parents.extend(cgroup.made_parents());
-        st.containers.insert(
-            key,
-            Container {
-                identity,
-                cgroup,
-                inherit_after_ns: u64::MAX,
-                connected: true,
-                ended: None,
+                ..Container::pending(identity)
             },
         );
         st.changed();
@@ -334,78 +265,6 @@ impl Registry {
                 container = c.identity.id.as_str(),
                 "launcher connection closed"
             );
-        }
-    }
-
-    /// Follow the tracker's events until `shutdown`: end containers whose last process exited,
-    /// and move children forked before their parent was moved.
-    pub async fn follow(
-        self: Arc<Self>,
-        mut events: EventStream,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut batch = Vec::with_capacity(256);
-        loop {
-            batch.clear();
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                r = events.next_batch(&mut batch) => r.map_err(|e| anyhow::anyhow!("reading tracker events: {e}"))?,
-            }
-            let moves = self.on_events(&batch);
-            if !moves.is_empty() {
-                let r = self.clone();
-                // cgroup writes are file I/O: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || r.apply_moves(moves)).await;
-            }
-        }
-    }
-
-    /// Process a batch of tracker events. Returns the processes that must be moved into their
-    /// container's cgroup (children forked before their parent was moved).
-    fn on_events(&self, events: &[Event]) -> Vec<Move> {
-        let mut moves = Vec::new();
-        let mut exited = Vec::new();
-        {
-            let st = self.state();
-            for ev in events {
-                let Some(c) = st.containers.get(&ev.key) else {
-                    continue;
-                };
-                match ev.kind() {
-                    Some(EventKind::Fork) if ev.ts_ns <= c.inherit_after_ns => moves.push(Move {
-                        key: ev.key,
-                        cgroup: c.cgroup.clone(),
-                        pid: ev.pid as i32,
-                    }),
-                    Some(EventKind::Exit) if c.ended.is_none() => exited.push(ev.key),
-                    _ => {}
-                }
-            }
-        }
-        exited.dedup();
-        for key in exited {
-            if matches!(self.tracker.counters(key), Ok(Some(c)) if c.live == 0) {
-                self.end(key);
-            }
-        }
-        moves
-    }
-
-    /// Carry out moves (blocking), then let later forks of these processes inherit.
-    fn apply_moves(&self, moves: Vec<Move>) {
-        for m in &moves {
-            if let Err(e) = m.cgroup.add_process(m.pid) {
-                tracing::warn!(pid = m.pid, error = %e, "cannot move a forked process into its container's cgroup");
-            }
-        }
-        let now = monotonic_ns();
-        let mut st = self.state();
-        for m in moves {
-            if let Some(c) = st.containers.get_mut(&m.key)
-                && c.inherit_after_ns != u64::MAX
-            {
-                c.inherit_after_ns = c.inherit_after_ns.max(now);
-            }
         }
     }
 
@@ -431,7 +290,94 @@ impl Registry {
             connected = c.connected,
             "container ended"
         );
+        c.gone.cancel();
         st.changed();
+        drop(st);
+        self.ended.notify_one();
+    }
+
+    /// Cancelled when container `key` ends (already, if it has ended or is forgotten): its
+    /// launcher's connection, and any copy of it, is closed then.
+    pub fn gone(&self, key: u64) -> CancellationToken {
+        match self.state().containers.get(&key) {
+            Some(c) => c.gone.clone(),
+            None => {
+                let token = CancellationToken::new();
+                token.cancel();
+                token
+            }
+        }
+    }
+
+    /// The walk of `key`'s tree stopped at its bound: `finish_walks` goes on with it.
+    fn walk_cut_short(&self, key: u64, id: &str) {
+        let mut st = self.state();
+        st.walks_cut_short += 1;
+        if let Some(c) = st.containers.get_mut(&key) {
+            c.walking = true;
+        }
+        tracing::warn!(
+            container = id,
+            "the walk of the container's process tree was cut short at its bound; it goes on at the next passes (forks of its tracked processes are followed meanwhile)"
+        );
+    }
+
+    /// Walks of a tree cut short at their bound, since the start.
+    pub fn walks_cut_short(&self) -> u64 {
+        self.state().walks_cut_short
+    }
+
+    /// Go on with the walks that were cut short (blocking; each bounded again), moving what
+    /// they adopt into the container.
+    pub fn finish_walks(&self) {
+        let walking: Vec<(u64, Arc<Identity>, Arc<ContainerCgroup>)> = self
+            .state()
+            .containers
+            .iter()
+            .filter(|(_, c)| c.walking && c.ended.is_none())
+            .filter_map(|(k, c)| Some((*k, c.identity.clone(), c.cgroup.clone()?)))
+            .collect();
+        for (key, identity, cgroup) in walking {
+            let tracked = match self.tracker.walk_again(key) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(container = identity.id.as_str(), error = %e, "cannot go on with the walk of the container's tree");
+                    continue;
+                }
+            };
+            for process in &tracked.members {
+                self.move_into(&cgroup, process, key, &identity.id);
+            }
+            if tracked.complete
+                && let Some(c) = self.state().containers.get_mut(&key)
+            {
+                c.walking = false;
+            }
+        }
+    }
+
+    /// Remove the directories an ended container had of its own, now that its final values
+    /// are taken (blocking; a directory the kernel still reports busy is retried by `reap`).
+    /// The container itself stays, with those values, for the retention.
+    pub fn release(&self, key: u64) {
+        let Some(cgroup) = self
+            .state()
+            .containers
+            .get(&key)
+            .filter(|c| c.ended.is_some())
+            .and_then(|c| c.cgroup.clone())
+        else {
+            return;
+        };
+        let removed = cgroup.remove();
+        let mut st = self.state();
+        match removed {
+            Ok(()) => remove_empty_parents(&mut st.made_parents),
+            Err(e) => {
+                tracing::debug!(cgroup = cgroup.rel_path(), error = %e, "cgroup still busy; will retry");
+                st.to_remove.push(cgroup);
+            }
+        }
     }
 
     /// Bumped whenever a container is added, ends or is forgotten: `entries` is the same while
@@ -440,16 +386,18 @@ impl Registry {
         self.state().generation
     }
 
-    /// Every container, live and retained.
+    /// Every container, live and retained (not those still being admitted).
     pub fn entries(&self) -> Vec<Entry> {
         self.state()
             .containers
             .iter()
-            .map(|(&key, c)| Entry {
-                key,
-                identity: c.identity.clone(),
-                cgroup: c.cgroup.clone(),
-                end_time: c.ended.map(|(_, t)| t),
+            .filter_map(|(&key, c)| {
+                Some(Entry {
+                    key,
+                    identity: c.identity.clone(),
+                    cgroup: c.cgroup.clone()?,
+                    end_time: c.ended.map(|(_, t)| t),
+                })
             })
             .collect()
     }
@@ -461,7 +409,7 @@ impl Registry {
         let retention = self.cfg.retention;
         let (done, mut to_remove) = {
             let mut st = self.state();
-            let expired: Vec<u64> = st
+            let mut expired: Vec<u64> = st
                 .containers
                 .iter()
                 .filter(|(k, c)| {
@@ -469,13 +417,14 @@ impl Registry {
                 })
                 .map(|(&k, _)| k)
                 .collect();
+            expired.extend(self.over_retained(&st, &expired, &is_final));
             for key in &expired {
                 if let Some(c) = st.containers.remove(key) {
                     tracing::debug!(
                         container = c.identity.id.as_str(),
                         "retention over: removing the container's series and cgroups"
                     );
-                    st.to_remove.push(c.cgroup);
+                    st.to_remove.extend(c.cgroup);
                 }
             }
             if !expired.is_empty() {
@@ -504,6 +453,39 @@ impl Registry {
         }
     }
 
+    /// The ended containers, beyond those `expired`, to forget before their retention is over
+    /// because their user (or all users) retain more than the limits allow: the oldest ended
+    /// first.
+    fn over_retained(
+        &self,
+        st: &State,
+        expired: &[u64],
+        is_final: impl Fn(u64) -> bool,
+    ) -> Vec<u64> {
+        let limits = &self.cfg.limits;
+        let mut retained: Vec<(Instant, u64, &str)> = st
+            .containers
+            .iter()
+            .filter(|(k, _)| !expired.contains(k) && is_final(**k))
+            .filter_map(|(k, c)| Some((c.ended?.0, *k, c.identity.uid.as_str())))
+            .collect();
+        // Newest first: what is kept is the newest.
+        retained.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        let mut kept = 0;
+        let mut out = Vec::new();
+        for (_, key, uid) in retained {
+            let users = per_user.entry(uid).or_default();
+            if kept >= limits.retained || *users >= limits.retained_per_user {
+                out.push(key);
+            } else {
+                kept += 1;
+                *users += 1;
+            }
+        }
+        out
+    }
+
     /// The containers to save for a restart, if they changed since the last call. After a
     /// failed save, `unsaved_again` asks for them at the next call.
     pub fn unsaved(&self) -> Option<Vec<SavedContainer>> {
@@ -514,7 +496,7 @@ impl Registry {
         Some(
             st.containers
                 .values()
-                .map(|c| saved_of(c, &st.made_parents))
+                .filter_map(|c| saved_of(c, &st.made_parents))
                 .collect(),
         )
     }
@@ -530,7 +512,9 @@ impl Registry {
         let removed: Vec<u64> = st
             .containers
             .iter()
-            .filter(|(_, c)| c.ended.is_some() && c.cgroup.remove().is_ok())
+            .filter(|(_, c)| {
+                c.ended.is_some() && c.cgroup.as_ref().is_none_or(|cg| cg.remove().is_ok())
+            })
             .map(|(key, c)| {
                 tracing::debug!(
                     container = c.identity.id.as_str(),
@@ -558,19 +542,21 @@ fn remove_empty_parents(made: &mut HashSet<PathBuf>) {
     });
 }
 
-/// A container as the state file keeps it. Its made parents are those of its own directories
-/// that the daemon made, whichever container made them, so that they outlive their maker.
-fn saved_of(c: &Container, made_parents: &HashSet<PathBuf>) -> SavedContainer {
-    SavedContainer {
+/// A container as the state file keeps it (none while it is being admitted). Its made parents
+/// are those of its own directories that the daemon made, whichever container made them, so
+/// that they outlive their maker.
+fn saved_of(c: &Container, made_parents: &HashSet<PathBuf>) -> Option<SavedContainer> {
+    let cgroup = c.cgroup.as_ref()?;
+    Some(SavedContainer {
         identity: Identity::clone(&c.identity),
         end_time: c.ended.map(|(_, t)| unix_seconds(t)),
-        made_parents: c
-            .cgroup
+        made_parents: cgroup
             .dirs()
             .iter()
             .filter_map(|d| d.parent())
             .filter(|p| made_parents.contains(*p))
             .map(Path::to_path_buf)
             .collect(),
-    }
+        adopted: cgroup.adopted(),
+    })
 }

@@ -1,0 +1,201 @@
+//! Tracking a process tree from userspace: the root, then the descendants that existed before,
+//! without racing the fork hook (both sides insert with `BPF_NOEXIST`; whoever inserts counts
+//! the process live).
+//!
+//! Every process adopted is held by a pidfd from before its insert to after the caller moved it,
+//! and is adopted only if it is still the process the walk found (the inode of its /proc
+//! directory), so a pid reused meanwhile is never adopted, nor later moved. The tracker's locks
+//! are taken per operation, never across a /proc walk, and the walk is bounded in scans and
+//! time: a tree that keeps forking faster than it can be walked cannot stall the daemon (its
+//! later forks are the kernel's to follow; the caller is told the walk was cut short).
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt as _,
+    time::{Duration, Instant},
+};
+
+use apptheus_common::Counters;
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+
+use super::{Error, Maps, Tracker};
+use crate::pidfd::{Pidfd, Process};
+
+/// `BPF_NOEXIST` from `<linux/bpf.h>`.
+const BPF_NOEXIST: u64 = 1;
+
+/// Scans of /proc for one walk, at most: a tree that settles needs two or three.
+const MAX_SCANS: usize = 16;
+/// Time for one walk, at most.
+const MAX_WALK: Duration = Duration::from_millis(250);
+
+/// The processes a registration tracked.
+#[derive(Debug)]
+pub struct Tracked {
+    /// The live roots first, then their descendants; each held until the caller drops it.
+    pub members: Vec<Process>,
+    /// False when the walk stopped at its bound with processes possibly left to adopt.
+    pub complete: bool,
+}
+
+impl Tracker {
+    /// Create `key`'s counters and track each of `roots` that still lives, then their
+    /// descendants.
+    pub(super) fn track(&self, roots: Vec<Process>, key: u64) -> Result<Tracked, Error> {
+        {
+            let mut maps = self.maps();
+            maps.counters
+                .insert(key, Counters::default(), 0)
+                .map_err(|e| Error::map(format!("creating counters for container key {key}"), e))?;
+            maps.adopted.insert(key, 0);
+        }
+        let mut members = Vec::new();
+        let mut seen = HashSet::new();
+        for root in roots {
+            match self.adopt(&root, key) {
+                Ok(true) if seen.insert(root.pid()) => members.push(root),
+                Ok(_) => {}
+                Err(e) => {
+                    forget(&mut self.maps(), key)?;
+                    return Err(e);
+                }
+            }
+        }
+        if members.is_empty() {
+            return Ok(Tracked {
+                members,
+                complete: true,
+            });
+        }
+        let complete = self.walk(&mut members, &mut seen, key)?;
+        Ok(Tracked { members, complete })
+    }
+
+    /// Adopt the descendants of `members` until a scan adopts nothing, or the bound. A process
+    /// forked by a descendant before that descendant was tracked only shows in a later scan;
+    /// once a scan adds nothing, every later fork comes from a tracked parent and the kernel
+    /// takes it. Returns whether it got there.
+    pub(super) fn walk(
+        &self,
+        members: &mut Vec<Process>,
+        seen: &mut HashSet<i32>,
+        key: u64,
+    ) -> Result<bool, Error> {
+        let start = Instant::now();
+        for _ in 0..MAX_SCANS {
+            if start.elapsed() > MAX_WALK {
+                return Ok(false);
+            }
+            let roots: Vec<i32> = members.iter().map(Process::pid).collect();
+            let candidates = {
+                let mut procs = self.procs();
+                procs.refresh().map_err(|e| Error::io("listing /proc", e))?;
+                procs
+                    .descendants(&roots)
+                    .into_iter()
+                    .map(|pid| (pid, procs.ino_of(pid)))
+                    .collect::<Vec<_>>()
+            };
+            let mut adopted_any = false;
+            for (pid, ino) in candidates {
+                if seen.contains(&pid) {
+                    continue;
+                }
+                let Some(process) = open_as_found(pid, ino)? else {
+                    continue;
+                };
+                let tracked_as = lookup(&self.maps().tracked, pid as u32)?;
+                match tracked_as {
+                    // Inside another container (a nested launcher's): it stays there.
+                    Some(k) if k != key => continue,
+                    // The fork hook took it: a member already.
+                    Some(_) => {}
+                    None if self.adopt(&process, key)? => adopted_any = true,
+                    None => continue,
+                }
+                seen.insert(pid);
+                members.push(process);
+            }
+            if !adopted_any {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Add `process` to the tracked map under `key` if it still lives. Returns whether it is
+    /// tracked now (by us or, in a race, by the fork hook).
+    fn adopt(&self, process: &Process, key: u64) -> Result<bool, Error> {
+        let pid = process.pid();
+        let mut maps = self.maps();
+        match maps.tracked.insert(pid as u32, key, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::EEXIST) => return Ok(true),
+            Err(e) => return Err(Error::map(format!("tracking pid {pid}"), e)),
+        }
+        *maps.adopted.entry(key).or_default() += 1;
+        if !process.alive() {
+            // It exited around our insert. If its entry is still there, the exit hook ran before
+            // we added it and will not run again: take it back. If it is gone, the hook counted
+            // the exit.
+            if maps.tracked.remove(&(pid as u32)).is_ok() {
+                *maps.adopted.entry(key).or_default() -= 1;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A pidfd of `pid`, if it is still the process the walk found there (`ino`, its /proc
+/// directory's inode then): the pidfd is opened first, so if the inode still matches after, the
+/// pidfd holds that process.
+fn open_as_found(pid: i32, ino: Option<u64>) -> Result<Option<Process>, Error> {
+    let Some(fd) = Pidfd::open(pid).map_err(|e| Error::io(format!("pidfd_open({pid})"), e))? else {
+        return Ok(None);
+    };
+    let now = std::fs::metadata(format!("/proc/{pid}"))
+        .map(|m| m.ino())
+        .ok();
+    Ok((ino.is_some() && now == ino).then(|| Process::new(pid, fd)))
+}
+
+/// Forget `key`: its counters and any of its processes still tracked.
+pub(super) fn forget(maps: &mut Maps, key: u64) -> Result<(), Error> {
+    for pid in tracked_under(maps, key) {
+        ignore_missing(maps.tracked.remove(&pid))?;
+    }
+    ignore_missing(maps.counters.remove(&key))?;
+    maps.adopted.remove(&key);
+    Ok(())
+}
+
+/// The pids tracked under `key`: a walk of the whole map.
+pub(super) fn tracked_under(maps: &Maps, key: u64) -> Vec<u32> {
+    maps.tracked
+        .iter()
+        .filter_map(|kv| kv.ok())
+        .filter(|&(_, k)| k == key)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+pub(super) fn lookup(map: &BpfHashMap<MapData, u32, u64>, pid: u32) -> Result<Option<u64>, Error> {
+    match map.get(&pid, 0) {
+        Ok(k) => Ok(Some(k)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(Error::map("looking up a tracked pid", e)),
+    }
+}
+
+fn is_errno(e: &MapError, errno: i32) -> bool {
+    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(errno))
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), Error> {
+    match r {
+        Err(e) if !matches!(e, MapError::KeyNotFound) && !is_errno(&e, libc::ENOENT) => {
+            Err(Error::map("removing a map entry", e))
+        }
+        _ => Ok(()),
+    }
+}
