@@ -57,7 +57,7 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         // in a cgroup delegated to them; those are never taken, nor removed).
         if saved.is_none() && !cgroup.adopted().is_empty() {
             tracing::warn!(
-                cgroup = rel.as_str(),
+                cgroup = registry.config().privacy.cgroup(&rel).as_str(),
                 "a directory shaped like a container's is not root's: left alone"
             );
             continue;
