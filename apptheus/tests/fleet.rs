@@ -4,7 +4,7 @@
 //! (deploy/prometheus/central.yml, `--web.enable-remote-write-receiver`, evaluating
 //! deploy/prometheus/rules.yml), all on loopback. The central store must hold both nodes'
 //! containers, told apart by the agents' external label `node`, and sum a batch job spread over
-//! both nodes.
+//! both nodes; the Grafana dashboard's `node` variable picks one node's containers there.
 //!
 //! Also: promtool checks the fleet's configuration files and unit-tests the recording rules.
 //! Fails (never skips) when a tool is missing: `cargo xtask setup --test` installs them.
@@ -115,6 +115,21 @@ fn job_launcher(daemon: &Daemon, job: &str) -> Workload {
     w
 }
 
+/// The first `expr` of the dashboard that contains `needle`.
+fn dashboard_expr(dashboard: &Value, needle: &str) -> String {
+    fn find(v: &Value, needle: &str) -> Option<String> {
+        match v {
+            Value::Object(m) => match m.get("expr") {
+                Some(Value::String(e)) if e.contains(needle) => Some(e.clone()),
+                _ => m.values().find_map(|v| find(v, needle)),
+            },
+            Value::Array(a) => a.iter().find_map(|v| find(v, needle)),
+            _ => None,
+        }
+    }
+    find(dashboard, needle).unwrap_or_else(|| panic!("no dashboard query with {needle}"))
+}
+
 fn labels(s: &Value, name: &str) -> String {
     s["metric"][name].as_str().unwrap_or_default().to_string()
 }
@@ -202,6 +217,31 @@ fn two_nodes_one_store() {
     until(&central, &q, "both containers' CPU rates", |a| {
         a.series.len() == 2 && a.series.iter().all(|s| value(s) > 0.0)
     });
+
+    // 2b. The dashboard in a fleet: its per-container CPU query with the `node` variable set to
+    // one node shows that node's container only.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("../grafana/apptheus.json")).expect("read the dashboard"),
+    )
+    .expect("dashboard JSON");
+    let cpu = dashboard_expr(
+        &dashboard,
+        "rate(apptheus_container_cpu_usage_seconds_total{",
+    )
+    .replace("$node", &nodes[0])
+    .replace("$__rate_interval", "10s")
+    .replace("$job", ".*")
+    .replace("$instance", ".*")
+    .replace("$user", ".*")
+    .replace("$container", &ids_re);
+    let a = until(
+        &central,
+        &cpu,
+        "the dashboard's CPU query for one node",
+        |a| a.series.len() == 1,
+    );
+    assert_eq!(labels(&a.series[0], "node"), nodes[0]);
+    assert_eq!(labels(&a.series[0], "container"), ids[0]);
 
     // 3. The central rules run: root's CPU across both nodes.
     let q = "user:apptheus_container_cpu_usage_seconds:rate1m{user=\"root\"}";
