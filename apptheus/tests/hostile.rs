@@ -576,3 +576,35 @@ fn a_planted_directory_is_neither_taken_nor_removed() {
     // planted tree goes first).
     drop(planted);
 }
+
+#[test]
+fn a_launcher_that_talks_too_much_is_disconnected_and_its_container_lives_on() {
+    // python3 as the trusted launcher (root's, like any installed launcher): it sends what a
+    // launcher never sends, then reads until the daemon closes.
+    let python = std::fs::canonicalize("/usr/bin/python3").expect("python3 is installed");
+    let trust = format!("--trust.path={}", python.display());
+    let d = Daemon::start_with_trust(&[&trust, "--monitor.interval=100ms"]);
+    let script = format!(
+        "import socket,sys\n\
+         s=socket.socket(socket.AF_UNIX); s.connect({sock:?})\n\
+         try:\n    s.sendall(b'x'*(1<<20))\nexcept OSError: pass\n\
+         s.settimeout(10)\n\
+         print('closed' if s.recv(1)==b'' else 'open', flush=True)\n\
+         sys.stdin.readline()\n",
+        sock = d.socket.display().to_string()
+    );
+    let mut w = Workload::spawn_cmd(Command::new(&python).args(["-c", &script]));
+    assert_eq!(w.line(), "closed");
+    let id = format!("container=\"python3.11_{}\"", w.pid());
+    let live = eventually(Duration::from_secs(5), || {
+        let m = d.metrics();
+        sample(&m, "apptheus_container_processes", &id).filter(|&p| p >= 1.0)
+    });
+    assert!(
+        live.is_some(),
+        "the container did not live on:\n{}",
+        d.metrics()
+    );
+    w.go();
+    w.wait();
+}
