@@ -33,7 +33,14 @@ impl Registry {
         let (id, exe) = Identity::id_of(&peer.exe_path, peer.pid);
         let key = self.reserve(&id, peer.uid)?;
         let res = self.admit_reserved(peer, key, id, exe);
-        self.state().admitting.remove(&key);
+        let mut st = self.state();
+        st.admitting.remove(&key);
+        // Shown from now on (see `entries`).
+        st.changed();
+        drop(st);
+        if res.is_ok() {
+            self.admitted.notify_one();
+        }
         res
     }
 
@@ -179,7 +186,6 @@ impl Registry {
         if live == 0 {
             self.end(key);
         }
-        self.admitted.notify_one();
         Ok(Admitted {
             key,
             gone: self.gone(key),
