@@ -16,6 +16,10 @@
 //! - `threads:N`: start N threads that idle until exit (no processes).
 //! - `sleep:SECS`: sleep.
 //! - `connect:PATH`: connect to the unix socket PATH and hold the connection (as a launcher does).
+//! - `sleeper`: fork a child that sleeps until killed; print "sleeper <pid>". Children that die
+//!   are reaped at once (a thread waits for them), so their pids are free again.
+//! - `chain`: fork a child subreaper that runs a fork chain (each link forks its successor and
+//!   exits at once) until killed; print "chain <pid>".
 //! - `exit:CODE`: exit with CODE.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -98,6 +102,26 @@ fn main() {
                 Ok(c) => connections.push(c),
                 Err(e) => eprintln!("workload: connect {arg}: {e}"),
             },
+            "sleeper" => {
+                // SAFETY: the child only pauses until it is killed.
+                match unsafe { fork() }.expect("fork") {
+                    ForkResult::Child => loop {
+                        nix::unistd::pause();
+                    },
+                    ForkResult::Parent { child } => say(&format!("sleeper {child}")),
+                }
+                // After the fork: a new thread takes a pid too, and a test may have chosen the
+                // child's.
+                start_reaper();
+            }
+            "chain" => {
+                start_reaper();
+                // SAFETY: the child is single-threaded: it forks and exits only.
+                match unsafe { fork() }.expect("fork") {
+                    ForkResult::Child => run_chain(),
+                    ForkResult::Parent { child } => say(&format!("chain {child}")),
+                }
+            }
             "exit" => std::process::exit(a as i32),
             other => {
                 eprintln!("workload: unknown step {other:?}");
@@ -108,6 +132,44 @@ fn main() {
     release(&mut tree);
     drop(kept);
     drop(connections);
+}
+
+/// A thread that reaps every child of this process as it dies (once per process).
+fn start_reaper() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            loop {
+                if waitpid(None::<Pid>, None).is_err() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+    });
+}
+
+/// A child subreaper whose descendants form a fork chain: each link forks the next and exits,
+/// so the chain's one live link is always new, and orphaned here.
+fn run_chain() -> ! {
+    // SAFETY: prctl with these arguments has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // A process group of its own: the test ends the whole chain with one kill of the group.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // SAFETY: the first link only forks and exits.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => loop {
+            // SAFETY: single-threaded link: fork, then the parent _exits.
+            match unsafe { fork() } {
+                Ok(ForkResult::Child) => {}
+                // SAFETY: async-signal-safe exit.
+                _ => unsafe { libc::_exit(0) },
+            }
+        },
+        ForkResult::Parent { .. } => loop {
+            // Reap the orphaned links.
+            let _ = waitpid(None::<Pid>, None);
+        },
+    }
 }
 
 fn say(line: &str) {

@@ -112,7 +112,7 @@ pub struct Args {
         long = "gateway.max-containers",
         value_name = "COUNT",
         default_value = "4096",
-        value_parser = parse_max_containers
+        value_parser = parse_count::<usize>
     )]
     pub gateway_max_containers: usize,
 
@@ -122,7 +122,7 @@ pub struct Args {
         long = "gateway.max-containers-per-user",
         value_name = "COUNT",
         default_value = "1024",
-        value_parser = parse_max_containers
+        value_parser = parse_count::<usize>
     )]
     pub gateway_max_containers_per_user: usize,
 
@@ -141,7 +141,7 @@ pub struct Args {
         long = "gateway.admission-burst-per-user",
         value_name = "COUNT",
         default_value = "200",
-        value_parser = parse_burst
+        value_parser = parse_count::<u32>
     )]
     pub gateway_admission_burst_per_user: u32,
 
@@ -151,7 +151,7 @@ pub struct Args {
         long = "container.max-retained",
         value_name = "COUNT",
         default_value = "4096",
-        value_parser = parse_max_containers
+        value_parser = parse_count::<usize>
     )]
     pub container_max_retained: usize,
 
@@ -161,7 +161,7 @@ pub struct Args {
         long = "container.max-retained-per-user",
         value_name = "COUNT",
         default_value = "1024",
-        value_parser = parse_max_containers
+        value_parser = parse_count::<usize>
     )]
     pub container_max_retained_per_user: usize,
 
@@ -498,23 +498,12 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
-/// A burst: at least 1.
-fn parse_burst(s: &str) -> Result<u32, String> {
-    let burst: u32 = s
+/// `--gateway.max-containers` and the other counts and bursts: a whole number, at least 1.
+fn parse_count<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    let count: T = s
         .parse()
         .map_err(|_| format!("{s:?} is not a whole number"))?;
-    if burst == 0 {
-        return Err("must be at least 1".to_string());
-    }
-    Ok(burst)
-}
-
-/// `--gateway.max-containers` and the other counts: at least 1.
-fn parse_max_containers(s: &str) -> Result<usize, String> {
-    let count: usize = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole number"))?;
-    if count == 0 {
+    if count < T::from(1) {
         return Err("must be at least 1".to_string());
     }
     Ok(count)

@@ -350,6 +350,28 @@ mod tests {
     }
 
     #[test]
+    fn a_state_dir_others_can_write_or_a_link_is_refused_and_a_wide_one_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(&open.join("state"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("writable by a user other than root"), "{err}");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        let err = StateDir::open(&link).err().unwrap().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        let wide = tmp.path().join("wide");
+        fs::create_dir(&wide).unwrap();
+        fs::set_permissions(&wide, fs::Permissions::from_mode(0o755)).unwrap();
+        let _s = StateDir::open(&wide).unwrap();
+        assert_eq!(fs::metadata(&wide).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
     fn save_load_lock_and_set_aside() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");

@@ -282,6 +282,26 @@ async fn hold(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_socket_is_everyones_and_its_directory_roots_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/gateway.sock");
+        let g = Gateway::bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o777);
+        assert_eq!(mode(path.parent().unwrap()), 0o755);
+        drop(g);
+        assert!(!path.exists());
+        std::fs::set_permissions(
+            dir.path().join("run"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let err = Gateway::bind(&path).err().unwrap().to_string();
+        assert!(err.contains("writable by a user other than root"), "{err}");
+    }
+
     #[test]
     fn rejection_labels_are_distinct() {
         let mut labels: Vec<_> = Rejection::ALL.iter().map(|r| r.as_str()).collect();

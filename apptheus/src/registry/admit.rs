@@ -35,7 +35,14 @@ impl Registry {
         // --privacy.hash-salt-file for a given uid, and what the state file keeps for a restart.
         let key = self.reserve(&id, &self.cfg.privacy.uid(peer.uid))?;
         let res = self.admit_reserved(peer, key, id, exe);
-        self.state().admitting.remove(&key);
+        let mut st = self.state();
+        st.admitting.remove(&key);
+        // Shown from now on (see `entries`).
+        st.changed();
+        drop(st);
+        if res.is_ok() {
+            self.admitted.notify_one();
+        }
         res
     }
 
@@ -197,7 +204,6 @@ impl Registry {
         if live == 0 {
             self.end(key);
         }
-        self.admitted.notify_one();
         Ok(Admitted {
             key,
             gone: self.gone(key),

@@ -386,11 +386,13 @@ impl Registry {
         self.state().generation
     }
 
-    /// Every container, live and retained (not those still being admitted).
+    /// Every container, live and retained; not those still being admitted (shown once their
+    /// processes are in their cgroup, so that nothing a user starts on seeing it runs outside).
     pub fn entries(&self) -> Vec<Entry> {
-        self.state()
-            .containers
+        let st = self.state();
+        st.containers
             .iter()
+            .filter(|(key, _)| !st.admitting.contains_key(key))
             .filter_map(|(&key, c)| {
                 Some(Entry {
                     key,

@@ -269,7 +269,11 @@ impl Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
-        let parent = unique("apptheus-test");
+        // A test may name the parent (a --cgroup.parent among its args); else a unique one.
+        let parent = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--cgroup.parent="))
+            .map_or_else(|| unique("apptheus-test"), str::to_string);
         let log = dir.path().join("daemon.log");
         let args: Vec<String> = [
             // Port 0: the kernel picks a free port as the daemon binds, so no other test can
@@ -281,7 +285,11 @@ impl Daemon {
             "--log.level=debug".to_string(),
         ]
         .into_iter()
-        .chain(args.iter().map(|a| a.to_string()))
+        .chain(
+            args.iter()
+                .filter(|a| !a.starts_with("--cgroup.parent="))
+                .map(|a| a.to_string()),
+        )
         .collect();
         let env: Vec<(String, String)> = env
             .iter()
@@ -306,7 +314,7 @@ impl Daemon {
 
     /// Wait for the `HTTP server listening` line written to the log after byte `from` (the
     /// port), then until /-/ready answers 200.
-    fn wait_ready(&mut self, from: usize) {
+    pub fn wait_ready(&mut self, from: usize) {
         let port = eventually(Duration::from_secs(30), || {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("apptheus exited at start ({st}):\n{}", self.log_text());
@@ -346,6 +354,17 @@ impl Daemon {
         let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         self.child = spawn_daemon(&self.exe, &self.args, &self.env, &self.log);
         self.wait_ready(from);
+    }
+
+    /// Start it again like `respawn`, with `env` added, without waiting: returns where its
+    /// log starts (for `wait_ready`).
+    pub fn respawn_env(&mut self, env: &[(&str, &str)]) -> usize {
+        assert!(self.exited(), "respawn: the daemon still runs");
+        let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
+        let mut all = self.env.clone();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.child = spawn_daemon(&self.exe, &self.args, &all, &self.log);
+        from
     }
 
     pub fn state_dir(&self) -> PathBuf {
