@@ -226,7 +226,13 @@ impl Sampler {
         for key in ended {
             self.registry.end(key);
         }
-        self.metrics.containers.set(self.registry.live() as i64);
+        // Counted from what this pass published, so the gauge and the series agree.
+        let live = self
+            .containers
+            .values()
+            .filter(|s| s.entry.end_time.is_none())
+            .count();
+        self.metrics.containers.set(live as i64);
         if pass != Pass::Full {
             // Saved at once: an admitted container may be the launcher's own cgroup, which
             // only the state file can tell a restarted daemon about.

@@ -68,7 +68,7 @@ impl Registry {
             return Err(AdmitError::Limit("--gateway.max-containers-per-user"));
         }
         if !st.admission_rate(uid, limits.admissions_per_second, limits.admission_burst) {
-            return Err(AdmitError::Limit("--gateway.admissions-per-user"));
+            return Err(AdmitError::Limit("--gateway.admission-rate-per-user"));
         }
         // An ended container of a recycled pid may still be retained under the same id.
         if st.containers.values().any(|c| c.identity.id == id) {

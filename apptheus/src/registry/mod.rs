@@ -216,15 +216,6 @@ impl Registry {
         self.ended.notified().await;
     }
 
-    /// Live containers.
-    pub fn live(&self) -> usize {
-        self.state()
-            .containers
-            .values()
-            .filter(|c| c.ended.is_none())
-            .count()
-    }
-
     /// A fresh key (for recovery, which admits no peer).
     pub fn next_key(&self) -> u64 {
         let mut st = self.state();
