@@ -8,6 +8,7 @@
 pub mod accept;
 pub mod cgroup;
 pub mod cli;
+pub mod collectors;
 pub mod container;
 pub mod daemon;
 pub mod duration;
