@@ -18,7 +18,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::{cgroup::Stats, container::Identity, gateway::Rejection, tracker::ProcessCounters};
+use crate::{
+    cgroup::Stats, collectors::Collectors, container::Identity, gateway::Rejection,
+    tracker::ProcessCounters,
+};
 
 /// The daemon's own metrics.
 pub struct Metrics {
@@ -29,10 +32,18 @@ pub struct Metrics {
     pub sample_duration: Histogram,
     events_lost: IntCounter,
     snapshot: Mutex<Arc<Snapshot>>,
+    /// The containers' groups that are rendered.
+    collectors: Collectors,
 }
 
 impl Metrics {
+    /// Every group of the containers' families on.
     pub fn new() -> Result<Metrics> {
+        Metrics::with_collectors(Collectors::default())
+    }
+
+    /// Without the families of the disabled `collectors`.
+    pub fn with_collectors(collectors: Collectors) -> Result<Metrics> {
         let registry = Registry::new();
         let build_info = prometheus::IntGaugeVec::new(
             Opts::new(
@@ -98,7 +109,8 @@ impl Metrics {
             rejections,
             sample_duration,
             events_lost,
-            snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new()))),
+            snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new(), collectors))),
+            collectors,
         })
     }
 
@@ -121,7 +133,7 @@ impl Metrics {
 
     /// Replace the containers' series with a new pass's.
     pub fn publish(&self, series: Vec<ContainerSeries>) {
-        let snap = Arc::new(Snapshot::new(series));
+        let snap = Arc::new(Snapshot::new(series, self.collectors));
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
     }
 
@@ -158,14 +170,16 @@ pub struct ContainerSeries {
 /// The containers' series of one sampling pass, rendered on first use.
 pub struct Snapshot {
     series: Vec<ContainerSeries>,
+    collectors: Collectors,
     text: OnceLock<Bytes>,
     deflate: OnceLock<Deflated>,
 }
 
 impl Snapshot {
-    fn new(series: Vec<ContainerSeries>) -> Snapshot {
+    fn new(series: Vec<ContainerSeries>, collectors: Collectors) -> Snapshot {
         Snapshot {
             series,
+            collectors,
             text: OnceLock::new(),
             deflate: OnceLock::new(),
         }
@@ -174,7 +188,7 @@ impl Snapshot {
     /// The rendered text, shared by every scrape of this pass (a clone is a reference count).
     pub fn text(&self) -> Bytes {
         self.text
-            .get_or_init(|| Bytes::from(render(&self.series)))
+            .get_or_init(|| Bytes::from(render(&self.series, self.collectors)))
             .clone()
     }
 
