@@ -23,6 +23,7 @@ pub mod recovery;
 pub mod registry;
 pub mod sampler;
 pub mod state;
+pub mod summary;
 pub mod telemetry;
 pub mod tracker;
 pub mod webconfig;
