@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, Workload, bin, cgroup_of, eventually, sample};
+use common::{Daemon, Workload, bin, cgroup_dir_of as dir_of, eventually, mount_of, sample};
 use serde_json::Value;
 
 fn exec_id(pid: i32) -> String {
@@ -42,29 +42,6 @@ fn online_cpus() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
         .unwrap()
         .unwrap() as usize
-}
-
-/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "".
-fn mount_of(controller: &str) -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let (fstype, options) = (fields.get(sep + 1)?, fields.get(sep + 3)?);
-        let hit = if controller.is_empty() {
-            *fstype == "cgroup2"
-        } else {
-            *fstype == "cgroup" && options.split(',').any(|o| o == controller)
-        };
-        hit.then(|| PathBuf::from(fields[4]))
-    })
-}
-
-/// The directory of `pid`'s cgroup in the hierarchy of `controller` ("" for the unified tree).
-fn dir_of(pid: i32, controller: &str) -> Option<PathBuf> {
-    let mount = mount_of(controller)?;
-    let rel = cgroup_of(pid, controller)?;
-    Some(mount.join(rel.trim_start_matches('/')))
 }
 
 /// A launcher that is stopped when dropped, even when the test fails half-way: its command's
