@@ -627,6 +627,105 @@ fn common_unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// A cgroup made by the test with a memory limit, for a launcher to start in alone: the daemon
+/// takes it as the container's own cgroup. v1 memory hierarchy (no memory+swap limit: with one
+/// at or below the memory limit the charge fails against memsw, whose failcnt Linux 6.18 no
+/// longer keeps; see README), else below the v2 root (whose cgroup.subtree_control must enable
+/// memory). Removed when dropped.
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let name = common::unique("apptheus-test-oom");
+        if let Some(memory) = mount_of("memory") {
+            let cg = MemoryCgroup(memory.join(&name));
+            std::fs::create_dir(&cg.0).unwrap();
+            std::fs::write(cg.0.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+            return cg;
+        }
+        let root = mount_of("").expect("neither a v1 memory hierarchy nor a unified tree");
+        let enabled = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap();
+        assert!(
+            enabled.split_whitespace().any(|c| c == "memory"),
+            "no v1 memory hierarchy, and memory is not enabled in {}/cgroup.subtree_control",
+            root.display()
+        );
+        let cg = MemoryCgroup(root.join(&name));
+        std::fs::create_dir(&cg.0).unwrap();
+        std::fs::write(cg.0.join("memory.max"), limit.to_string()).unwrap();
+        let _ = std::fs::write(cg.0.join("memory.swap.max"), "0");
+        cg
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = eventually(Duration::from_secs(3), || {
+            common::remove_cgroup_tree(&self.0);
+            (!self.0.exists()).then_some(())
+        });
+    }
+}
+
+/// A container that allocates 4 times its memory limit is OOM-killed: its `max` memory events
+/// count the charges that hit the limit (v1: memory.failcnt), v2 also counts the `oom` event,
+/// and its summary says so, with its limit and a peak at the limit.
+#[test]
+fn hitting_the_memory_limit_shows_in_memory_events_and_the_summary() {
+    const LIMIT: u64 = 64 << 20;
+    let cg = MemoryCgroup::new(LIMIT);
+    let files = tempfile::tempdir().unwrap();
+    let summaries = files.path().join("summary.jsonl");
+    let d = Daemon::start(&[
+        "--monitor.interval=200ms",
+        &format!("--container.summary-file={}", summaries.display()),
+    ]);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} --socket={} -- {} ready wait alloc:256 ready wait",
+        cg.0.display(),
+        bin("apptheus-exec").display(),
+        d.socket.display(),
+        common::workload_bin().display()
+    );
+    let mut w = Launcher(Workload::spawn_cmd(
+        Command::new("sh").args(["-c", &script]),
+    ));
+    w.0.ready();
+    let pid = w.0.pid();
+    shown(&d, pid);
+    w.0.go();
+    let status = w.0.wait();
+    assert!(
+        !status.success(),
+        "a 256 MiB allocation succeeded under a 64 MiB limit"
+    );
+    let s = summary_line(&summaries, &exec_id(pid), &d);
+    println!("summary of the OOM-killed container ({status}): {s}");
+    let max = s["memory_events_max"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no memory_events_max: {s}"));
+    assert!(max > 0, "no charge hit the limit: {s}");
+    assert_eq!(s["memory_limit_bytes"], LIMIT, "{s}");
+    let peak = s["memory_peak_bytes"].as_u64().unwrap();
+    assert!(
+        peak >= LIMIT * 9 / 10 && peak <= LIMIT,
+        "peak {peak} vs limit {LIMIT}"
+    );
+    if mount_of("memory").is_none() {
+        assert!(s["memory_events_oom"].as_u64().unwrap() >= 1, "{s}");
+    } else {
+        // v1 counts no high or oom events: absent, not zero.
+        assert!(s.get("memory_events_oom").is_none() && s.get("memory_events_high").is_none());
+    }
+    let m = d.metrics();
+    let series = sample(
+        &m,
+        "apptheus_container_memory_events_total",
+        &format!("container=\"{}\",user=\"root\",event=\"max\"", exec_id(pid)),
+    );
+    assert_eq!(series, Some(max as f64), "{m}");
+}
+
 /// The summary file is rotated (renamed away) while the daemon runs: the next container's
 /// line goes to a new file at the path, created 0640 and root's; the old file keeps its line.
 #[test]

@@ -100,7 +100,9 @@ pub struct MemoryEvents {
     /// v2 `max`: times the usage was about to go over memory.max. v1: memory.failcnt plus
     /// memory.memsw.failcnt (where swap is accounted), the failed charges against the
     /// cgroup's own limits; a little higher than v2's count for the same history, since a
-    /// charge that is retried in smaller pieces fails more than once.
+    /// charge that is retried in smaller pieces fails more than once. Recent kernels (seen on
+    /// 6.18) keep memsw's failcnt at 0: a charge failing against a memory+swap limit is then
+    /// counted nowhere.
     pub max: Option<u64>,
     /// v2 `oom`: times the OOM killer was about to be invoked. v1 counts no such event
     /// (memory.oom_control's `under_oom` is a state, its `oom_kill` counts kills).
