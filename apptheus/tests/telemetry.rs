@@ -708,7 +708,7 @@ fn hitting_the_memory_limit_shows_in_memory_events_and_the_summary() {
     assert_eq!(s["memory_limit_bytes"], LIMIT, "{s}");
     let peak = s["memory_peak_bytes"].as_u64().unwrap();
     assert!(
-        peak >= LIMIT * 9 / 10 && peak <= LIMIT,
+        (LIMIT * 9 / 10..=LIMIT).contains(&peak),
         "peak {peak} vs limit {LIMIT}"
     );
     if mount_of("memory").is_none() {
