@@ -98,8 +98,11 @@ pub struct Fate {
 }
 
 impl Fate {
-    /// The fields the tracker counts. `ProcessCounters` has none of them yet: each is wired
-    /// here, one line apiece, once the tracker counts it.
+    /// The fields the tracker counts. `ProcessCounters` has none of them yet: once it has,
+    /// each is one line here, e.g. `exit_code: counters.exit_code`, `oom_kills:
+    /// Some(counters.oom_kills)`, `failed_exits: Some(<its failed exits, all reasons>)`,
+    /// `network_receive_bytes: counters.network.map(|n| n.receive_bytes)` (absent when the
+    /// network group is off), and `tests/telemetry.rs` then expects them present.
     fn of(_counters: &ProcessCounters) -> Fate {
         Fate::default()
     }
