@@ -11,6 +11,8 @@
 //! - `storm:SECS`: fork-and-reap as fast as possible for SECS seconds; prints "forks <n>".
 //! - `burn:SECS`: burn SECS of CPU in this process.
 //! - `burn-child:SECS`: fork a child that burns SECS of CPU; wait for it.
+//! - `spin:N:SECS`: fork N children that each busy-loop for SECS of wall time (whatever CPU
+//!   they get), at once; wait for them all.
 //! - `alloc:MB`: allocate and touch MB MiB (kept until exit); prints "alloc ok" (or dies).
 //! - `thread-forks:N`: fork N exiting children from a second thread.
 //! - `threads:N`: start N threads that idle until exit (no processes).
@@ -77,6 +79,7 @@ fn main() {
             }
             "burn" => burn(a),
             "burn-child" => fork_and_reap(|| burn(a)),
+            "spin" => spin(a as usize, b),
             "alloc" => {
                 let mut v = vec![0u8; (a * 1024.0 * 1024.0) as usize];
                 // Touch every page so it is really resident.
@@ -186,6 +189,31 @@ fn burn(secs: f64) {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
         }
         std::hint::black_box(x);
+    }
+}
+
+fn spin(children: usize, secs: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut pids = Vec::new();
+    for _ in 0..children {
+        // SAFETY: single-threaded here; the child only loops on the clock and exits.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let mut x = 0u64;
+                while Instant::now() < end {
+                    for i in 0..10_000u64 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                    }
+                    std::hint::black_box(x);
+                }
+                // SAFETY: async-signal-safe exit.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => pids.push(child),
+        }
+    }
+    for pid in pids {
+        let _ = waitpid(pid, None);
     }
 }
 

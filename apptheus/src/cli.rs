@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::duration::parse_duration;
+use crate::{collectors::Collectors, duration::parse_duration};
 
 const ABOUT: &str = "apptheus: per-container telemetry for HPC and batch hosts";
 
@@ -106,6 +106,25 @@ pub struct Args {
         value_parser = parse_duration
     )]
     pub container_retention: Duration,
+
+    /// Append one JSON line per ended container (its summary) to this file [default: none]
+    #[arg(
+        long = "container.summary-file",
+        value_name = "FILE",
+        value_parser = parse_summary_file
+    )]
+    pub container_summary_file: Option<PathBuf>,
+
+    /// Metric groups not to read or export, separated by ',': io, processes, pressure,
+    /// throttling, memory_events, network [default: none]
+    #[arg(
+        long = "collector.disable",
+        value_name = "GROUPS",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = Collectors::disabling
+    )]
+    pub collector_disable: Collectors,
 
     /// Most containers alive at once; launchers beyond it are turned away.
     #[arg(
@@ -441,6 +460,15 @@ fn parse_absolute_path(s: &str) -> Result<PathBuf, String> {
     Ok(path.to_path_buf())
 }
 
+/// `--container.summary-file`: absolute, naming a file (not a directory).
+fn parse_summary_file(s: &str) -> Result<PathBuf, String> {
+    let path = parse_absolute_path(s)?;
+    if path.file_name().is_none() || s.ends_with('/') {
+        return Err(format!("{s:?} does not name a file"));
+    }
+    Ok(path)
+}
+
 /// `--socket.path`: absolute, naming a file, and short enough for `sockaddr_un`.
 fn parse_socket_path(s: &str) -> Result<PathBuf, String> {
     let path = parse_absolute_path(s)?;
@@ -582,6 +610,8 @@ mod tests {
         assert_eq!(args.gateway_admission_burst_per_user, 200);
         assert_eq!(args.container_max_retained, 4096);
         assert_eq!(args.container_max_retained_per_user, 1024);
+        assert_eq!(args.container_summary_file, None);
+        assert_eq!(args.collector_disable, Collectors::default());
         assert_eq!(args.state_dir, PathBuf::from("/var/lib/apptheus"));
         assert_eq!(args.log_level, LogLevel::Info);
         assert_eq!(args.log_format, LogFormat::Logfmt);
@@ -609,6 +639,10 @@ mod tests {
             "0",
             "--gateway.max-containers",
             "10",
+            "--container.summary-file",
+            "/var/log/apptheus/summary.jsonl",
+            "--collector.disable",
+            "pressure,network",
             "--state.dir",
             "/tmp/state",
             "--log.level",
@@ -641,6 +675,14 @@ mod tests {
         assert_eq!(args.cgroup_parent, "jobs");
         assert_eq!(args.container_retention, Duration::ZERO);
         assert_eq!(args.gateway_max_containers, 10);
+        assert_eq!(
+            args.container_summary_file,
+            Some(PathBuf::from("/var/log/apptheus/summary.jsonl"))
+        );
+        assert_eq!(
+            args.collector_disable.disabled_names(),
+            ["pressure", "network"]
+        );
         assert_eq!(args.state_dir, PathBuf::from("/tmp/state"));
         assert_eq!(args.log_level, LogLevel::Debug);
         assert_eq!(args.log_format, LogFormat::Json);
@@ -843,6 +885,20 @@ mod tests {
         for bad in ["0", "-1", "x", ""] {
             assert_bad_value("--gateway.max-containers", bad);
         }
+    }
+
+    #[test]
+    fn collectors_and_summary_file() {
+        assert_bad_value("--collector.disable", "pressure,psi");
+        assert_bad_value("--collector.disable", "PRESSURE");
+        let err = parse(&["--collector.disable=bogus"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown collector \"bogus\""), "{err}");
+        assert!(err.contains("memory_events"), "{err}");
+        assert_bad_value("--container.summary-file", "summary.jsonl");
+        assert_bad_value("--container.summary-file", "/var/log/");
+        assert_bad_value("--container.summary-file", "/");
     }
 
     #[test]

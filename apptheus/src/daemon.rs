@@ -20,6 +20,7 @@ use crate::{
     registry::{self, Registry},
     sampler::Sampler,
     state::StateDir,
+    summary::Summaries,
     tracker::Tracker,
     webconfig::Web,
 };
@@ -28,7 +29,20 @@ use crate::{
 /// `--privacy.hash-salt-file` asks.
 pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -> Result<()> {
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
+    let metrics =
+        Arc::new(Metrics::with_collectors(args.collector_disable).context("setting up metrics")?);
+    let disabled = args.collector_disable.disabled_names();
+    if !disabled.is_empty() {
+        tracing::info!(
+            collectors = disabled.join(",").as_str(),
+            "metric groups disabled: neither read nor exported"
+        );
+    }
+    // Opened now: a summary file the daemon cannot write stops it at start.
+    let summaries = match &args.container_summary_file {
+        Some(path) => Summaries::with_file(path).context("--container.summary-file")?,
+        None => Summaries::log_only(),
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
 
@@ -70,7 +84,9 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     ));
     // Containers a previous run left (a crash, an upgrade) are taken back before any launcher
     // is admitted, so that none of their processes can be mistaken for a new container's.
-    let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir));
+    let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir))
+        .with_collectors(args.collector_disable)
+        .with_summaries(summaries);
     let r = registry.clone();
     let (sampler, found) = tokio::task::spawn_blocking(move || {
         let found = recovery::recover(&r, saved);

@@ -8,6 +8,7 @@
 pub mod accept;
 pub mod cgroup;
 pub mod cli;
+pub mod collectors;
 pub mod container;
 pub mod daemon;
 pub mod duration;
@@ -24,6 +25,7 @@ pub mod recovery;
 pub mod registry;
 pub mod sampler;
 pub mod state;
+pub mod summary;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testhook;

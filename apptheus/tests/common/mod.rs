@@ -561,3 +561,26 @@ pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
         hit.then(|| path.to_string())
     })
 }
+
+/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "".
+pub fn mount_of(controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let (fstype, options) = (fields.get(sep + 1)?, fields.get(sep + 3)?);
+        let hit = if controller.is_empty() {
+            *fstype == "cgroup2"
+        } else {
+            *fstype == "cgroup" && options.split(',').any(|o| o == controller)
+        };
+        hit.then(|| PathBuf::from(fields[4]))
+    })
+}
+
+/// The directory of `pid`'s cgroup in the hierarchy of `controller` ("" for the unified tree).
+pub fn cgroup_dir_of(pid: i32, controller: &str) -> Option<PathBuf> {
+    let mount = mount_of(controller)?;
+    let rel = cgroup_of(pid, controller)?;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
