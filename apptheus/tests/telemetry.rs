@@ -444,7 +444,7 @@ fn the_summary_of_a_container_that_ran_one_second() {
     let job = |label: &str| label_value(&m, "apptheus_container_job_info", &id, label);
     assert_eq!(file["container"], id);
     assert_eq!(file["user"], "root");
-    assert_eq!(file["uid"], 0);
+    assert_eq!(file["uid"], "0");
     assert_eq!(file["pid"], pid);
     assert_eq!(file["exe"], "apptheus-exec");
     assert_eq!(
