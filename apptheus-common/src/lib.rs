@@ -5,10 +5,26 @@
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const TASK_COMM_LEN: usize = 16;
 
-/// Capacity of the map of tracked processes (tgid -> container key).
+/// Capacity the object declares for the map of tracked processes (tgid -> container key);
+/// userspace sets the real one at load time from its limits.
 pub const MAX_TRACKED_PROCESSES: u32 = 1 << 17;
-/// Capacity of the map of per-container counters.
+/// Capacity the object declares for the map of per-container counters; set at load time too.
 pub const MAX_CONTAINERS: u32 = 1 << 14;
+/// Bits in one word of the tracked-pid bitmap.
+pub const PID_BITS_PER_WORD: u32 = 64;
+
+/// Slots of the per-CPU `ERRORS` array: what the programs could not do, counted instead of
+/// logged (a fork storm must not become a log storm).
+pub mod errors {
+    /// An event that found the ring buffer full.
+    pub const EVENTS_LOST: u32 = 0;
+    /// A new process that found the map of tracked processes full.
+    pub const TRACKED_FULL: u32 = 1;
+    /// A tracked process whose container had no counters (forgotten meanwhile).
+    pub const NO_COUNTERS: u32 = 2;
+    /// How many slots there are.
+    pub const SLOTS: u32 = 3;
+}
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
@@ -28,8 +44,6 @@ pub struct TracepointOffsets {
     pub newtask_pid: u32,
     /// `task/task_newtask`: `u64 clone_flags`.
     pub newtask_clone_flags: u32,
-    /// `sched/sched_process_fork`: `pid_t child_pid`.
-    pub fork_child_pid: u32,
     /// `sched/sched_process_exit`: `bool group_dead`, or [`NO_FIELD`] on kernels without it.
     pub exit_group_dead: u32,
 }
@@ -39,7 +53,6 @@ impl TracepointOffsets {
     pub const UNSET: Self = Self {
         newtask_pid: NO_FIELD,
         newtask_clone_flags: NO_FIELD,
-        fork_child_pid: NO_FIELD,
         exit_group_dead: NO_FIELD,
     };
 }

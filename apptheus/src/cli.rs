@@ -164,7 +164,7 @@ impl LogLevel {
         }
     }
 
-    /// The same filter for records of crates that log through `log` (aya-log).
+    /// The same filter for records of crates that log through `log` (aya).
     pub fn log_filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Debug => log::LevelFilter::Debug,

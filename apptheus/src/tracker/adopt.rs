@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use apptheus_common::Counters;
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::MapError;
 
-use super::{Error, Maps};
+use super::{Error, Maps, tracked::TrackedMap};
 use crate::pidfd::Pidfd;
 
 /// `BPF_NOEXIST` from `<linux/bpf.h>`.
@@ -109,7 +109,7 @@ fn adopt(maps: &mut Maps, pid: i32, key: u64) -> Result<bool, Error> {
     Ok(true)
 }
 
-pub(super) fn lookup(map: &BpfHashMap<MapData, u32, u64>, pid: u32) -> Result<Option<u64>, Error> {
+pub(super) fn lookup(map: &TrackedMap, pid: u32) -> Result<Option<u64>, Error> {
     match map.get(&pid, 0) {
         Ok(k) => Ok(Some(k)),
         Err(MapError::KeyNotFound) => Ok(None),

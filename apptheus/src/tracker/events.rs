@@ -5,51 +5,29 @@ use apptheus_common::Event;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-/// Fork/exec/exit events of tracked processes. Also forwards the eBPF programs' own log
-/// records (aya-log) while it is polled.
+/// Fork/exec/exit events of tracked processes.
 pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
-    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
 }
 
 impl EventStream {
-    pub(super) fn new(
-        ring: RingBuf<MapData>,
-        logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    ) -> io::Result<EventStream> {
-        Ok(EventStream {
-            ring: watch(ring)?,
-            logger: logger.map(watch).transpose()?,
-        })
+    pub(super) fn new(ring: RingBuf<MapData>) -> io::Result<EventStream> {
+        Ok(EventStream { ring: watch(ring)? })
     }
 
     /// Wait for events and append every available one to `out` (at least one).
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         loop {
-            let ready = async {
-                match &mut self.logger {
-                    Some(l) => l.readable_mut().await.map(|mut g| {
-                        g.get_inner_mut().flush();
-                        g.clear_ready();
-                    }),
-                    None => std::future::pending().await,
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if let Some(ev) = decode(&item) {
+                    out.push(ev);
                 }
-            };
-            tokio::select! {
-                r = self.ring.readable_mut() => {
-                    let mut guard = r?;
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        if let Some(ev) = decode(&item) {
-                            out.push(ev);
-                        }
-                    }
-                    guard.clear_ready();
-                    if !out.is_empty() {
-                        return Ok(());
-                    }
-                }
-                r = ready => r?,
+            }
+            guard.clear_ready();
+            if !out.is_empty() {
+                return Ok(());
             }
         }
     }
@@ -57,7 +35,7 @@ impl EventStream {
 
 /// Register an fd-owning value with tokio's reactor for readability.
 fn watch<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: `inner` owns its fd (aya's ring buffer and logger keep it open until dropped), and
+    // SAFETY: `inner` owns its fd (aya's ring buffer keeps it open until dropped), and
     // the AsyncFd owns `inner`, so the fd stays open and the same for the AsyncFd's lifetime.
     unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into())

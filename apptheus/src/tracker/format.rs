@@ -115,12 +115,11 @@ fn split_decl(decl: &str) -> Option<(String, String)> {
     name_ok.then(|| (format!("{}{array}", ty.trim()), name.to_string()))
 }
 
-/// The offsets the eBPF programs need, from the four events' format texts.
-pub fn offsets(newtask: &Format, fork: &Format, exit: &Format) -> Result<TracepointOffsets> {
+/// The offsets the eBPF programs need, from the events' format texts.
+pub fn offsets(newtask: &Format, exit: &Format) -> Result<TracepointOffsets> {
     Ok(TracepointOffsets {
         newtask_pid: newtask.require("pid", 4)?,
         newtask_clone_flags: newtask.require("clone_flags", 8)?,
-        fork_child_pid: fork.require("child_pid", 4)?,
         exit_group_dead: match exit.field("group_dead") {
             Some(f) if f.size == 1 => f.offset,
             Some(f) => bail!(
@@ -147,7 +146,6 @@ mod tests {
     fn offsets_of(kernel: &str) -> TracepointOffsets {
         offsets(
             &fixture(kernel, "task_newtask"),
-            &fixture(kernel, "sched_process_fork"),
             &fixture(kernel, "sched_process_exit"),
         )
         .unwrap()
@@ -168,7 +166,6 @@ mod tests {
             TracepointOffsets {
                 newtask_pid: 8,
                 newtask_clone_flags: 32,
-                fork_child_pid: 20,
                 exit_group_dead: 32,
             }
         );
@@ -187,7 +184,6 @@ mod tests {
             TracepointOffsets {
                 newtask_pid: 8,
                 newtask_clone_flags: 32,
-                fork_child_pid: 44,
                 exit_group_dead: NO_FIELD,
             }
         );

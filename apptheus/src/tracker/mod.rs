@@ -12,13 +12,14 @@ pub mod format;
 mod load;
 pub mod proctable;
 mod tracefs;
+mod tracked;
 
 use std::{
     collections::HashMap,
     sync::{Mutex, MutexGuard},
 };
 
-use apptheus_common::Counters;
+use apptheus_common::{Counters, errors};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
@@ -27,6 +28,7 @@ use aya::{
 use self::{
     adopt::{forget, lookup, track, tracked_under},
     proctable::ProcTable,
+    tracked::TrackedMap,
 };
 pub use self::{
     error::Error,
@@ -45,9 +47,10 @@ pub struct ProcessCounters {
 }
 
 struct Maps {
-    tracked: BpfHashMap<MapData, u32, u64>,
+    tracked: TrackedMap,
     counters: BpfHashMap<MapData, u64, Counters>,
-    lost: PerCpuArray<MapData, u64>,
+    /// The programs' per-CPU error counts (`apptheus_common::errors`).
+    errors: PerCpuArray<MapData, u64>,
     /// Per key, processes that `register` added (the kernel counts only what it added).
     adopted: HashMap<u64, i64>,
     /// The host's parent links, for finding descendants.
@@ -131,11 +134,16 @@ impl Tracker {
 
     /// Events the programs could not put into the ring buffer (it was full).
     pub fn lost_events(&self) -> Result<u64, Error> {
+        self.error_count(errors::EVENTS_LOST)
+    }
+
+    /// One of the programs' error counts, summed over the CPUs.
+    fn error_count(&self, slot: u32) -> Result<u64, Error> {
         let values = self
             .maps()
-            .lost
-            .get(&0, 0)
-            .map_err(|e| Error::map("reading the lost-events counter", e))?;
+            .errors
+            .get(&slot, 0)
+            .map_err(|e| Error::map("reading the programs' error counters", e))?;
         Ok(values.iter().sum())
     }
 }

@@ -45,7 +45,6 @@ fn read_format(category: &str, event: &str) -> Result<format::Format> {
 pub fn read_offsets() -> Result<TracepointOffsets> {
     format::offsets(
         &read_format("task", "task_newtask")?,
-        &read_format("sched", "sched_process_fork")?,
         &read_format("sched", "sched_process_exit")?,
     )
 }
