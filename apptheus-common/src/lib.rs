@@ -10,6 +10,12 @@ pub const TASK_COMM_LEN: usize = 16;
 pub const MAX_TRACKED_PROCESSES: u32 = 1 << 17;
 /// Capacity the object declares for the map of per-container counters; set at load time too.
 pub const MAX_CONTAINERS: u32 = 1 << 14;
+/// Capacity of the map of threads the OOM killer chose (kills are rare; the LRU drops old ones).
+pub const OOM_VICTIMS: u32 = 1024;
+/// SIGKILL: how the OOM killer ends its victims (a signal number of the ABI, not kernel layout).
+pub const SIGKILL: u32 = 9;
+/// Set in `Counters::launcher_exit` once the launcher exited; the low 32 bits are its status.
+pub const LAUNCHER_EXITED: u64 = 1 << 32;
 /// Bits in one word of the tracked-pid bitmap.
 pub const PID_BITS_PER_WORD: u32 = 64;
 
@@ -46,6 +52,11 @@ pub struct TracepointOffsets {
     pub newtask_clone_flags: u32,
     /// `sched/sched_process_exit`: `bool group_dead`, or [`NO_FIELD`] on kernels without it.
     pub exit_group_dead: u32,
+    /// `oom/mark_victim`: `int pid` (the chosen thread), or [`NO_FIELD`] (program not attached).
+    pub mark_victim_pid: u32,
+    /// `struct task_struct`: `int exit_code`, from the kernel's BTF, or [`NO_FIELD`] (exit codes
+    /// not counted).
+    pub task_exit_code: u32,
 }
 
 impl TracepointOffsets {
@@ -54,22 +65,49 @@ impl TracepointOffsets {
         newtask_pid: NO_FIELD,
         newtask_clone_flags: NO_FIELD,
         exit_group_dead: NO_FIELD,
+        mark_victim_pid: NO_FIELD,
+        task_exit_code: NO_FIELD,
     };
 }
 
-/// Per-container counters kept in kernel space, updated atomically by the programs.
+/// Per-container counters kept in kernel space. Userspace writes an entry once, when it
+/// registers the container (`launcher` set, the rest zero); from then on only the programs
+/// change it, each field with atomic adds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// New processes (not threads) forked by the container's processes.
+    /// New processes (not threads) forked by the container's processes and tracked.
     pub forks: u64,
     /// Successful execve calls by the container's processes.
     pub execs: u64,
     /// Processes of the container that exited (their whole thread group).
     pub exits: u64,
     /// Processes the programs added minus those that exited. Processes that userspace adopted
-    /// at registration are counted there, not here, so this can go below zero.
+    /// at registration are counted there, not here, so this can go below zero. The fork hook
+    /// tracks no child while it is at the per-container bound.
     pub live: i64,
+    /// New processes of the container's processes that were not tracked: the container was at
+    /// its bound, or the map of tracked processes was full.
+    pub untracked: u64,
+    /// Processes of the container that exited with a non-zero code.
+    pub failed_exit_code: u64,
+    /// Processes of the container that a signal ended.
+    pub failed_signal: u64,
+    /// Processes of the container that the OOM killer ended.
+    pub oom_kills: u64,
+    /// 0 while the launcher lives; then [`LAUNCHER_EXITED`] | its wait status (exit code << 8,
+    /// or the signal in the low 7 bits).
+    pub launcher_exit: u64,
+    /// The launcher's process id (tgid), written at registration; 0 for none (a container taken
+    /// back after a restart).
+    pub launcher: u32,
+    pub _pad: u32,
+    /// Received by the container's sockets: bytes at the IP layer, and packets.
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    /// Sent by the container's sockets.
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
 }
 
 /// What happened to a tracked process.

@@ -8,15 +8,22 @@
 //!   and reported. (`sched_process_fork` comes right after, but it has no clone flags and its
 //!   pids are thread ids: one program here does what two did.)
 //! - `sched/sched_process_exec` counts execs of tracked processes.
-//! - `sched/sched_process_exit` removes a tracked process when its thread group is gone.
+//! - `sched/sched_process_exit` removes a tracked process when its thread group is gone, and
+//!   counts how it ended (its exit code, read from the task at a BTF offset): a non-zero code, a
+//!   signal, the OOM killer; the launcher's own status is kept for the container.
+//! - `oom/mark_victim` notes the thread the OOM killer chose (whichever limit it enforced: the
+//!   container's, an ancestor's, the host's), for the exit hook to attribute.
+//! - `cgroup_skb/ingress` and `cgroup_skb/egress`, attached to each container's cgroup v2
+//!   directory, count its sockets' bytes and packets, whatever network namespace they are in.
 //!
 //! Cost: these run for every task on the host, so an untracked task costs one lookup, in
 //! `TRACKED_PIDS`, a bitmap indexed by tgid. It is an array (the verifier inlines its lookup: no
 //! helper call, no hashing), and consecutive pids share a cache line, where the hash map's
 //! buckets, sized for every process the limits allow, spread the host's pids over megabytes:
 //! measured, a lookup there cost 1.5x bpftrace's in a 4096-entry map, the bitmap less than one.
-//! Only a set bit leads to the hash map. Policy lives in userspace; nothing is logged from
-//! here: what a program cannot do is counted in `ERRORS`.
+//! Only a set bit leads to the hash map. Policy lives in userspace (the per-container bound is
+//! a load-time global); nothing is logged from here: what a program cannot do is counted, per
+//! container (`untracked`) or in `ERRORS`, and userspace reads the counts.
 #![no_std]
 #![no_main]
 // The bpf target has no compare-and-swap, so core's Atomic* types lack fetch_add there; the
@@ -26,21 +33,36 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+#[expect(
+    deprecated,
+    reason = "BPF_MAP_TYPE_CGRP_STORAGE, its successor, needs 6.2; the field kernels start at 5.10"
+)]
+use aya_ebpf::maps::CgroupStorage;
+
 use apptheus_common::{
-    CLONE_THREAD, Counters, EVENTS_RING_BYTES, Event, EventKind, MAX_CONTAINERS,
-    MAX_TRACKED_PROCESSES, NO_FIELD, PID_BITS_PER_WORD, TASK_COMM_LEN, TracepointOffsets, errors,
+    CLONE_THREAD, Counters, EVENTS_RING_BYTES, Event, EventKind, LAUNCHER_EXITED, MAX_CONTAINERS,
+    MAX_TRACKED_PROCESSES, NO_FIELD, OOM_VICTIMS, PID_BITS_PER_WORD, SIGKILL, TASK_COMM_LEN,
+    TracepointOffsets, errors,
 };
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{cgroup_skb, map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{SkBuffContext, TracePointContext},
 };
 
-/// Filled in by userspace at load time from the tracepoints' format files.
+/// Filled in by userspace at load time from the tracepoints' format files and the kernel's BTF.
 #[unsafe(no_mangle)]
 static OFFSETS: TracepointOffsets = TracepointOffsets::UNSET;
+
+/// Processes the fork hook tracks in one container besides those userspace adopted at its
+/// registration (`Counters::live` counts exactly those); set at load time from the limits.
+#[unsafe(no_mangle)]
+static PER_CONTAINER: u64 = u64::MAX;
 
 /// Tracked processes: tgid -> container key. Sized at load time from the daemon's limits.
 #[map]
@@ -56,6 +78,23 @@ static TRACKED_PIDS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Per-container counters; userspace creates the entry when it registers the container.
 #[map]
 static COUNTERS: HashMap<u64, Counters> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
+
+/// Threads the OOM killer chose (`oom/mark_victim` gives a thread id, not its process): thread
+/// id -> 1, until the exit hook sees that thread exit. LRU: an entry for an untracked victim
+/// is never looked at again and must not stay.
+#[map]
+static OOM_VICTIM_TIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(OOM_VICTIMS, 0);
+
+/// The container key of the cgroup `cgroup_skb/ingress` (and `NET_EGRESS_KEY`: egress) is
+/// attached to; userspace writes it after attaching. One storage per attached cgroup, so a
+/// socket in any cgroup below the container's directory counts for the container, and no
+/// lookup by cgroup id is needed. One map per program: before 5.9 two programs cannot share one.
+#[map]
+#[expect(deprecated, reason = "see the import")]
+static NET_INGRESS_KEY: CgroupStorage<u64> = CgroupStorage::new();
+#[map]
+#[expect(deprecated, reason = "see the import")]
+static NET_EGRESS_KEY: CgroupStorage<u64> = CgroupStorage::new();
 
 /// Fork/exec/exit events of tracked processes.
 #[map]
@@ -204,6 +243,22 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     if flags & CLONE_THREAD != 0 {
         return 0;
     }
+    let Some(c) = COUNTERS.get_ptr_mut(&key) else {
+        error(errors::NO_COUNTERS);
+        return 0;
+    };
+    // SAFETY: `c` points into a live map value; `live` is only changed by atomic adds.
+    let live = unsafe { core::ptr::read_volatile(&raw const (*c).live) };
+    // SAFETY: a plain read of a global that userspace sets before loading (volatile: not the
+    // build-time value).
+    let bound = unsafe { core::ptr::read_volatile(&raw const PER_CONTAINER) };
+    if live >= 0 && live as u64 >= bound {
+        // At the container's bound: the child is not tracked. It is in its parent's cgroup,
+        // which stays the container's, so its resources are still measured there.
+        // SAFETY: as above.
+        unsafe { add(&raw mut (*c).untracked, 1) };
+        return 0;
+    }
     let child = child as u32;
     // NOEXIST: userspace's walk of a registering tree may have added the child first; whoever
     // adds it counts it live, once.
@@ -215,6 +270,8 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         Err(e) if e == -EEXIST => 0,
         Err(_) => {
             error(errors::TRACKED_FULL);
+            // SAFETY: as above.
+            unsafe { add(&raw mut (*c).untracked, 1) };
             return 0;
         }
     };
@@ -241,6 +298,20 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(key) = tracked_key(tgid) else {
         return 0;
     };
+    let code = exit_code();
+    // The OOM killer's victim is a thread: whichever thread of the process it was, its exit.
+    // SAFETY: the value is copied out at once.
+    if unsafe { OOM_VICTIM_TIDS.get(&tid) }.is_some() {
+        let _ = OOM_VICTIM_TIDS.remove(&tid);
+        // Killed by it: SIGKILL. A task that was exiting already when the OOM killer picked it
+        // (it takes those first) ends with its own status, and is no kill.
+        if code.is_none_or(|c| c & 0x7f == SIGKILL)
+            && let Some(c) = COUNTERS.get_ptr_mut(&key)
+        {
+            // SAFETY: `c` points into a live map value, updated only with atomic adds.
+            unsafe { add(&raw mut (*c).oom_kills, 1) };
+        }
+    }
     let group_dead = offset!(exit_group_dead);
     // The process is gone when its last thread exits (`group_dead`). Kernels without that field
     // only tell us the leader exited, which is the best available signal there.
@@ -257,9 +328,102 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if TRACKED.remove(&tgid).is_ok() {
         mark(tgid, false);
         count(key, Field::Exits, -1);
+        if let Some(code) = code {
+            ended(key, tgid, code);
+        }
         emit(EventKind::Exit, key, tgid, 0);
     }
     0
+}
+
+/// The current task's `exit_code` (set before this tracepoint: the wait status, `code << 8` or
+/// the signal, as a parent's wait() gets it), or None where the kernel's BTF has no such field.
+/// For a process that ends by exit_group or a fatal signal, every thread carries the group's
+/// status, so the last thread's is the process's.
+fn exit_code() -> Option<u32> {
+    let at = offset!(task_exit_code);
+    if at == NO_FIELD {
+        return None;
+    }
+    // SAFETY: helper without preconditions; the result is only used as an address to read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: bpf_probe_read_kernel checks the address; the offset is this kernel's (BTF).
+    unsafe { bpf_probe_read_kernel(task.wrapping_add(at as usize).cast::<i32>()) }
+        .ok()
+        .map(|c| c as u32)
+}
+
+/// Count how a process of `key` ended; keep the launcher's status.
+fn ended(key: u64, tgid: u32, code: u32) {
+    let Some(c) = COUNTERS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: `c` points into a live map value, updated only with atomic adds; `launcher` is
+    // written once, by userspace, before the container's processes are tracked.
+    unsafe {
+        if code & 0x7f != 0 {
+            add(&raw mut (*c).failed_signal, 1);
+        } else if (code >> 8) & 0xff != 0 {
+            add(&raw mut (*c).failed_exit_code, 1);
+        }
+        // The launcher exits once, so one add sets it.
+        if core::ptr::read_volatile(&raw const (*c).launcher) == tgid {
+            add(
+                &raw mut (*c).launcher_exit,
+                LAUNCHER_EXITED | u64::from(code),
+            );
+        }
+    }
+}
+
+#[tracepoint]
+pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
+    let at = offset!(mark_victim_pid);
+    // SAFETY: offset from this kernel's format file for this tracepoint.
+    if let Ok(tid) = unsafe { ctx.read_at::<i32>(at as usize) } {
+        let _ = OOM_VICTIM_TIDS.insert(&(tid as u32), &1, 0);
+    }
+    0
+}
+
+#[cgroup_skb(ingress)]
+pub fn net_ingress(ctx: SkBuffContext) -> i32 {
+    let key = NET_INGRESS_KEY.get_ptr_mut();
+    net_count(&ctx, key, true);
+    // Count, never filter.
+    1
+}
+
+#[cgroup_skb(egress)]
+pub fn net_egress(ctx: SkBuffContext) -> i32 {
+    let key = NET_EGRESS_KEY.get_ptr_mut();
+    net_count(&ctx, key, false);
+    1
+}
+
+/// Add one skb (a GSO aggregate counts as its segments) to the container whose key `key` holds.
+fn net_count(ctx: &SkBuffContext, key: *mut u64, ingress: bool) {
+    // SAFETY: bpf_get_local_storage's pointer is valid for this run; 0 until userspace wrote it.
+    let key = unsafe { core::ptr::read_volatile(key) };
+    if key == 0 {
+        return;
+    }
+    let Some(c) = COUNTERS.get_ptr_mut(&key) else {
+        return;
+    };
+    let bytes = u64::from(ctx.len());
+    // SAFETY: the program's context; the verifier allows reading gso_segs of a cgroup skb.
+    let packets = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
+    // SAFETY: `c` points into a live map value, updated only with atomic adds.
+    unsafe {
+        if ingress {
+            add(&raw mut (*c).rx_bytes, bytes);
+            add(&raw mut (*c).rx_packets, packets);
+        } else {
+            add(&raw mut (*c).tx_bytes, bytes);
+            add(&raw mut (*c).tx_packets, packets);
+        }
+    }
 }
 
 #[cfg(not(test))]

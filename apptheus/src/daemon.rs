@@ -19,7 +19,7 @@ use crate::{
     registry::{self, Registry},
     sampler::Sampler,
     state::StateDir,
-    tracker::Tracker,
+    tracker::{Limits, Tracker},
     webconfig::Web,
 };
 
@@ -55,7 +55,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     // Before anything is created: a second daemon on the same state must not start.
     let state_dir = StateDir::open(&args.state_dir)?;
     let saved = state_dir.load();
-    let (tracker, events) = Tracker::load().context("loading the eBPF tracker")?;
+    let (tracker, events) = Tracker::load(Limits::default()).context("loading the eBPF tracker")?;
     let layout = Layout::detect().context("detecting the cgroup hierarchies")?;
     tracing::info!(
         mode = format!("{:?}", layout.mode()).as_str(),

@@ -5,23 +5,39 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use apptheus::tracker::{ProcessCounters, Tracker};
+use apptheus::tracker::{Limits, ProcessCounters, Tracker};
 use apptheus_common::{Event, EventKind};
 use common::{Workload, eventually, require_root};
 
 const KEY: u64 = 0xA9_0001;
 
 fn load() -> (Tracker, apptheus::tracker::EventStream) {
-    require_root();
-    Tracker::load().unwrap_or_else(|e| panic!("the eBPF tracker cannot load here: {e:#}"))
+    load_with(Limits::default())
 }
 
-/// Wait until the counters of `key` equal `want`; return what they were last.
+fn load_with(limits: Limits) -> (Tracker, apptheus::tracker::EventStream) {
+    require_root();
+    Tracker::load(limits).unwrap_or_else(|e| panic!("the eBPF tracker cannot load here: {e:#}"))
+}
+
+/// The process counts of `c` (forks, execs, exits, live, untracked), the rest left default.
+fn counts(c: ProcessCounters) -> ProcessCounters {
+    ProcessCounters {
+        forks: c.forks,
+        execs: c.execs,
+        exits: c.exits,
+        live: c.live,
+        untracked: c.untracked,
+        ..Default::default()
+    }
+}
+
+/// Wait until the process counts of `key` equal `want`'s; return what they were last.
 fn counters_become(t: &Tracker, key: u64, want: ProcessCounters) -> ProcessCounters {
     let mut last = None;
     eventually(Duration::from_secs(10), || {
-        last = t.counters(key).unwrap();
-        (last == Some(want)).then_some(())
+        last = t.counters(key).unwrap().map(counts);
+        (last == Some(counts(want))).then_some(())
     });
     last.unwrap_or_default()
 }
@@ -73,6 +89,7 @@ async fn follows_processes_forked_after_registration() {
             execs: 4,
             exits: 11,
             live: 10,
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -81,7 +98,8 @@ async fn follows_processes_forked_after_registration() {
             forks: 20,
             execs: 4,
             exits: 11,
-            live: 10
+            live: 10,
+            ..Default::default()
         }
     );
     let tracked = t.pids(KEY);
@@ -100,6 +118,7 @@ async fn follows_processes_forked_after_registration() {
             execs: 4,
             exits: 20,
             live: 1,
+            ..Default::default()
         },
     );
     assert_eq!(c.live, 1, "{c:?}");
@@ -113,6 +132,7 @@ async fn follows_processes_forked_after_registration() {
             execs: 4,
             exits: 21,
             live: 0,
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -121,7 +141,8 @@ async fn follows_processes_forked_after_registration() {
             forks: 20,
             execs: 4,
             exits: 21,
-            live: 0
+            live: 0,
+            ..Default::default()
         }
     );
     assert!(
@@ -185,6 +206,7 @@ async fn adopts_processes_forked_before_registration() {
             execs: 0,
             exits: 8,
             live: 1,
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -193,7 +215,8 @@ async fn adopts_processes_forked_before_registration() {
             forks: 0,
             execs: 0,
             exits: 8,
-            live: 1
+            live: 1,
+            ..Default::default()
         }
     );
     w.go();
@@ -206,6 +229,7 @@ async fn adopts_processes_forked_before_registration() {
             execs: 0,
             exits: 9,
             live: 0,
+            ..Default::default()
         },
     );
     assert_eq!(c.live, 0, "{c:?}");
@@ -260,6 +284,7 @@ async fn fork_storm_is_counted_exactly_and_never_leaks() {
         execs: 0,
         exits: n,
         live: 1,
+        ..Default::default()
     };
     let c = counters_become(&t, key, want);
     assert_eq!(c, want);
@@ -322,4 +347,69 @@ async fn registering_a_vanished_process_fails() {
     let err = t.register(w.pid(), KEY + 4).unwrap_err().to_string();
     assert!(err.contains("exited"), "{err}");
     assert_eq!(t.counters(KEY + 4).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_at_its_process_bound_forks_untracked_children() {
+    let (t, _events) = load_with(Limits {
+        per_container: 50,
+        ..Limits::default()
+    });
+    let key = KEY + 5;
+    let mut bomb = Workload::spawn(&[
+        "ready",
+        "wait",
+        "tree:200:0",
+        "ready",
+        "wait",
+        "release",
+        "ready",
+        "wait",
+    ]);
+    bomb.ready();
+    assert_eq!(t.register(bomb.pid(), key).unwrap(), vec![bomb.pid()]);
+    bomb.go();
+    bomb.ready();
+    // 200 children alive at once: the first 50 are tracked, the rest only counted.
+    let want = ProcessCounters {
+        forks: 50,
+        live: 51,
+        untracked: 150,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, key, want), want);
+    assert_eq!(t.pids(key).len(), 51, "the launcher and 50 children");
+
+    // Another container, registered after the storm, is tracked and counts its forks.
+    let other_key = key + 1;
+    let mut other = Workload::spawn(&["ready", "wait", "forks:5", "ready", "wait"]);
+    other.ready();
+    t.register(other.pid(), other_key).unwrap();
+    other.go();
+    other.ready();
+    let want_other = ProcessCounters {
+        forks: 5,
+        exits: 5,
+        live: 1,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, other_key, want_other), want_other);
+
+    // The children end: only the tracked ones count as exits, and the bound frees up.
+    bomb.go();
+    bomb.ready();
+    let want = ProcessCounters {
+        forks: 50,
+        exits: 50,
+        live: 1,
+        untracked: 150,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, key, want), want);
+    bomb.go();
+    other.go();
+    bomb.wait();
+    other.wait();
+    t.unregister(key).unwrap();
+    t.unregister(other_key).unwrap();
 }

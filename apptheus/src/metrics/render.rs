@@ -142,7 +142,55 @@ const FAMILIES: &[Family] = &[
         help: "Processes of the container that exited (eBPF).",
         value: |c| Some(Value::Int(c.procs.exits)),
     },
+    Family {
+        name: "apptheus_container_untracked_processes_total",
+        kind: Kind::Counter,
+        help: "New processes the eBPF hooks did not track: the container was at its process bound (they stay in its cgroup).",
+        value: |c| Some(Value::Int(c.procs.untracked)),
+    },
+    Family {
+        name: "apptheus_container_exit_code",
+        kind: Kind::Gauge,
+        help: "Exit status of the container's launcher as a shell reports it (128+N for signal N), once the container ended.",
+        value: |c| {
+            c.end_time?;
+            c.procs.exit_code.map(|v| Value::Int(v.into()))
+        },
+    },
+    Family {
+        name: "apptheus_container_oom_kills_total",
+        kind: Kind::Counter,
+        help: "Processes of the container killed by the OOM killer, whichever limit was hit.",
+        value: |c| c.procs.oom_kills.map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_network_receive_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes received by the container's sockets (IP layer, any network namespace).",
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_receive_packets_total",
+        kind: Kind::Counter,
+        help: "Packets received by the container's sockets.",
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_packets)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes sent by the container's sockets (IP layer, any network namespace).",
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_packets_total",
+        kind: Kind::Counter,
+        help: "Packets sent by the container's sockets.",
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_packets)),
+    },
 ];
+
+/// `apptheus_container_failed_exits_total{reason}`: one series per reason.
+const FAILED_EXITS: &str = "apptheus_container_failed_exits_total";
 
 /// The containers' families in the text exposition format 0.0.4. A family with no value for
 /// any container is left out entirely.
@@ -219,6 +267,22 @@ pub fn render(series: &[ContainerSeries]) -> String {
             };
         }
     }
+    let mut header = false;
+    for (c, l) in series.iter().zip(&labels) {
+        let Some(failed) = c.procs.failed else {
+            continue;
+        };
+        if !header {
+            let _ = write!(
+                out,
+                "# HELP {FAILED_EXITS} Processes of the container that exited with a non-zero code (reason=\"exit_code\") or were killed by a signal (reason=\"signal\").\n# TYPE {FAILED_EXITS} counter\n"
+            );
+            header = true;
+        }
+        for (reason, n) in [("exit_code", failed.exit_code), ("signal", failed.signal)] {
+            let _ = writeln!(out, "{FAILED_EXITS}{{{l},reason=\"{reason}\"}} {n}");
+        }
+    }
     out
 }
 
@@ -286,6 +350,7 @@ mod tests {
                 execs: 1,
                 exits: 2,
                 live: 2,
+                ..Default::default()
             },
         }
     }
@@ -327,6 +392,44 @@ mod tests {
         assert!(text.contains(
             "apptheus_container_job_info{container=\"c_1\",user=\"alice\",scheduler=\"slurm\",job_id=\"7\\\"} evil 1\\n\",job_source=\"environment\"} 1\n"
         ), "{text}");
+    }
+
+    #[test]
+    fn how_a_container_ended_and_its_traffic() {
+        let mut c = series("c_1");
+        c.procs.exit_code = Some(137);
+        c.procs.oom_kills = Some(1);
+        c.procs.failed = Some(crate::tracker::Failed {
+            exit_code: 1,
+            signal: 2,
+        });
+        c.procs.network = Some(crate::tracker::Network {
+            receive_bytes: 40_000_000,
+            ..Default::default()
+        });
+        let text = render(std::slice::from_ref(&c));
+        assert!(
+            !text.contains("apptheus_container_exit_code"),
+            "only once ended"
+        );
+        for want in [
+            "apptheus_container_oom_kills_total{container=\"c_1\",user=\"alice\"} 1\n",
+            "apptheus_container_failed_exits_total{container=\"c_1\",user=\"alice\",reason=\"exit_code\"} 1\n",
+            "apptheus_container_failed_exits_total{container=\"c_1\",user=\"alice\",reason=\"signal\"} 2\n",
+            "apptheus_container_network_receive_bytes_total{container=\"c_1\",user=\"alice\"} 40000000\n",
+        ] {
+            assert!(text.contains(want), "{want}");
+        }
+        c.end_time = Some(1.0);
+        let text = render(&[c]);
+        assert!(
+            text.contains("apptheus_container_exit_code{container=\"c_1\",user=\"alice\"} 137\n")
+        );
+        // No value anywhere: no family.
+        let text = render(&[series("c_2")]);
+        for absent in ["oom_kills", "failed_exits", "network", "exit_code"] {
+            assert!(!text.contains(absent), "{absent}");
+        }
     }
 
     #[test]

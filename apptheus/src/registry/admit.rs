@@ -109,6 +109,7 @@ impl Registry {
             job: Job::find(&launcher_dirs, &environs),
         });
         let early = self.placed(key, identity.clone(), cgroup.clone());
+        self.count_network(key, &identity.id, &cgroup);
         for pid in members.iter().chain(&early) {
             if let Err(e) = cgroup.add_process(*pid) {
                 tracing::warn!(container = identity.id.as_str(), pid = *pid, error = %e, "cannot move a process into the container's cgroup");

@@ -13,10 +13,19 @@ use crate::pidfd::Pidfd;
 const BPF_NOEXIST: u64 = 1;
 
 /// Register `key`, track each of `roots` that still lives, then their descendants. Returns the
-/// members found (the live roots first).
-pub(super) fn track(maps: &mut Maps, roots: &[i32], key: u64) -> Result<Vec<i32>, Error> {
+/// members found (the live roots first). The kernel keeps `launcher`'s exit status.
+pub(super) fn track(
+    maps: &mut Maps,
+    roots: &[i32],
+    key: u64,
+    launcher: Option<i32>,
+) -> Result<Vec<i32>, Error> {
+    let counters = Counters {
+        launcher: launcher.map_or(0, |p| p as u32),
+        ..Counters::default()
+    };
     maps.counters
-        .insert(key, Counters::default(), 0)
+        .insert(key, counters, 0)
         .map_err(|e| Error::map(format!("creating counters for container key {key}"), e))?;
     maps.adopted.insert(key, 0);
     let mut members = Vec::new();

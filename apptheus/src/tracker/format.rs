@@ -128,6 +128,9 @@ pub fn offsets(newtask: &Format, exit: &Format) -> Result<TracepointOffsets> {
             ),
             None => NO_FIELD,
         },
+        // Not from these formats: `tracefs::read_offsets` fills them where the kernel has them.
+        mark_victim_pid: NO_FIELD,
+        task_exit_code: NO_FIELD,
     })
 }
 
@@ -167,6 +170,7 @@ mod tests {
                 newtask_pid: 8,
                 newtask_clone_flags: 32,
                 exit_group_dead: 32,
+                ..TracepointOffsets::UNSET
             }
         );
     }
@@ -185,6 +189,7 @@ mod tests {
                 newtask_pid: 8,
                 newtask_clone_flags: 32,
                 exit_group_dead: NO_FIELD,
+                ..TracepointOffsets::UNSET
             }
         );
     }

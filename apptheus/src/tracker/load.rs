@@ -1,14 +1,16 @@
 //! Loading the embedded programs with this kernel's tracepoint layouts, and attaching them.
 use std::collections::HashMap;
 
+use apptheus_common::NO_FIELD;
 use aya::{
     EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{CgroupSkb, TracePoint},
 };
 
 use super::{
-    Error, EventStream, Maps, Tracker, ensure_tracefs,
+    Error, EventStream, Features, Limits, Maps, Tracker, ensure_tracefs,
+    network::{self, NetMaps},
     proctable::ProcTable,
     tracefs,
     tracked::{PidBits, TrackedMap, bitmap_words},
@@ -28,20 +30,29 @@ fn load_error(what: &str, e: &dyn std::fmt::Display) -> Error {
 }
 
 impl Tracker {
-    /// Mount tracefs if needed, read this kernel's tracepoint layouts, load the embedded object
-    /// with them, and attach every program. Must run inside a tokio runtime (the event stream
-    /// registers with its reactor).
-    pub fn load() -> Result<(Tracker, EventStream), Error> {
+    /// Mount tracefs if needed, read this kernel's tracepoint layouts and BTF offsets, load the
+    /// embedded object with them and with maps sized for `limits`, and attach every tracepoint
+    /// program (the network programs are attached per container). Must run inside a tokio
+    /// runtime (the event stream registers with its reactor).
+    pub fn load(limits: Limits) -> Result<(Tracker, EventStream), Error> {
         let load = load_error;
         tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Load("Tracker::load must run inside a tokio runtime".into()))?;
+        let (containers, processes) = limits.map_sizes().map_err(Error::Load)?;
         raise_memlock_limit();
         ensure_tracefs().map_err(|e| Error::Load(format!("{e:#}")))?;
         let offsets = tracefs::read_offsets().map_err(|e| Error::Load(format!("{e:#}")))?;
+        let features = Features {
+            exit_codes: offsets.task_exit_code != NO_FIELD,
+            oom_kills: offsets.mark_victim_pid != NO_FIELD,
+        };
         let words = bitmap_words();
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("PER_CONTAINER", &limits.per_container, true)
             .map_max_entries("TRACKED_PIDS", words)
+            .map_max_entries("TRACKED", processes)
+            .map_max_entries("COUNTERS", containers)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 load(
@@ -49,7 +60,10 @@ impl Tracker {
                     &e,
                 )
             })?;
-        for (name, category, event) in PROGRAMS {
+        let oom = features
+            .oom_kills
+            .then_some(("oom_mark_victim", "oom", "mark_victim"));
+        for (name, category, event) in PROGRAMS.into_iter().chain(oom) {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
@@ -64,16 +78,27 @@ impl Tracker {
                 )
             })?;
         }
+        for (name, _, _) in network::PROGRAMS {
+            let prog: &mut CgroupSkb = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
+                .try_into()
+                .map_err(|e| load(&format!("program {name}"), &e))?;
+            prog.load()
+                .map_err(|e| load(&format!("loading eBPF program {name}"), &e))?;
+        }
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
         };
-        let (tracked, bits, counters, errors, ring) = (
+        let (tracked, bits, counters, errors, ring, ingress, egress) = (
             take("TRACKED")?,
             take("TRACKED_PIDS")?,
             take("COUNTERS")?,
             take("ERRORS")?,
             take("EVENTS")?,
+            take("NET_INGRESS_KEY")?,
+            take("NET_EGRESS_KEY")?,
         );
         let Map::Array(bits) = bits else {
             return Err(Error::Load("map TRACKED_PIDS is not an array".into()));
@@ -84,6 +109,9 @@ impl Tracker {
             tracked: TrackedMap::new(tracked, bits),
             counters: BpfHashMap::try_from(counters).map_err(|e| load("map COUNTERS", &e))?,
             errors: PerCpuArray::try_from(errors).map_err(|e| load("map ERRORS", &e))?,
+            net: NetMaps::new(ingress, egress).map_err(|e| load("map NET_*_KEY", &e))?,
+            attached: HashMap::new(),
+            features,
             adopted: HashMap::new(),
             procs: ProcTable::default(),
         };
@@ -91,7 +119,7 @@ impl Tracker {
         let events = EventStream::new(ring).map_err(|e| load("watching the event ring", &e))?;
         let tracker = Tracker {
             maps: std::sync::Mutex::new(maps),
-            _ebpf: ebpf,
+            ebpf: std::sync::Mutex::new(ebpf),
         };
         Ok((tracker, events))
     }

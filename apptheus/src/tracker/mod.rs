@@ -6,10 +6,13 @@
 //! racing the fork hook: both sides insert with `BPF_NOEXIST`, and whoever inserts counts the
 //! process live, so each process is counted once.
 mod adopt;
+pub mod btf;
 mod error;
 mod events;
 pub mod format;
+mod limits;
 mod load;
+pub mod network;
 pub mod proctable;
 mod tracefs;
 mod tracked;
@@ -19,7 +22,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use apptheus_common::{Counters, errors};
+use apptheus_common::{Counters, LAUNCHER_EXITED, errors};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
@@ -27,12 +30,14 @@ use aya::{
 
 use self::{
     adopt::{forget, lookup, track, tracked_under},
+    network::{Attached, NetMaps},
     proctable::ProcTable,
     tracked::TrackedMap,
 };
 pub use self::{
     error::Error,
     events::EventStream,
+    limits::Limits,
     tracefs::{TRACEFS, ensure_tracefs},
 };
 
@@ -44,6 +49,51 @@ pub struct ProcessCounters {
     pub exits: u64,
     /// Live processes: adopted at registration plus forked, minus exited.
     pub live: u64,
+    /// New processes not tracked: the container was at its process bound (or the map full).
+    pub untracked: u64,
+    /// How its processes ended (None where the kernel's BTF has no `task_struct.exit_code`).
+    pub failed: Option<Failed>,
+    /// Processes the OOM killer ended (None where the kernel has no `oom/mark_victim`).
+    pub oom_kills: Option<u64>,
+    /// The launcher's exit status as a shell reports it (its code, or 128+N for signal N),
+    /// once it exited.
+    pub exit_code: Option<u32>,
+    /// Its sockets' traffic, where it is counted (a cgroup v2 directory).
+    pub network: Option<Network>,
+}
+
+/// Processes that ended badly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Failed {
+    /// With a non-zero exit code.
+    pub exit_code: u64,
+    /// By a signal.
+    pub signal: u64,
+}
+
+/// A container's sockets' traffic: bytes at the IP layer (headers included), and packets (a
+/// segmentation-offload aggregate counts as its segments).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Network {
+    pub receive_bytes: u64,
+    pub receive_packets: u64,
+    pub transmit_bytes: u64,
+    pub transmit_packets: u64,
+}
+
+/// What this kernel lets the programs count (decided at load time).
+#[derive(Clone, Copy, Debug, Default)]
+struct Features {
+    exit_codes: bool,
+    oom_kills: bool,
+}
+
+/// A wait status (as `task_struct.exit_code` holds it) as a shell reports it.
+fn shell_status(raw: u32) -> u32 {
+    match raw & 0x7f {
+        0 => (raw >> 8) & 0xff,
+        signal => 128 + signal,
+    }
 }
 
 struct Maps {
@@ -51,6 +101,10 @@ struct Maps {
     counters: BpfHashMap<MapData, u64, Counters>,
     /// The programs' per-CPU error counts (`apptheus_common::errors`).
     errors: PerCpuArray<MapData, u64>,
+    net: NetMaps,
+    /// Containers whose traffic is counted.
+    attached: HashMap<u64, Attached>,
+    features: Features,
     /// Per key, processes that `register` added (the kernel counts only what it added).
     adopted: HashMap<u64, i64>,
     /// The host's parent links, for finding descendants.
@@ -60,8 +114,9 @@ struct Maps {
 /// The loaded and attached programs and their maps. Dropping it detaches the programs.
 pub struct Tracker {
     maps: Mutex<Maps>,
-    // Owns the programs and their links; kept for its Drop.
-    _ebpf: Ebpf,
+    /// Owns the programs and their tracepoint links; the network programs are attached per
+    /// container.
+    ebpf: Mutex<Ebpf>,
 }
 
 impl Tracker {
@@ -69,6 +124,10 @@ impl Tracker {
         // A panic while holding the lock leaves the maps themselves consistent (they live in
         // the kernel), so a poisoned lock is still usable.
         self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ebpf(&self) -> MutexGuard<'_, Ebpf> {
+        self.ebpf.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Track `root` and all its current descendants under `key`; from now on the kernel adds
@@ -82,7 +141,7 @@ impl Tracker {
                 key: other,
             });
         }
-        let members = track(&mut maps, &[root], key)?;
+        let members = track(&mut maps, &[root], key, Some(root))?;
         if members.first() != Some(&root) {
             forget(&mut maps, key)?;
             return Err(Error::Exited { pid: root });
@@ -94,12 +153,15 @@ impl Tracker {
     /// and their descendants, under a new `key`. Processes that exited meanwhile are skipped;
     /// an empty result means none is left (the key stays registered, with no live process).
     pub fn readopt(&self, pids: &[i32], key: u64) -> Result<Vec<i32>, Error> {
-        track(&mut self.maps(), pids, key)
+        track(&mut self.maps(), pids, key, None)
     }
 
-    /// Forget a container: its counters and any of its processes still tracked.
+    /// Forget a container: its counters, any of its processes still tracked, its network
+    /// programs.
     pub fn unregister(&self, key: u64) -> Result<(), Error> {
-        forget(&mut self.maps(), key)
+        let mut maps = self.maps();
+        maps.attached.remove(&key);
+        forget(&mut maps, key)
     }
 
     /// The counters of `key`, or None if it is not registered.
@@ -111,11 +173,26 @@ impl Tracker {
             Err(e) => return Err(Error::map("reading container counters", e)),
         };
         let adopted = maps.adopted.get(&key).copied().unwrap_or(0);
+        let f = maps.features;
         Ok(Some(ProcessCounters {
             forks: c.forks,
             execs: c.execs,
             exits: c.exits,
             live: (c.live + adopted).max(0) as u64,
+            untracked: c.untracked,
+            failed: f.exit_codes.then_some(Failed {
+                exit_code: c.failed_exit_code,
+                signal: c.failed_signal,
+            }),
+            oom_kills: f.oom_kills.then_some(c.oom_kills),
+            exit_code: (f.exit_codes && c.launcher_exit & LAUNCHER_EXITED != 0)
+                .then(|| shell_status(c.launcher_exit as u32)),
+            network: maps.attached.contains_key(&key).then_some(Network {
+                receive_bytes: c.rx_bytes,
+                receive_packets: c.rx_packets,
+                transmit_bytes: c.tx_bytes,
+                transmit_packets: c.tx_packets,
+            }),
         }))
     }
 
@@ -137,6 +214,12 @@ impl Tracker {
         self.error_count(errors::EVENTS_LOST)
     }
 
+    /// New processes that found the map of tracked processes full (a warning is due: the
+    /// map is sized by `Limits::processes`).
+    pub fn tracked_map_full(&self) -> Result<u64, Error> {
+        self.error_count(errors::TRACKED_FULL)
+    }
+
     /// One of the programs' error counts, summed over the CPUs.
     fn error_count(&self, slot: u32) -> Result<u64, Error> {
         let values = self
@@ -145,5 +228,20 @@ impl Tracker {
             .get(&slot, 0)
             .map_err(|e| Error::map("reading the programs' error counters", e))?;
         Ok(values.iter().sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wait_statuses_read_as_a_shell_reports_them() {
+        assert_eq!(super::shell_status(0), 0);
+        assert_eq!(super::shell_status(3 << 8), 3);
+        assert_eq!(super::shell_status(15), 143);
+        assert_eq!(
+            super::shell_status(9 | 0x80),
+            137,
+            "a core dump adds no status"
+        );
     }
 }
