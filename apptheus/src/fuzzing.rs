@@ -17,6 +17,7 @@ pub use crate::cgroup::fuzzing::{
 use crate::{
     state,
     tracker::{
+        btf,
         format::{self, Format},
         proctable::parse_stat_ppid,
     },
@@ -29,6 +30,7 @@ pub type Harness = fn(&[u8]);
 /// Every harness, by fuzz target name.
 pub const HARNESSES: &[(&str, Harness)] = &[
     ("tracefs_format", tracefs_format),
+    ("btf_member", btf_member),
     ("cgroup_flat_keyed", cgroup_flat_keyed),
     ("cgroup_v1_blkio", cgroup_v1_blkio),
     ("cgroup_v2_io_stat", cgroup_v2_io_stat),
@@ -81,6 +83,24 @@ pub fn tracefs_format(data: &[u8]) {
             None => assert_eq!(offsets.exit_group_dead, NO_FIELD),
         }
     }
+}
+
+/// The kernel's BTF (`/sys/kernel/btf/vmlinux`), read at load time for
+/// `task_struct.exit_code`: any bytes are a member, no member or an error, never a panic; a
+/// member found lies inside its struct's declared size and is a whole number of bytes. A blob
+/// built with a struct at the input's chosen offset gives that offset back.
+pub fn btf_member(data: &[u8]) {
+    if let Ok(Some(m)) = btf::member(data, "task_struct", "exit_code") {
+        assert!(m.size > 0 || m.offset == 0, "{m:?}");
+    }
+    let offset = data.get(..4).map_or(0, |b| {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % (1 << 20)
+    });
+    let blob = btf::build(&[("task_struct", &[("pid", 0), ("exit_code", offset)])]);
+    assert_eq!(
+        btf::member(&blob, "task_struct", "exit_code"),
+        Ok(Some(btf::Member { offset, size: 4 }))
+    );
 }
 
 /// A format text with the given fields, as the kernel writes it.

@@ -236,6 +236,7 @@ impl Sampler {
         if let Ok(lost) = tracker.lost_events() {
             self.metrics.set_events_lost(lost);
         }
+        tracker.warn_if_full();
         self.metrics
             .sample_duration
             .observe(start.elapsed().as_secs_f64());

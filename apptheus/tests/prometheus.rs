@@ -738,7 +738,31 @@ fn readme_metric_table_matches_the_daemon() {
     let readme = std::fs::read_to_string(workspace().join("README.md")).expect("read README.md");
     let rows = readme_table(&readme);
     let live = Live::start(0.2);
-    let text = live.daemon.metrics();
+    // A third container that ended, with a non-zero status: the families only an ended
+    // container has (its end time, its exit code) show too.
+    let mut ended = live.daemon.exec_workload(&["ready", "wait", "exit:1"]);
+    ended.ready();
+    let admitted = format!("container=\"{}\"", exec_id(ended.pid()));
+    eventually(Duration::from_secs(10), || {
+        live.daemon.metrics().contains(&admitted).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{admitted} not shown:\n{}", live.daemon.log_text()));
+    ended.go();
+    assert_eq!(ended.wait().code(), Some(1));
+    let exit_code = format!(
+        "apptheus_container_exit_code{{container=\"{}\"",
+        exec_id(ended.pid())
+    );
+    let text = eventually(Duration::from_secs(10), || {
+        let m = live.daemon.metrics();
+        m.contains(&exit_code).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the ended container's exit code is not shown:\n{}",
+            live.daemon.log_text()
+        )
+    });
     let exposed = exposed_families(&text);
 
     let mut problems = Vec::new();
@@ -758,11 +782,6 @@ fn readme_metric_table_matches_the_daemon() {
     // excused only when the container's memory cgroup really lacks the file they come from.
     let memory_cgroup = memory_cgroup_dir(&text, &exec_id(live.limited.pid()));
     let excused = |name: &str| -> Option<String> {
-        if name == "apptheus_container_end_time_seconds" {
-            // Exported only for ended containers; both of this test's containers live (its
-            // value is checked in the daemon tests).
-            return Some(format!("{name}: no container has ended"));
-        }
         let files: &[&str] = match name {
             "apptheus_container_memory_swap_bytes" => {
                 &["memory.memsw.usage_in_bytes", "memory.swap.current"]

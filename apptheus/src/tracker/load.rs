@@ -120,6 +120,8 @@ impl Tracker {
         let tracker = Tracker {
             maps: std::sync::Mutex::new(maps),
             ebpf: std::sync::Mutex::new(ebpf),
+            processes: limits.processes,
+            warned: std::sync::Mutex::new((0, None)),
         };
         Ok((tracker, events))
     }

@@ -117,6 +117,10 @@ pub struct Tracker {
     /// Owns the programs and their tracepoint links; the network programs are attached per
     /// container.
     ebpf: Mutex<Ebpf>,
+    /// The capacity of the map of tracked processes.
+    processes: usize,
+    /// Processes that found that map full, as last logged, and when.
+    warned: Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 impl Tracker {
@@ -214,10 +218,23 @@ impl Tracker {
         self.error_count(errors::EVENTS_LOST)
     }
 
-    /// New processes that found the map of tracked processes full (a warning is due: the
-    /// map is sized by `Limits::processes`).
-    pub fn tracked_map_full(&self) -> Result<u64, Error> {
-        self.error_count(errors::TRACKED_FULL)
+    /// Log, at most once a minute, how many new processes found the map of tracked processes
+    /// full since the last such line (the programs count them instead of logging each: a fork
+    /// storm must not become a log storm). Called once per sampling pass.
+    pub fn warn_if_full(&self) {
+        let Ok(full) = self.error_count(errors::TRACKED_FULL) else {
+            return;
+        };
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, at) = *warned;
+        if full > seen && at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            tracing::warn!(
+                untracked = full - seen,
+                capacity = self.processes,
+                "new processes were not tracked: the map of tracked processes is full (tracker::Limits::processes)"
+            );
+            *warned = (full, Some(std::time::Instant::now()));
+        }
     }
 
     /// One of the programs' error counts, summed over the CPUs.
