@@ -1,34 +1,53 @@
 //! The programs' fork/exec/exit events of tracked processes, as an async stream.
-use std::io;
+use std::{io, time::Duration};
 
 use apptheus_common::Event;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
+/// How often the ring is read without a wakeup. The programs wake the reader only when a
+/// quarter of the ring is waiting (a wakeup costs them more than all else they do), so this
+/// bounds how late an event is seen: a container's end, a child to move.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
 /// Fork/exec/exit events of tracked processes.
 pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
+    tick: tokio::time::Interval,
 }
 
 impl EventStream {
     pub(super) fn new(ring: RingBuf<MapData>) -> io::Result<EventStream> {
-        Ok(EventStream { ring: watch(ring)? })
+        let mut tick = tokio::time::interval(POLL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(EventStream {
+            ring: watch(ring)?,
+            tick,
+        })
     }
 
     /// Wait for events and append every available one to `out` (at least one).
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if let Some(ev) = decode(&item) {
-                    out.push(ev);
+            tokio::select! {
+                r = self.ring.readable_mut() => {
+                    let mut guard = r?;
+                    drain(guard.get_inner_mut(), out);
+                    guard.clear_ready();
                 }
+                _ = self.tick.tick() => drain(self.ring.get_mut(), out),
             }
-            guard.clear_ready();
             if !out.is_empty() {
                 return Ok(());
             }
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) {
+    while let Some(item) = ring.next() {
+        if let Some(ev) = decode(&item) {
+            out.push(ev);
         }
     }
 }
