@@ -205,8 +205,13 @@ impl Sampler {
         let mut changed = self.sync();
         let (mut ended, mut finished) = (Vec::new(), Vec::new());
         let tracker = self.registry.tracker();
+        // Every container's counters in one batched map read (one lookup each if that fails).
+        let counters = tracker.all_counters();
         for (key, s) in self.containers.iter_mut().filter(|(_, s)| s.wanted(pass)) {
-            let procs = tracker.counters(*key).ok().flatten();
+            let procs = match &counters {
+                Ok(all) => all.get(key).copied(),
+                Err(_) => tracker.counters(*key).ok().flatten(),
+            };
             changed |= s.sample(&mut self.reader, procs, start);
             // Ended when the pass began: these values are the final ones. A container whose
             // counters show no live process has ended, even if its exit event was lost.

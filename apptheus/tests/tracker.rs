@@ -394,6 +394,11 @@ async fn a_container_at_its_process_bound_forks_untracked_children() {
         ..Default::default()
     };
     assert_eq!(counters_become(&t, other_key, want_other), want_other);
+    // The sampler's batched read gives what one lookup per container gives.
+    let all = t.all_counters().unwrap();
+    for k in [key, other_key] {
+        assert_eq!(all.get(&k).copied(), t.counters(k).unwrap(), "key {k}");
+    }
 
     // The children end: only the tracked ones count as exits, and the bound frees up.
     bomb.go();

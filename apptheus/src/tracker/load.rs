@@ -121,6 +121,7 @@ impl Tracker {
             maps: std::sync::Mutex::new(maps),
             ebpf: std::sync::Mutex::new(ebpf),
             processes: limits.processes,
+            containers: limits.containers,
             warned: std::sync::Mutex::new((0, None)),
         };
         Ok((tracker, events))

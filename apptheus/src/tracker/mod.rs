@@ -6,6 +6,7 @@
 //! racing the fork hook: both sides insert with `BPF_NOEXIST`, and whoever inserts counts the
 //! process live, so each process is counted once.
 mod adopt;
+mod batch;
 pub mod btf;
 mod error;
 mod events;
@@ -25,7 +26,7 @@ use std::{
 use apptheus_common::{Counters, LAUNCHER_EXITED, errors};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray},
 };
 
 use self::{
@@ -119,6 +120,8 @@ pub struct Tracker {
     ebpf: Mutex<Ebpf>,
     /// The capacity of the map of tracked processes.
     processes: usize,
+    /// The capacity of the map of counters.
+    containers: usize,
     /// Processes that found that map full, as last logged, and when.
     warned: Mutex<(u64, Option<std::time::Instant>)>,
 }
@@ -176,9 +179,30 @@ impl Tracker {
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(Error::map("reading container counters", e)),
         };
+        Ok(Some(maps.process_counters(key, &c)))
+    }
+
+    /// The counters of every registered container, in one batched read of the map (a few
+    /// syscalls for any number of containers): what a sampling pass needs.
+    pub fn all_counters(&self) -> Result<HashMap<u64, ProcessCounters>, Error> {
+        let maps = self.maps();
+        let all: Vec<(u64, Counters)> = batch::lookup_all(maps.counters.map(), self.containers)
+            .map_err(|e| Error::io("reading every container's counters", e))?;
+        Ok(all
+            .into_iter()
+            .map(|(key, c)| (key, maps.process_counters(key, &c)))
+            .collect())
+    }
+}
+
+impl Maps {
+    /// What the kernel counted for `key` (`c`), with userspace's part (adopted processes,
+    /// what this kernel lets the programs count, whether its traffic is counted).
+    fn process_counters(&self, key: u64, c: &Counters) -> ProcessCounters {
+        let maps = self;
         let adopted = maps.adopted.get(&key).copied().unwrap_or(0);
         let f = maps.features;
-        Ok(Some(ProcessCounters {
+        ProcessCounters {
             forks: c.forks,
             execs: c.execs,
             exits: c.exits,
@@ -197,9 +221,11 @@ impl Tracker {
                 transmit_bytes: c.tx_bytes,
                 transmit_packets: c.tx_packets,
             }),
-        }))
+        }
     }
+}
 
+impl Tracker {
     /// The container key `pid` is tracked under.
     pub fn key_of(&self, pid: i32) -> Result<Option<u64>, Error> {
         lookup(&self.maps().tracked, pid as u32)
