@@ -191,6 +191,11 @@ fn count(key: u64, field: Field, live: i64) {
         error(errors::NO_COUNTERS);
         return;
     };
+    count_in(c, field, live);
+}
+
+/// `count` on counters already looked up.
+fn count_in(c: *mut Counters, field: Field, live: i64) {
     // SAFETY: `c` points into a live map value; the kernel keeps it valid for this program run,
     // and every writer updates it with atomic adds.
     unsafe {
@@ -289,7 +294,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
             return 0;
         }
     };
-    count(key, Field::Forks, live);
+    count_in(c, Field::Forks, live);
     emit(EventKind::Fork, key, child, parent);
     0
 }

@@ -8,7 +8,7 @@ use tokio::io::unix::AsyncFd;
 /// How often the ring is read without a wakeup. The programs wake the reader only when a
 /// quarter of the ring is waiting (a wakeup costs them more than all else they do), so this
 /// bounds how late an event is seen: a container's end, a child to move.
-const POLL_EVERY: Duration = Duration::from_millis(10);
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// Fork/exec/exit events of tracked processes.
 pub struct EventStream {
