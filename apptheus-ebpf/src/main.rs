@@ -81,6 +81,12 @@ static TRACKED_PIDS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static COUNTERS: HashMap<u64, Counters> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
 
+/// Processes userspace adopted into each container at its registration (container key ->
+/// count), written once it is done: with `Counters::live`, whether a container's last process
+/// exited. Sized at load time with `COUNTERS`.
+#[map]
+static ADOPTED: HashMap<u64, i64> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
+
 /// Threads the OOM killer chose (`oom/mark_victim` gives a thread id, not its process): thread
 /// id -> 1, until the exit hook sees that thread exit. LRU: an entry for an untracked victim
 /// is never looked at again and must not stay.
@@ -211,7 +217,8 @@ fn count_in(c: *mut Counters, field: Field, live: i64) {
     }
 }
 
-fn emit(kind: EventKind, key: u64, pid: u32, ppid: u32) {
+/// Put an event into the ring; `now`: wake the reader at once (the container may have ended).
+fn emit(kind: EventKind, key: u64, pid: u32, ppid: u32, now: bool) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
@@ -224,7 +231,7 @@ fn emit(kind: EventKind, key: u64, pid: u32, ppid: u32) {
                 _pad: 0,
                 comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
             });
-            entry.submit(wakeup());
+            entry.submit(wakeup(now));
         }
         None => error(errors::EVENTS_LOST),
     }
@@ -232,10 +239,11 @@ fn emit(kind: EventKind, key: u64, pid: u32, ppid: u32) {
 
 /// Whether to wake the reader now. A wakeup is an irq_work (a self-interrupt: in a VM, an exit
 /// to the hypervisor), measured at 10 us per event here, more than the rest of the program:
-/// so the reader polls the ring on a short timer, and is woken only when a quarter of the ring
-/// is waiting (a fork storm), before it could fill.
-fn wakeup() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > u64::from(EVENTS_RING_BYTES / 4) {
+/// so the reader polls the ring on a short timer, and is woken only for an event that may end
+/// a container (`now`), or when a quarter of the ring is waiting (a fork storm), before it
+/// could fill.
+fn wakeup(now: bool) -> u64 {
+    if now || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > u64::from(EVENTS_RING_BYTES / 4) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -295,7 +303,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         }
     };
     count_in(c, Field::Forks, live);
-    emit(EventKind::Fork, key, child, parent);
+    emit(EventKind::Fork, key, child, parent, false);
     0
 }
 
@@ -306,7 +314,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         return 0;
     };
     count(key, Field::Execs, 0);
-    emit(EventKind::Exec, key, tgid, 0);
+    emit(EventKind::Exec, key, tgid, 0, false);
     0
 }
 
@@ -350,9 +358,23 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         if let Some(code) = code {
             ended(key, tgid, code);
         }
-        emit(EventKind::Exit, key, tgid, 0);
+        emit(EventKind::Exit, key, tgid, 0, last_one(key));
     }
     0
+}
+
+/// Whether `key` has no tracked process left: its counters' `live` (what the programs added,
+/// less every exit) plus what userspace adopted (`ADOPTED`) is zero. Read after this exit was
+/// counted; a race with another exit only wakes the reader once more.
+fn last_one(key: u64) -> bool {
+    let Some(c) = COUNTERS.get_ptr_mut(&key) else {
+        return true;
+    };
+    // SAFETY: `c` points into a live map value; `live` is only changed by atomic adds.
+    let live = unsafe { core::ptr::read_volatile(&raw const (*c).live) };
+    // SAFETY: the value is copied out at once.
+    let adopted = unsafe { ADOPTED.get(&key) }.copied().unwrap_or(0);
+    live + adopted <= 0
 }
 
 /// The current task's `exit_code` (set before this tracepoint: the wait status, `code << 8` or

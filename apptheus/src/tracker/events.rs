@@ -5,9 +5,9 @@ use apptheus_common::Event;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-/// How often the ring is read without a wakeup. The programs wake the reader only when a
-/// quarter of the ring is waiting (a wakeup costs them more than all else they do), so this
-/// bounds how late an event is seen: a container's end, a child to move.
+/// How often the ring is read without a wakeup. The programs wake the reader at once only for
+/// a container's last exit, or when a quarter of the ring is waiting (a wakeup costs them more
+/// than all else they do), so this bounds how late the other events are seen (a child to move).
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// Fork/exec/exit events of tracked processes.

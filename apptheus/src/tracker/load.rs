@@ -53,6 +53,7 @@ impl Tracker {
             .map_max_entries("TRACKED_PIDS", words)
             .map_max_entries("TRACKED", processes)
             .map_max_entries("COUNTERS", containers)
+            .map_max_entries("ADOPTED", containers)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 load(
@@ -91,10 +92,11 @@ impl Tracker {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
         };
-        let (tracked, bits, counters, errors, ring, ingress, egress) = (
+        let (tracked, bits, counters, adopted, errors, ring, ingress, egress) = (
             take("TRACKED")?,
             take("TRACKED_PIDS")?,
             take("COUNTERS")?,
+            take("ADOPTED")?,
             take("ERRORS")?,
             take("EVENTS")?,
             take("NET_INGRESS_KEY")?,
@@ -108,6 +110,8 @@ impl Tracker {
         let maps = Maps {
             tracked: TrackedMap::new(tracked, bits),
             counters: BpfHashMap::try_from(counters).map_err(|e| load("map COUNTERS", &e))?,
+            adopted_in_kernel: BpfHashMap::try_from(adopted)
+                .map_err(|e| load("map ADOPTED", &e))?,
             errors: PerCpuArray::try_from(errors).map_err(|e| load("map ERRORS", &e))?,
             net: NetMaps::new(ingress, egress).map_err(|e| load("map NET_*_KEY", &e))?,
             attached: HashMap::new(),

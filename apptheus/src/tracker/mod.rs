@@ -100,6 +100,9 @@ fn shell_status(raw: u32) -> u32 {
 struct Maps {
     tracked: TrackedMap,
     counters: BpfHashMap<MapData, u64, Counters>,
+    /// `adopted`'s counts, for the exit hook to tell a container's last exit (it wakes the
+    /// event reader for it at once).
+    adopted_in_kernel: BpfHashMap<MapData, u64, i64>,
     /// The programs' per-CPU error counts (`apptheus_common::errors`).
     errors: PerCpuArray<MapData, u64>,
     net: NetMaps,
@@ -153,6 +156,7 @@ impl Tracker {
             forget(&mut maps, key)?;
             return Err(Error::Exited { pid: root });
         }
+        maps.publish_adopted(key);
         Ok(members)
     }
 
@@ -160,7 +164,10 @@ impl Tracker {
     /// and their descendants, under a new `key`. Processes that exited meanwhile are skipped;
     /// an empty result means none is left (the key stays registered, with no live process).
     pub fn readopt(&self, pids: &[i32], key: u64) -> Result<Vec<i32>, Error> {
-        track(&mut self.maps(), pids, key, None)
+        let mut maps = self.maps();
+        let members = track(&mut maps, pids, key, None)?;
+        maps.publish_adopted(key);
+        Ok(members)
     }
 
     /// Forget a container: its counters, any of its processes still tracked, its network
@@ -168,6 +175,7 @@ impl Tracker {
     pub fn unregister(&self, key: u64) -> Result<(), Error> {
         let mut maps = self.maps();
         maps.attached.remove(&key);
+        let _ = maps.adopted_in_kernel.remove(&key);
         forget(&mut maps, key)
     }
 
@@ -196,6 +204,15 @@ impl Tracker {
 }
 
 impl Maps {
+    /// Hand the kernel the number of processes adopted for `key`. Only a wakeup depends on
+    /// it, so a failure is not one of the registration.
+    fn publish_adopted(&mut self, key: u64) {
+        let adopted = self.adopted.get(&key).copied().unwrap_or(0);
+        if let Err(e) = self.adopted_in_kernel.insert(key, adopted, 0) {
+            tracing::debug!(key, error = %e, "cannot hand the kernel a container's adopted count");
+        }
+    }
+
     /// What the kernel counted for `key` (`c`), with userspace's part (adopted processes,
     /// what this kernel lets the programs count, whether its traffic is counted).
     fn process_counters(&self, key: u64, c: &Counters) -> ProcessCounters {
