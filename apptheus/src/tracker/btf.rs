@@ -292,6 +292,19 @@ mod tests {
         assert!(m.offset > 0);
     }
 
+    /// Found by the fuzzer: a member whose type resolves to a size of 0 is a member of size 0
+    /// (which the loader refuses: it wants 4), not a broken parse.
+    #[test]
+    fn a_zero_sized_member_is_reported_as_it_is() {
+        let data = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/seeds/btf_member/regression-zero-size-member.btf"
+        ))
+        .unwrap();
+        let m = member(&data, "task_struct", "exit_code").unwrap();
+        assert!(m.is_some_and(|m| m.size == 0), "{m:?}");
+    }
+
     #[test]
     fn truncated_and_corrupt_blobs_are_errors() {
         let blob = build(&[("task_struct", &[("exit_code", 16)])]);
