@@ -22,14 +22,17 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// All (key, value) pairs of the hash map `map`, whose capacity is `capacity`, read
-/// `capacity` at a time (one syscall for a map that is not full, since a hash map returns whole
-/// buckets and a chunk of its capacity holds any bucket).
+/// Entries read per syscall: a hash map returns whole buckets (a few entries each), so any
+/// chunk holds one; 1,024 keeps the buffers small (about 120 KiB for the counters).
+const CHUNK: usize = 1024;
+
+/// All (key, value) pairs of the hash map `map`, whose capacity is `capacity`, `CHUNK` at a
+/// time (one syscall for up to about that many containers).
 pub(super) fn lookup_all<K: Pod + Default, V: Pod + Default>(
     map: &MapData,
     capacity: usize,
 ) -> io::Result<Vec<(K, V)>> {
-    let chunk = capacity.max(1);
+    let chunk = capacity.clamp(1, CHUNK);
     let mut keys = vec![K::default(); chunk];
     let mut values = vec![V::default(); chunk];
     // The position between calls: a bucket index for hash maps (a u32), opaque to us.

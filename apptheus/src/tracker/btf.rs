@@ -50,6 +50,21 @@ const DECL_TAG: u32 = 17;
 const TYPE_TAG: u32 = 18;
 const ENUM64: u32 = 19;
 
+/// The `btf_type` at `at` in the type section (its data starts right after it).
+fn decode(section: &[u8], at: usize) -> Option<Type> {
+    let word = |i: usize| u32_at(section, at.checked_add(4 * i)?);
+    let (name_off, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
+    let start = at.checked_add(12)?;
+    Some(Type {
+        name_off,
+        kind: (info >> 24) & 0x1f,
+        vlen: info & 0xffff,
+        kind_flag: info >> 31 != 0,
+        size_or_type,
+        data: start,
+    })
+}
+
 /// One type's fixed part and where its kind-specific data lies.
 #[derive(Clone, Copy)]
 struct Type {
@@ -58,12 +73,14 @@ struct Type {
     vlen: u32,
     kind_flag: bool,
     size_or_type: u32,
-    /// Byte range of the data after the `btf_type`, in the type section.
-    data: (usize, usize),
+    /// Where the data after the `btf_type` starts in the type section.
+    data: usize,
 }
 
 struct Btf<'a> {
-    types: Vec<Type>,
+    /// Where each type starts in the type section (type id - 1 -> offset): 4 bytes a type,
+    /// where a decoded `Type` would be 40 (a kernel has some 100,000 types).
+    starts: Vec<u32>,
     type_section: &'a [u8],
     strings: &'a [u8],
 }
@@ -99,19 +116,18 @@ impl<'a> Btf<'a> {
         };
         let type_section = section(type_off, type_len).ok_or(bad("type section out of bounds"))?;
         let strings = section(str_off, str_len).ok_or(bad("string section out of bounds"))?;
-        let mut types = Vec::new();
+        let mut starts = Vec::new();
         let mut at = 0;
         while at < type_section.len() {
-            let word = |i: usize| u32_at(type_section, at + 4 * i).ok_or(bad("truncated type"));
-            let (name_off, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
-            let (kind, vlen) = ((info >> 24) & 0x1f, info & 0xffff);
+            let t = decode(type_section, at).ok_or(bad("truncated type"))?;
+            let (kind, vlen) = (t.kind, t.vlen);
             let per_item = match kind {
                 INT | VAR | DECL_TAG => 4,
                 PTR | FWD | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | FLOAT | TYPE_TAG => 0,
                 ARRAY => 12,
                 STRUCT | UNION | DATASEC | ENUM64 => 12,
                 ENUM | FUNC_PROTO => 8,
-                _ => return Err(BtfError::Kind(types.len() as u32 + 1, kind)),
+                _ => return Err(BtfError::Kind(starts.len() as u32 + 1, kind)),
             };
             // INT, VAR and DECL_TAG carry one 4-byte word, ARRAY one 12-byte record; the
             // others one record per item.
@@ -119,23 +135,16 @@ impl<'a> Btf<'a> {
                 INT | VAR | DECL_TAG | ARRAY => per_item,
                 _ => per_item * vlen as usize,
             };
-            let start = at + 12;
-            let end = start
+            let end = t
+                .data
                 .checked_add(extra)
                 .filter(|&e| e <= type_section.len())
                 .ok_or(bad("truncated type data"))?;
-            types.push(Type {
-                name_off,
-                kind,
-                vlen,
-                kind_flag: info >> 31 != 0,
-                size_or_type,
-                data: (start, end),
-            });
+            starts.push(u32::try_from(at).map_err(|_| bad("type section too large"))?);
             at = end;
         }
         Ok(Btf {
-            types,
+            starts,
             type_section,
             strings,
         })
@@ -147,8 +156,16 @@ impl<'a> Btf<'a> {
         Some(&rest[..len])
     }
 
-    fn get(&self, id: u32) -> Option<&Type> {
-        self.types.get((id as usize).checked_sub(1)?)
+    fn get(&self, id: u32) -> Option<Type> {
+        let at = *self.starts.get((id as usize).checked_sub(1)?)?;
+        decode(self.type_section, at as usize)
+    }
+
+    /// Every type, in order.
+    fn types(&self) -> impl Iterator<Item = Type> + '_ {
+        self.starts
+            .iter()
+            .filter_map(|&at| decode(self.type_section, at as usize))
     }
 
     /// The size of type `id`, following typedefs and qualifiers (a bounded number of steps).
@@ -173,12 +190,12 @@ impl<'a> Btf<'a> {
 /// whole bytes.
 pub fn member(data: &[u8], name: &str, member: &str) -> Result<Option<Member>, BtfError> {
     let btf = Btf::parse(data)?;
-    for t in &btf.types {
+    for t in btf.types() {
         if t.kind != STRUCT || btf.name(t.name_off) != Some(name.as_bytes()) {
             continue;
         }
         for i in 0..t.vlen as usize {
-            let at = t.data.0 + 12 * i;
+            let at = t.data + 12 * i;
             let (Some(m_name), Some(m_type), Some(m_off)) = (
                 u32_at(btf.type_section, at),
                 u32_at(btf.type_section, at + 4),

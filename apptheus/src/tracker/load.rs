@@ -121,6 +121,7 @@ impl Tracker {
         };
         let ring = RingBuf::try_from(ring).map_err(|e| load("map EVENTS", &e))?;
         let events = EventStream::new(ring).map_err(|e| load("watching the event ring", &e))?;
+        tracefs::release_freed_memory();
         let tracker = Tracker {
             maps: std::sync::Mutex::new(maps),
             ebpf: std::sync::Mutex::new(ebpf),
