@@ -418,3 +418,58 @@ async fn a_container_at_its_process_bound_forks_untracked_children() {
     t.unregister(key).unwrap();
     t.unregister(other_key).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batched_read_gives_every_containers_counters() {
+    // Room for 3 containers: the batched read then goes 3 entries at a time, so 3 containers
+    // fill a chunk exactly and the read goes on past it.
+    let (t, _events) = load_with(Limits {
+        containers: 3,
+        ..Limits::default()
+    });
+    let mut ws: Vec<Workload> = (0..3)
+        .map(|_| Workload::spawn(&["ready", "wait", "forks:2", "ready", "wait"]))
+        .collect();
+    for (i, w) in ws.iter_mut().enumerate() {
+        w.ready();
+        t.register(w.pid(), KEY + 10 + i as u64).unwrap();
+    }
+    let mut w4 = Workload::spawn(&["ready", "wait"]);
+    w4.ready();
+    assert!(
+        t.register(w4.pid(), KEY + 13).is_err(),
+        "a fourth container finds the counters map full"
+    );
+    for w in &mut ws {
+        w.go();
+        w.ready();
+    }
+    for i in 0..3 {
+        let want = ProcessCounters {
+            forks: 2,
+            exits: 2,
+            live: 1,
+            ..Default::default()
+        };
+        assert_eq!(counters_become(&t, KEY + 10 + i, want), want);
+    }
+    let all = t.all_counters().unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    for i in 0..3 {
+        let key = KEY + 10 + i;
+        assert_eq!(
+            all.get(&key).copied(),
+            t.counters(key).unwrap(),
+            "key {key}"
+        );
+    }
+    for w in &mut ws {
+        w.go();
+        w.wait();
+    }
+    w4.go();
+    w4.wait();
+    for i in 0..3 {
+        t.unregister(KEY + 10 + i).unwrap();
+    }
+}
