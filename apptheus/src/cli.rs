@@ -184,6 +184,27 @@ pub struct Args {
     )]
     pub container_max_retained_per_user: usize,
 
+    /// Processes one container's fork hook tracks (besides those it had when admitted); a child
+    /// forked past it is not tracked (counted in apptheus_container_untracked_processes_total)
+    /// but still lives, and is measured, in the container's cgroup.
+    #[arg(
+        long = "container.max-processes",
+        value_name = "COUNT",
+        default_value = "16384",
+        value_parser = parse_count::<u64>
+    )]
+    pub container_max_processes: u64,
+
+    /// Processes tracked at once over all containers: the size of the kernel's map of tracked
+    /// processes (about 70 bytes each, allocated at start; at most 1048576).
+    #[arg(
+        long = "tracker.max-processes",
+        value_name = "COUNT",
+        default_value = "131072",
+        value_parser = parse_max_processes
+    )]
+    pub tracker_max_processes: usize,
+
     /// Directory for the daemon's state.
     #[arg(
         long = "state.dir",
@@ -243,7 +264,7 @@ impl LogLevel {
         }
     }
 
-    /// The same filter for records of crates that log through `log` (aya-log).
+    /// The same filter for records of crates that log through `log` (aya).
     pub fn log_filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Debug => log::LevelFilter::Debug,
@@ -515,6 +536,16 @@ fn parse_cgroup_parent(s: &str) -> Result<String, String> {
         return Err(format!("longer than {NAME_MAX} bytes"));
     }
     Ok(s.to_string())
+}
+
+/// `--tracker.max-processes`: between 1 and the largest map the daemon makes.
+fn parse_max_processes(s: &str) -> Result<usize, String> {
+    let count: usize = parse_count(s)?;
+    let max = crate::tracker::MAX_PROCESSES;
+    if count > max {
+        return Err(format!("must be at most {max}"));
+    }
+    Ok(count)
 }
 
 /// A rate per second: a finite number above 0.

@@ -21,7 +21,7 @@ use crate::{
     sampler::Sampler,
     state::StateDir,
     summary::Summaries,
-    tracker::Tracker,
+    tracker::{Limits, Tracker},
     webconfig::Web,
 };
 
@@ -71,7 +71,8 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     // Before anything is created: a second daemon on the same state must not start.
     let state_dir = StateDir::open(&args.state_dir)?;
     let saved = state_dir.load();
-    let (tracker, events) = Tracker::load().context("loading the eBPF tracker")?;
+    let (tracker, events) =
+        Tracker::load(tracker_limits(&args)).context("loading the eBPF tracker")?;
     let layout = Layout::detect().context("detecting the cgroup hierarchies")?;
     tracing::info!(
         mode = format!("{:?}", layout.mode()).as_str(),
@@ -137,6 +138,17 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     drop(registry);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The kernel's maps hold every live container and every retained one at the limits.
+fn tracker_limits(args: &Args) -> Limits {
+    Limits {
+        containers: args
+            .gateway_max_containers
+            .saturating_add(args.container_max_retained),
+        processes: args.tracker_max_processes,
+        per_container: args.container_max_processes,
+    }
 }
 
 fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {

@@ -225,8 +225,13 @@ impl Sampler {
         let mut changed = self.sync();
         let (mut ended, mut finished) = (Vec::new(), Vec::new());
         let tracker = self.registry.tracker();
+        // Every container's counters in one batched map read (one lookup each if that fails).
+        let counters = tracker.all_counters();
         for (key, s) in self.containers.iter_mut().filter(|(_, s)| s.wanted(pass)) {
-            let procs = tracker.counters(*key).ok().flatten();
+            let procs = match &counters {
+                Ok(all) => all.get(key).copied(),
+                Err(_) => tracker.counters(*key).ok().flatten(),
+            };
             changed |= s.sample(&mut self.reader, procs, start);
             if s.allowance.is_none() {
                 // The launcher's pid names it only while the tracker holds it under this key
@@ -279,6 +284,7 @@ impl Sampler {
         self.registry.finish_walks();
         self.metrics
             .set_walks_cut_short(self.registry.walks_cut_short());
+        tracker.warn_if_full();
         self.metrics
             .sample_duration
             .observe(start.elapsed().as_secs_f64());

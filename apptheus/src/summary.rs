@@ -83,12 +83,13 @@ impl Allowance {
     }
 }
 
-/// How the container ended, as the eBPF tracker counts it. Every field is absent until the
-/// tracker's counters carry it (see `Fate::of`).
+/// How the container ended, as the eBPF tracker counts it; a field is absent where the
+/// tracker's counters lack it (see `Fate::of`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fate {
-    /// The exit code of the container's first process (128+N for a signal N).
-    pub exit_code: Option<i32>,
+    /// The exit status of the container's launcher as a shell reports it (128+N for a
+    /// signal N).
+    pub exit_code: Option<u32>,
     /// Processes the OOM killer ended.
     pub oom_kills: Option<u64>,
     /// Processes that ended with a non-zero code or a signal.
@@ -98,13 +99,15 @@ pub struct Fate {
 }
 
 impl Fate {
-    /// The fields the tracker counts. `ProcessCounters` has none of them yet: once it has,
-    /// each is one line here, e.g. `exit_code: counters.exit_code`, `oom_kills:
-    /// Some(counters.oom_kills)`, `failed_exits: Some(<its failed exits, all reasons>)`,
-    /// `network_receive_bytes: counters.network.map(|n| n.receive_bytes)` (absent when the
-    /// network group is off), and `tests/telemetry.rs` then expects them present.
-    fn of(_counters: &ProcessCounters) -> Fate {
-        Fate::default()
+    /// The fields the kernel counts; each is absent where this kernel cannot count it.
+    fn of(counters: &ProcessCounters) -> Fate {
+        Fate {
+            exit_code: counters.exit_code,
+            oom_kills: counters.oom_kills,
+            failed_exits: counters.failed.map(|f| f.exit_code + f.signal),
+            network_receive_bytes: counters.network.map(|n| n.receive_bytes),
+            network_transmit_bytes: counters.network.map(|n| n.transmit_bytes),
+        }
     }
 }
 
@@ -141,7 +144,7 @@ pub struct Summary {
     pub end_time_seconds: f64,
     pub duration_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
+    pub exit_code: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -574,6 +577,7 @@ mod tests {
                 execs: 3,
                 exits: 14,
                 live: 0,
+                ..ProcessCounters::default()
             },
         }
     }

@@ -40,21 +40,6 @@ const LIMITED_ALLOC_MIB: u64 = 64;
 /// the cpu controller has them).
 const CPU_QUOTA_US: u64 = 50_000;
 
-/// TEMPORARY, until the eBPF branch (exit codes, OOM kills, network counters) is merged: the
-/// families the dashboard queries that only that branch adds. A dashboard query over one of
-/// them that returns no data is excused, and named as such, but only while the daemon really
-/// exposes no such family: once the branch lands, its queries must answer like every other,
-/// and this list should go.
-const AWAITING_EBPF_BRANCH: &[&str] = &[
-    "apptheus_container_exit_code",
-    "apptheus_container_failed_exits_total",
-    "apptheus_container_oom_kills_total",
-    "apptheus_container_network_receive_bytes_total",
-    "apptheus_container_network_transmit_bytes_total",
-    "apptheus_container_network_receive_packets_total",
-    "apptheus_container_network_transmit_packets_total",
-];
-
 // ------------------------------------------------------------------------------------- helpers
 
 /// The workspace root (deploy/ and README.md live there).
@@ -261,6 +246,16 @@ impl Live {
             assert_eq!(l.0.line(), "alloc ok");
             l.0.ready();
         }
+        // A container that has ended (exit 3), retained: the dashboard's exit-code panel.
+        let mut ended = daemon.exec_workload(&["ready", "wait", "exit:3"]);
+        ended.ready();
+        let label = format!("container=\"{}\"", exec_id(ended.pid()));
+        eventually(Duration::from_secs(5), || {
+            daemon.metrics().contains(&label).then_some(())
+        })
+        .unwrap_or_else(|| panic!("container {label} not in /metrics within 5 s"));
+        ended.go();
+        assert_eq!(ended.wait().code(), Some(3));
         let limited_label = format!("container=\"{}\"", exec_id(limited.pid()));
         eventually(Duration::from_secs(5), || {
             let m = daemon.metrics();
@@ -335,19 +330,6 @@ fn dashboard_queries(dashboard: &Value) -> Vec<String> {
         .map(|e| substitute(&e.split_whitespace().collect::<Vec<_>>().join(" ")))
         .filter(|e| seen.insert(e.clone()))
         .collect()
-}
-
-/// Whether the PromQL `query` reads the metric `name` (the whole name, not a longer one).
-fn mentions(query: &str, name: &str) -> bool {
-    query.match_indices(name).any(|(i, _)| {
-        let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-        let before = query[..i].chars().next_back().is_none_or(|c| !is_name(c));
-        let after = query[i + name.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !is_name(c));
-        before && after
-    })
 }
 
 /// `label_values(SELECTOR, label)` -> SELECTOR. The one-argument form has no selector to run.
@@ -676,18 +658,6 @@ fn scrape_and_query(started: Instant) {
     .expect("apptheus.json is JSON");
     let queries = dashboard_queries(&dashboard);
     assert!(queries.len() >= 10, "only {} queries found", queries.len());
-    // The families of the eBPF branch that the daemon does not expose (yet).
-    let exposed = exposed_families(&live.daemon.metrics());
-    let awaiting: Vec<&str> = AWAITING_EBPF_BRANCH
-        .iter()
-        .copied()
-        .filter(|f| !exposed.contains_key(*f))
-        .collect();
-    // A query answered without data is excused only when it reads such a family, and only if
-    // Prometheus accepted it.
-    let excused = |q: &str, a: &Answer| {
-        a.status == "success" && a.series.is_empty() && awaiting.iter().any(|f| mentions(q, f))
-    };
     let end = Instant::now() + wait;
     let mut answers: Vec<Answer>;
     loop {
@@ -695,7 +665,7 @@ fn scrape_and_query(started: Instant) {
         let settled = queries
             .iter()
             .zip(&answers)
-            .all(|(q, a)| a.success_with_data() || excused(q, a));
+            .all(|(_, a)| a.success_with_data());
         if settled || Instant::now() > end {
             break;
         }
@@ -706,8 +676,6 @@ fn scrape_and_query(started: Instant) {
     for (q, a) in queries.iter().zip(&answers) {
         let mark = if a.success_with_data() {
             "ok  "
-        } else if excused(q, a) {
-            "EXCUSED"
         } else {
             "FAIL"
         };
@@ -716,26 +684,10 @@ fn scrape_and_query(started: Instant) {
             println!("          {}: {e}", a.status);
         }
     }
-    let excused_queries: Vec<&String> = queries
-        .iter()
-        .zip(&answers)
-        .filter(|(q, a)| !a.success_with_data() && excused(q, a))
-        .map(|(q, _)| q)
-        .collect();
-    if !excused_queries.is_empty() {
-        println!(
-            "EXCUSED, TEMPORARILY: {} dashboard queries read families that only the eBPF branch adds ({}), which this daemon does not expose yet:",
-            excused_queries.len(),
-            awaiting.join(", ")
-        );
-        for q in &excused_queries {
-            println!("  {q}");
-        }
-    }
     let failed: Vec<_> = queries
         .iter()
         .zip(&answers)
-        .filter(|(q, a)| !a.success_with_data() && !excused(q, a))
+        .filter(|(_, a)| !a.success_with_data())
         .map(|(q, a)| format!("{q}\n    {a:?}"))
         .collect();
     assert!(
@@ -820,7 +772,31 @@ fn readme_metric_table_matches_the_daemon() {
     let readme = std::fs::read_to_string(workspace().join("README.md")).expect("read README.md");
     let rows = readme_table(&readme);
     let live = Live::start(0.2);
-    let text = live.daemon.metrics();
+    // A third container that ended, with a non-zero status: the families only an ended
+    // container has (its end time, its exit code) show too.
+    let mut ended = live.daemon.exec_workload(&["ready", "wait", "exit:1"]);
+    ended.ready();
+    let admitted = format!("container=\"{}\"", exec_id(ended.pid()));
+    eventually(Duration::from_secs(10), || {
+        live.daemon.metrics().contains(&admitted).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{admitted} not shown:\n{}", live.daemon.log_text()));
+    ended.go();
+    assert_eq!(ended.wait().code(), Some(1));
+    let exit_code = format!(
+        "apptheus_container_exit_code{{container=\"{}\"",
+        exec_id(ended.pid())
+    );
+    let text = eventually(Duration::from_secs(10), || {
+        let m = live.daemon.metrics();
+        m.contains(&exit_code).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the ended container's exit code is not shown:\n{}",
+            live.daemon.log_text()
+        )
+    });
     let exposed = exposed_families(&text);
 
     let mut problems = Vec::new();
@@ -843,11 +819,6 @@ fn readme_metric_table_matches_the_daemon() {
     let pid = live.limited.pid();
     let unified = common::cgroup_dir_of(pid, "");
     let excused = |name: &str| -> Option<String> {
-        if name == "apptheus_container_end_time_seconds" {
-            // Exported only for ended containers; both of this test's containers live (its
-            // value is checked in the daemon tests).
-            return Some(format!("{name}: no container has ended"));
-        }
         if let Some(rest) = name.strip_prefix("apptheus_container_pressure_") {
             let resource = rest.split('_').next().unwrap_or_default();
             let Some(dir) = &unified else {

@@ -624,15 +624,16 @@ fn the_summary_of_a_container_that_ran_one_second() {
         (efficiency - expected).abs() < 0.001,
         "efficiency {efficiency}, expected {expected:.4}"
     );
-    // The tracker counts none of these yet: absent, never zero (see summary::Fate::of).
-    for absent in [
-        "exit_code",
-        "oom_kills",
-        "failed_exits",
-        "network_receive_bytes",
-        "network_transmit_bytes",
-    ] {
-        assert!(file.get(absent).is_none(), "{absent} in {file}");
+    // How it ended, from the tracker: a clean exit, no OOM kill, no failed process, and its
+    // network counters (a workload without sockets may have sent nothing: zero, not absent).
+    assert_eq!(file["exit_code"], 0, "{file}");
+    assert_eq!(file["oom_kills"], 0, "{file}");
+    assert_eq!(file["failed_exits"], 0, "{file}");
+    for present in ["network_receive_bytes", "network_transmit_bytes"] {
+        assert!(
+            file[present].as_u64().is_some(),
+            "{present} missing in {file}"
+        );
     }
     println!(
         "summary of {id}: duration {duration} s, CPU {cpu} s on {allowed} CPUs ({source}), efficiency {efficiency}, peak {} bytes; final series {table:?}",
@@ -750,6 +751,9 @@ fn hitting_the_memory_limit_shows_in_memory_events_and_the_summary() {
         // v1 counts no high or oom events: absent, not zero.
         assert!(s.get("memory_events_oom").is_none() && s.get("memory_events_high").is_none());
     }
+    // The tracker saw the kill: the OOM killer's victim, and the workload ended by SIGKILL.
+    assert!(s["oom_kills"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["failed_exits"].as_u64().unwrap() >= 1, "{s}");
     let m = d.metrics();
     let series = sample(
         &m,

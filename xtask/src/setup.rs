@@ -148,6 +148,8 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/wrk", "wrk"),
     ("/usr/bin/strace", "strace"),
     ("/usr/sbin/bpftool", "bpftool"),
+    // The eBPF hook cost's reference: one map lookup per event, as bpftrace compiles it.
+    ("/usr/bin/bpftrace", "bpftrace"),
     ("/usr/bin/gcc", "gcc"),
     ("/usr/bin/taskset", "util-linux"),
 ];

@@ -71,6 +71,16 @@ const GROUPS: &[Group] = &[
         families: &[],
         labeled: MEMORY_EVENTS,
     },
+    Group {
+        collector: None,
+        families: FATE,
+        labeled: FAILED_EXITS,
+    },
+    Group {
+        collector: Some(Collector::Network),
+        families: NETWORK,
+        labeled: &[],
+    },
 ];
 
 const CORE: &[Family] = &[
@@ -199,6 +209,72 @@ const PROCESSES: &[Family] = &[
         kind: Kind::Counter,
         help: "Processes of the container that exited (eBPF).",
         value: |c| Some(Value::Int(c.procs.exits)),
+    },
+    Family {
+        name: "apptheus_container_untracked_processes_total",
+        kind: Kind::Counter,
+        help: "New processes the eBPF hooks did not track: the container was at its process bound (they stay in its cgroup).",
+        value: |c| Some(Value::Int(c.procs.untracked)),
+    },
+];
+
+/// How the container ended: read from the kernel's counters, which a container's end needs
+/// anyway (not a group that can be turned off).
+const FATE: &[Family] = &[
+    Family {
+        name: "apptheus_container_exit_code",
+        kind: Kind::Gauge,
+        help: "Exit status of the container's launcher as a shell reports it (128+N for signal N), once the container ended.",
+        value: |c| {
+            c.end_time?;
+            c.procs.exit_code.map(|v| Value::Int(v.into()))
+        },
+    },
+    Family {
+        name: "apptheus_container_oom_kills_total",
+        kind: Kind::Counter,
+        help: "Processes of the container killed by the OOM killer, whichever limit was hit.",
+        value: |c| c.procs.oom_kills.map(Value::Int),
+    },
+];
+
+const FAILED_EXITS: &[LabeledFamily] = &[LabeledFamily {
+    name: "apptheus_container_failed_exits_total",
+    kind: Kind::Counter,
+    help: "Processes of the container that exited with a non-zero code (reason=\"exit_code\") or were killed by a signal (reason=\"signal\").",
+    label: "reason",
+    values: |c, sample| {
+        if let Some(f) = c.procs.failed {
+            sample("exit_code", Value::Int(f.exit_code));
+            sample("signal", Value::Int(f.signal));
+        }
+    },
+}];
+
+const NETWORK: &[Family] = &[
+    Family {
+        name: "apptheus_container_network_receive_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes received by the container's sockets (IP layer, any network namespace).",
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_receive_packets_total",
+        kind: Kind::Counter,
+        help: "Packets received by the container's sockets.",
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_packets)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes sent by the container's sockets (IP layer, any network namespace).",
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_packets_total",
+        kind: Kind::Counter,
+        help: "Packets sent by the container's sockets.",
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_packets)),
     },
 ];
 
@@ -483,6 +559,7 @@ mod tests {
                 execs: 1,
                 exits: 2,
                 live: 2,
+                ..Default::default()
             },
         }
     }
@@ -599,6 +676,44 @@ mod tests {
         // The core stays.
         assert!(text.contains("apptheus_container_cpu_usage_seconds_total{"));
         assert!(text.contains("apptheus_container_info{"));
+    }
+
+    #[test]
+    fn how_a_container_ended_and_its_traffic() {
+        let mut c = series("c_1");
+        c.procs.exit_code = Some(137);
+        c.procs.oom_kills = Some(1);
+        c.procs.failed = Some(crate::tracker::Failed {
+            exit_code: 1,
+            signal: 2,
+        });
+        c.procs.network = Some(crate::tracker::Network {
+            receive_bytes: 40_000_000,
+            ..Default::default()
+        });
+        let text = render(std::slice::from_ref(&c), Collectors::default());
+        assert!(
+            !text.contains("apptheus_container_exit_code"),
+            "only once ended"
+        );
+        for want in [
+            "apptheus_container_oom_kills_total{container=\"c_1\",user=\"alice\"} 1\n",
+            "apptheus_container_failed_exits_total{container=\"c_1\",user=\"alice\",reason=\"exit_code\"} 1\n",
+            "apptheus_container_failed_exits_total{container=\"c_1\",user=\"alice\",reason=\"signal\"} 2\n",
+            "apptheus_container_network_receive_bytes_total{container=\"c_1\",user=\"alice\"} 40000000\n",
+        ] {
+            assert!(text.contains(want), "{want}");
+        }
+        c.end_time = Some(1.0);
+        let text = render(&[c], Collectors::default());
+        assert!(
+            text.contains("apptheus_container_exit_code{container=\"c_1\",user=\"alice\"} 137\n")
+        );
+        // No value anywhere: no family.
+        let text = render(&[series("c_2")], Collectors::default());
+        for absent in ["oom_kills", "failed_exits", "network", "exit_code"] {
+            assert!(!text.contains(absent), "{absent}");
+        }
     }
 
     #[test]

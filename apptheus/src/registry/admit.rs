@@ -171,6 +171,7 @@ impl Registry {
             job,
         });
         let early = self.placed(key, identity.clone(), cgroup.clone());
+        self.count_network(key, &identity.id, &cgroup);
         testhook::pause(testhook::Point::Move, &pids);
         for process in &tracked.members {
             self.move_into(&cgroup, process, key, &identity.id);

@@ -232,6 +232,9 @@ impl Registry {
         cgroup: Arc<ContainerCgroup>,
         end_time: Option<SystemTime>,
     ) {
+        if end_time.is_none() {
+            self.count_network(key, &identity.id, &cgroup);
+        }
         let mut st = self.state();
         st.made_parents.extend(cgroup.made_parents());
         st.containers.insert(
@@ -245,6 +248,14 @@ impl Registry {
             },
         );
         st.changed();
+    }
+
+    /// Count the container's network traffic in the kernel (from its cgroup v2 directory); a
+    /// failure costs only those metrics.
+    fn count_network(&self, key: u64, id: &str, cgroup: &ContainerCgroup) {
+        if let Err(e) = self.tracker.attach_network(key, cgroup) {
+            tracing::warn!(container = id, error = %e, "cannot count the container's network traffic");
+        }
     }
 
     /// The launcher closed its connection. The container lives on while it has processes.
@@ -269,6 +280,7 @@ impl Registry {
             return;
         }
         c.ended = Some((Instant::now(), SystemTime::now()));
+        self.tracker.container_ended(key);
         let secs = (SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -351,6 +363,14 @@ impl Registry {
     /// are taken (blocking; a directory the kernel still reports busy is retried by `reap`).
     /// The container itself stays, with those values, for the retention.
     pub fn release(&self, key: u64) {
+        if self
+            .state()
+            .containers
+            .get(&key)
+            .is_some_and(|c| c.ended.is_some())
+        {
+            self.tracker.container_released(key);
+        }
         let Some(cgroup) = self
             .state()
             .containers
