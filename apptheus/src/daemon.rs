@@ -168,6 +168,9 @@ fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
             admissions_per_second: args.gateway_admission_rate_per_user,
             admission_burst: args.gateway_admission_burst_per_user,
         },
+        network: args
+            .collector_disable
+            .enabled(crate::collectors::Collector::Network),
     }
 }
 

@@ -28,8 +28,11 @@ use crate::{
 };
 
 /// How long an idle container's values may stand without reading its files: memory can still
-/// move without its processes running (reclaim, swap-out), and limits can be changed.
-const FULL_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// move without its processes running (reclaim, swap-out), and limits can be changed. 30 s (10 s
+/// before): at 1,000 idle containers the reads of these files every 10 s cost a third of a
+/// pass's CPU (the bench's same-files floor against the probes alone), and 30 s is within one
+/// scrape of most Prometheus servers.
+const FULL_SAMPLE_EVERY: Duration = Duration::from_secs(30);
 
 /// Which containers a pass reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +91,8 @@ impl Sampled {
     /// An idle container is read through its CPU probe only: when the probe reads the same CPU
     /// time, none of its processes has run (memory is charged, processes forked and I/O done by
     /// running tasks), so its other files are not read, unless the kernel counted a fork or an
-    /// exit, or the last full read is `FULL_SAMPLE_EVERY` old.
+    /// exit. Once its last read is `FULL_SAMPLE_EVERY` old, what can move without it running
+    /// (memory, limits, written-back I/O) is read again (`Reader::read_idle`).
     fn sample(
         &mut self,
         reader: &mut Reader,
@@ -101,13 +105,22 @@ impl Sampled {
         let fresh = self
             .last_full
             .is_some_and(|t| now.duration_since(t) < FULL_SAMPLE_EVERY);
-        let idle = fresh
+        let quiet = self.last_full.is_some()
             && !ended
             && procs == Some(self.procs)
             && probe.value.is_some()
             && probe.value == self.probe;
+        let idle = fresh && quiet;
         let mut changed = false;
-        if !idle {
+        if quiet && !fresh {
+            // Idle, but its last read is old: only what moves without running is read again.
+            let mut stats = self.stats.clone();
+            reader.read_idle(cgroup, &mut stats);
+            changed = stats != self.stats;
+            self.stats = stats;
+            self.last_full = Some(now);
+            self.sampled_peak = self.sampled_peak.max(self.stats.memory_usage_bytes);
+        } else if !idle {
             let mut stats = reader.read_all(cgroup, &probe);
             if ended {
                 // A batch system removes a job's cgroup (which may be the container's) as soon
@@ -158,6 +171,8 @@ pub struct Sampler {
     containers: HashMap<u64, Sampled>,
     /// The registry's generation `containers` was last brought up to date with.
     generation: Option<u64>,
+    /// The generation and time of the last `release_freed_memory`.
+    trimmed: Option<(u64, Instant)>,
 }
 
 impl Sampler {
@@ -174,6 +189,7 @@ impl Sampler {
             summaries: Summaries::log_only(),
             containers: HashMap::new(),
             generation: None,
+            trimmed: None,
         }
     }
 
@@ -290,6 +306,28 @@ impl Sampler {
             .observe(start.elapsed().as_secs_f64());
         self.reap();
         self.persist();
+        self.release_freed_memory(start);
+    }
+
+    /// Give the allocator's free pages back to the system once the set of containers has
+    /// changed, at most every `TRIM_EVERY`. Admitting a burst of containers walks /proc over
+    /// and over on up to 32 blocking threads (buffers the size of the host's process list),
+    /// and glibc keeps what was freed: measured at 2,000 containers, 49.5 MiB resident before
+    /// a trim and 38.7 MiB after. A trim costs a few milliseconds at most.
+    fn release_freed_memory(&mut self, now: Instant) {
+        const TRIM_EVERY: Duration = Duration::from_secs(10);
+        let generation = self.generation.unwrap_or_default();
+        match self.trimmed {
+            Some((g, _)) if g == generation => return,
+            Some((_, at)) if now.duration_since(at) < TRIM_EVERY => return,
+            _ => {}
+        }
+        self.trimmed = Some((generation, now));
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim has no memory-safety preconditions; no Rust wrapper has it.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Bring the containers up to date with the registry's. Returns whether they changed.
@@ -419,8 +457,10 @@ mod tests {
         assert!(s.sample(&mut reader, forked, t0 + FULL_SAMPLE_EVERY));
         assert_eq!(s.stats.memory_usage_bytes, Some(2));
 
-        // No probe file: always a full read.
+        // No probe file: always a full read. (The open probe of a deleted regular file still
+        // reads; on cgroupfs the read fails.)
         fs::remove_file(&cpu).unwrap();
+        s.entry.cgroup.close_probe();
         fs::write(&usage, "3\n").unwrap();
         let t1 = t0 + FULL_SAMPLE_EVERY;
         assert!(s.sample(&mut reader, forked, t1));

@@ -1,9 +1,11 @@
-/* The floor of sampling: open, read to the end and close the files of LIST (one path a line: the
- * opens of TRACE_PASSES daemon sampling passes, in their order and multiplicity), one pass's share
- * of the list every INTERVAL_MS, cycling through it, for SECONDS. So it reads the same files at
- * the same rate as the daemon, also those the daemon reads only every few passes.
+/* The floor of sampling. PROBES (one path a line: every container's CPU probe file) are opened
+ * once and re-read with one pread at offset 0 every INTERVAL_MS (the least any reader of these
+ * files can do); REST (one path a line, may be empty: the other files the daemon opened over
+ * REST_PASSES passes, in their order and multiplicity) are opened, read to the end and closed,
+ * one pass's share of the list per interval, cycling through it: the same files at the same
+ * rate as the daemon, also those it reads only every few passes. For SECONDS.
  * Prints its own CPU time (getrusage) every 10 s ("slice" lines, cumulative) and at the end.
- * usage: floor LIST INTERVAL_MS SECONDS TRACE_PASSES */
+ * usage: floor PROBES REST INTERVAL_MS SECONDS REST_PASSES */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -20,15 +22,11 @@ static double cpu_seconds(void) {
            (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: floor LIST INTERVAL_MS SECONDS TRACE_PASSES\n");
-        return 2;
-    }
-    FILE *f = fopen(argv[1], "r");
+static char **read_list(const char *path, size_t *count) {
+    FILE *f = fopen(path, "r");
     if (!f) {
-        perror(argv[1]);
-        return 1;
+        perror(path);
+        exit(1);
     }
     size_t cap = 1024, n = 0;
     char **paths = malloc(cap * sizeof *paths);
@@ -42,25 +40,54 @@ int main(int argc, char **argv) {
         paths[n++] = strdup(line);
     }
     fclose(f);
-    long interval_ns = atol(argv[2]) * 1000000L;
-    long passes = atol(argv[3]) * 1000L / atol(argv[2]);
-    static char buf[1 << 16];
+    *count = n;
+    return paths;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: floor PROBES REST INTERVAL_MS SECONDS REST_PASSES\n");
+        return 2;
+    }
+    size_t nprobes, nrest;
+    char **probes = read_list(argv[1], &nprobes);
+    char **rest = read_list(argv[2], &nrest);
+    int *fds = malloc((nprobes + 1) * sizeof *fds);
     long failed = 0, bytes = 0;
-    long slice = 10000L / atol(argv[2]);
+    for (size_t i = 0; i < nprobes; i++) {
+        fds[i] = open(probes[i], O_RDONLY | O_CLOEXEC);
+        if (fds[i] < 0)
+            failed++;
+    }
+    long interval_ms = atol(argv[3]);
+    long interval_ns = interval_ms * 1000000L;
+    long passes = atol(argv[4]) * 1000L / interval_ms;
+    long rest_passes = atol(argv[5]);
+    if (rest_passes < 1)
+        rest_passes = 1;
+    static char buf[1 << 16];
+    long slice = 10000L / interval_ms;
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
-    long trace_passes = atol(argv[4]);
-    if (trace_passes < 1)
-        trace_passes = 1;
     size_t files = 0;
     for (long p = 0; p < passes; p++) {
+        for (size_t i = 0; i < nprobes; i++) {
+            if (fds[i] < 0)
+                continue;
+            ssize_t r = pread(fds[i], buf, sizeof buf, 0);
+            if (r > 0)
+                bytes += r;
+            else
+                failed++;
+            files++;
+        }
         /* This pass's share of the traced passes. */
-        long k = p % trace_passes;
-        size_t from = (size_t)((unsigned long long)n * k / trace_passes);
-        size_t to = (size_t)((unsigned long long)n * (k + 1) / trace_passes);
+        long k = p % rest_passes;
+        size_t from = (size_t)((unsigned long long)nrest * k / rest_passes);
+        size_t to = (size_t)((unsigned long long)nrest * (k + 1) / rest_passes);
         files += to - from;
         for (size_t i = from; i < to; i++) {
-            int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+            int fd = open(rest[i], O_RDONLY | O_CLOEXEC);
             if (fd < 0) {
                 failed++;
                 continue;

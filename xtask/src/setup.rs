@@ -152,6 +152,13 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/bpftrace", "bpftrace"),
     ("/usr/bin/gcc", "gcc"),
     ("/usr/bin/taskset", "util-linux"),
+    // The scale curve's plots draw their text with this font (no fontconfig needed).
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
+    // The sampling pass's profile.
+    ("/usr/bin/perf", "linux-perf"),
 ];
 
 pub fn test_deps() -> Result<()> {

@@ -14,6 +14,7 @@ use super::{
         read_proc_cgroup, walk_dirs,
     },
     parse,
+    probe::ProbeFile,
 };
 
 /// The v2 controllers the daemon tries to enable along a container's path.
@@ -63,6 +64,8 @@ pub struct ContainerCgroup {
     pub(super) members: Vec<Member>,
     /// Index in `members` of the directory in the primary hierarchy (see `Layout::primary`).
     pub(super) primary: usize,
+    /// Its CPU probe file, kept open between passes (see `probe`).
+    pub(super) probe: ProbeFile,
 }
 
 impl Layout {
@@ -88,6 +91,7 @@ impl Layout {
             rel_path: String::new(),
             members: Vec::new(),
             primary: self.primary(),
+            probe: ProbeFile::default(),
         };
         for (index, hierarchy) in self.hierarchies.iter().enumerate() {
             let member = match launcher {
@@ -184,6 +188,7 @@ impl Layout {
             rel_path: rel.to_string(),
             members: Vec::new(),
             primary: 0,
+            probe: ProbeFile::default(),
         };
         for (index, hierarchy) in self.hierarchies.iter().enumerate() {
             let found = if index == primary {
@@ -217,6 +222,13 @@ impl Layout {
 }
 
 impl ContainerCgroup {
+    /// Closes its CPU probe file; the next read opens it again. On cgroupfs a removed cgroup
+    /// fails the read of an open probe (ENODEV), which closes it too; a regular file (the
+    /// tests' fake trees) would still be read after it is deleted.
+    pub(crate) fn close_probe(&self) {
+        self.probe.close();
+    }
+
     /// Its cgroup path below the hierarchy root: the memory hierarchy's where there is one,
     /// else the unified tree's. This is the `cgroup` label.
     pub fn rel_path(&self) -> &str {
@@ -338,6 +350,8 @@ impl ContainerCgroup {
     /// still holds processes (EBUSY), so that the caller retries later; a directory already
     /// gone counts as removed.
     pub fn remove(&self) -> Result<(), Error> {
+        // An open file keeps the removed cgroup's kernel memory until it is closed.
+        self.close_probe();
         let mut first_error = None;
         for member in self.members.iter().filter(|m| m.owned) {
             match fs::remove_dir(&member.dir) {

@@ -161,6 +161,49 @@ fn remove_after_exit(container: &ContainerCgroup) {
     }
 }
 
+/// The probe stays open between reads, follows the counter, and lets go of a cgroup removed
+/// behind the daemon's back (a batch system removing its job's cgroup): the read fails
+/// (ENODEV), the file is closed, and the probe reads as missing.
+#[test]
+fn the_probe_stays_open_and_lets_go_of_a_removed_cgroup() {
+    require_root();
+    let layout = Layout::detect().unwrap();
+    let mut guard = Guard::spawn_sleep();
+    let parent = unique("probe");
+    let id = format!("sleep_{}", guard.pid);
+    let container = layout.create(None, &parent, &id, &[]).unwrap();
+    guard.track(&container);
+    let mut reader = Reader::new();
+    let empty = reader.probe(&container);
+    assert!(empty.value.is_some(), "{empty:?}");
+    assert!(container.probe.is_open());
+    // The same descriptor sees the new value: a process ran in the cgroup since.
+    container.add_process(&held(guard.pid)).unwrap();
+    guard.exec_sleep();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = reader.probe(&container);
+        assert!(container.probe.is_open());
+        if now.value > empty.value {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the probe never moved: {now:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    guard.kill_child();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for member in &container.members {
+        while let Err(e) = fs::remove_dir(&member.dir) {
+            assert!(Instant::now() < deadline, "{}: {e}", member.dir.display());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(reader.probe(&container).value, None);
+    assert!(!container.probe.is_open());
+    // Gone already counts as removed.
+    container.remove().unwrap();
+}
+
 #[test]
 fn dedicated_container_on_the_host() {
     require_root();
@@ -194,6 +237,7 @@ fn dedicated_container_on_the_host() {
             rel_path: unified.rel.clone(),
             members: vec![unified.clone()],
             primary: 0,
+            probe: Default::default(),
         };
         assert_eq!(view.memory_source(), Source::Processes);
         assert_eq!(view.pids_source(), Source::Processes);

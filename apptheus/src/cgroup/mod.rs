@@ -14,11 +14,13 @@
 //! - `layout`: the hierarchies, and cgroup paths to directories and back;
 //! - `container`: a container's directories: made, reopened after a restart, removed;
 //! - `stats`: the counters read from them (`Reader`, kept by the sampler);
+//! - `probe`: each container's CPU probe file, kept open between passes;
 //! - `files`, `parse`: the file I/O and the pure parsers of what the kernel writes.
 mod container;
 mod files;
 mod layout;
 mod parse;
+mod probe;
 mod stats;
 
 // The fuzz targets' harnesses (re-exported as `crate::fuzzing`).

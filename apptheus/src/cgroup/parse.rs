@@ -516,6 +516,12 @@ pub(crate) fn parse_u64(text: &str) -> Result<u64> {
         .with_context(|| format!("expected a number, got {value:?}"))
 }
 
+/// A number and a newline, as v1 cpuacct.usage holds: `parse_u64` without the error's text (an
+/// idle container's probe is parsed at every pass). `None` when it is anything else.
+pub(crate) fn parse_u64_bytes(text: &str) -> Option<u64> {
+    text.trim_ascii().parse().ok()
+}
+
 /// v1 writes "no limit" as the largest page-aligned i64 (9223372036854771712 with 4 KiB pages,
 /// a little less with larger pages). Anything this large is no real limit.
 const UNLIMITED_FROM: u64 = 1 << 62;

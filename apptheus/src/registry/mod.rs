@@ -36,6 +36,10 @@ pub struct Config {
     /// How the values naming a person are published (`--privacy.hash-salt-file`).
     pub privacy: Arc<Privacy>,
     pub limits: Limits,
+    /// Whether each container's traffic is counted (`--collector.disable=network` turns it
+    /// off): the two network programs attached to its cgroup hold two descriptors and run for
+    /// its every packet, for series nobody would see.
+    pub network: bool,
 }
 
 /// What one user may hold, so that one user's churn cannot starve the others.
@@ -253,6 +257,9 @@ impl Registry {
     /// Count the container's network traffic in the kernel (from its cgroup v2 directory); a
     /// failure costs only those metrics.
     fn count_network(&self, key: u64, id: &str, cgroup: &ContainerCgroup) {
+        if !self.cfg.network {
+            return;
+        }
         if let Err(e) = self.tracker.attach_network(key, cgroup) {
             tracing::warn!(container = id, error = %e, "cannot count the container's network traffic");
         }

@@ -90,12 +90,21 @@ fn poller(
 }
 
 pub fn run(ctx: &Ctx, d: &Daemon) -> Result<Life> {
-    let n = ctx.cfg.lifecycle;
+    run_with(ctx, d, ctx.cfg.lifecycle, false)
+}
+
+/// `n` containers started and then ended one every 20 ms, with apptheus-exec launchers or
+/// `light` ones.
+pub fn run_with(ctx: &Ctx, d: &Daemon, n: usize, light: bool) -> Result<Life> {
     let (seen, stop, handle) = poller(d, Duration::from_millis(10));
     let result = (|| {
         let mut cs: Vec<Container> = Vec::with_capacity(n);
         for _ in 0..n {
-            cs.push(d.launch(ctx)?);
+            cs.push(if light {
+                d.launch_light(ctx)?
+            } else {
+                d.launch(ctx)?
+            });
             std::thread::sleep(Duration::from_millis(20));
         }
         let all_seen = sys::eventually(Duration::from_secs(60), Duration::from_millis(50), || {
@@ -168,7 +177,8 @@ pub fn end_all(ctx: &Ctx, d: &Daemon, cs: &mut [Container]) -> Result<Ended> {
     let killed: Vec<(String, SystemTime)> = cs.iter_mut().map(|c| (c.id(), c.end())).collect();
     let kill_s = t0.elapsed().as_secs_f64();
     let all = sys::eventually(
-        Duration::from_secs(ctx.cfg.retention_s.max(10) + 30),
+        // Thousands of ends are marked within a few passes; the poll of a large /metrics is slow.
+        Duration::from_secs(ctx.cfg.retention_s.max(10) + 30 + n as u64 / 50),
         Duration::from_millis(100),
         || {
             let s = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -203,7 +213,8 @@ pub fn end_all(ctx: &Ctx, d: &Daemon, cs: &mut [Container]) -> Result<Ended> {
 /// returns the daemon's RSS then, in MiB.
 pub fn wait_removed(ctx: &Ctx, d: &Daemon) -> Result<f64> {
     let gone = sys::eventually(
-        Duration::from_secs(ctx.cfg.retention_s + 60),
+        // Removing 10,000 containers' directories in every hierarchy takes a while.
+        Duration::from_secs(ctx.cfg.retention_s + 240),
         Duration::from_millis(250),
         || {
             let text = d.metrics()?;
@@ -231,9 +242,9 @@ pub fn leftover_cgroups(ctx: &Ctx) -> usize {
         .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
         .filter(|e| {
             e.file_type().is_ok_and(|t| t.is_dir())
-                && e.file_name()
-                    .to_string_lossy()
-                    .starts_with("apptheus-exec_")
+                && ["apptheus-exec_", "launcher_"]
+                    .iter()
+                    .any(|p| e.file_name().to_string_lossy().starts_with(p))
         })
         .count()
 }

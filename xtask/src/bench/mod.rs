@@ -11,9 +11,13 @@
 //! 5. hook loops with the daemon tracking N containers ("B") and the BPF run-time statistics,
 //! 6. all N ended at once (ended latency), retention passes, memory after,
 //! 7. lifecycle latency over a smaller set (lifecycle),
-//! 8. daemon stopped, hook loops again ("A" again), report.
+//! 8. daemon stopped, hook loops again ("A" again),
+//! 9. the scale curve: for each N (100, 1,000, 10,000), a fresh daemon and N light launchers
+//!    (curve), then the report and its plots (plot).
+mod curve;
 mod hooks;
 mod lifecycle;
+mod plot;
 mod report;
 mod sampling;
 mod scrape;
@@ -39,6 +43,14 @@ pub struct BenchArgs {
     /// instead of docs/ and README.md.
     #[arg(long)]
     quick: bool,
+    /// The scale curve's numbers of live containers, comma-separated (default 100,1000,10000;
+    /// 20,50,100 with --quick); `none` skips the curve.
+    #[arg(long)]
+    curve: Option<String>,
+    /// Only the scale curve (no hook loops, Pushgateway or lifecycle phases at N): for
+    /// development; writes to target/bench-quick.
+    #[arg(long)]
+    curve_only: bool,
 }
 
 /// How long and how much each phase does.
@@ -53,11 +65,34 @@ struct Config {
     hook_rounds: usize,
     lifecycle: usize,
     quick: bool,
+    /// The scale curve: its Ns, sampling window and lifecycle containers per N.
+    curve: Vec<usize>,
+    curve_sampling_secs: u64,
+    curve_lifecycle: usize,
+    curve_only: bool,
 }
 
 impl Config {
-    fn new(args: &BenchArgs) -> Config {
-        if args.quick {
+    fn new(args: &BenchArgs) -> Result<Config> {
+        let quick = args.quick || args.curve_only;
+        let curve = match args.curve.as_deref() {
+            None if quick => vec![20, 50, 100],
+            None => vec![100, 1000, 10_000],
+            Some("none") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|n| n.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--curve {list:?}: expected numbers, comma-separated"))?,
+        };
+        let mut c = Config::phases(args);
+        c.curve = curve;
+        c.curve_only = args.curve_only;
+        Ok(c)
+    }
+
+    fn phases(args: &BenchArgs) -> Config {
+        if args.quick || args.curve_only {
             Config {
                 containers: args.containers.unwrap_or(50),
                 interval_ms: 500,
@@ -69,6 +104,10 @@ impl Config {
                 hook_rounds: 1,
                 lifecycle: 20,
                 quick: true,
+                curve: Vec::new(),
+                curve_sampling_secs: 10,
+                curve_lifecycle: 10,
+                curve_only: false,
             }
         } else {
             Config {
@@ -82,6 +121,10 @@ impl Config {
                 hook_rounds: 2,
                 lifecycle: 200,
                 quick: false,
+                curve: Vec::new(),
+                curve_sampling_secs: 40,
+                curve_lifecycle: 20,
+                curve_only: false,
             }
         }
     }
@@ -94,6 +137,8 @@ pub struct Ctx {
     tmp: PathBuf,
     parent: String,
     started: Instant,
+    /// The open file limit the bench and its daemons run with.
+    nofile: u64,
 }
 
 impl Ctx {
@@ -127,23 +172,45 @@ pub struct Daemon {
 
 impl Daemon {
     fn start(ctx: &Ctx) -> Result<Daemon> {
+        Daemon::start_for(ctx, ctx.cfg.containers + ctx.cfg.lifecycle, true)
+    }
+
+    /// A daemon with room for `containers` live at once, all of one user (root) and admitted
+    /// as fast as they come: the limits that protect a shared host from one user are raised
+    /// past what the bench starts.
+    /// Without `network`, the network collector is off (its programs are not attached: two
+    /// descriptors less per container).
+    fn start_for(ctx: &Ctx, containers: usize, network: bool) -> Result<Daemon> {
         let port = sys::free_port()?;
         let socket = ctx.tmp.join("gateway.sock");
         let log = ctx.tmp.join("apptheus.log");
         let exec = ctx.release.join("apptheus-exec");
+        let room = (containers + 64).max(4096);
         let mut cmd = Command::new(ctx.release.join("apptheus"));
         cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg(format!("--socket.path={}", socket.display()))
-            .arg(format!("--trust.path={}", exec.display()))
+            .arg(format!(
+                "--trust.path={};{}",
+                exec.display(),
+                ctx.bin("launcher").display()
+            ))
             .arg(format!("--cgroup.parent={}", ctx.parent))
             .arg(format!("--monitor.interval={}ms", ctx.cfg.interval_ms))
             .arg(format!("--container.retention={}s", ctx.cfg.retention_s))
             .arg(format!("--state.dir={}", ctx.tmp.join("state").display()))
-            // More than the bench's containers, so that none is refused for the limit.
+            // More than the bench's containers, so that none is refused for a limit.
+            .arg(format!("--gateway.max-containers={room}"))
+            .arg(format!("--gateway.max-containers-per-user={room}"))
+            .arg(format!("--container.max-retained={room}"))
+            .arg(format!("--container.max-retained-per-user={room}"))
+            .arg("--gateway.admission-rate-per-user=100000")
+            .arg(format!("--gateway.admission-burst-per-user={room}"))
+            // Two processes per container (launcher and child), with room to spare.
             .arg(format!(
-                "--gateway.max-containers={}",
-                (ctx.cfg.containers + ctx.cfg.lifecycle + 64).max(4096)
+                "--tracker.max-processes={}",
+                (4 * room).max(131_072)
             ))
+            .args((!network).then_some("--collector.disable=network"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).context("creating the daemon's log")?);
@@ -197,7 +264,25 @@ impl Daemon {
         sys::quiet(&mut cmd);
         let spawned = SystemTime::now();
         let launcher = Proc::spawn("apptheus-exec", &mut cmd)?;
-        Ok(Container { launcher, spawned })
+        Ok(Container {
+            launcher,
+            spawned,
+            exe: "apptheus-exec",
+        })
+    }
+
+    /// A light launcher (xtask/bench/launcher.c) and its sleeping child.
+    fn launch_light(&self, ctx: &Ctx) -> Result<Container> {
+        let mut cmd = Command::new(ctx.bin("launcher"));
+        cmd.arg(&self.socket);
+        sys::quiet(&mut cmd);
+        let spawned = SystemTime::now();
+        let launcher = Proc::spawn("launcher", &mut cmd)?;
+        Ok(Container {
+            launcher,
+            spawned,
+            exe: "launcher",
+        })
     }
 }
 
@@ -207,7 +292,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "the bench loads eBPF programs, creates cgroups and reads every process's /proc: run `cargo xtask bench` as root"
         );
     }
-    let cfg = Config::new(&args);
+    let cfg = Config::new(&args)?;
     let started = Instant::now();
     crate::setup::build_deps()?;
     crate::setup::bench_deps()?;
@@ -217,14 +302,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let tmp = PathBuf::from(format!("/tmp/apptheus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let _tmp_guard = TmpDir(tmp.clone());
+    // 10,000 containers hold a launcher connection and network links each in the daemon:
+    // more descriptors than a login shell's limit. Raised for the bench and what it starts.
+    let nofile = sys::raise_nofile(1 << 20)?;
     let ctx = Ctx {
         release: crate::target_dir(true),
         parent: format!("apptheus-bench-{}", std::process::id()),
         tmp,
         cfg,
         started,
+        nofile,
     };
-    for c in ["forkloop", "floor"] {
+    for c in ["forkloop", "floor", "launcher"] {
         let src = root.join("xtask/bench").join(format!("{c}.c"));
         crate::status(
             Command::new("gcc")
@@ -238,10 +327,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // a failure.
     let _cgroups = sys::CgroupGuard(ctx.parent.clone());
     let mut report = Report::new(&ctx)?;
-    ctx.say(format!("machine: {}", report.machine));
-    let result = phases(&ctx, &mut report);
+    ctx.say(format!(
+        "machine: {}; open file limit {nofile}",
+        report.machine
+    ));
+    let mut result = if ctx.cfg.curve_only {
+        Ok(())
+    } else {
+        phases(&ctx, &mut report)
+    };
     if let Err(e) = &result {
         report.note(format!("The run failed: {e:#}"));
+    }
+    if !ctx.cfg.curve.is_empty() {
+        let (points, curve_result) = curve::run(&ctx);
+        if let Err(e) = &curve_result {
+            report.note(format!("The scale curve stopped: {e:#}"));
+        }
+        let out = if ctx.cfg.quick {
+            root.join("target/bench-quick")
+        } else {
+            root.join("docs")
+        };
+        report.curve(&points, &out);
+        result = result.and(curve_result);
     }
     let out = if ctx.cfg.quick {
         root.join("target/bench-quick")
@@ -274,7 +383,7 @@ fn phases(ctx: &Ctx, report: &mut Report) -> Result<()> {
     ctx.say(format!("RSS at {n} containers {rss_full:.1} MiB"));
 
     ctx.say("sampling cost against the floor");
-    let sampling = sampling::run(ctx, &daemon)?;
+    let sampling = sampling::run(ctx, &daemon, ctx.cfg.sampling_secs, true)?;
     report.sampling(&sampling);
 
     ctx.say("scrapes: ours and Pushgateway's");
@@ -335,6 +444,11 @@ pub struct Admission {
 }
 
 fn admit(ctx: &Ctx, d: &Daemon, n: usize) -> Result<(Vec<Container>, Admission)> {
+    admit_with(ctx, d, n, false)
+}
+
+/// Admission with apptheus-exec launchers, or `light` ones (launcher.c).
+fn admit_with(ctx: &Ctx, d: &Daemon, n: usize, light: bool) -> Result<(Vec<Container>, Admission)> {
     let host_processes = std::fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()
@@ -345,13 +459,17 @@ fn admit(ctx: &Ctx, d: &Daemon, n: usize) -> Result<(Vec<Container>, Admission)>
     let t0 = SystemTime::now();
     let mut cs = Vec::with_capacity(n);
     for _ in 0..n {
-        cs.push(d.launch(ctx)?);
+        cs.push(if light {
+            d.launch_light(ctx)?
+        } else {
+            d.launch(ctx)?
+        });
     }
     let spawn_s = t0.elapsed().unwrap_or_default().as_secs_f64();
     ctx.say(format!(
         "{n} launchers started in {spawn_s:.1} s; waiting for their registration"
     ));
-    let timeout = Duration::from_secs(60 + n as u64 / 5);
+    let timeout = Duration::from_secs(60 + n as u64 / if light { 10 } else { 5 });
     let mut last_report = Instant::now();
     let starts = sys::eventually(timeout, Duration::from_millis(500), || {
         let text = d.metrics()?;

@@ -7,8 +7,10 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Admission, Ctx,
+    curve::Point,
     hooks::{self, Loops, WithDaemon},
     lifecycle::{Ended, Life},
+    plot::Panel,
     sampling::Sampling,
     scrape::Scrape,
     sys::Spread,
@@ -44,10 +46,35 @@ pub struct Report {
     containers: usize,
     fork_iterations: u64,
     lifecycle_n: usize,
+    curve_sampling_secs: u64,
+    wrk_secs: u64,
+    nofile: u64,
 }
 
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
+
+/// A text of the report written by hand from the measurements (xtask/src/bench/<name>), read
+/// when the report is written, so that it can be brought up to date while a run goes on.
+fn prose(name: &str) -> String {
+    let path = crate::workspace_root().join("xtask/src/bench").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
+}
+
+fn sampling_json(s: &Sampling) -> Value {
+    json!({"containers": s.containers, "window_s": s.window_s, "daemon_pct_of_core": s.daemon_pct,
+           "daemon_slices_pct": s.daemon_slices.json(), "floor_pct_of_core": s.floor_pct,
+           "floor_slices_pct": s.floor_slices.json(), "ratio": s.daemon_pct / s.floor_pct,
+           "same_files_floor_pct_of_core": s.files_floor_pct,
+           "same_files_floor_slices_pct": s.files_floor_slices.json(),
+           "ratio_same_files": s.daemon_pct / s.files_floor_pct,
+           "probe_files": s.probes, "other_files_per_pass": s.files_per_pass,
+           "distinct_other_files": s.distinct, "floor_failed_reads": s.floor_failed,
+           "pass_ms": s.pass_ms, "files_by_kind": s.by_kind})
+}
+
+/// Costs whose growth faster than N the curve's text explains.
+const DOCUMENTED: &[&str] = &["admission of all N, s"];
 
 fn pct_of(values: &[f64], q: f64) -> f64 {
     Spread::quantile(values, q)
@@ -60,7 +87,7 @@ impl Report {
             .unwrap_or_else(|_| "unknown date".into());
         let c = &ctx.cfg;
         let config = format!(
-            "{} containers, --monitor.interval={}ms, --container.retention={}s, wrk {} s × {} per case, sampling window {} s, fork loops {} iterations × {} rounds per phase{}",
+            "{} containers, --monitor.interval={}ms, --container.retention={}s, wrk {} s × {} per case, sampling window {} s, fork loops {} iterations × {} rounds per phase; scale curve at N = {} (sampling window {} s){}",
             c.containers,
             c.interval_ms,
             c.retention_s,
@@ -69,6 +96,12 @@ impl Report {
             c.sampling_secs,
             c.fork_iterations,
             c.hook_rounds,
+            c.curve
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.curve_sampling_secs,
             if c.quick { " (--quick)" } else { "" }
         );
         let machine = super::machine();
@@ -88,6 +121,9 @@ impl Report {
             containers: c.containers,
             fork_iterations: c.fork_iterations,
             lifecycle_n: c.lifecycle,
+            curve_sampling_secs: c.curve_sampling_secs,
+            wrk_secs: c.wrk_secs,
+            nofile: ctx.nofile,
         })
     }
 
@@ -138,32 +174,30 @@ impl Report {
 
     pub fn sampling(&mut self, s: &Sampling) {
         let ratio = s.daemon_pct / s.floor_pct;
-        self.raw.insert(
-            "sampling".into(),
-            json!({"window_s": s.window_s, "daemon_pct_of_core": s.daemon_pct,
-                   "daemon_slices_pct": s.daemon_slices.json(), "floor_pct_of_core": s.floor_pct,
-                   "floor_slices_pct": s.floor_slices.json(), "ratio": ratio,
-                   "files_per_pass": s.files_per_pass, "distinct_files": s.distinct,
-                   "floor_failed_opens": s.floor_failed, "pass_ms": s.pass_ms,
-                   "files_by_kind": s.by_kind}),
-        );
-        let opens_per_s = s.files_per_pass as f64 * 1000.0 / self.interval_ms as f64;
-        let us_per_open = s.floor_pct / 100.0 * 1e6 / opens_per_s;
+        let files_ratio = s.daemon_pct / s.files_floor_pct;
+        self.raw.insert("sampling".into(), sampling_json(s));
         self.push(
             super::row(
-                "Sampling CPU, % of one core (vs C floor)",
+                "Sampling CPU, % of one core (vs C floor: probes kept open, one pread each per pass)",
                 super::fmt_pct(s.daemon_pct),
                 super::fmt_pct(s.floor_pct),
                 format!("{ratio:.2}×"),
-                "≤ 1.5×",
-                Some(ratio <= 1.5),
+                "≤ 2×",
+                Some(ratio <= 2.0),
             )
-            .why(
-                "The daemon's work beyond the floor's reads was not profiled in this run; the candidates are \
-                 one String allocated per file read, the parsing, the per-pass series Vec and the hand-off to a \
-                 blocking thread (reading into a reused buffer and parsing in place would address the first \
-                 two).",
-            ),
+            .why(format!(
+                "The floor reads the probes and nothing else. The daemon reads them the same way (kept \
+                 open, one pread each), and besides (a) reads again what can move in an idle container \
+                 every 30 s ({} opens per pass at {} containers; the same-files floor, which does that \
+                 too, costs {:.2}%, and the daemon is {files_ratio:.2}× of it), and (b) is a whole daemon: \
+                 its eBPF event ring is read every 20 ms whether or not anything happened, each pass is \
+                 handed to a blocking thread and back, the process counters come in one batched map \
+                 read. What the profile shows of each is in the Sampling section; the scale curve's \
+                 smallest N shows the part that does not grow with N.",
+                s.files_per_pass,
+                s.containers,
+                s.files_floor_pct,
+            )),
         );
         self.push(
             super::row(
@@ -171,33 +205,26 @@ impl Report {
                 super::fmt_pct(s.daemon_pct),
                 "—".into(),
                 "—".into(),
-                "≤ 3%",
-                Some(s.daemon_pct <= 3.0),
+                "≤ 1.5%",
+                Some(s.daemon_pct <= 1.5),
             )
-            .why(if s.floor_pct < 3.0 {
-                format!(
-                    "The floor, reading the same files (an idle container: its CPU probe each pass, \
-                     the rest every 10 s), costs {:.2}% of a core; the daemon's {:.2} points above it \
-                     are its own work per container and pass: a BPF map lookup for the process \
-                     counters, path building and parsing, the bookkeeping of the pass. Closing it: \
-                     read the counters of all containers in one batched map lookup \
-                     (BPF_MAP_LOOKUP_BATCH) instead of one syscall each, keep each container's probe \
-                     path and file open (pread at offset 0) instead of open/close per pass, and on \
-                     large hosts a longer interval.",
-                    s.floor_pct,
-                    s.daemon_pct - s.floor_pct
-                )
-            } else {
-                format!(
-                    "The floor alone, reading the same files, costs {:.2}% of a core: {:.0} opens per pass \
-                     every {} ms are {opens_per_s:.0} open+read+close per second at about {us_per_open:.1} us \
-                     each in the kernel. No userspace code gets under the floor, so closing this needs fewer \
-                     files per container, a longer interval for large hosts, or reading every container's \
-                     counters in one pass inside the kernel (a BPF cgroup iterator).",
-                    s.floor_pct, s.files_per_pass as f64, self.interval_ms
-                )
-            }),
+            .why(format!(
+                "The probe floor costs {:.2}% of a core and the same-files floor {:.2}%; the daemon's \
+                 {:.2} points above the latter are its own work per container and pass (a profile is in \
+                 the Sampling section).",
+                s.floor_pct,
+                s.files_floor_pct,
+                s.daemon_pct - s.files_floor_pct
+            )),
         );
+        self.push(super::row(
+            "Sampling CPU, % of one core (vs the same-files floor)",
+            super::fmt_pct(s.daemon_pct),
+            super::fmt_pct(s.files_floor_pct),
+            format!("{files_ratio:.2}×"),
+            "(reported)",
+            None,
+        ));
         let kinds = s
             .by_kind
             .iter()
@@ -205,16 +232,20 @@ impl Report {
             .collect::<Vec<_>>()
             .join(", ");
         self.details.push(format!(
-            "### Sampling cost\n\n{} containers, `--monitor.interval={}ms`, no scrapes, {:.0} s. The floor \
-             (`xtask/bench/floor.c`) opens, reads and closes the files one daemon pass opens — {} opens per pass, \
-             {} distinct paths, taken from `strace -f -e trace=openat` on the running daemon: {kinds} — at the same \
-             interval, side by side with the daemon ({} of its opens failed).\n\n\
+            "### Sampling cost\n\n{} containers, `--monitor.interval={}ms`, no scrapes, {:.0} s. Two floors \
+             (`xtask/bench/floor.c`) run side by side with the daemon: **the floor** keeps every container's CPU \
+             probe ({} files: v1 `cpuacct.usage`, else v2 `cpu.stat`) open and reads each with one `pread` at \
+             offset 0 per pass, the least any reader of these files can do; **the same-files floor** does that \
+             and also opens, reads and closes every other file the daemon opened, at the daemon's rate — {} opens \
+             per pass, {} distinct paths, taken from `strace -f -e trace=openat` on the running daemon over 30 s: \
+             {kinds} ({} of its reads failed).\n\n\
              | | % of one core, whole window | per 10 s slice: median (min–max) |\n| --- | --- | --- |\n\
-             | apptheus | {:.2}% | {} |\n| floor | {:.2}% | {} |\n\n\
-             One pass takes {:.1} ms of wall time (the daemon's `apptheus_sample_duration_seconds` over the window).\n",
-            self.containers,
+             | apptheus | {:.2}% | {} |\n| floor (probes, pread) | {:.2}% | {} |\n| same-files floor | {:.2}% | {} |\n\n\
+             One pass takes {:.1} ms of wall time (the daemon's `apptheus_sample_duration_seconds` over the window).\n\n{}\n{}",
+            s.containers,
             self.interval_ms,
             s.window_s,
+            s.probes,
             s.files_per_pass,
             s.distinct,
             s.floor_failed,
@@ -222,7 +253,14 @@ impl Report {
             s.daemon_slices.show(2),
             s.floor_pct,
             s.floor_slices.show(2),
+            s.files_floor_pct,
+            s.files_floor_slices.show(2),
             s.pass_ms,
+            prose("profile.md"),
+            s.profile.as_ref().map_or(String::new(), |p| format!(
+                "\nThis run's profile of the idle daemon (`perf record -F 999 -g` for 20 s after the measured window; \
+                 self time by symbol, 1.5% and more):\n\n```\n{p}\n```\n"
+            )),
         ));
     }
 
@@ -571,6 +609,438 @@ impl Report {
         raw.insert("pinning".into(), json!(b.pinned));
         self.raw.insert("hooks".into(), Value::Object(raw));
         self.details.push(t);
+    }
+
+    /// The scale curve: a table of every figure per N, the plots (`benchmarks-curve.png` in
+    /// `out`), the growth of each figure from the smallest N to the largest, and the rows for
+    /// the summary table (RSS and pass time at the largest N).
+    pub fn curve(&mut self, points: &[Point], out: &Path) {
+        if points.is_empty() {
+            return;
+        }
+        let mut raw = Vec::new();
+        for p in points {
+            let a = &p.admission;
+            raw.push(json!({
+                "containers": p.n, "host_processes": a.host_processes,
+                "admission_total_s": a.total_s, "admission_spawn_s": a.spawn_s,
+                "admission_ms_per_container": a.total_s * 1000.0 / p.n as f64,
+                "admission_latency_ms": Spread::of(&a.latency_ms).json(),
+                "rss_mib": p.rss_mib, "rss_after_wrk_mib": p.rss_after_wrk_mib, "descriptors": p.fds,
+                "sampling": sampling_json(&p.sampling),
+                "scrape_gzip": {"rps": p.gzip.rps, "p50_ms": p.gzip.p50_ms, "p99_ms": p.gzip.p99_ms,
+                                "cpu_ms_per_scrape": p.gzip.cpu_ms_per_scrape, "bytes": p.gzip_bytes},
+                "scrape_plain": {"rps": p.plain.rps, "p50_ms": p.plain.p50_ms, "p99_ms": p.plain.p99_ms,
+                                 "cpu_ms_per_scrape": p.plain.cpu_ms_per_scrape, "bytes": p.plain_bytes},
+                "lifecycle": {"containers": p.life.n, "visible_ms": Spread::of(&p.life.visible_ms).json(),
+                              "registered_ms": Spread::of(&p.life.registered_ms).json(),
+                              "ended_ms": Spread::of(&p.life.ended_ms).json(),
+                              "poll_scrape_ms": p.life.poll_scrape_ms},
+                "bulk_end": {"containers": p.bulk.n, "kill_s": p.bulk.kill_s,
+                             "ended_ms": Spread::of(&p.bulk.ended_ms).json()},
+                "leftover_cgroups": p.leftover_cgroups,
+            }));
+        }
+        self.raw.insert("curve".into(), Value::Array(raw));
+
+        // (label, unit digits, value per point, whether it is a cost that should grow at most
+        // linearly)
+        type Figure<'a> = (&'a str, usize, Box<dyn Fn(&Point) -> f64>, bool);
+        let figures: Vec<Figure> = vec![
+            (
+                "host processes when the launchers started",
+                0,
+                Box::new(|p: &Point| p.admission.host_processes as f64),
+                false,
+            ),
+            (
+                "admission of all N, s",
+                1,
+                Box::new(|p: &Point| p.admission.total_s),
+                true,
+            ),
+            (
+                "admission, ms per container (all N / N)",
+                2,
+                Box::new(|p: &Point| p.admission.total_s * 1000.0 / p.n as f64),
+                false,
+            ),
+            (
+                "launcher start → registered, median ms (back to back)",
+                0,
+                Box::new(|p: &Point| Spread::of(&p.admission.latency_ms).median),
+                false,
+            ),
+            (
+                "sampling CPU, % of one core (idle)",
+                2,
+                Box::new(|p: &Point| p.sampling.daemon_pct),
+                true,
+            ),
+            (
+                "floor (probes, pread), % of one core",
+                2,
+                Box::new(|p: &Point| p.sampling.floor_pct),
+                true,
+            ),
+            (
+                "daemon ÷ floor",
+                2,
+                Box::new(|p: &Point| p.sampling.daemon_pct / p.sampling.floor_pct),
+                false,
+            ),
+            (
+                "same-files floor, % of one core",
+                2,
+                Box::new(|p: &Point| p.sampling.files_floor_pct),
+                true,
+            ),
+            (
+                "sampling pass, ms (apptheus_sample_duration_seconds)",
+                1,
+                Box::new(|p: &Point| p.sampling.pass_ms),
+                true,
+            ),
+            (
+                "scrape with gzip, requests/s",
+                0,
+                Box::new(|p: &Point| p.gzip.rps),
+                false,
+            ),
+            (
+                "CPU per gzip scrape, ms",
+                3,
+                Box::new(|p: &Point| p.gzip.cpu_ms_per_scrape),
+                true,
+            ),
+            (
+                "scrape without gzip, requests/s",
+                0,
+                Box::new(|p: &Point| p.plain.rps),
+                false,
+            ),
+            (
+                "CPU per plain scrape, ms",
+                3,
+                Box::new(|p: &Point| p.plain.cpu_ms_per_scrape),
+                true,
+            ),
+            (
+                "response bytes, gzip",
+                0,
+                Box::new(|p: &Point| p.gzip_bytes as f64),
+                true,
+            ),
+            (
+                "response bytes, plain",
+                0,
+                Box::new(|p: &Point| p.plain_bytes as f64),
+                true,
+            ),
+            (
+                "RSS, sampled and scraped once, MiB",
+                1,
+                Box::new(|p: &Point| p.rss_mib),
+                true,
+            ),
+            (
+                "RSS after the wrk runs, MiB",
+                1,
+                Box::new(|p: &Point| p.rss_after_wrk_mib),
+                true,
+            ),
+            (
+                "daemon's open descriptors",
+                0,
+                Box::new(|p: &Point| p.fds as f64),
+                true,
+            ),
+            (
+                "connect → visible, median ms",
+                0,
+                Box::new(|p: &Point| Spread::of(&p.life.visible_ms).median),
+                false,
+            ),
+            (
+                "connect → visible, max ms",
+                0,
+                Box::new(|p: &Point| Spread::of(&p.life.visible_ms).max),
+                false,
+            ),
+            (
+                "poll of /metrics during it, ms each",
+                1,
+                Box::new(|p: &Point| p.life.poll_scrape_ms),
+                false,
+            ),
+            (
+                "last exit → ended, median ms",
+                1,
+                Box::new(|p: &Point| Spread::of(&p.life.ended_ms).median),
+                false,
+            ),
+            (
+                "last exit → ended, max ms",
+                1,
+                Box::new(|p: &Point| Spread::of(&p.life.ended_ms).max),
+                false,
+            ),
+            (
+                "all N killed at once: kill → ended, max ms",
+                0,
+                Box::new(|p: &Point| Spread::of(&p.bulk.ended_ms).max),
+                false,
+            ),
+            (
+                "container cgroups left after",
+                0,
+                Box::new(|p: &Point| p.leftover_cgroups as f64),
+                false,
+            ),
+        ];
+        let mut t = String::from("### Scale curve\n\n");
+        let _ = writeln!(
+            t,
+            "The same scenarios at {} live containers, each N with a fresh daemon and light launchers \
+             (`xtask/bench/launcher.c`: a C process that forks one sleeping child, connects to the socket as \
+             apptheus-exec does, sends nothing and holds the connection; trusted by path). Sampling: {} s \
+             side by side with both floors, no scrapes; scrapes: one `wrk -t2 -c4 -d{}s` run with and one \
+             without gzip; lifecycle: {} containers started, then killed, one every 20 ms next to the N live, \
+             while a poller scraped /metrics back to back (every 10 ms at most); then all N killed at once. \
+             `kernel.pid_max` raised for the curve where it was too small, restored after.{}\n",
+            points
+                .iter()
+                .map(|p| p.n.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.curve_sampling_secs,
+            self.wrk_secs,
+            points[0].life.n,
+            if points[0].network {
+                String::new()
+            } else {
+                format!(
+                    " **The network collector was off for the whole curve** (`--collector.disable=network`: its two \
+                     programs are not attached, two descriptors less per container): each container holds its \
+                     launcher's connection and two BPF links in the daemon, and {} of them do not fit in this \
+                     machine's descriptor limit ({}; the hard limit here cannot be raised without \
+                     CAP_SYS_RESOURCE, which this sandbox lacks). On a host whose limit allows it \
+                     (systemd's default hard limit is 524288), they stay on.",
+                    points[points.len() - 1].n,
+                    self.nofile
+                )
+            }
+        );
+        let _ = write!(t, "| figure |");
+        for p in points {
+            let _ = write!(t, " N = {} |", p.n);
+        }
+        let _ = write!(t, " growth |\n| --- |");
+        for _ in points {
+            let _ = write!(t, " --- |");
+        }
+        t.push_str(" --- |\n");
+        let (first, last) = (&points[0], &points[points.len() - 1]);
+        let span = (last.n as f64 / first.n as f64).ln();
+        let mut faster = Vec::new();
+        for (label, digits, f, cost) in &figures {
+            let _ = write!(t, "| {label} |");
+            for p in points {
+                let _ = write!(t, " {:.digits$} |", f(p));
+            }
+            let (a, b) = (f(first), f(last));
+            let growth = if points.len() > 1 && a > 0.0 && b > 0.0 && span > 0.0 {
+                let k = (b / a).ln() / span;
+                if *cost && k > 1.2 {
+                    faster.push(*label);
+                }
+                format!("N^{k:.2}")
+            } else {
+                "—".into()
+            };
+            let _ = writeln!(t, " {growth} |");
+        }
+        let _ = writeln!(
+            t,
+            "\nGrowth: the exponent k of N^k between the smallest and the largest N (1 is linear; a cost \
+             whose k is above 1.2 grows faster than N).\n"
+        );
+        let png = out.join("benchmarks-curve.png");
+        let series = |name: &str, f: &dyn Fn(&Point) -> f64| {
+            (
+                name.to_string(),
+                points
+                    .iter()
+                    .map(|p| (p.n as f64, f(p)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let panel =
+            |title: &str, y: &str, linear: bool, series: Vec<(String, Vec<(f64, f64)>)>| Panel {
+                title: title.into(),
+                y: y.into(),
+                series,
+                linear,
+            };
+        let panels = vec![
+            panel(
+                "Admission of all N (launchers back to back)",
+                "seconds",
+                true,
+                vec![series("all N registered", &|p| p.admission.total_s)],
+            ),
+            panel(
+                "Sampling CPU, idle containers",
+                "% of one core",
+                true,
+                vec![
+                    series("apptheus", &|p| p.sampling.daemon_pct),
+                    series("floor (probes kept open, pread)", &|p| p.sampling.floor_pct),
+                    series("same-files floor", &|p| p.sampling.files_floor_pct),
+                ],
+            ),
+            panel(
+                "Sampling pass (apptheus_sample_duration_seconds)",
+                "ms",
+                true,
+                vec![series("one pass", &|p| p.sampling.pass_ms)],
+            ),
+            panel(
+                "CPU per scrape",
+                "ms",
+                true,
+                vec![
+                    series("plain", &|p| p.plain.cpu_ms_per_scrape),
+                    series("gzip", &|p| p.gzip.cpu_ms_per_scrape),
+                ],
+            ),
+            panel(
+                "Scrapes per second (wrk, 4 connections)",
+                "requests/s",
+                false,
+                vec![
+                    series("gzip", &|p| p.gzip.rps),
+                    series("plain", &|p| p.plain.rps),
+                ],
+            ),
+            panel(
+                "Resident memory of the daemon",
+                "MiB",
+                true,
+                vec![
+                    series("sampled, scraped once", &|p| p.rss_mib),
+                    series("after the wrk runs", &|p| p.rss_after_wrk_mib),
+                ],
+            ),
+            panel(
+                "Connect → visible on /metrics",
+                "ms",
+                false,
+                vec![
+                    series("max", &|p| Spread::of(&p.life.visible_ms).max),
+                    series("median", &|p| Spread::of(&p.life.visible_ms).median),
+                ],
+            ),
+            panel(
+                "Last exit → ended",
+                "ms",
+                false,
+                vec![
+                    series("max", &|p| Spread::of(&p.life.ended_ms).max),
+                    series("median", &|p| Spread::of(&p.life.ended_ms).median),
+                    series("all N at once, max", &|p| Spread::of(&p.bulk.ended_ms).max),
+                ],
+            ),
+        ];
+        match super::plot::draw(&png, &panels) {
+            Ok(()) => {
+                let _ = writeln!(
+                    t,
+                    "![Each figure against N, log-log; the dotted line is linear growth from the smallest N](benchmarks-curve.png)\n"
+                );
+            }
+            Err(e) => self
+                .notes
+                .push(format!("The curve's plot was not drawn: {e:#}")),
+        }
+        t.push_str(&prose("curve.md"));
+        if !faster.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nFaster than linear in this run: {}.",
+                faster.join("; ")
+            );
+        }
+        self.details.push(t);
+
+        let interval = self.interval_ms as f64;
+        let pass = last.sampling.pass_ms;
+        self.push(
+            super::row(
+                &format!(
+                    "Sampling pass at {} containers, ms (vs the interval)",
+                    last.n
+                ),
+                format!("{pass:.1}"),
+                format!("{interval:.0}"),
+                format!("{:.2}×", pass / interval),
+                "well under (≤ 0.2×)",
+                Some(pass <= 0.2 * interval),
+            )
+            .why("see the Scale curve section for what grows with N"),
+        );
+        self.push(super::row(
+            &format!(
+                "Sampling CPU at {} idle containers, % of one core (vs C floor)",
+                last.n
+            ),
+            super::fmt_pct(last.sampling.daemon_pct),
+            super::fmt_pct(last.sampling.floor_pct),
+            format!("{:.2}×", last.sampling.daemon_pct / last.sampling.floor_pct),
+            "(reported)",
+            None,
+        ));
+        self.push(
+            super::row(
+                &format!("RSS at {} containers (sampled, scraped once), MiB", last.n),
+                format!("{:.1}", last.rss_mib),
+                "—".into(),
+                "—".into(),
+                "≤ 64 MiB",
+                Some(last.rss_mib <= 64.0),
+            )
+            .why("see the Scale curve and Memory sections"),
+        );
+        self.push(super::row(
+            &format!(
+                "Admission of {} containers, ms per container (vs at {})",
+                last.n, first.n
+            ),
+            format!("{:.2}", last.admission.total_s * 1000.0 / last.n as f64),
+            format!("{:.2}", first.admission.total_s * 1000.0 / first.n as f64),
+            format!(
+                "{:.1}×",
+                (last.admission.total_s / last.n as f64)
+                    / (first.admission.total_s / first.n as f64)
+            ),
+            "(reported; see Scale curve)",
+            None,
+        ));
+        self.push(
+            super::row(
+                &format!("Costs growing faster than N ({} → {})", first.n, last.n),
+                if faster.is_empty() {
+                    "none".into()
+                } else {
+                    faster.join("; ")
+                },
+                "—".into(),
+                "—".into(),
+                "none without a documented reason",
+                Some(faster.iter().all(|f| DOCUMENTED.contains(f))),
+            )
+            .why("the Scale curve section says why each grows as it does"),
+        );
     }
 
     fn table(&self) -> String {

@@ -247,7 +247,7 @@ fn groups(text: &str) -> BTreeMap<String, String> {
 }
 
 /// One wrk run; the server's CPU over it.
-fn wrk(ctx: &Ctx, url: &str, gzip: bool, pid: i32) -> Result<Wrk> {
+pub fn wrk(ctx: &Ctx, url: &str, gzip: bool, pid: i32) -> Result<Wrk> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t2",

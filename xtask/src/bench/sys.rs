@@ -75,11 +75,13 @@ impl Drop for Proc {
 pub struct Container {
     pub launcher: Proc,
     pub spawned: SystemTime,
+    /// The launcher's executable name: the container id's prefix.
+    pub exe: &'static str,
 }
 
 impl Container {
     pub fn id(&self) -> String {
-        format!("apptheus-exec_{}", self.launcher.pid())
+        format!("{}_{}", self.exe, self.launcher.pid())
     }
 
     /// Kill the launcher and its children by pid (the launcher first: it is in the container
@@ -231,6 +233,38 @@ impl Drop for Sysctl {
             eprintln!("bench: cannot restore {}: {e}", self.path.display());
         }
     }
+}
+
+/// Raise RLIMIT_NOFILE to `n` for this process and what it starts, or as far as the hard limit
+/// allows without CAP_SYS_RESOURCE. Returns the soft limit now.
+pub fn raise_nofile(n: u64) -> Result<u64> {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) } != 0 {
+        bail!(
+            "reading the open file limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    for limit in [
+        libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n.max(now.rlim_max),
+        },
+        libc::rlimit {
+            rlim_cur: now.rlim_max,
+            rlim_max: now.rlim_max,
+        },
+    ] {
+        // SAFETY: setrlimit reads the struct we pass and nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+            return Ok(limit.rlim_cur);
+        }
+    }
+    Ok(now.rlim_cur)
 }
 
 pub fn free_port() -> Result<u16> {
