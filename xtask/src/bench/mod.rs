@@ -342,7 +342,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !ctx.cfg.curve.is_empty() {
         let (points, curve_result) = curve::run(&ctx);
         if let Err(e) = &curve_result {
-            report.note(format!("The scale curve stopped: {e:#}"));
+            // The first line of each cause: the daemon's log tail stays on the terminal.
+            let why: Vec<String> = e
+                .chain()
+                .filter_map(|c| c.to_string().lines().next().map(str::to_string))
+                .collect();
+            eprintln!("bench: the scale curve stopped: {e:#}");
+            report.note(format!("The scale curve stopped: {}", why.join(": ")));
         }
         let out = if ctx.cfg.quick {
             root.join("target/bench-quick")

@@ -49,6 +49,8 @@ pub struct Report {
     curve_sampling_secs: u64,
     wrk_secs: u64,
     nofile: u64,
+    /// The largest N the curve was asked for.
+    curve_largest: usize,
 }
 
 const BEGIN: &str = "<!-- bench:begin -->";
@@ -124,6 +126,7 @@ impl Report {
             curve_sampling_secs: c.curve_sampling_secs,
             wrk_secs: c.wrk_secs,
             nofile: ctx.nofile,
+            curve_largest: c.curve.iter().copied().max().unwrap_or(0),
         })
     }
 
@@ -826,8 +829,7 @@ impl Report {
                      machine's descriptor limit ({}; the hard limit here cannot be raised without \
                      CAP_SYS_RESOURCE, which this sandbox lacks). On a host whose limit allows it \
                      (systemd's default hard limit is 524288), they stay on.",
-                    points[points.len() - 1].n,
-                    self.nofile
+                    self.curve_largest, self.nofile
                 )
             }
         );
@@ -973,6 +975,20 @@ impl Report {
         }
         self.details.push(t);
 
+        if last.n < self.curve_largest {
+            self.push(
+                super::row(
+                    &format!("Scale curve at {} containers", self.curve_largest),
+                    "did not complete".into(),
+                    "—".into(),
+                    "—".into(),
+                    "RSS ≤ 64 MiB, pass well under the interval",
+                    Some(false),
+                )
+                .why("see the closing note for where it stopped"),
+            );
+            return;
+        }
         let interval = self.interval_ms as f64;
         let pass = last.sampling.pass_ms;
         self.push(
