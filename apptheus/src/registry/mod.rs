@@ -130,6 +130,9 @@ pub struct Registry {
 /// the sampling, and every new container's first sample, for minutes.
 const FINISH_WALKS_BUDGET: Duration = Duration::from_millis(50);
 
+/// A container whose walk goes on: its key, identity and cgroup.
+type Walking = (u64, Arc<Identity>, Arc<ContainerCgroup>);
+
 #[derive(Default)]
 struct State {
     containers: HashMap<u64, Container>,
@@ -351,7 +354,7 @@ impl Registry {
     /// after the container the last pass stopped at.
     pub fn finish_walks(&self) {
         let start = Instant::now();
-        let (mut walking, cursor): (Vec<(u64, Arc<Identity>, Arc<ContainerCgroup>)>, u64) = {
+        let (mut walking, cursor): (Vec<Walking>, u64) = {
             let st = self.state();
             let walking = st
                 .containers
