@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests: they run on the real kernel, as root.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod prometheus;
 pub mod slurm;
+
+#[allow(unused_imports)]
+pub use cgroups::cgroup_of;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -509,19 +513,4 @@ pub fn descendants(root: i32) -> Vec<i32> {
             false
         })
         .collect()
-}
-
-/// The cgroup of `pid` in the v1 hierarchy of `controller` (or the unified one for "").
-pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let hit = if controller.is_empty() {
-            ctrls.is_empty()
-        } else {
-            ctrls.split(',').any(|c| c == controller)
-        };
-        hit.then(|| path.to_string())
-    })
 }
