@@ -188,6 +188,13 @@ fn exclusive_job_leaf_is_the_containers_cgroup() {
     assert_eq!(w.line(), "alloc ok");
     w.ready();
     let peak_source = expected_peak_source();
+    if cgroups::is_v2("memory") {
+        assert_eq!(
+            job.dir("memory").join("memory.peak").exists(),
+            kernel() >= (5, 19),
+            "memory.peak is there from Linux 5.19 on"
+        );
+    }
     let m = eventually(Duration::from_secs(10), || {
         let m = d.metrics();
         let peak = sample(&m, "apptheus_container_memory_max_usage_bytes", &label)?;
@@ -288,7 +295,9 @@ fn shared_job_leaf_gives_the_container_a_cgroup_inside_it() {
     let mut w = launch_in(
         &job,
         &d,
-        &["ready", "wait", "burn:1.2", "alloc:16", "ready", "wait"],
+        &[
+            "ready", "wait", "forks:2", "burn:1.2", "alloc:16", "ready", "wait",
+        ],
     );
     w.ready();
     let label = format!("container=\"apptheus-exec_{}\"", w.pid());
@@ -344,6 +353,10 @@ fn shared_job_leaf_gives_the_container_a_cgroup_inside_it() {
         sample(&m, "apptheus_container_processes", &label),
         Some(2.0)
     );
+    assert_eq!(
+        sample(&m, "apptheus_container_forks_total", &label),
+        Some(2.0)
+    );
     assert!(sample(&m, "apptheus_container_pids", &label).unwrap() >= 2.0);
     // Block I/O: only where the container has an io (blkio) controller.
     let io = sample(&m, "apptheus_container_blkio_read_bytes_total", &label);
@@ -384,7 +397,9 @@ fn dedicated_placement_takes_the_container_out_of_the_job() {
     let mut w = launch_in(
         &job,
         &d,
-        &["ready", "wait", "burn:1.2", "alloc:96", "ready", "wait"],
+        &[
+            "ready", "wait", "forks:2", "burn:1.2", "alloc:96", "ready", "wait",
+        ],
     );
     w.ready();
     let label = format!("container=\"apptheus-exec_{}\"", w.pid());
@@ -425,6 +440,14 @@ fn dedicated_placement_takes_the_container_out_of_the_job() {
     );
     assert!(sample(&m, "apptheus_container_pids", &label).unwrap() >= 2.0);
     assert!(sample(&m, "apptheus_container_blkio_read_bytes_total", &label).is_some());
+    assert_eq!(
+        sample(&m, "apptheus_container_processes", &label),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, "apptheus_container_forks_total", &label),
+        Some(2.0)
+    );
     println!(
         "{}: dedicated: CPU {cpu:.2} s, peak {:.1} MiB ({peak_source}), no limit",
         platform(),
