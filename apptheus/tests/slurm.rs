@@ -540,7 +540,7 @@ fn report(problems: &[String], slurm: &Slurm, d: &Daemon, job: u32, out: &Output
 fn check_cleanup(slurm: &Slurm, job: u32, problems: &mut Vec<String>) {
     match slurm.wait_job_gone(job, GONE_WITHIN) {
         Ok(gone) => eprintln!(
-            "job {job}: no cgroup of it left {:.0} ms after srun returned",
+            "job {job}: no cgroup of it left {:.0} ms after its end",
             gone.as_secs_f64() * 1000.0
         ),
         Err(left) => problems.push(format!(
@@ -675,6 +675,89 @@ fn apptheus_exec_in_srun_cpu_is_measured_and_cgroups_go() {
         }
     }
     check_cleanup(&slurm, job, &mut problems);
+    assert!(
+        problems.is_empty(),
+        "{}",
+        report(&problems, &slurm, &d, job, &out)
+    );
+}
+
+/// `apptheus-exec -- CMD` in a batch script, as README shows it. The batch shell and the
+/// container share the batch step's task cgroup (a shared leaf), so the container gets a cgroup
+/// inside it; that cgroup must be gone when slurmstepd removes the job's right after the script
+/// exits, or Slurm's rmdir fails once and for all.
+#[test]
+fn apptheus_exec_in_a_batch_script_is_measured_and_cgroups_go() {
+    let slurm = Slurm::start();
+    let d = Daemon::start(&["--monitor.interval=200ms"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("job.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{} --socket={} -- {} burn:1\necho apptheus-exec exit $?\n",
+            s(&bin("apptheus-exec")),
+            d.socket.display(),
+            s(&workload_bin())
+        ),
+    )
+    .expect("script");
+    let output = dir.path().join("out");
+    let job = slurm.sbatch(&script, &["--mem=64M", &format!("--output={}", s(&output))]);
+    let ended = eventually(Duration::from_secs(60), || {
+        slurm
+            .job_state(job)
+            .filter(|st| !["PENDING", "CONFIGURING", "RUNNING"].contains(&st.as_str()))
+    });
+    let out = Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(0),
+        stdout: std::fs::read(&output).unwrap_or_default(),
+        stderr: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    match ended.as_deref() {
+        Some("COMPLETED") | Some("COMPLETING") => {}
+        other => problems.push(format!("job state {other:?}, not COMPLETED")),
+    }
+    check_cleanup(&slurm, job, &mut problems);
+    let label = eventually(Duration::from_secs(3), || the_container(&d));
+    match &label {
+        None => problems.push("no container in the daemon's /metrics".to_string()),
+        Some(label) => {
+            let m = d.metrics();
+            let cpu = sample(&m, "apptheus_container_cpu_usage_seconds_total", label);
+            if cpu.is_none_or(|c| c < 0.8) {
+                problems.push(format!("{label}: CPU {cpu:?} s, not >= 0.8 s"));
+            }
+            let line = |series: &str| {
+                m.lines()
+                    .find(|l| l.starts_with(series) && l.contains(label.as_str()))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (info, job_info) = (
+                line("apptheus_container_info{"),
+                line("apptheus_container_job_info{"),
+            );
+            let inside = format!(
+                "cgroup=\"{}/{}/",
+                task_cgroup(&slurm, job, "batch", 0),
+                d.parent
+            );
+            if !info.contains(&inside) {
+                problems.push(format!(
+                    "the container's cgroup is not inside the batch task's ({inside}): {info}"
+                ));
+            }
+            let want = format!("scheduler=\"slurm\",job_id=\"{job}\",job_source=\"cgroup\"");
+            if !job_info.contains(&want) {
+                problems.push(format!("the job is not named ({want}): {job_info}"));
+            }
+            eprintln!(
+                "sbatch job {job} running apptheus-exec -- workload burn:1: CPU {cpu:?} s\n{info}\n{job_info}"
+            );
+        }
+    }
     assert!(
         problems.is_empty(),
         "{}",
