@@ -78,7 +78,15 @@ pub struct Slurm {
     slurmd: Child,
     /// On v2: the cgroups systemd would have made (removed at the end).
     systemd: Option<SystemdRole>,
+    /// One cluster at a time in a test process (see `ONE_AT_A_TIME`); released last.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// The clusters of one test process take turns: a node runs one slurmd, and the timings the
+/// tests check (Slurm removes a job's cgroups milliseconds after its end, and the daemon's own
+/// directory must be gone before) are a node's, not those of eight clusters and their daemons
+/// sharing two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A name unique to this process, this instance and this moment: a leftover of an earlier run
 /// (a crashed test's cgroups, state) never has it.
@@ -288,6 +296,10 @@ impl Slurm {
     /// Like `start`, with `extra` lines appended to slurm.conf (e.g. `PrologFlags=Contain`).
     pub fn start_with(extra: &str) -> Slurm {
         require_root();
+        // A test that failed while holding it does not stop the others.
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let slurmctld_bin = tool("slurmctld", "slurmctld");
         let slurmd_bin = tool("slurmd", "slurmd");
         let munged_bin = tool("munged", "munge");
@@ -461,6 +473,7 @@ impl Slurm {
             slurmctld,
             slurmd,
             systemd,
+            _turn: turn,
         };
         s.wait_idle();
         s
