@@ -5,11 +5,13 @@
 //! that reports no status (a timeout, a crash) and a suite that prints no `test result:` line.
 //!
 //! Which suites run where ([`MATRIX`]), and why. A guest is TCG-emulated (fork+exec ~40x slower
-//! than the host), so the whole matrix on every kernel would take ~20 min of the ~25 the whole
-//! `cargo xtask test` may take on a 2-core machine:
+//! than the host): every suite in one guest took 9 min 42 s (6.1, at load 8-10 on 2 cores), so
+//! all of them on every kernel would take ~30 min, more than the ~25 the whole `cargo xtask test`
+//! may take there:
 //! - `tracker`, `daemon`, `field` on all three: the eBPF programs against each kernel's
 //!   tracepoints and BTF, the daemon end to end, and the field placements with their
-//!   measurements (5.10 and 6.1 have no `memory.peak`: the peak is sampled; 6.12 has it);
+//!   measurements (5.10 has no `memory.peak`, 5.19+ has: its peaks are sampled, 6.1's and 6.12's
+//!   are the kernel's);
 //! - `restart`, `security`, `prometheus`, `slurm` on 6.1 only: Debian 12's own kernel with
 //!   Debian 12's Slurm 22.05 (its cgroup/v2 plugin); 6.1 has no `SO_PEERPIDFD`, so `security`
 //!   there covers the `pidfd_open` fallback (5.10 takes the same path) while the host (6.18)
