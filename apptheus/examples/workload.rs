@@ -11,11 +11,17 @@
 //! - `storm:SECS`: fork-and-reap as fast as possible for SECS seconds; prints "forks <n>".
 //! - `burn:SECS`: burn SECS of CPU in this process.
 //! - `burn-child:SECS`: fork a child that burns SECS of CPU; wait for it.
+//! - `spin:N:SECS`: fork N children that each busy-loop for SECS of wall time (whatever CPU
+//!   they get), at once; wait for them all.
 //! - `alloc:MB`: allocate and touch MB MiB (kept until exit); prints "alloc ok" (or dies).
 //! - `thread-forks:N`: fork N exiting children from a second thread.
 //! - `threads:N`: start N threads that idle until exit (no processes).
 //! - `sleep:SECS`: sleep.
 //! - `connect:PATH`: connect to the unix socket PATH and hold the connection (as a launcher does).
+//! - `sleeper`: fork a child that sleeps until killed; print "sleeper <pid>". Children that die
+//!   are reaped at once (a thread waits for them), so their pids are free again.
+//! - `chain`: fork a child subreaper that runs a fork chain (each link forks its successor and
+//!   exits at once) until killed; print "chain <pid>".
 //! - `exit:CODE`: exit with CODE.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -73,6 +79,7 @@ fn main() {
             }
             "burn" => burn(a),
             "burn-child" => fork_and_reap(|| burn(a)),
+            "spin" => spin(a as usize, b),
             "alloc" => {
                 let mut v = vec![0u8; (a * 1024.0 * 1024.0) as usize];
                 // Touch every page so it is really resident.
@@ -98,6 +105,26 @@ fn main() {
                 Ok(c) => connections.push(c),
                 Err(e) => eprintln!("workload: connect {arg}: {e}"),
             },
+            "sleeper" => {
+                // SAFETY: the child only pauses until it is killed.
+                match unsafe { fork() }.expect("fork") {
+                    ForkResult::Child => loop {
+                        nix::unistd::pause();
+                    },
+                    ForkResult::Parent { child } => say(&format!("sleeper {child}")),
+                }
+                // After the fork: a new thread takes a pid too, and a test may have chosen the
+                // child's.
+                start_reaper();
+            }
+            "chain" => {
+                start_reaper();
+                // SAFETY: the child is single-threaded: it forks and exits only.
+                match unsafe { fork() }.expect("fork") {
+                    ForkResult::Child => run_chain(),
+                    ForkResult::Parent { child } => say(&format!("chain {child}")),
+                }
+            }
             "exit" => std::process::exit(a as i32),
             other => {
                 eprintln!("workload: unknown step {other:?}");
@@ -108,6 +135,44 @@ fn main() {
     release(&mut tree);
     drop(kept);
     drop(connections);
+}
+
+/// A thread that reaps every child of this process as it dies (once per process).
+fn start_reaper() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            loop {
+                if waitpid(None::<Pid>, None).is_err() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+    });
+}
+
+/// A child subreaper whose descendants form a fork chain: each link forks the next and exits,
+/// so the chain's one live link is always new, and orphaned here.
+fn run_chain() -> ! {
+    // SAFETY: prctl with these arguments has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // A process group of its own: the test ends the whole chain with one kill of the group.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // SAFETY: the first link only forks and exits.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => loop {
+            // SAFETY: single-threaded link: fork, then the parent _exits.
+            match unsafe { fork() } {
+                Ok(ForkResult::Child) => {}
+                // SAFETY: async-signal-safe exit.
+                _ => unsafe { libc::_exit(0) },
+            }
+        },
+        ForkResult::Parent { .. } => loop {
+            // Reap the orphaned links.
+            let _ = waitpid(None::<Pid>, None);
+        },
+    }
 }
 
 fn say(line: &str) {
@@ -124,6 +189,31 @@ fn burn(secs: f64) {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
         }
         std::hint::black_box(x);
+    }
+}
+
+fn spin(children: usize, secs: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut pids = Vec::new();
+    for _ in 0..children {
+        // SAFETY: single-threaded here; the child only loops on the clock and exits.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let mut x = 0u64;
+                while Instant::now() < end {
+                    for i in 0..10_000u64 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                    }
+                    std::hint::black_box(x);
+                }
+                // SAFETY: async-signal-safe exit.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => pids.push(child),
+        }
+    }
+    for pid in pids {
+        let _ = waitpid(pid, None);
     }
 }
 

@@ -15,18 +15,34 @@ use crate::{
     gateway::{Gateway, Trust},
     http,
     metrics::Metrics,
+    privacy::Privacy,
     recovery,
     registry::{self, Registry},
     sampler::Sampler,
     state::StateDir,
+    summary::Summaries,
     tracker::Tracker,
     webconfig::Web,
 };
 
-/// Run the daemon; `web` is the loaded `--web.config.file`, if given.
-pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
+/// Run the daemon; `web` is the loaded `--web.config.file`, if given, `privacy` what
+/// `--privacy.hash-salt-file` asks.
+pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -> Result<()> {
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
+    let metrics =
+        Arc::new(Metrics::with_collectors(args.collector_disable).context("setting up metrics")?);
+    let disabled = args.collector_disable.disabled_names();
+    if !disabled.is_empty() {
+        tracing::info!(
+            collectors = disabled.join(",").as_str(),
+            "metric groups disabled: neither read nor exported"
+        );
+    }
+    // Opened now: a summary file the daemon cannot write stops it at start.
+    let summaries = match &args.container_summary_file {
+        Some(path) => Summaries::with_file(path).context("--container.summary-file")?,
+        None => Summaries::log_only(),
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
 
@@ -62,13 +78,15 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
         "cgroup layout detected"
     );
     let registry = Arc::new(Registry::new(
-        registry_config(&args),
+        registry_config(&args, privacy),
         layout,
         Arc::new(tracker),
     ));
     // Containers a previous run left (a crash, an upgrade) are taken back before any launcher
     // is admitted, so that none of their processes can be mistaken for a new container's.
-    let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir));
+    let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir))
+        .with_collectors(args.collector_disable)
+        .with_summaries(summaries);
     let r = registry.clone();
     let (sampler, found) = tokio::task::spawn_blocking(move || {
         let found = recovery::recover(&r, saved);
@@ -121,7 +139,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     Ok(())
 }
 
-fn registry_config(args: &Args) -> registry::Config {
+fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
     registry::Config {
         placement: match args.cgroup_placement {
             cli::Placement::Nested => Placement::Nested,
@@ -130,6 +148,7 @@ fn registry_config(args: &Args) -> registry::Config {
         parent: args.cgroup_parent.clone(),
         retention: args.container_retention,
         max_containers: args.gateway_max_containers,
+        privacy: Arc::new(privacy),
         limits: registry::Limits {
             containers_per_user: args.gateway_max_containers_per_user,
             retained: args.container_max_retained,

@@ -11,8 +11,8 @@
 use apptheus_common::NO_FIELD;
 
 pub use crate::cgroup::fuzzing::{
-    cgroup_flat_keyed, cgroup_v1_blkio, cgroup_v2_io_stat, cgroup_values, mountinfo, proc_cgroup,
-    proc_statm,
+    cgroup_flat_keyed, cgroup_pressure, cgroup_v1_blkio, cgroup_v2_io_stat, cgroup_values,
+    mountinfo, proc_cgroup, proc_statm,
 };
 use crate::{
     state,
@@ -33,6 +33,7 @@ pub const HARNESSES: &[(&str, Harness)] = &[
     ("cgroup_v1_blkio", cgroup_v1_blkio),
     ("cgroup_v2_io_stat", cgroup_v2_io_stat),
     ("cgroup_values", cgroup_values),
+    ("cgroup_pressure", cgroup_pressure),
     ("mountinfo", mountinfo),
     ("proc_cgroup", proc_cgroup),
     ("proc_statm", proc_statm),

@@ -288,8 +288,10 @@ mod tests {
             identity: Identity {
                 id: id.into(),
                 cgroup: format!("/slurm/job_1/apptheus/{id}"),
+                // Not saved.
+                cgroup_label: String::new(),
                 user: "alice".into(),
-                uid: 1000,
+                uid: "1000".into(),
                 pid: 4242,
                 exe: "starter-suid".into(),
                 exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),
@@ -345,6 +347,28 @@ mod tests {
         assert!(with(&|c| c.identity.start_time = 1e300).is_err());
         assert!(with(&|c| c.end_time = Some(-5.0)).is_err());
         assert!(with(&|_| {}).is_ok());
+    }
+
+    #[test]
+    fn a_state_dir_others_can_write_or_a_link_is_refused_and_a_wide_one_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(&open.join("state"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("writable by a user other than root"), "{err}");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        let err = StateDir::open(&link).err().unwrap().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        let wide = tmp.path().join("wide");
+        fs::create_dir(&wide).unwrap();
+        fs::set_permissions(&wide, fs::Permissions::from_mode(0o755)).unwrap();
+        let _s = StateDir::open(&wide).unwrap();
+        assert_eq!(fs::metadata(&wide).unwrap().mode() & 0o777, 0o700);
     }
 
     #[test]

@@ -39,5 +39,6 @@ pub fn pause(point: Point, pids: &[i32]) {
     if let Some(d) = delays().get(&point) {
         tracing::info!(point = ?point, pids = ?pids, delay_ms = d.as_millis() as u64, "test hook: pausing");
         std::thread::sleep(*d);
+        tracing::info!(point = ?point, pids = ?pids, "test hook: resumed");
     }
 }

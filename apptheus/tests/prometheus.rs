@@ -37,6 +37,25 @@ const MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 const PIDS_LIMIT: u64 = 64;
 /// What the workload in the limited cgroup allocates (MiB).
 const LIMITED_ALLOC_MIB: u64 = 64;
+/// The CPU quota of the test-made cgroup: half a CPU (per 100 ms period), so that the limited
+/// container has its own CFS bandwidth counters on every layout (on pure v2 only a cgroup with
+/// the cpu controller has them).
+const CPU_QUOTA_US: u64 = 50_000;
+
+/// TEMPORARY, until the eBPF branch (exit codes, OOM kills, network counters) is merged: the
+/// families the dashboard queries that only that branch adds. A dashboard query over one of
+/// them that returns no data is excused, and named as such, but only while the daemon really
+/// exposes no such family: once the branch lands, its queries must answer like every other,
+/// and this list should go.
+const AWAITING_EBPF_BRANCH: &[&str] = &[
+    "apptheus_container_exit_code",
+    "apptheus_container_failed_exits_total",
+    "apptheus_container_oom_kills_total",
+    "apptheus_container_network_receive_bytes_total",
+    "apptheus_container_network_transmit_bytes_total",
+    "apptheus_container_network_receive_packets_total",
+    "apptheus_container_network_transmit_packets_total",
+];
 
 // ------------------------------------------------------------------------------------- helpers
 
@@ -107,14 +126,16 @@ impl Drop for Launcher {
     }
 }
 
-/// A cgroup made by the test with a memory and a pids limit (one directory in each of the
-/// memory and pids hierarchies on v1 and hybrid hosts, one on pure v2), for a launcher to start
-/// in: the daemon nests the container below it (`--cgroup.placement=nested`), so its
-/// `spec_memory_limit_bytes` and `spec_pids_limit` series exist.
+/// A cgroup made by the test with a memory and a pids limit and a CPU quota (one directory in
+/// each of the memory, pids and cpu hierarchies on v1 and hybrid hosts, one on pure v2), for a
+/// launcher to start in: the daemon nests the container below it
+/// (`--cgroup.placement=nested`), so its `spec_memory_limit_bytes` and `spec_pids_limit` series
+/// exist, and its CFS throttling counters.
 fn limited_cgroup() -> TestCgroup {
-    let cg = TestCgroup::new("apptheus-test-prom", &["memory", "pids"]);
+    let cg = TestCgroup::new("apptheus-test-prom", &["memory", "pids", "cpu"]);
     cg.limit_memory(MEMORY_LIMIT);
     cg.limit_pids(PIDS_LIMIT);
+    cg.limit_cpu(CPU_QUOTA_US);
     cg
 }
 
@@ -243,6 +264,19 @@ fn dashboard_queries(dashboard: &Value) -> Vec<String> {
         .map(|e| substitute(&e.split_whitespace().collect::<Vec<_>>().join(" ")))
         .filter(|e| seen.insert(e.clone()))
         .collect()
+}
+
+/// Whether the PromQL `query` reads the metric `name` (the whole name, not a longer one).
+fn mentions(query: &str, name: &str) -> bool {
+    query.match_indices(name).any(|(i, _)| {
+        let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        let before = query[..i].chars().next_back().is_none_or(|c| !is_name(c));
+        let after = query[i + name.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !is_name(c));
+        before && after
+    })
 }
 
 /// `label_values(SELECTOR, label)` -> SELECTOR. The one-argument form has no selector to run.
@@ -571,11 +605,27 @@ fn scrape_and_query(started: Instant) {
     .expect("apptheus.json is JSON");
     let queries = dashboard_queries(&dashboard);
     assert!(queries.len() >= 10, "only {} queries found", queries.len());
+    // The families of the eBPF branch that the daemon does not expose (yet).
+    let exposed = exposed_families(&live.daemon.metrics());
+    let awaiting: Vec<&str> = AWAITING_EBPF_BRANCH
+        .iter()
+        .copied()
+        .filter(|f| !exposed.contains_key(*f))
+        .collect();
+    // A query answered without data is excused only when it reads such a family, and only if
+    // Prometheus accepted it.
+    let excused = |q: &str, a: &Answer| {
+        a.status == "success" && a.series.is_empty() && awaiting.iter().any(|f| mentions(q, f))
+    };
     let end = Instant::now() + wait;
     let mut answers: Vec<Answer>;
     loop {
         answers = queries.iter().map(|q| prom.query(q)).collect();
-        if answers.iter().all(Answer::success_with_data) || Instant::now() > end {
+        let settled = queries
+            .iter()
+            .zip(&answers)
+            .all(|(q, a)| a.success_with_data() || excused(q, a));
+        if settled || Instant::now() > end {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -585,6 +635,8 @@ fn scrape_and_query(started: Instant) {
     for (q, a) in queries.iter().zip(&answers) {
         let mark = if a.success_with_data() {
             "ok  "
+        } else if excused(q, a) {
+            "EXCUSED"
         } else {
             "FAIL"
         };
@@ -593,10 +645,26 @@ fn scrape_and_query(started: Instant) {
             println!("          {}: {e}", a.status);
         }
     }
+    let excused_queries: Vec<&String> = queries
+        .iter()
+        .zip(&answers)
+        .filter(|(q, a)| !a.success_with_data() && excused(q, a))
+        .map(|(q, _)| q)
+        .collect();
+    if !excused_queries.is_empty() {
+        println!(
+            "EXCUSED, TEMPORARILY: {} dashboard queries read families that only the eBPF branch adds ({}), which this daemon does not expose yet:",
+            excused_queries.len(),
+            awaiting.join(", ")
+        );
+        for q in &excused_queries {
+            println!("  {q}");
+        }
+    }
     let failed: Vec<_> = queries
         .iter()
         .zip(&answers)
-        .filter(|(_, a)| !a.success_with_data())
+        .filter(|(q, a)| !a.success_with_data() && !excused(q, a))
         .map(|(q, a)| format!("{q}\n    {a:?}"))
         .collect();
     assert!(
@@ -645,7 +713,7 @@ fn systemd_unit_verifies() {
     let daemon = bin("apptheus");
     let unit = std::fs::read_to_string(workspace().join("deploy/systemd/apptheus.service"))
         .expect("read deploy/systemd/apptheus.service");
-    let prefix = "ExecStart=/usr/local/bin/apptheus ";
+    let prefix = "ExecStart=/usr/bin/apptheus ";
     assert_eq!(
         unit.lines().filter(|l| l.starts_with(prefix)).count(),
         1,
@@ -698,13 +766,43 @@ fn readme_metric_table_matches_the_daemon() {
         problems.push("the table lists process_* but the daemon exposes none".into());
     }
     // Series the contract allows to be missing where the kernel has nothing to report. They are
-    // excused only when the container's memory cgroup really lacks the file they come from.
+    // excused only when the container's cgroup really lacks the file (or the line) they come
+    // from.
     let memory_cgroup = memory_cgroup_dir(&text, &exec_id(live.limited.pid()));
+    let pid = live.limited.pid();
+    let unified = common::cgroup_dir_of(pid, "");
     let excused = |name: &str| -> Option<String> {
         if name == "apptheus_container_end_time_seconds" {
             // Exported only for ended containers; both of this test's containers live (its
             // value is checked in the daemon tests).
             return Some(format!("{name}: no container has ended"));
+        }
+        if let Some(rest) = name.strip_prefix("apptheus_container_pressure_") {
+            let resource = rest.split('_').next().unwrap_or_default();
+            let Some(dir) = &unified else {
+                return Some(format!("{name}: no unified tree, no PSI"));
+            };
+            let file = dir.join(format!("{resource}.pressure"));
+            return match std::fs::read_to_string(&file) {
+                Err(e) => Some(format!("{name}: {}: {e}", file.display())),
+                Ok(t) if rest.contains("_stalled_") && !t.contains("full ") => Some(format!(
+                    "{name}: {} has no \"full\" line (Linux before 5.13)",
+                    file.display()
+                )),
+                Ok(_) => None,
+            };
+        }
+        if name.starts_with("apptheus_container_cpu_cfs_") {
+            let stat = common::cgroup_dir_of(pid, "cpu")
+                .or_else(|| unified.clone())
+                .map(|d| d.join("cpu.stat"))?;
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            return (!text.contains("nr_periods ")).then(|| {
+                format!(
+                    "{name}: {} has no nr_periods (no cpu controller)",
+                    stat.display()
+                )
+            });
         }
         let files: &[&str] = match name {
             "apptheus_container_memory_swap_bytes" => {
@@ -713,6 +811,7 @@ fn readme_metric_table_matches_the_daemon() {
             "apptheus_container_memory_max_usage_bytes" => {
                 &["memory.max_usage_in_bytes", "memory.peak"]
             }
+            "apptheus_container_memory_events_total" => &["memory.failcnt", "memory.events"],
             _ => return None,
         };
         let dir = memory_cgroup.as_ref()?;

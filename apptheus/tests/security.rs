@@ -260,6 +260,16 @@ fn untrusted_flood_costs_bounded_memory_and_metrics_keep_answering() {
         10_000.0 / secs
     );
     assert_eq!(refused, 10_000.0);
+    // Each refusal counted, not each logged: the journal gets a few lines per 10 s.
+    let lines = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("launcher connection refused"))
+        .count();
+    assert!(
+        lines <= 5 * (secs as usize / 10 + 2),
+        "{lines} refusal lines for 10000"
+    );
     assert!(!d.exited(), "the daemon died");
     assert!(
         after < before + 10 * 1024,

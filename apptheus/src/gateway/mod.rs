@@ -154,11 +154,12 @@ impl Gateway {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        let refusals = Refusals::new(registry.config().privacy.clone());
         let admission = Arc::new(Admission {
             trust,
             registry,
             metrics,
-            refusals: Refusals::default(),
+            refusals,
         });
         let acceptor = Acceptor::new(
             self,
@@ -226,7 +227,7 @@ impl Admission {
                 tracing::info!(
                     container = id.id.as_str(),
                     pid = id.pid,
-                    uid = id.uid,
+                    uid = id.uid.as_str(),
                     "launcher connection accepted"
                 );
                 if hold(stream, &admitted.gone, &shutdown).await {
@@ -280,6 +281,26 @@ async fn hold(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_everyones_and_its_directory_roots_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/gateway.sock");
+        let g = Gateway::bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o777);
+        assert_eq!(mode(path.parent().unwrap()), 0o755);
+        drop(g);
+        assert!(!path.exists());
+        std::fs::set_permissions(
+            dir.path().join("run"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let err = Gateway::bind(&path).err().unwrap().to_string();
+        assert!(err.contains("writable by a user other than root"), "{err}");
+    }
 
     #[test]
     fn rejection_labels_are_distinct() {

@@ -136,6 +136,16 @@ mod tests {
     }
 
     #[test]
+    fn trust_refuses_a_missing_file_that_others_could_create() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let missing = dir.path().join("libexec/starter");
+        let err = Trust::new(&[missing]).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(err.contains("writable by a user other than root"), "{err}");
+    }
+
+    #[test]
     fn exe_check() {
         let t = Trust {
             paths: vec![PathBuf::from("/usr/libexec/apptainer/bin/starter")],

@@ -81,11 +81,18 @@ impl Registry {
     fn apply_moves(&self, moves: Vec<Move>) {
         let pids: Vec<i32> = moves.iter().map(|m| m.pid).collect();
         testhook::pause(testhook::Point::Move, &pids);
+        let mut members = 0;
         for m in &moves {
             if let Some(process) = self.tracker.member(m.pid, m.key) {
                 self.move_into(&m.cgroup, &process, m.key, &m.id.id);
+                members += 1;
             }
         }
+        tracing::debug!(
+            pids = ?pids,
+            members,
+            "processes forked before their parent was moved: members moved"
+        );
         let now = monotonic_ns();
         let mut st = self.state();
         for m in moves {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cgroup::{self, ContainerCgroup, Layout, Placement},
     container::{Identity, unix_seconds},
+    privacy::Privacy,
     state::SavedContainer,
     tracker::{self, Tracker},
 };
@@ -36,6 +37,8 @@ pub struct Config {
     pub parent: String,
     pub retention: Duration,
     pub max_containers: usize,
+    /// How the values naming a person are published (`--privacy.hash-salt-file`).
+    pub privacy: Arc<Privacy>,
     pub limits: Limits,
 }
 
@@ -126,7 +129,7 @@ struct State {
     containers: HashMap<u64, Container>,
     next_key: u64,
     /// Admissions under way, and their uid (they count against the limits).
-    admitting: HashMap<u64, u32>,
+    admitting: HashMap<u64, String>,
     /// Cgroups of forgotten containers whose directories the kernel still reported busy.
     to_remove: Vec<Arc<ContainerCgroup>>,
     /// The set of containers changed since `unsaved` last gave it.
@@ -137,7 +140,7 @@ struct State {
     /// in them goes last.
     made_parents: HashSet<PathBuf>,
     /// Per uid, the admission token bucket: (tokens, when last filled).
-    admissions: HashMap<u32, (f64, Instant)>,
+    admissions: HashMap<String, (f64, Instant)>,
     /// Walks of a tree cut short at their bound, since the start.
     walks_cut_short: u64,
 }
@@ -149,7 +152,7 @@ impl State {
     }
 
     /// Take one admission of `uid`'s bucket, if there is one.
-    fn admission_rate(&mut self, uid: u32, per_second: f64, burst: u32) -> bool {
+    fn admission_rate(&mut self, uid: &str, per_second: f64, burst: u32) -> bool {
         let now = Instant::now();
         let burst = f64::from(burst.max(1));
         // Full buckets carry no information: drop them so the table stays small.
@@ -158,7 +161,10 @@ impl State {
                 *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
             });
         }
-        let (tokens, at) = self.admissions.entry(uid).or_insert((burst, now));
+        let (tokens, at) = self
+            .admissions
+            .entry(uid.to_string())
+            .or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -212,15 +218,6 @@ impl Registry {
     /// Wait until a container ends (one wake-up for any number since the last call).
     pub async fn ended(&self) {
         self.ended.notified().await;
-    }
-
-    /// Live containers.
-    pub fn live(&self) -> usize {
-        self.state()
-            .containers
-            .values()
-            .filter(|c| c.ended.is_none())
-            .count()
     }
 
     /// A fresh key (for recovery, which admits no peer).
@@ -384,11 +381,13 @@ impl Registry {
         self.state().generation
     }
 
-    /// Every container, live and retained (not those still being admitted).
+    /// Every container, live and retained; not those still being admitted (shown once their
+    /// processes are in their cgroup, so that nothing a user starts on seeing it runs outside).
     pub fn entries(&self) -> Vec<Entry> {
-        self.state()
-            .containers
+        let st = self.state();
+        st.containers
             .iter()
+            .filter(|(key, _)| !st.admitting.contains_key(key))
             .filter_map(|(&key, c)| {
                 Some(Entry {
                     key,
@@ -461,15 +460,15 @@ impl Registry {
         is_final: impl Fn(u64) -> bool,
     ) -> Vec<u64> {
         let limits = &self.cfg.limits;
-        let mut retained: Vec<(Instant, u64, u32)> = st
+        let mut retained: Vec<(Instant, u64, &str)> = st
             .containers
             .iter()
             .filter(|(k, _)| !expired.contains(k) && is_final(**k))
-            .filter_map(|(k, c)| Some((c.ended?.0, *k, c.identity.uid)))
+            .filter_map(|(k, c)| Some((c.ended?.0, *k, c.identity.uid.as_str())))
             .collect();
         // Newest first: what is kept is the newest.
         retained.sort_by_key(|r| std::cmp::Reverse(r.0));
-        let mut per_user: HashMap<u32, usize> = HashMap::new();
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
         let mut kept = 0;
         let mut out = Vec::new();
         for (_, key, uid) in retained {

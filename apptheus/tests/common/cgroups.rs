@@ -236,6 +236,16 @@ impl TestCgroup {
         }
     }
 
+    /// A CFS quota of `quota_us` per 100 ms period.
+    pub fn limit_cpu(&self, quota_us: u64) {
+        if is_v2("cpu") {
+            self.write("cpu", "cpu.max", &format!("{quota_us} 100000"));
+        } else {
+            self.write("cpu", "cpu.cfs_period_us", "100000");
+            self.write("cpu", "cpu.cfs_quota_us", &quota_us.to_string());
+        }
+    }
+
     pub fn limit_pids(&self, n: u64) {
         self.write("pids", "pids.max", &n.to_string());
     }

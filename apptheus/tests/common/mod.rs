@@ -231,7 +231,8 @@ pub struct Daemon {
     pub parent: String,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
-    /// The flags and environment it was started with (a restart reuses them).
+    /// The executable, flags and environment it was started with (a restart reuses them).
+    exe: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
     pub client: Client,
@@ -259,10 +260,24 @@ impl Daemon {
     /// Start the daemon with `args` and `env`; `client` is how to reach its HTTP server (also
     /// for the readiness check).
     pub fn start_client(args: &[&str], env: &[(&str, &str)], client: Client) -> Daemon {
+        Self::start_exe(&bin("apptheus"), args, env, client)
+    }
+
+    /// Start the daemon `exe` (e.g. an installed /usr/bin/apptheus) like `start_client`.
+    pub fn start_exe(
+        exe: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        client: Client,
+    ) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
-        let parent = unique("apptheus-test");
+        // A test may name the parent (a --cgroup.parent among its args); else a unique one.
+        let parent = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--cgroup.parent="))
+            .map_or_else(|| unique("apptheus-test"), str::to_string);
         let log = dir.path().join("daemon.log");
         let args: Vec<String> = [
             // Port 0: the kernel picks a free port as the daemon binds, so no other test can
@@ -274,15 +289,20 @@ impl Daemon {
             "--log.level=debug".to_string(),
         ]
         .into_iter()
-        .chain(args.iter().map(|a| a.to_string()))
+        .chain(
+            args.iter()
+                .filter(|a| !a.starts_with("--cgroup.parent="))
+                .map(|a| a.to_string()),
+        )
         .collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let child = spawn_daemon(&args, &env, &log);
+        let child = spawn_daemon(exe, &args, &env, &log);
         let mut d = Daemon {
             child,
+            exe: exe.to_path_buf(),
             port: 0,
             socket,
             parent,
@@ -298,7 +318,7 @@ impl Daemon {
 
     /// Wait for the `HTTP server listening` line written to the log after byte `from` (the
     /// port), then until /-/ready answers 200.
-    fn wait_ready(&mut self, from: usize) {
+    pub fn wait_ready(&mut self, from: usize) {
         let port = eventually(Duration::from_secs(30), || {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("apptheus exited at start ({st}):\n{}", self.log_text());
@@ -336,8 +356,19 @@ impl Daemon {
     pub fn respawn(&mut self) {
         assert!(self.exited(), "respawn: the daemon still runs");
         let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
-        self.child = spawn_daemon(&self.args, &self.env, &self.log);
+        self.child = spawn_daemon(&self.exe, &self.args, &self.env, &self.log);
         self.wait_ready(from);
+    }
+
+    /// Start it again like `respawn`, with `env` added, without waiting: returns where its
+    /// log starts (for `wait_ready`).
+    pub fn respawn_env(&mut self, env: &[(&str, &str)]) -> usize {
+        assert!(self.exited(), "respawn: the daemon still runs");
+        let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
+        let mut all = self.env.clone();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.child = spawn_daemon(&self.exe, &self.args, &all, &self.log);
+        from
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -428,13 +459,18 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn_daemon(args: &[String], env: &[(String, String)], log: &std::path::Path) -> Child {
+fn spawn_daemon(
+    exe: &std::path::Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(bin("apptheus"))
+    Command::new(exe)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
@@ -513,4 +549,27 @@ pub fn descendants(root: i32) -> Vec<i32> {
             false
         })
         .collect()
+}
+
+/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "";
+/// `None` where there is none (a v1 controller on a pure v2 machine: see `cgroups::mount_of`
+/// for the hierarchy that holds a controller whatever the layout).
+pub fn mount_of(controller: &str) -> Option<PathBuf> {
+    cgroups::hierarchies()
+        .into_iter()
+        .find(|h| {
+            if controller.is_empty() {
+                h.v2
+            } else {
+                !h.v2 && h.controllers.iter().any(|c| c == controller)
+            }
+        })
+        .map(|h| h.mount_point)
+}
+
+/// The directory of `pid`'s cgroup in the hierarchy of `controller` ("" for the unified tree).
+pub fn cgroup_dir_of(pid: i32, controller: &str) -> Option<PathBuf> {
+    let mount = mount_of(controller)?;
+    let rel = cgroup_of(pid, controller)?;
+    Some(mount.join(rel.trim_start_matches('/')))
 }
