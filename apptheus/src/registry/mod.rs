@@ -26,6 +26,10 @@ use crate::{
     tracker::{self, Tracker},
 };
 
+/// How long an ended container's directories may stay busy (its last process on its way out
+/// of the cgroup) before their removal is left to `reap`: see `ContainerCgroup::remove_within`.
+const RELEASE_WITHIN: Duration = Duration::from_millis(100);
+
 /// How containers are made and kept.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -380,7 +384,7 @@ impl Registry {
         else {
             return;
         };
-        let removed = cgroup.remove();
+        let removed = cgroup.remove_within(RELEASE_WITHIN);
         let mut st = self.state();
         match removed {
             Ok(()) => remove_empty_parents(&mut st.made_parents),

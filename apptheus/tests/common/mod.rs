@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests: they run on the real kernel, as root.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod prometheus;
 pub mod slurm;
+
+#[allow(unused_imports)]
+pub use cgroups::cgroup_of;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -547,35 +551,20 @@ pub fn descendants(root: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The cgroup of `pid` in the v1 hierarchy of `controller` (or the unified one for "").
-pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let hit = if controller.is_empty() {
-            ctrls.is_empty()
-        } else {
-            ctrls.split(',').any(|c| c == controller)
-        };
-        hit.then(|| path.to_string())
-    })
-}
-
-/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "".
+/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "";
+/// `None` where there is none (a v1 controller on a pure v2 machine: see `cgroups::mount_of`
+/// for the hierarchy that holds a controller whatever the layout).
 pub fn mount_of(controller: &str) -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let (fstype, options) = (fields.get(sep + 1)?, fields.get(sep + 3)?);
-        let hit = if controller.is_empty() {
-            *fstype == "cgroup2"
-        } else {
-            *fstype == "cgroup" && options.split(',').any(|o| o == controller)
-        };
-        hit.then(|| PathBuf::from(fields[4]))
-    })
+    cgroups::hierarchies()
+        .into_iter()
+        .find(|h| {
+            if controller.is_empty() {
+                h.v2
+            } else {
+                !h.v2 && h.controllers.iter().any(|c| c == controller)
+            }
+        })
+        .map(|h| h.mount_point)
 }
 
 /// The directory of `pid`'s cgroup in the hierarchy of `controller` ("" for the unified tree).
