@@ -689,6 +689,8 @@ fn apptheus_exec_in_srun_cpu_is_measured_and_cgroups_go() {
 /// that does more after its container). A script that ends right after it races the daemon:
 /// both react to the same exit, and slurmstepd's rmdir comes a few ms later; the daemon loses
 /// that race when it is starved (README, "Supported platforms"; docs/notes/slurm-cgroups.md).
+/// CMD burns once it is in the container's cgroup: what a process used before its move stays with
+/// the cgroup it was in (README), and admission takes a few hundred ms in a slow guest.
 #[test]
 fn apptheus_exec_in_a_batch_script_is_measured_and_cgroups_go() {
     let slurm = Slurm::start();
@@ -698,10 +700,11 @@ fn apptheus_exec_in_a_batch_script_is_measured_and_cgroups_go() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n{} --socket={} -- {} burn:1\necho apptheus-exec exit $?\nsleep 2\n",
+            "#!/bin/sh\n{} --socket={} -- {} in-cgroup:/{}/ burn:1\necho apptheus-exec exit $?\nsleep 2\n",
             s(&bin("apptheus-exec")),
             d.socket.display(),
-            s(&workload_bin())
+            s(&workload_bin()),
+            d.parent
         ),
     )
     .expect("script");

@@ -381,16 +381,29 @@ impl Daemon {
 
     /// GET `path`: status and body (0 when the server cannot be reached).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let mut req = self.client.agent.get(&self.url(path));
-        if let Some(auth) = &self.client.authorization {
-            req = req.header("Authorization", auth);
-        }
-        match req.call() {
+        let call = || {
+            let mut req = self.client.agent.get(&self.url(path));
+            if let Some(auth) = &self.client.authorization {
+                req = req.header("Authorization", auth);
+            }
+            req.call()
+        };
+        // A pooled keep-alive connection the server has just closed at its idle timeout fails
+        // the request that reuses it; like Go's and Prometheus's clients, try an idempotent GET
+        // once more (on a new connection), and say so.
+        let result = call().or_else(|e| {
+            eprintln!("GET {path}: {e}; once more");
+            call()
+        });
+        match result {
             Ok(mut r) => (
                 r.status().as_u16(),
                 r.body_mut().read_to_string().unwrap_or_default(),
             ),
-            Err(_) => (0, String::new()),
+            Err(e) => {
+                eprintln!("GET {path}: {e}");
+                (0, String::new())
+            }
         }
     }
 
