@@ -8,15 +8,17 @@
 //! than the host): every suite in one guest took 9 min 42 s (6.1, at load 8-10 on 2 cores), so
 //! all of them on every kernel would take ~30 min, more than the ~25 the whole `cargo xtask test`
 //! may take there:
-//! - `tracker`, `daemon`, `field` on all three: the eBPF programs against each kernel's
-//!   tracepoints and BTF, the daemon end to end, and the field placements with their
+//! - `tracker`, `daemon`, `field`, `ends` on all three: the eBPF programs against each kernel's
+//!   tracepoints and BTF (`ends`: the exit code read at a BTF offset, OOM kills, the cgroup_skb
+//!   network counters), the daemon end to end, and the field placements with their
 //!   measurements (5.10 has no `memory.peak`, 5.19+ has: its peaks are sampled, 6.1's and 6.12's
 //!   are the kernel's);
-//! - `restart`, `security`, `prometheus`, `slurm` on 6.1 only: Debian 12's own kernel with
-//!   Debian 12's Slurm 22.05 (its cgroup/v2 plugin); 6.1 has no `SO_PEERPIDFD`, so `security`
-//!   there covers the `pidfd_open` fallback (5.10 takes the same path) while the host (6.18)
-//!   covers `SO_PEERPIDFD`; recovery and the Prometheus side read the same v2 files on every
-//!   kernel.
+//! - `slurm` on 5.10 (the stand-in for RHEL 9's 5.14) and 6.1 (Debian 12's own kernel with
+//!   Debian 12's Slurm 22.05, its cgroup/v2 plugin);
+//! - `restart`, `security`, `hostile`, `telemetry`, `prometheus` on 6.1 only: 6.1 has no
+//!   `SO_PEERPIDFD`, so `security` and `hostile` there cover the `pidfd_open` fallback (5.10
+//!   takes the same path) while the host (6.18) covers `SO_PEERPIDFD`; recovery, PSI, memory
+//!   events and the Prometheus side read the same v2 files on every kernel.
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -26,20 +28,26 @@ use crate::tally::{Tally, minutes};
 
 /// The suites each kernel runs (see the module's documentation for why).
 pub const MATRIX: &[(Kernel, &[&str])] = &[
-    (Kernel::V5_10, &["tracker", "daemon", "field"]),
+    (
+        Kernel::V5_10,
+        &["tracker", "daemon", "field", "ends", "slurm"],
+    ),
     (
         Kernel::V6_1,
         &[
             "tracker",
             "daemon",
             "field",
+            "ends",
             "restart",
             "security",
+            "hostile",
+            "telemetry",
             "prometheus",
             "slurm",
         ],
     ),
-    (Kernel::V6_12, &["tracker", "daemon", "field"]),
+    (Kernel::V6_12, &["tracker", "daemon", "field", "ends"]),
 ];
 
 /// One guest may run this long, boot included, before QEMU is killed.
@@ -210,7 +218,7 @@ mod tests {
                     kernel.series()
                 );
             }
-            for core in ["tracker", "daemon", "field"] {
+            for core in ["tracker", "daemon", "field", "ends"] {
                 assert!(suites.contains(&core), "{} lacks {core}", kernel.series());
             }
         }
