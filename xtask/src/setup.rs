@@ -16,6 +16,18 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+/// `apt-get` arguments for an install on a shared machine: never remove a package to make room
+/// (apt fails instead), and wait for other engineers' setups installing at the same time.
+pub const APT_INSTALL: [&str; 7] = [
+    "install",
+    "-y",
+    "-q",
+    "--no-install-recommends",
+    "--no-remove",
+    "-o",
+    "DPkg::Lock::Timeout=600",
+];
+
 /// The bpf-linker release the build is pinned to.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -329,16 +341,7 @@ fn apt_install(missing: &[&str], what: &str) -> Result<()> {
     crate::status(Command::new("apt-get").arg("update").arg("-q"))?;
     crate::status(
         Command::new("apt-get")
-            // never remove a package of this shared machine to make room (apt fails instead)
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "--no-remove",
-            ])
-            // other engineers' setups may be installing at the same time
-            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(APT_INSTALL)
             .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

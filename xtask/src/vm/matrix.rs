@@ -133,11 +133,7 @@ impl KernelRun {
                     ));
                 }
                 for failed in &v.failed {
-                    let msg = v
-                        .messages
-                        .iter()
-                        .find(|(n, _)| n == failed)
-                        .map_or("", |(_, m)| m.as_str());
+                    let msg = v.message(failed);
                     lines.push(format!("    FAILED {name}::{failed}: {msg}"));
                 }
             }

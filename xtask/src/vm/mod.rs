@@ -333,12 +333,7 @@ pub fn main(args: VmArgs) -> Result<i32> {
                 v.result.as_deref().unwrap_or("no test result")
             );
             for failed in &v.failed {
-                let msg = v
-                    .messages
-                    .iter()
-                    .find(|(n, _)| n == failed)
-                    .map_or("", |(_, m)| m.as_str());
-                println!("            FAILED {failed}: {msg}");
+                println!("            FAILED {failed}: {}", v.message(failed));
             }
         }
         let c = match o.status {

@@ -114,6 +114,14 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The panic message of the failed test `name` ("" when none was seen).
+    pub fn message(&self, name: &str) -> &str {
+        self.messages
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, m)| m.as_str())
+    }
+
     pub fn parse(log: &str) -> Verdict {
         let mut v = Verdict::default();
         let lines: Vec<&str> = log.lines().map(str::trim_end).collect();
