@@ -345,20 +345,29 @@ impl Registry {
             .filter_map(|(k, c)| Some((*k, c.identity.clone(), c.cgroup.clone()?)))
             .collect();
         for (key, identity, cgroup) in walking {
+            // Until the processes this walk adopts are moved, their children's fork events are
+            // moves too (as at admission): a child forked before its parent's move does not
+            // inherit the container's cgroup.
+            if let Some(c) = self.state().containers.get_mut(&key) {
+                c.inherit_after_ns = u64::MAX;
+            }
             let tracked = match self.tracker.walk_again(key) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(container = identity.id.as_str(), error = %e, "cannot go on with the walk of the container's tree");
+                    if let Some(c) = self.state().containers.get_mut(&key) {
+                        c.inherit_after_ns = monotonic_ns();
+                    }
                     continue;
                 }
             };
             for process in &tracked.members {
                 self.move_into(&cgroup, process, key, &identity.id);
             }
-            if tracked.complete
-                && let Some(c) = self.state().containers.get_mut(&key)
-            {
-                c.walking = false;
+            let now = monotonic_ns();
+            if let Some(c) = self.state().containers.get_mut(&key) {
+                c.inherit_after_ns = now;
+                c.walking &= !tracked.complete;
             }
         }
     }
