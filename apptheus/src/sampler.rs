@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, HashSet, hash_map},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cgroup::{Reader, Stats},
     container::unix_seconds,
+    history::{History, Reading},
     metrics::{ContainerSeries, Metrics},
     registry::{Entry, Registry},
     state::StateDir,
@@ -151,6 +152,8 @@ pub struct Sampler {
     containers: HashMap<u64, Sampled>,
     /// The registry's generation `containers` was last brought up to date with.
     generation: Option<u64>,
+    /// The last minutes of each container, for the web page; none in tests of the sampler alone.
+    history: Option<Arc<History>>,
 }
 
 impl Sampler {
@@ -166,7 +169,14 @@ impl Sampler {
             reader: Reader::new(),
             containers: HashMap::new(),
             generation: None,
+            history: None,
         }
+    }
+
+    /// Keep `history` of every container it reads.
+    pub fn with_history(mut self, history: Arc<History>) -> Sampler {
+        self.history = Some(history);
+        self
     }
 
     /// Sample every `interval`, and at once when a container is admitted or ends, until
@@ -202,12 +212,22 @@ impl Sampler {
     /// One pass (blocking).
     fn pass(&mut self, pass: Pass) {
         let start = Instant::now();
+        let unix = unix_seconds(SystemTime::now());
         let mut changed = self.sync();
         let (mut ended, mut finished) = (Vec::new(), Vec::new());
         let tracker = self.registry.tracker();
         for (key, s) in self.containers.iter_mut().filter(|(_, s)| s.wanted(pass)) {
             let procs = tracker.counters(*key).ok().flatten();
             changed |= s.sample(&mut self.reader, procs, start);
+            if let Some(history) = &self.history {
+                let reading = Reading {
+                    at: start,
+                    unix,
+                    cpu_seconds: s.stats.cpu_usage_seconds,
+                    memory_bytes: s.stats.memory_usage_bytes,
+                };
+                history.record(&s.entry.identity, &reading);
+            }
             // Ended when the pass began: these values are the final ones. A container whose
             // counters show no live process has ended, even if its exit event was lost.
             if s.entry.end_time.is_some() {
@@ -263,6 +283,14 @@ impl Sampler {
                     v.insert(Sampled::new(entry));
                 }
             }
+        }
+        if let Some(history) = &self.history {
+            let ids: HashSet<&str> = self
+                .containers
+                .values()
+                .map(|s| s.entry.identity.id.as_str())
+                .collect();
+            history.retain(|id| ids.contains(id));
         }
         true
     }
