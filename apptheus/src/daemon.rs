@@ -13,6 +13,7 @@ use crate::{
     cgroup::{Layout, Placement},
     cli::{self, Args},
     gateway::{Gateway, Trust},
+    history::History,
     http,
     metrics::Metrics,
     recovery,
@@ -39,9 +40,11 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
         basic_auth = web.as_ref().is_some_and(|w| !w.config.users.is_empty()),
         "HTTP server listening"
     );
+    // The containers' last minutes: kept by the sampler, shown by the page.
+    let history = Arc::new(History::new(args.monitor_interval));
     let app = http::router(
         &args.web_telemetry_path,
-        http::AppState::new(metrics.clone(), ready.clone()),
+        http::AppState::new(metrics.clone(), ready.clone()).with_history(history.clone()),
         web.as_ref(),
     );
     let serve = http::serve(
@@ -68,7 +71,8 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     ));
     // Containers a previous run left (a crash, an upgrade) are taken back before any launcher
     // is admitted, so that none of their processes can be mistaken for a new container's.
-    let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir));
+    let sampler =
+        Sampler::new(registry.clone(), metrics.clone(), Some(state_dir)).with_history(history);
     let r = registry.clone();
     let (sampler, found) = tokio::task::spawn_blocking(move || {
         let found = recovery::recover(&r, saved);
