@@ -65,8 +65,8 @@ pub struct Container {
     pub memory_limit_bytes: Option<u64>,
     /// Live processes (the eBPF tracker's count).
     pub processes: u64,
-    /// How its main process ended, once ended: the exit status, or 128+N for signal N.
-    pub exit_code: Option<i32>,
+    /// How its launcher ended, once it did: the exit status, or 128+N for signal N.
+    pub exit_code: Option<u32>,
     /// The last minutes; left out when asked for with `?history=0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Trend>,
@@ -143,9 +143,10 @@ fn container(s: &ContainerSeries, track: Option<&Track>) -> Container {
         memory_peak_bytes: stats.memory_max_usage_bytes,
         memory_limit_bytes: stats.memory_limit_bytes,
         processes: s.procs.live,
-        // The tracker keeps no exit code yet. Once `ProcessCounters` has one, this line is
-        // `exit_code: s.procs.exit_code.filter(|_| !live),` and the page and apptheus-top
-        // show it as they are.
+        // The tracker reports no exit code yet. Once `ProcessCounters` has `exit_code:
+        // Option<u32>` (the launcher's status, set once it exited), this line is
+        // `exit_code: s.procs.exit_code,`: the page, its script and apptheus-top show it as
+        // they are.
         exit_code: None,
         history: None,
     }

@@ -252,6 +252,20 @@ pub(super) mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn views_over_the_bound_get_503_with_retry_after() {
+        // No free turn: the page and its JSON wait SCRAPE_QUEUE_TIMEOUT, then give up ...
+        let mut full = state(4);
+        full.views = Arc::new(Semaphore::new(0));
+        let app = router("/metrics", full, None);
+        for path in ["/containers", "/api/containers"] {
+            let (status, retry) = get(&app, path, "retry-after").await;
+            assert_eq!((status, retry.as_str()), (503, "1"), "{path}");
+        }
+        // ... while the scrapes, with turns of their own, are served.
+        assert_eq!(get(&app, "/metrics", "").await.0, 200);
+    }
+
     #[test]
     fn gzip_negotiation() {
         assert!(accepts_gzip(&h("gzip")));

@@ -78,8 +78,8 @@ const COLUMNS: [(Option<&str>, &str, bool); 14] = [
     (Some("limit"), "Limit", true),
     (Some("procs"), "Procs", true),
     (Some("exit"), "Exit", true),
-    (None, "CPU", false),
-    (None, "Memory", false),
+    (None, "CPU history", false),
+    (None, "Memory history", false),
 ];
 
 /// `GET /`.
