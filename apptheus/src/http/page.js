@@ -111,7 +111,7 @@
     cell(tr, "", "chart").appendChild(
       chart("cpu", h.cpu_cores, h.last, Math.max(1, Math.ceil(cpu)), cpuLabel));
     cell(tr, "", "chart").appendChild(
-      chart("mem", h.memory_bytes, h.last, Math.max(mem, 1024 * 1024), memLabel));
+      chart("mem", h.memory_bytes, h.last, Math.max(mem * 1.2, 1024 * 1024), memLabel));
   }
 
   function row(c) {

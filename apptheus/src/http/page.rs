@@ -248,7 +248,9 @@ fn memory_chart(c: &Container, view: &Containers) -> Markup {
         format::duration(view.step_seconds * POINTS as f64),
         format::bytes(max as u64)
     );
-    let top = max.max(1024.0 * 1024.0);
+    // Headroom above the highest point: memory often stands still, and a line along the top
+    // edge reads as "full".
+    let top = (max * 1.2).max(1024.0 * 1024.0);
     chart(
         "mem",
         &values,
@@ -401,7 +403,7 @@ mod tests {
             html.contains("<polyline points=\"116,12.0 117,1.0\">"),
             "{html}"
         );
-        assert!(html.contains("<polyline points=\"116,1.0 117,1.0 118,1.0 119,1.0\">"));
+        assert!(html.contains("<polyline points=\"116,4.7 117,4.7 118,4.7 119,4.7\">"));
     }
 
     #[test]
