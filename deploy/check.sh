@@ -8,7 +8,7 @@
 #   apt-get install -y prometheus systemd jq curl
 #
 # systemd-analyze verify fails on a unit whose ExecStart binary does not exist
-# ("Command /usr/local/bin/apptheus is not executable"). The unit is therefore verified as a copy
+# ("Command /usr/bin/apptheus is not executable"). The unit is therefore verified as a copy
 # in a temporary directory (same file name) whose ExecStart points at an existing binary:
 # $APPTHEUS_BIN if set, else target/release/apptheus if it was built, else /bin/true.
 # Everything else in the unit is verified unchanged.
@@ -28,11 +28,12 @@ fi
 step() { printf '\n== %s\n' "$*"; }
 
 step promtool check rules
-promtool check rules "$deploy/prometheus/alerts.yml"
+promtool check rules "$deploy/prometheus/alerts.yml" "$deploy/prometheus/rules.yml"
 step promtool test rules
-promtool test rules "$deploy/prometheus/alerts_test.yml"
+promtool test rules "$deploy/prometheus/alerts_test.yml" "$deploy/prometheus/rules_test.yml"
 step promtool check config
-promtool check config "$deploy/prometheus/prometheus.yml"
+promtool check config "$deploy/prometheus/prometheus.yml" "$deploy/prometheus/central.yml"
+promtool check config --agent "$deploy/prometheus/agent.yml"
 
 step systemd-analyze verify
 bin=${APPTHEUS_BIN:-}
@@ -41,7 +42,7 @@ if [[ -z $bin ]]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-sed "s#^ExecStart=/usr/local/bin/apptheus #ExecStart=$bin #" "$deploy/systemd/apptheus.service" >"$tmp/apptheus.service"
+sed "s#^ExecStart=/usr/bin/apptheus #ExecStart=$bin #" "$deploy/systemd/apptheus.service" >"$tmp/apptheus.service"
 grep -q "^ExecStart=$bin " "$tmp/apptheus.service" || { echo "check.sh: ExecStart line not found" >&2; exit 1; }
 echo "(ExecStart binary replaced by $bin in a temporary copy)"
 systemd-analyze verify "$tmp/apptheus.service"

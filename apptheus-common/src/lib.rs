@@ -5,10 +5,32 @@
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const TASK_COMM_LEN: usize = 16;
 
-/// Capacity of the map of tracked processes (tgid -> container key).
+/// Capacity the object declares for the map of tracked processes (tgid -> container key);
+/// userspace sets the real one at load time from its limits.
 pub const MAX_TRACKED_PROCESSES: u32 = 1 << 17;
-/// Capacity of the map of per-container counters.
+/// Capacity the object declares for the map of per-container counters; set at load time too.
 pub const MAX_CONTAINERS: u32 = 1 << 14;
+/// Capacity of the map of threads the OOM killer chose (kills are rare; the LRU drops old ones).
+pub const OOM_VICTIMS: u32 = 1024;
+/// SIGKILL: how the OOM killer ends its victims (a signal number of the ABI, not kernel layout).
+pub const SIGKILL: u32 = 9;
+/// Set in `Counters::launcher_exit` once the launcher exited; the low 32 bits are its status.
+pub const LAUNCHER_EXITED: u64 = 1 << 32;
+/// Bits in one word of the tracked-pid bitmap.
+pub const PID_BITS_PER_WORD: u32 = 64;
+
+/// Slots of the per-CPU `ERRORS` array: what the programs could not do, counted instead of
+/// logged (a fork storm must not become a log storm).
+pub mod errors {
+    /// An event that found the ring buffer full.
+    pub const EVENTS_LOST: u32 = 0;
+    /// A new process that found the map of tracked processes full.
+    pub const TRACKED_FULL: u32 = 1;
+    /// A tracked process whose container had no counters (forgotten meanwhile).
+    pub const NO_COUNTERS: u32 = 2;
+    /// How many slots there are.
+    pub const SLOTS: u32 = 3;
+}
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
@@ -28,10 +50,13 @@ pub struct TracepointOffsets {
     pub newtask_pid: u32,
     /// `task/task_newtask`: `u64 clone_flags`.
     pub newtask_clone_flags: u32,
-    /// `sched/sched_process_fork`: `pid_t child_pid`.
-    pub fork_child_pid: u32,
     /// `sched/sched_process_exit`: `bool group_dead`, or [`NO_FIELD`] on kernels without it.
     pub exit_group_dead: u32,
+    /// `oom/mark_victim`: `int pid` (the chosen thread), or [`NO_FIELD`] (program not attached).
+    pub mark_victim_pid: u32,
+    /// `struct task_struct`: `int exit_code`, from the kernel's BTF, or [`NO_FIELD`] (exit codes
+    /// not counted).
+    pub task_exit_code: u32,
 }
 
 impl TracepointOffsets {
@@ -39,24 +64,50 @@ impl TracepointOffsets {
     pub const UNSET: Self = Self {
         newtask_pid: NO_FIELD,
         newtask_clone_flags: NO_FIELD,
-        fork_child_pid: NO_FIELD,
         exit_group_dead: NO_FIELD,
+        mark_victim_pid: NO_FIELD,
+        task_exit_code: NO_FIELD,
     };
 }
 
-/// Per-container counters kept in kernel space, updated atomically by the programs.
+/// Per-container counters kept in kernel space. Userspace writes an entry once, when it
+/// registers the container (`launcher` set, the rest zero); from then on only the programs
+/// change it, each field with atomic adds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// New processes (not threads) forked by the container's processes.
+    /// New processes (not threads) forked by the container's processes and tracked.
     pub forks: u64,
     /// Successful execve calls by the container's processes.
     pub execs: u64,
     /// Processes of the container that exited (their whole thread group).
     pub exits: u64,
     /// Processes the programs added minus those that exited. Processes that userspace adopted
-    /// at registration are counted there, not here, so this can go below zero.
+    /// at registration are counted there, not here, so this can go below zero. The fork hook
+    /// tracks no child while it is at the per-container bound.
     pub live: i64,
+    /// New processes of the container's processes that were not tracked: the container was at
+    /// its bound, or the map of tracked processes was full.
+    pub untracked: u64,
+    /// Processes of the container that exited with a non-zero code.
+    pub failed_exit_code: u64,
+    /// Processes of the container that a signal ended.
+    pub failed_signal: u64,
+    /// Processes of the container that the OOM killer ended.
+    pub oom_kills: u64,
+    /// 0 while the launcher lives; then [`LAUNCHER_EXITED`] | its wait status (exit code << 8,
+    /// or the signal in the low 7 bits).
+    pub launcher_exit: u64,
+    /// The launcher's process id (tgid), written at registration; 0 for none (a container taken
+    /// back after a restart).
+    pub launcher: u32,
+    pub _pad: u32,
+    /// Received by the container's sockets: bytes at the IP layer, and packets.
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    /// Sent by the container's sockets.
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
 }
 
 /// What happened to a tracked process.

@@ -11,6 +11,8 @@
 //! - `storm:SECS`: fork-and-reap as fast as possible for SECS seconds; prints "forks <n>".
 //! - `burn:SECS`: burn SECS of CPU in this process.
 //! - `burn-child:SECS`: fork a child that burns SECS of CPU; wait for it.
+//! - `spin:N:SECS`: fork N children that each busy-loop for SECS of wall time (whatever CPU
+//!   they get), at once; wait for them all.
 //! - `alloc:MB`: allocate and touch MB MiB (kept until exit); prints "alloc ok" (or dies).
 //! - `thread-forks:N`: fork N exiting children from a second thread.
 //! - `threads:N`: start N threads that idle until exit (no processes).
@@ -20,6 +22,10 @@
 //!   are reaped at once (a thread waits for them), so their pids are free again.
 //! - `chain`: fork a child subreaper that runs a fork chain (each link forks its successor and
 //!   exits at once) until killed; print "chain <pid>".
+//! - `serve:MIB`: serve HTTP on 127.0.0.1 (a port the kernel picks) from a thread: every
+//!   request gets MIB MiB; prints "port <n>".
+//! - `fetch:PORT:N`: GET http://127.0.0.1:PORT/ N times, reading each body to its end (PORT 0:
+//!   this workload's own `serve`); prints "fetched <bytes>".
 //! - `exit:CODE`: exit with CODE.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -45,6 +51,7 @@ fn main() {
     };
     let mut kept: Vec<Vec<u8>> = Vec::new();
     let mut connections = Vec::new();
+    let mut served_port = 0u16;
     for step in std::env::args().skip(1) {
         let mut parts = step.split(':');
         let cmd = parts.next().unwrap_or_default();
@@ -77,6 +84,7 @@ fn main() {
             }
             "burn" => burn(a),
             "burn-child" => fork_and_reap(|| burn(a)),
+            "spin" => spin(a as usize, b),
             "alloc" => {
                 let mut v = vec![0u8; (a * 1024.0 * 1024.0) as usize];
                 // Touch every page so it is really resident.
@@ -121,6 +129,12 @@ fn main() {
                     ForkResult::Child => run_chain(),
                     ForkResult::Parent { child } => say(&format!("chain {child}")),
                 }
+            }
+            "serve" => served_port = serve((a * 1024.0 * 1024.0) as usize),
+            "fetch" => {
+                let port = if a == 0.0 { served_port } else { a as u16 };
+                let bytes: usize = (0..b as u64).map(|_| fetch(port)).sum();
+                say(&format!("fetched {bytes}"));
             }
             "exit" => std::process::exit(a as i32),
             other => {
@@ -186,6 +200,31 @@ fn burn(secs: f64) {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
         }
         std::hint::black_box(x);
+    }
+}
+
+fn spin(children: usize, secs: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut pids = Vec::new();
+    for _ in 0..children {
+        // SAFETY: single-threaded here; the child only loops on the clock and exits.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let mut x = 0u64;
+                while Instant::now() < end {
+                    for i in 0..10_000u64 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                    }
+                    std::hint::black_box(x);
+                }
+                // SAFETY: async-signal-safe exit.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => pids.push(child),
+        }
+    }
+    for pid in pids {
+        let _ = waitpid(pid, None);
     }
 }
 
@@ -264,5 +303,54 @@ fn release(tree: &mut Tree) {
     tree.release_w = None;
     for c in tree.children.drain(..) {
         let _ = waitpid(c, None);
+    }
+}
+
+/// An HTTP/1.0 server on 127.0.0.1 in a thread: every request gets `bytes` bytes. Returns its port.
+fn serve(bytes: usize) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local_addr").port();
+    std::thread::spawn(move || {
+        let body = vec![b'x'; 1 << 16];
+        for mut conn in listener.incoming().flatten() {
+            // The request's header ends with an empty line.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {bytes}\r\n\r\n");
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(body.len());
+                if conn.write_all(&body[..n]).is_err() {
+                    break;
+                }
+                left -= n;
+            }
+        }
+    });
+    say(&format!("port {port}"));
+    port
+}
+
+/// GET http://127.0.0.1:`port`/ and read the whole response; returns the bytes read.
+fn fetch(port: u16) -> usize {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("send the request");
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(e) => panic!("reading the response: {e}"),
+        }
     }
 }

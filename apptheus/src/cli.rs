@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::duration::parse_duration;
+use crate::{collectors::Collectors, duration::parse_duration};
 
 const ABOUT: &str = "apptheus: per-container telemetry for HPC and batch hosts";
 
@@ -107,6 +107,25 @@ pub struct Args {
     )]
     pub container_retention: Duration,
 
+    /// Append one JSON line per ended container (its summary) to this file [default: none]
+    #[arg(
+        long = "container.summary-file",
+        value_name = "FILE",
+        value_parser = parse_summary_file
+    )]
+    pub container_summary_file: Option<PathBuf>,
+
+    /// Metric groups not to read or export, separated by ',': io, processes, pressure,
+    /// throttling, memory_events, network [default: none]
+    #[arg(
+        long = "collector.disable",
+        value_name = "GROUPS",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = Collectors::disabling
+    )]
+    pub collector_disable: Collectors,
+
     /// Most containers alive at once; launchers beyond it are turned away.
     #[arg(
         long = "gateway.max-containers",
@@ -165,6 +184,27 @@ pub struct Args {
     )]
     pub container_max_retained_per_user: usize,
 
+    /// Processes one container's fork hook tracks (besides those it had when admitted); a child
+    /// forked past it is not tracked (counted in apptheus_container_untracked_processes_total)
+    /// but still lives, and is measured, in the container's cgroup.
+    #[arg(
+        long = "container.max-processes",
+        value_name = "COUNT",
+        default_value = "16384",
+        value_parser = parse_count::<u64>
+    )]
+    pub container_max_processes: u64,
+
+    /// Processes tracked at once over all containers: the size of the kernel's map of tracked
+    /// processes (about 70 bytes each, allocated at start; at most 1048576).
+    #[arg(
+        long = "tracker.max-processes",
+        value_name = "COUNT",
+        default_value = "131072",
+        value_parser = parse_max_processes
+    )]
+    pub tracker_max_processes: usize,
+
     /// Directory for the daemon's state.
     #[arg(
         long = "state.dir",
@@ -181,6 +221,17 @@ pub struct Args {
     /// Format of the log lines on stderr.
     #[arg(long = "log.format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Logfmt)]
     pub log_format: LogFormat,
+
+    /// Publish user names, uids (also those in cgroup paths) and home-directory paths as keyed
+    /// hashes (HMAC-SHA256, u-/p- and 16 hex digits), keyed with the salt in FILE: root's, mode
+    /// 0600 or 0400, 16 bytes or more. Nodes sharing the salt publish the same hashes [default:
+    /// off, values in clear]
+    #[arg(
+        long = "privacy.hash-salt-file",
+        value_name = "FILE",
+        value_parser = parse_absolute_path
+    )]
+    pub privacy_hash_salt_file: Option<PathBuf>,
 }
 
 /// Where a container's cgroup is made (`--cgroup.placement`).
@@ -213,7 +264,7 @@ impl LogLevel {
         }
     }
 
-    /// The same filter for records of crates that log through `log` (aya-log).
+    /// The same filter for records of crates that log through `log` (aya).
     pub fn log_filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Debug => log::LevelFilter::Debug,
@@ -430,6 +481,15 @@ fn parse_absolute_path(s: &str) -> Result<PathBuf, String> {
     Ok(path.to_path_buf())
 }
 
+/// `--container.summary-file`: absolute, naming a file (not a directory).
+fn parse_summary_file(s: &str) -> Result<PathBuf, String> {
+    let path = parse_absolute_path(s)?;
+    if path.file_name().is_none() || s.ends_with('/') {
+        return Err(format!("{s:?} does not name a file"));
+    }
+    Ok(path)
+}
+
 /// `--socket.path`: absolute, naming a file, and short enough for `sockaddr_un`.
 fn parse_socket_path(s: &str) -> Result<PathBuf, String> {
     let path = parse_absolute_path(s)?;
@@ -476,6 +536,16 @@ fn parse_cgroup_parent(s: &str) -> Result<String, String> {
         return Err(format!("longer than {NAME_MAX} bytes"));
     }
     Ok(s.to_string())
+}
+
+/// `--tracker.max-processes`: between 1 and the largest map the daemon makes.
+fn parse_max_processes(s: &str) -> Result<usize, String> {
+    let count: usize = parse_count(s)?;
+    let max = crate::tracker::MAX_PROCESSES;
+    if count > max {
+        return Err(format!("must be at most {max}"));
+    }
+    Ok(count)
 }
 
 /// A rate per second: a finite number above 0.
@@ -571,6 +641,8 @@ mod tests {
         assert_eq!(args.gateway_admission_burst_per_user, 200);
         assert_eq!(args.container_max_retained, 4096);
         assert_eq!(args.container_max_retained_per_user, 1024);
+        assert_eq!(args.container_summary_file, None);
+        assert_eq!(args.collector_disable, Collectors::default());
         assert_eq!(args.state_dir, PathBuf::from("/var/lib/apptheus"));
         assert_eq!(args.log_level, LogLevel::Info);
         assert_eq!(args.log_format, LogFormat::Logfmt);
@@ -598,6 +670,10 @@ mod tests {
             "0",
             "--gateway.max-containers",
             "10",
+            "--container.summary-file",
+            "/var/log/apptheus/summary.jsonl",
+            "--collector.disable",
+            "pressure,network",
             "--state.dir",
             "/tmp/state",
             "--log.level",
@@ -630,6 +706,14 @@ mod tests {
         assert_eq!(args.cgroup_parent, "jobs");
         assert_eq!(args.container_retention, Duration::ZERO);
         assert_eq!(args.gateway_max_containers, 10);
+        assert_eq!(
+            args.container_summary_file,
+            Some(PathBuf::from("/var/log/apptheus/summary.jsonl"))
+        );
+        assert_eq!(
+            args.collector_disable.disabled_names(),
+            ["pressure", "network"]
+        );
         assert_eq!(args.state_dir, PathBuf::from("/tmp/state"));
         assert_eq!(args.log_level, LogLevel::Debug);
         assert_eq!(args.log_format, LogFormat::Json);
@@ -835,10 +919,34 @@ mod tests {
     }
 
     #[test]
+    fn collectors_and_summary_file() {
+        assert_bad_value("--collector.disable", "pressure,psi");
+        assert_bad_value("--collector.disable", "PRESSURE");
+        let err = parse(&["--collector.disable=bogus"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown collector \"bogus\""), "{err}");
+        assert!(err.contains("memory_events"), "{err}");
+        assert_bad_value("--container.summary-file", "summary.jsonl");
+        assert_bad_value("--container.summary-file", "/var/log/");
+        assert_bad_value("--container.summary-file", "/");
+    }
+
+    #[test]
     fn unknown_flag_is_an_error() {
         let err = parse(&["--web.listen-addr", ":1"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnknownArgument);
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn privacy_salt_file_is_off_by_default_and_absolute() {
+        assert_eq!(parse_ok(&[]).privacy_hash_salt_file, None);
+        assert_eq!(
+            parse_ok(&["--privacy.hash-salt-file=/etc/apptheus/salt"]).privacy_hash_salt_file,
+            Some(PathBuf::from("/etc/apptheus/salt"))
+        );
+        assert_bad_value("--privacy.hash-salt-file", "salt");
     }
 
     #[test]

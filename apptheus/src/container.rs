@@ -11,11 +11,18 @@ use crate::job::Job;
 pub struct Identity {
     /// `<exe basename>_<launcher pid>`, as the Go Apptheus named it.
     pub id: String,
-    /// Its cgroup path below the root of the primary hierarchy (the `cgroup` label).
+    /// Its cgroup path below the root of the primary hierarchy.
     pub cgroup: String,
-    /// The launcher's user name, or its uid when it has none.
+    /// The `cgroup` label: `cgroup`, with uids in it hashed under `--privacy.hash-salt-file`.
+    /// Not saved: a restart makes it again from `cgroup`.
+    #[serde(skip)]
+    pub cgroup_label: String,
+    /// The launcher's user name, or its uid when it has none; with
+    /// `--privacy.hash-salt-file`, its keyed hash (`privacy`).
     pub user: String,
-    pub uid: u32,
+    /// The launcher's uid, or its keyed hash. A number in state files of earlier versions.
+    #[serde(deserialize_with = "uid_text")]
+    pub uid: String,
     /// The launcher's pid.
     pub pid: i32,
     /// The basename of the launcher's executable.
@@ -30,11 +37,12 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The identity of a container still being admitted: its id and uid only.
-    pub fn pending(id: String, uid: u32) -> Identity {
+    /// The identity of a container still being admitted: its id and (published) uid only.
+    pub fn pending(id: String, uid: String) -> Identity {
         Identity {
             id,
             cgroup: String::new(),
+            cgroup_label: String::new(),
             user: String::new(),
             uid,
             pid: 0,
@@ -50,6 +58,20 @@ impl Identity {
         let exe = exe_basename(exe_path);
         (format!("{exe}_{pid}"), exe)
     }
+}
+
+/// A uid as text: state files before the privacy flag stored it as a number.
+fn uid_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Uid {
+        Number(u32),
+        Text(String),
+    }
+    Ok(match Uid::deserialize(d)? {
+        Uid::Number(n) => n.to_string(),
+        Uid::Text(t) => t,
+    })
 }
 
 /// The launcher pid at the end of a container id (`<exe>_<pid>`).
@@ -134,6 +156,25 @@ mod tests {
     fn user_names() {
         assert_eq!(user_name(0), "root");
         assert_eq!(user_name(4_000_000_000), "4000000000");
+    }
+
+    #[test]
+    fn uids_of_earlier_state_files_are_numbers() {
+        let json = |uid: &str| {
+            format!(
+                r#"{{"id":"x_1","cgroup":"/apptheus/x_1","user":"alice","uid":{uid},"pid":1,"exe":"x","exe_path":"/x","start_time":1.0}}"#
+            )
+        };
+        let old: Identity = serde_json::from_str(&json("1000")).unwrap();
+        assert_eq!(old.uid, "1000");
+        let hashed: Identity = serde_json::from_str(&json(r#""u-c8ef2e4faf46278c""#)).unwrap();
+        assert_eq!(hashed.uid, "u-c8ef2e4faf46278c");
+        // Written as text from now on.
+        assert!(
+            serde_json::to_string(&old)
+                .unwrap()
+                .contains(r#""uid":"1000""#)
+        );
     }
 
     #[test]

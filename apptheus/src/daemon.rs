@@ -16,18 +16,34 @@ use crate::{
     history::History,
     http,
     metrics::Metrics,
+    privacy::Privacy,
     recovery,
     registry::{self, Registry},
     sampler::Sampler,
     state::StateDir,
-    tracker::Tracker,
+    summary::Summaries,
+    tracker::{Limits, Tracker},
     webconfig::Web,
 };
 
-/// Run the daemon; `web` is the loaded `--web.config.file`, if given.
-pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
+/// Run the daemon; `web` is the loaded `--web.config.file`, if given, `privacy` what
+/// `--privacy.hash-salt-file` asks.
+pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -> Result<()> {
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
+    let metrics =
+        Arc::new(Metrics::with_collectors(args.collector_disable).context("setting up metrics")?);
+    let disabled = args.collector_disable.disabled_names();
+    if !disabled.is_empty() {
+        tracing::info!(
+            collectors = disabled.join(",").as_str(),
+            "metric groups disabled: neither read nor exported"
+        );
+    }
+    // Opened now: a summary file the daemon cannot write stops it at start.
+    let summaries = match &args.container_summary_file {
+        Some(path) => Summaries::with_file(path).context("--container.summary-file")?,
+        None => Summaries::log_only(),
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
 
@@ -58,21 +74,24 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     // Before anything is created: a second daemon on the same state must not start.
     let state_dir = StateDir::open(&args.state_dir)?;
     let saved = state_dir.load();
-    let (tracker, events) = Tracker::load().context("loading the eBPF tracker")?;
+    let (tracker, events) =
+        Tracker::load(tracker_limits(&args)).context("loading the eBPF tracker")?;
     let layout = Layout::detect().context("detecting the cgroup hierarchies")?;
     tracing::info!(
         mode = format!("{:?}", layout.mode()).as_str(),
         "cgroup layout detected"
     );
     let registry = Arc::new(Registry::new(
-        registry_config(&args),
+        registry_config(&args, privacy),
         layout,
         Arc::new(tracker),
     ));
     // Containers a previous run left (a crash, an upgrade) are taken back before any launcher
     // is admitted, so that none of their processes can be mistaken for a new container's.
-    let sampler =
-        Sampler::new(registry.clone(), metrics.clone(), Some(state_dir)).with_history(history);
+    let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir))
+        .with_collectors(args.collector_disable)
+        .with_summaries(summaries)
+        .with_history(history);
     let r = registry.clone();
     let (sampler, found) = tokio::task::spawn_blocking(move || {
         let found = recovery::recover(&r, saved);
@@ -125,7 +144,18 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>) -> Result<()> {
     Ok(())
 }
 
-fn registry_config(args: &Args) -> registry::Config {
+/// The kernel's maps hold every live container and every retained one at the limits.
+fn tracker_limits(args: &Args) -> Limits {
+    Limits {
+        containers: args
+            .gateway_max_containers
+            .saturating_add(args.container_max_retained),
+        processes: args.tracker_max_processes,
+        per_container: args.container_max_processes,
+    }
+}
+
+fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
     registry::Config {
         placement: match args.cgroup_placement {
             cli::Placement::Nested => Placement::Nested,
@@ -134,6 +164,7 @@ fn registry_config(args: &Args) -> registry::Config {
         parent: args.cgroup_parent.clone(),
         retention: args.container_retention,
         max_containers: args.gateway_max_containers,
+        privacy: Arc::new(privacy),
         limits: registry::Limits {
             containers_per_user: args.gateway_max_containers_per_user,
             retained: args.container_max_retained,

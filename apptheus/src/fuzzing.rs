@@ -11,12 +11,13 @@
 use apptheus_common::NO_FIELD;
 
 pub use crate::cgroup::fuzzing::{
-    cgroup_flat_keyed, cgroup_v1_blkio, cgroup_v2_io_stat, cgroup_values, mountinfo, proc_cgroup,
-    proc_statm,
+    cgroup_flat_keyed, cgroup_pressure, cgroup_v1_blkio, cgroup_v2_io_stat, cgroup_values,
+    mountinfo, proc_cgroup, proc_statm,
 };
 use crate::{
     state,
     tracker::{
+        btf,
         format::{self, Format},
         proctable::parse_stat_ppid,
     },
@@ -29,10 +30,12 @@ pub type Harness = fn(&[u8]);
 /// Every harness, by fuzz target name.
 pub const HARNESSES: &[(&str, Harness)] = &[
     ("tracefs_format", tracefs_format),
+    ("btf_member", btf_member),
     ("cgroup_flat_keyed", cgroup_flat_keyed),
     ("cgroup_v1_blkio", cgroup_v1_blkio),
     ("cgroup_v2_io_stat", cgroup_v2_io_stat),
     ("cgroup_values", cgroup_values),
+    ("cgroup_pressure", cgroup_pressure),
     ("mountinfo", mountinfo),
     ("proc_cgroup", proc_cgroup),
     ("proc_statm", proc_statm),
@@ -61,12 +64,11 @@ pub fn tracefs_format(data: &[u8]) {
     for f in &parsed.fields {
         assert!(!f.name.is_empty() && !f.decl.is_empty(), "{f:?}");
     }
-    // The same text stands for all three events: the fuzzer can then reach every field.
-    if let Ok(offsets) = format::offsets(&parsed, &parsed, &parsed) {
+    // The same text stands for both events: the fuzzer can then reach every field.
+    if let Ok(offsets) = format::offsets(&parsed, &parsed) {
         for (name, offset) in [
             ("pid", offsets.newtask_pid),
             ("clone_flags", offsets.newtask_clone_flags),
-            ("child_pid", offsets.fork_child_pid),
         ] {
             assert_eq!(parsed.field(name).map(|f| f.offset), Some(offset), "{name}");
             assert_ne!(offset, NO_FIELD, "{name} is there but reads as absent");
@@ -82,6 +84,25 @@ pub fn tracefs_format(data: &[u8]) {
             None => assert_eq!(offsets.exit_group_dead, NO_FIELD),
         }
     }
+}
+
+/// The kernel's BTF (`/sys/kernel/btf/vmlinux`), read at load time for
+/// `task_struct.exit_code`: any bytes are a member, no member or an error, never a panic; a
+/// member found is a byte offset the BTF's 32-bit bit offsets can express (its size may be
+/// anything the types say, 0 too: the loader takes only 4). A blob built with a struct at the
+/// input's chosen offset gives that offset back.
+pub fn btf_member(data: &[u8]) {
+    if let Ok(Some(m)) = btf::member(data, "task_struct", "exit_code") {
+        assert!(m.offset < 1 << 29, "{m:?}");
+    }
+    let offset = data.get(..4).map_or(0, |b| {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % (1 << 20)
+    });
+    let blob = btf::build(&[("task_struct", &[("pid", 0), ("exit_code", offset)])]);
+    assert_eq!(
+        btf::member(&blob, "task_struct", "exit_code"),
+        Ok(Some(btf::Member { offset, size: 4 }))
+    );
 }
 
 /// A format text with the given fields, as the kernel writes it.

@@ -239,7 +239,7 @@ mod tests {
     fn identity(id: &str, start_time: f64) -> Identity {
         Identity {
             start_time,
-            ..Identity::pending(id.into(), 0)
+            ..Identity::pending(id.into(), "0".into())
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod cgroup;
 pub mod cli;
+pub mod collectors;
 pub mod container;
 pub mod daemon;
 pub mod duration;
@@ -21,10 +22,12 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod pidfd;
+pub mod privacy;
 pub mod recovery;
 pub mod registry;
 pub mod sampler;
 pub mod state;
+pub mod summary;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testhook;

@@ -1,7 +1,7 @@
 //! `apptheus`: the daemon.
 use std::process::ExitCode;
 
-use apptheus::{cli::Args, daemon, gateway::Trust, telemetry, webconfig::Web};
+use apptheus::{cli::Args, daemon, gateway::Trust, privacy::Privacy, telemetry, webconfig::Web};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
@@ -25,6 +25,18 @@ fn main() -> ExitCode {
             eprintln!("apptheus: {e:#}");
             return ExitCode::from(2);
         }
+    };
+    // The salt is read and checked before anything starts: a bad file stops the daemon rather
+    // than letting it publish names in clear.
+    let privacy = match args.privacy_hash_salt_file.as_deref() {
+        None => Privacy::off(),
+        Some(path) => match Privacy::from_salt_file(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("apptheus: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let trust = match Trust::new(args.trust_path.paths()) {
         Ok((trust, warnings)) => {
@@ -65,7 +77,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(daemon::run(args, trust, web)) {
+    if privacy.is_on() {
+        tracing::info!(
+            "--privacy.hash-salt-file: user names, uids (also in cgroup paths) and home paths are published as keyed hashes"
+        );
+    }
+    match runtime.block_on(daemon::run(args, trust, web, privacy)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "apptheus failed");

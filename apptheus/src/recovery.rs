@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 use crate::{
     container::{Identity, from_unix_seconds, pid_of_id, unix_seconds, user_name},
     pidfd::Process,
+    privacy::Privacy,
     registry::Registry,
     state::SavedContainer,
     testhook,
@@ -56,15 +57,17 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         // in a cgroup delegated to them; those are never taken, nor removed).
         if saved.is_none() && !cgroup.adopted().is_empty() {
             tracing::warn!(
-                cgroup = rel.as_str(),
+                cgroup = registry.config().privacy.cgroup(&rel).as_str(),
                 "a directory shaped like a container's is not root's: left alone"
             );
             continue;
         }
         let procs = cgroup.procs();
+        let privacy = &registry.config().privacy;
         let (identity, end_time) = match saved {
-            Some(s) => (s.identity, s.end_time),
-            None => (guess(&rel, &procs), None),
+            // A state file written with --privacy.hash-salt-file off holds clear values.
+            Some(s) => (republish(privacy, s.identity), s.end_time),
+            None => (guess(&rel, &procs, privacy), None),
         };
         let key = registry.next_key();
         let members = if procs.is_empty() {
@@ -101,14 +104,14 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
             tracing::info!(
                 container = identity.id.as_str(),
                 processes = members.len(),
-                cgroup = rel.as_str(),
+                cgroup = identity.cgroup_label.as_str(),
                 "container re-adopted"
             );
         } else {
             recovery.ended += 1;
             tracing::info!(
                 container = identity.id.as_str(),
-                cgroup = rel.as_str(),
+                cgroup = identity.cgroup_label.as_str(),
                 "container ended while the daemon was down"
             );
         }
@@ -121,7 +124,7 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
 /// pid from its id, the user and exe path from the launcher if it still runs in the container
 /// (else the user of any of its processes). Its start is unknown: the restart's time stands for
 /// it (a directory's times are its owner's to set).
-fn guess(rel: &str, procs: &[i32]) -> Identity {
+fn guess(rel: &str, procs: &[i32], privacy: &Privacy) -> Identity {
     let id = rel.rsplit('/').next().unwrap_or_default().to_string();
     let pid = pid_of_id(&id).unwrap_or(0);
     let exe = id
@@ -144,19 +147,40 @@ fn guess(rel: &str, procs: &[i32]) -> Identity {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
     let start_time = unix_seconds(SystemTime::now());
+    let user = if uid == u32::MAX {
+        "unknown".into()
+    } else {
+        user_name(uid)
+    };
+    let published = privacy.publish(&user, uid, &exe_path, rel);
     Identity {
         id,
         cgroup: rel.to_string(),
-        user: if uid == u32::MAX {
-            "unknown".into()
-        } else {
-            user_name(uid)
-        },
-        uid,
+        cgroup_label: published.cgroup_label,
+        user: published.user,
+        uid: published.uid,
         pid,
         exe,
-        exe_path,
+        exe_path: published.exe_path,
         start_time,
         job: Default::default(),
     }
+}
+
+/// A saved identity in the published form of this run.
+fn republish(privacy: &Privacy, mut identity: Identity) -> Identity {
+    let published = privacy.republish(
+        &identity.user,
+        &identity.uid,
+        &identity.exe_path,
+        &identity.cgroup,
+    );
+    identity.user = published.user;
+    identity.uid = published.uid;
+    identity.exe_path = published.exe_path;
+    identity.cgroup_label = published.cgroup_label;
+    if !identity.job.image.starts_with("p-") {
+        identity.job.image = privacy.path(&identity.job.image, identity.uid.parse().ok());
+    }
+    identity
 }

@@ -18,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cgroup::{Reader, Stats},
+    collectors::Collectors,
     container::unix_seconds,
     history::{History, Reading},
     metrics::{ContainerSeries, Metrics},
     registry::{Entry, Registry},
     state::StateDir,
+    summary::{Allowance, Summaries},
     tracker::ProcessCounters,
 };
 
@@ -54,6 +56,8 @@ struct Sampled {
     sampled_peak: Option<u64>,
     /// Sampled after its end: the values are final.
     finished: bool,
+    /// The CPUs it may use, read at its first pass (for its summary).
+    allowance: Option<Allowance>,
 }
 
 impl Sampled {
@@ -66,6 +70,7 @@ impl Sampled {
             procs: ProcessCounters::default(),
             sampled_peak: None,
             finished: false,
+            allowance: None,
         }
     }
 
@@ -149,6 +154,8 @@ pub struct Sampler {
     /// Where the containers are saved for a restart; none in tests of the sampler alone.
     state_dir: Option<StateDir>,
     reader: Reader,
+    /// Where a container's summary goes when it is final.
+    summaries: Summaries,
     containers: HashMap<u64, Sampled>,
     /// The registry's generation `containers` was last brought up to date with.
     generation: Option<u64>,
@@ -167,6 +174,7 @@ impl Sampler {
             metrics,
             state_dir,
             reader: Reader::new(),
+            summaries: Summaries::log_only(),
             containers: HashMap::new(),
             generation: None,
             history: None,
@@ -176,6 +184,18 @@ impl Sampler {
     /// Keep `history` of every container it reads.
     pub fn with_history(mut self, history: Arc<History>) -> Sampler {
         self.history = Some(history);
+        self
+    }
+
+    /// Reads no file of the disabled `collectors`' groups.
+    pub fn with_collectors(mut self, collectors: Collectors) -> Sampler {
+        self.reader = Reader::with_collectors(collectors);
+        self
+    }
+
+    /// Writes the containers' summaries through `summaries` (the log only by default).
+    pub fn with_summaries(mut self, summaries: Summaries) -> Sampler {
+        self.summaries = summaries;
         self
     }
 
@@ -216,8 +236,13 @@ impl Sampler {
         let mut changed = self.sync();
         let (mut ended, mut finished) = (Vec::new(), Vec::new());
         let tracker = self.registry.tracker();
+        // Every container's counters in one batched map read (one lookup each if that fails).
+        let counters = tracker.all_counters();
         for (key, s) in self.containers.iter_mut().filter(|(_, s)| s.wanted(pass)) {
-            let procs = tracker.counters(*key).ok().flatten();
+            let procs = match &counters {
+                Ok(all) => all.get(key).copied(),
+                Err(_) => tracker.counters(*key).ok().flatten(),
+            };
             changed |= s.sample(&mut self.reader, procs, start);
             if let Some(history) = &self.history {
                 let reading = Reading {
@@ -228,11 +253,25 @@ impl Sampler {
                 };
                 history.record(&s.entry.identity, &reading);
             }
+            if s.allowance.is_none() {
+                // The launcher's pid names it only while the tracker holds it under this key
+                // (after a restart, the pid may be another process's).
+                let launcher = s.entry.identity.pid;
+                let ours = tracker.key_of(launcher).ok().flatten() == Some(*key);
+                let cgroup = &s.entry.cgroup;
+                s.allowance = Some(Allowance::read(
+                    &mut self.reader,
+                    cgroup,
+                    ours.then_some(launcher),
+                ));
+            }
             // Ended when the pass began: these values are the final ones. A container whose
             // counters show no live process has ended, even if its exit event was lost.
             if s.entry.end_time.is_some() {
                 s.finished = true;
                 finished.push(*key);
+                self.summaries
+                    .ended(&s.series(), s.allowance.unwrap_or_default());
             } else if procs.is_some_and(|p| p.live == 0) {
                 ended.push(*key);
             }
@@ -246,7 +285,13 @@ impl Sampler {
         for key in ended {
             self.registry.end(key);
         }
-        self.metrics.containers.set(self.registry.live() as i64);
+        // Counted from what this pass published, so the gauge and the series agree.
+        let live = self
+            .containers
+            .values()
+            .filter(|s| s.entry.end_time.is_none())
+            .count();
+        self.metrics.containers.set(live as i64);
         if pass != Pass::Full {
             // Saved at once: an admitted container may be the launcher's own cgroup, which
             // only the state file can tell a restarted daemon about.
@@ -259,6 +304,7 @@ impl Sampler {
         self.registry.finish_walks();
         self.metrics
             .set_walks_cut_short(self.registry.walks_cut_short());
+        tracker.warn_if_full();
         self.metrics
             .sample_duration
             .observe(start.elapsed().as_secs_f64());
@@ -352,8 +398,9 @@ mod tests {
             identity: Arc::new(Identity {
                 id: "c_1".into(),
                 cgroup: "/job/c_1".into(),
+                cgroup_label: "/job/c_1".into(),
                 user: "root".into(),
-                uid: 0,
+                uid: "0".into(),
                 pid: 1,
                 exe: "c".into(),
                 exe_path: "/bin/c".into(),

@@ -288,8 +288,10 @@ mod tests {
             identity: Identity {
                 id: id.into(),
                 cgroup: format!("/slurm/job_1/apptheus/{id}"),
+                // Not saved.
+                cgroup_label: String::new(),
                 user: "alice".into(),
-                uid: 1000,
+                uid: "1000".into(),
                 pid: 4242,
                 exe: "starter-suid".into(),
                 exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),

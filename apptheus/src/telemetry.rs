@@ -1,7 +1,7 @@
 //! The daemon's log: `tracing` events, one line per event on stderr, in logfmt or JSON.
 //!
-//! The daemon logs through `tracing`; records of crates that use `log` (aya-log, which forwards
-//! the eBPF programs' own messages) arrive through `tracing-log`. Each line holds `ts`, `level`,
+//! The daemon logs through `tracing`; records of crates that use `log` (aya) arrive through
+//! `tracing-log`. Each line holds `ts`, `level`,
 //! `msg`, then `source` for events from outside the daemon (their target), then the event's
 //! fields in order. This module only formats: filtering and writing are tracing-subscriber's.
 use std::fmt::{self, Write as _};
@@ -436,7 +436,7 @@ mod tests {
 
     #[test]
     fn log_records_arrive_with_their_target() {
-        // What aya-log does: a `log` record, bridged by tracing-log.
+        // What aya does: a `log` record, bridged by tracing-log.
         let l = lines(LogFormat::Logfmt, LogLevel::Info, || {
             let record = log::Record::builder()
                 .args(format_args!("from the kernel"))

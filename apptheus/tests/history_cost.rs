@@ -27,7 +27,7 @@ fn a_thousand_full_histories_cost_about_a_kibibyte_each() {
     let identities: Vec<Identity> = (0..CONTAINERS)
         .map(|i| Identity {
             start_time: 1.0,
-            ..Identity::pending(format!("apptheus-exec_{}", 100_000 + i), 1000)
+            ..Identity::pending(format!("apptheus-exec_{}", 100_000 + i), "1000".into())
         })
         .collect();
     let history = History::new(Duration::from_millis(500));

@@ -433,7 +433,7 @@ fn one_user_at_the_limits_leaves_room_for_the_others() {
         &d,
         0,
         &[
-            "--gateway.admissions-per-user reached",
+            "--gateway.admission-rate-per-user reached",
             &format!("pid={}", seventh.pid()),
         ],
     );

@@ -35,6 +35,10 @@ const MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 const PIDS_LIMIT: u64 = 64;
 /// What the workload in the limited cgroup allocates (MiB).
 const LIMITED_ALLOC_MIB: u64 = 64;
+/// The CPU quota of the test-made cgroup: half a CPU (per 100 ms period), so that the limited
+/// container has its own CFS bandwidth counters on every layout (on pure v2 only a cgroup with
+/// the cpu controller has them).
+const CPU_QUOTA_US: u64 = 50_000;
 
 // ------------------------------------------------------------------------------------- helpers
 
@@ -105,11 +109,12 @@ impl Drop for Launcher {
     }
 }
 
-/// Cgroups made by the test with a memory and a pids limit, for a launcher to start in: the
-/// daemon nests the container below them (`--cgroup.placement=nested`), so its
-/// `spec_memory_limit_bytes` and `spec_pids_limit` series exist. On cgroup v1 (and hybrid hosts)
-/// that is one cgroup in the memory and one in the pids hierarchy; on a pure v2 host one cgroup.
-/// Removed, with whatever the daemon left inside, when dropped.
+/// Cgroups made by the test with a memory and a pids limit and a CPU quota, for a launcher to
+/// start in: the daemon nests the container below them (`--cgroup.placement=nested`), so its
+/// `spec_memory_limit_bytes` and `spec_pids_limit` series exist, and its CFS throttling
+/// counters. On cgroup v1 (and hybrid hosts) that is one cgroup in the memory, one in the pids
+/// and one in the cpu hierarchy; on a pure v2 host one cgroup. Removed, with whatever the daemon
+/// left inside, when dropped.
 struct LimitedCgroup {
     dirs: Vec<PathBuf>,
 }
@@ -119,25 +124,40 @@ impl LimitedCgroup {
         let name = common::unique("apptheus-test-prom");
         let root = Path::new("/sys/fs/cgroup");
         let mut cg = LimitedCgroup { dirs: Vec::new() };
-        let limits: Vec<(PathBuf, &str, u64)> = if root
+        let limits: Vec<(PathBuf, &str, String)> = if root
             .join("memory/memory.limit_in_bytes")
             .exists()
         {
             vec![
-                (root.join("memory"), "memory.limit_in_bytes", MEMORY_LIMIT),
-                (root.join("pids"), "pids.max", PIDS_LIMIT),
+                (
+                    root.join("memory"),
+                    "memory.limit_in_bytes",
+                    MEMORY_LIMIT.to_string(),
+                ),
+                (root.join("pids"), "pids.max", PIDS_LIMIT.to_string()),
+                (
+                    root.join("cpu"),
+                    "cpu.cfs_quota_us",
+                    CPU_QUOTA_US.to_string(),
+                ),
             ]
         } else {
             let enabled =
                 std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
             assert!(
-                enabled.split_whitespace().any(|c| c == "memory")
-                    && enabled.split_whitespace().any(|c| c == "pids"),
-                "neither v1 memory/pids hierarchies nor a v2 root with memory and pids enabled under /sys/fs/cgroup"
+                ["memory", "pids", "cpu"]
+                    .iter()
+                    .all(|c| enabled.split_whitespace().any(|e| e == *c)),
+                "neither v1 memory/pids/cpu hierarchies nor a v2 root with memory, pids and cpu enabled under /sys/fs/cgroup ({enabled:?})"
             );
             vec![
-                (root.to_path_buf(), "memory.max", MEMORY_LIMIT),
-                (root.to_path_buf(), "pids.max", PIDS_LIMIT),
+                (root.to_path_buf(), "memory.max", MEMORY_LIMIT.to_string()),
+                (root.to_path_buf(), "pids.max", PIDS_LIMIT.to_string()),
+                (
+                    root.to_path_buf(),
+                    "cpu.max",
+                    format!("{CPU_QUOTA_US} 100000"),
+                ),
             ]
         };
         for (hierarchy, file, value) in limits {
@@ -147,7 +167,7 @@ impl LimitedCgroup {
                     .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
                 cg.dirs.push(dir.clone());
             }
-            std::fs::write(dir.join(file), value.to_string())
+            std::fs::write(dir.join(file), &value)
                 .unwrap_or_else(|e| panic!("write {}/{file}: {e}", dir.display()));
         }
         cg
@@ -226,6 +246,16 @@ impl Live {
             assert_eq!(l.0.line(), "alloc ok");
             l.0.ready();
         }
+        // A container that has ended (exit 3), retained: the dashboard's exit-code panel.
+        let mut ended = daemon.exec_workload(&["ready", "wait", "exit:3"]);
+        ended.ready();
+        let label = format!("container=\"{}\"", exec_id(ended.pid()));
+        eventually(Duration::from_secs(5), || {
+            daemon.metrics().contains(&label).then_some(())
+        })
+        .unwrap_or_else(|| panic!("container {label} not in /metrics within 5 s"));
+        ended.go();
+        assert_eq!(ended.wait().code(), Some(3));
         let limited_label = format!("container=\"{}\"", exec_id(limited.pid()));
         eventually(Duration::from_secs(5), || {
             let m = daemon.metrics();
@@ -632,7 +662,11 @@ fn scrape_and_query(started: Instant) {
     let mut answers: Vec<Answer>;
     loop {
         answers = queries.iter().map(|q| prom.query(q)).collect();
-        if answers.iter().all(Answer::success_with_data) || Instant::now() > end {
+        let settled = queries
+            .iter()
+            .zip(&answers)
+            .all(|(_, a)| a.success_with_data());
+        if settled || Instant::now() > end {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -702,7 +736,7 @@ fn systemd_unit_verifies() {
     let daemon = bin("apptheus");
     let unit = std::fs::read_to_string(workspace().join("deploy/systemd/apptheus.service"))
         .expect("read deploy/systemd/apptheus.service");
-    let prefix = "ExecStart=/usr/local/bin/apptheus ";
+    let prefix = "ExecStart=/usr/bin/apptheus ";
     assert_eq!(
         unit.lines().filter(|l| l.starts_with(prefix)).count(),
         1,
@@ -738,7 +772,31 @@ fn readme_metric_table_matches_the_daemon() {
     let readme = std::fs::read_to_string(workspace().join("README.md")).expect("read README.md");
     let rows = readme_table(&readme);
     let live = Live::start(0.2);
-    let text = live.daemon.metrics();
+    // A third container that ended, with a non-zero status: the families only an ended
+    // container has (its end time, its exit code) show too.
+    let mut ended = live.daemon.exec_workload(&["ready", "wait", "exit:1"]);
+    ended.ready();
+    let admitted = format!("container=\"{}\"", exec_id(ended.pid()));
+    eventually(Duration::from_secs(10), || {
+        live.daemon.metrics().contains(&admitted).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{admitted} not shown:\n{}", live.daemon.log_text()));
+    ended.go();
+    assert_eq!(ended.wait().code(), Some(1));
+    let exit_code = format!(
+        "apptheus_container_exit_code{{container=\"{}\"",
+        exec_id(ended.pid())
+    );
+    let text = eventually(Duration::from_secs(10), || {
+        let m = live.daemon.metrics();
+        m.contains(&exit_code).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the ended container's exit code is not shown:\n{}",
+            live.daemon.log_text()
+        )
+    });
     let exposed = exposed_families(&text);
 
     let mut problems = Vec::new();
@@ -755,13 +813,38 @@ fn readme_metric_table_matches_the_daemon() {
         problems.push("the table lists process_* but the daemon exposes none".into());
     }
     // Series the contract allows to be missing where the kernel has nothing to report. They are
-    // excused only when the container's memory cgroup really lacks the file they come from.
+    // excused only when the container's cgroup really lacks the file (or the line) they come
+    // from.
     let memory_cgroup = memory_cgroup_dir(&text, &exec_id(live.limited.pid()));
+    let pid = live.limited.pid();
+    let unified = common::cgroup_dir_of(pid, "");
     let excused = |name: &str| -> Option<String> {
-        if name == "apptheus_container_end_time_seconds" {
-            // Exported only for ended containers; both of this test's containers live (its
-            // value is checked in the daemon tests).
-            return Some(format!("{name}: no container has ended"));
+        if let Some(rest) = name.strip_prefix("apptheus_container_pressure_") {
+            let resource = rest.split('_').next().unwrap_or_default();
+            let Some(dir) = &unified else {
+                return Some(format!("{name}: no unified tree, no PSI"));
+            };
+            let file = dir.join(format!("{resource}.pressure"));
+            return match std::fs::read_to_string(&file) {
+                Err(e) => Some(format!("{name}: {}: {e}", file.display())),
+                Ok(t) if rest.contains("_stalled_") && !t.contains("full ") => Some(format!(
+                    "{name}: {} has no \"full\" line (Linux before 5.13)",
+                    file.display()
+                )),
+                Ok(_) => None,
+            };
+        }
+        if name.starts_with("apptheus_container_cpu_cfs_") {
+            let stat = common::cgroup_dir_of(pid, "cpu")
+                .or_else(|| unified.clone())
+                .map(|d| d.join("cpu.stat"))?;
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            return (!text.contains("nr_periods ")).then(|| {
+                format!(
+                    "{name}: {} has no nr_periods (no cpu controller)",
+                    stat.display()
+                )
+            });
         }
         let files: &[&str] = match name {
             "apptheus_container_memory_swap_bytes" => {
@@ -770,6 +853,7 @@ fn readme_metric_table_matches_the_daemon() {
             "apptheus_container_memory_max_usage_bytes" => {
                 &["memory.max_usage_in_bytes", "memory.peak"]
             }
+            "apptheus_container_memory_events_total" => &["memory.failcnt", "memory.events"],
             _ => return None,
         };
         let dir = memory_cgroup.as_ref()?;

@@ -122,7 +122,7 @@ fn wait_pid_file(path: &Path, slurm: &Slurm) -> i32 {
 fn waiting_script(dir: &Path, name: &str) -> String {
     let d = s(dir);
     format!(
-        "echo $$ > {d}/{name}.pid.tmp && mv {d}/{name}.pid.tmp {d}/{name}.pid; env | sort > {d}/{name}.env; \
+        "env | sort > {d}/{name}.env; echo $$ > {d}/{name}.pid.tmp && mv {d}/{name}.pid.tmp {d}/{name}.pid; \
          while [ ! -e {d}/{name}.go ]; do sleep 0.01; done"
     )
 }

@@ -20,8 +20,8 @@ async fn tracker_mounts_tracefs_when_missing() {
         !Path::new(TRACEFS).join("events").is_dir(),
         "tracefs still mounted"
     );
-    let (_tracker, _events) =
-        Tracker::load().unwrap_or_else(|e| panic!("tracker cannot load: {e:#}"));
+    let (_tracker, _events) = Tracker::load(apptheus::tracker::Limits::default())
+        .unwrap_or_else(|e| panic!("tracker cannot load: {e:#}"));
     assert!(
         Path::new(TRACEFS)
             .join("events/sched/sched_process_fork/format")

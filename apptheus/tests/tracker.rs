@@ -7,7 +7,7 @@ use std::{collections::HashSet, time::Duration};
 
 use apptheus::{
     pidfd::{Pidfd, Process},
-    tracker::{ProcessCounters, Tracker},
+    tracker::{Limits, ProcessCounters, Tracker},
 };
 use apptheus_common::{Event, EventKind};
 use common::{Workload, eventually, require_root};
@@ -15,8 +15,7 @@ use common::{Workload, eventually, require_root};
 const KEY: u64 = 0xA9_0001;
 
 fn load() -> (Tracker, apptheus::tracker::EventStream) {
-    require_root();
-    Tracker::load().unwrap_or_else(|e| panic!("the eBPF tracker cannot load here: {e:#}"))
+    load_with(Limits::default())
 }
 
 /// Register `pid`'s tree under `key`: the members' pids (root first).
@@ -27,12 +26,29 @@ fn register(t: &Tracker, pid: i32, key: u64) -> Result<Vec<i32>, apptheus::track
     Ok(tracked.members.iter().map(Process::pid).collect())
 }
 
-/// Wait until the counters of `key` equal `want`; return what they were last.
+fn load_with(limits: Limits) -> (Tracker, apptheus::tracker::EventStream) {
+    require_root();
+    Tracker::load(limits).unwrap_or_else(|e| panic!("the eBPF tracker cannot load here: {e:#}"))
+}
+
+/// The process counts of `c` (forks, execs, exits, live, untracked), the rest left default.
+fn counts(c: ProcessCounters) -> ProcessCounters {
+    ProcessCounters {
+        forks: c.forks,
+        execs: c.execs,
+        exits: c.exits,
+        live: c.live,
+        untracked: c.untracked,
+        ..Default::default()
+    }
+}
+
+/// Wait until the process counts of `key` equal `want`'s; return what they were last.
 fn counters_become(t: &Tracker, key: u64, want: ProcessCounters) -> ProcessCounters {
     let mut last = None;
     eventually(Duration::from_secs(10), || {
-        last = t.counters(key).unwrap();
-        (last == Some(want)).then_some(())
+        last = t.counters(key).unwrap().map(counts);
+        (last == Some(counts(want))).then_some(())
     });
     last.unwrap_or_default()
 }
@@ -84,6 +100,7 @@ async fn follows_processes_forked_after_registration() {
             execs: 4,
             exits: 11,
             live: 10,
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -92,7 +109,8 @@ async fn follows_processes_forked_after_registration() {
             forks: 20,
             execs: 4,
             exits: 11,
-            live: 10
+            live: 10,
+            ..Default::default()
         }
     );
     let tracked = t.pids(KEY);
@@ -111,6 +129,7 @@ async fn follows_processes_forked_after_registration() {
             execs: 4,
             exits: 20,
             live: 1,
+            ..Default::default()
         },
     );
     assert_eq!(c.live, 1, "{c:?}");
@@ -124,6 +143,7 @@ async fn follows_processes_forked_after_registration() {
             execs: 4,
             exits: 21,
             live: 0,
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -132,7 +152,8 @@ async fn follows_processes_forked_after_registration() {
             forks: 20,
             execs: 4,
             exits: 21,
-            live: 0
+            live: 0,
+            ..Default::default()
         }
     );
     assert!(
@@ -196,6 +217,7 @@ async fn adopts_processes_forked_before_registration() {
             execs: 0,
             exits: 8,
             live: 1,
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -204,7 +226,8 @@ async fn adopts_processes_forked_before_registration() {
             forks: 0,
             execs: 0,
             exits: 8,
-            live: 1
+            live: 1,
+            ..Default::default()
         }
     );
     w.go();
@@ -217,6 +240,7 @@ async fn adopts_processes_forked_before_registration() {
             execs: 0,
             exits: 9,
             live: 0,
+            ..Default::default()
         },
     );
     assert_eq!(c.live, 0, "{c:?}");
@@ -271,6 +295,7 @@ async fn fork_storm_is_counted_exactly_and_never_leaks() {
         execs: 0,
         exits: n,
         live: 1,
+        ..Default::default()
     };
     let c = counters_become(&t, key, want);
     assert_eq!(c, want);
@@ -338,4 +363,129 @@ async fn registering_a_vanished_process_fails() {
         .to_string();
     assert!(err.contains("exited"), "{err}");
     assert_eq!(t.counters(KEY + 4).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_at_its_process_bound_forks_untracked_children() {
+    let (t, _events) = load_with(Limits {
+        per_container: 50,
+        ..Limits::default()
+    });
+    let key = KEY + 5;
+    let mut bomb = Workload::spawn(&[
+        "ready",
+        "wait",
+        "tree:200:0",
+        "ready",
+        "wait",
+        "release",
+        "ready",
+        "wait",
+    ]);
+    bomb.ready();
+    assert_eq!(register(&t, bomb.pid(), key).unwrap(), vec![bomb.pid()]);
+    bomb.go();
+    bomb.ready();
+    // 200 children alive at once: the first 50 are tracked, the rest only counted.
+    let want = ProcessCounters {
+        forks: 50,
+        live: 51,
+        untracked: 150,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, key, want), want);
+    assert_eq!(t.pids(key).len(), 51, "the launcher and 50 children");
+
+    // Another container, registered after the storm, is tracked and counts its forks.
+    let other_key = key + 1;
+    let mut other = Workload::spawn(&["ready", "wait", "forks:5", "ready", "wait"]);
+    other.ready();
+    register(&t, other.pid(), other_key).unwrap();
+    other.go();
+    other.ready();
+    let want_other = ProcessCounters {
+        forks: 5,
+        exits: 5,
+        live: 1,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, other_key, want_other), want_other);
+    // The sampler's batched read gives what one lookup per container gives.
+    let all = t.all_counters().unwrap();
+    for k in [key, other_key] {
+        assert_eq!(all.get(&k).copied(), t.counters(k).unwrap(), "key {k}");
+    }
+
+    // The children end: only the tracked ones count as exits, and the bound frees up.
+    bomb.go();
+    bomb.ready();
+    let want = ProcessCounters {
+        forks: 50,
+        exits: 50,
+        live: 1,
+        untracked: 150,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, key, want), want);
+    bomb.go();
+    other.go();
+    bomb.wait();
+    other.wait();
+    t.unregister(key).unwrap();
+    t.unregister(other_key).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batched_read_gives_every_containers_counters() {
+    // Room for 3 containers: the batched read then goes 3 entries at a time, so 3 containers
+    // fill a chunk exactly and the read goes on past it.
+    let (t, _events) = load_with(Limits {
+        containers: 3,
+        ..Limits::default()
+    });
+    let mut ws: Vec<Workload> = (0..3)
+        .map(|_| Workload::spawn(&["ready", "wait", "forks:2", "ready", "wait"]))
+        .collect();
+    for (i, w) in ws.iter_mut().enumerate() {
+        w.ready();
+        register(&t, w.pid(), KEY + 10 + i as u64).unwrap();
+    }
+    let mut w4 = Workload::spawn(&["ready", "wait"]);
+    w4.ready();
+    assert!(
+        register(&t, w4.pid(), KEY + 13).is_err(),
+        "a fourth container finds the counters map full"
+    );
+    for w in &mut ws {
+        w.go();
+        w.ready();
+    }
+    for i in 0..3 {
+        let want = ProcessCounters {
+            forks: 2,
+            exits: 2,
+            live: 1,
+            ..Default::default()
+        };
+        assert_eq!(counters_become(&t, KEY + 10 + i, want), want);
+    }
+    let all = t.all_counters().unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    for i in 0..3 {
+        let key = KEY + 10 + i;
+        assert_eq!(
+            all.get(&key).copied(),
+            t.counters(key).unwrap(),
+            "key {key}"
+        );
+    }
+    for w in &mut ws {
+        w.go();
+        w.wait();
+    }
+    w4.go();
+    w4.wait();
+    for i in 0..3 {
+        t.unregister(KEY + 10 + i).unwrap();
+    }
 }

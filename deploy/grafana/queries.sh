@@ -145,7 +145,22 @@ BEGIN {
           "apptheus_container_processes gauge 5 1;" \
           "apptheus_container_forks_total counter 2 0;" \
           "apptheus_container_execs_total counter 1 0;" \
-          "apptheus_container_exits_total counter 1.9 0", ms, ";")
+          "apptheus_container_exits_total counter 1.9 0;" \
+          "apptheus_container_pressure_cpu_waiting_seconds_total counter 0.3 0;" \
+          "apptheus_container_pressure_cpu_stalled_seconds_total counter 0.1 0;" \
+          "apptheus_container_pressure_memory_waiting_seconds_total counter 0.05 0;" \
+          "apptheus_container_pressure_memory_stalled_seconds_total counter 0.02 0;" \
+          "apptheus_container_pressure_io_waiting_seconds_total counter 0.04 0;" \
+          "apptheus_container_pressure_io_stalled_seconds_total counter 0.01 0;" \
+          "apptheus_container_cpu_cfs_periods_total counter 10 0;" \
+          "apptheus_container_cpu_cfs_throttled_periods_total counter 2 0;" \
+          "apptheus_container_cpu_cfs_throttled_seconds_total counter 0.1 0;" \
+          "apptheus_container_oom_kills_total counter 0.001 0;" \
+          "apptheus_container_exit_code const 0 0;" \
+          "apptheus_container_network_receive_bytes_total counter 1e5 0;" \
+          "apptheus_container_network_transmit_bytes_total counter 5e4 0;" \
+          "apptheus_container_network_receive_packets_total counter 100 0;" \
+          "apptheus_container_network_transmit_packets_total counter 60 0", ms, ";")
     for (m = 1; m in ms; m++) {
         split(ms[m], f, " ")
         for (c = 1; c <= n; c++) {
@@ -154,6 +169,17 @@ BEGIN {
             a = (f[1] == "apptheus_container_start_time_seconds") ? start - 600 : f[3]
             series(f[1], labels, f[2], a, f[4])
         }
+    }
+    # per-container metrics with a label of their own
+    for (c = 1; c <= n; c++) {
+        split(cs[c], p, ":")
+        labels = d ",container=\"" p[2] "\",user=\"" p[1] "\""
+        split("high max oom", es, " ")
+        for (e = 1; e <= 3; e++)
+            series("apptheus_container_memory_events_total", labels ",event=\"" es[e] "\"", "counter", 0.01, 0)
+        split("code signal", fs, " ")
+        for (e = 1; e <= 2; e++)
+            series("apptheus_container_failed_exits_total", labels ",reason=\"" fs[e] "\"", "counter", 0.005, 0)
     }
     for (c = 1; c <= n; c++) {
         split(cs[c], p, ":")

@@ -3,6 +3,7 @@
 //! everything is present.
 mod bench;
 mod fuzz;
+mod package;
 mod setup;
 mod vm;
 
@@ -64,6 +65,9 @@ enum Cmd {
         /// Targets to run (default: all of fuzz/Cargo.toml).
         targets: Vec<String>,
     },
+    /// Build the .deb and the .rpm (target/debian/, target/generate-rpm/) from a release build
+    /// without debug info (cargo profile `dist`, binaries in target/dist/).
+    Package(package::PackageArgs),
     /// Run a command (or `--test SUITE`, an integration test binary) as root in a QEMU guest
     /// booting Debian's 5.10, 6.1 or 6.12 kernel on pure cgroup v2, the host's / shared
     /// read-only under a tmpfs overlay; exits with the command's status.
@@ -83,6 +87,7 @@ fn main() -> Result<()> {
             setup::build_deps()?;
             if test {
                 setup::test_deps()?;
+                setup::package_deps()?;
             }
             if refresh_kernels {
                 setup::vm_deps(true)?;
@@ -104,12 +109,18 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup::build_deps()?;
             setup::test_deps()?;
+            setup::package_deps()?;
             test(args)
         }
         Cmd::Fuzz { time, targets } => {
             setup::build_deps()?;
             setup::fuzz_deps()?;
             fuzz::fuzz(time, targets)
+        }
+        Cmd::Package(args) => {
+            setup::build_deps()?;
+            setup::package_deps()?;
+            package::run(args)
         }
         Cmd::Bench(args) => bench::run(args),
         Cmd::Vm(args) => {
@@ -219,8 +230,15 @@ fn test(args: Vec<String>) -> Result<()> {
     status(cargo().args(["fmt", "--all", "--", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
     status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // Build the binaries the integration tests start.
+    // Build the binaries the integration tests start, and those tests/package.rs packs (it runs
+    // `xtask package --no-build` itself, twice, for an install and an upgrade).
     build(false)?;
+    let start = std::time::Instant::now();
+    package::build()?;
+    println!(
+        "xtask test: package binaries built in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     let mut cmd = cargo();
     cmd.args([
         "test",

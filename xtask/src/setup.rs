@@ -154,6 +154,8 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/wrk", "wrk"),
     ("/usr/bin/strace", "strace"),
     ("/usr/sbin/bpftool", "bpftool"),
+    // The eBPF hook cost's reference: one map lookup per event, as bpftrace compiles it.
+    ("/usr/bin/bpftrace", "bpftrace"),
     ("/usr/bin/gcc", "gcc"),
     ("/usr/bin/taskset", "util-linux"),
 ];
@@ -346,6 +348,39 @@ fn apt_install(missing: &[&str], what: &str) -> Result<()> {
             .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The packagers `cargo xtask package` runs, pinned (both build with rustc 1.95): crate, version.
+const PACKAGERS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
+
+/// Debian packages that packaging and its test use: binary -> package. dpkg-shlibdeps computes
+/// the .deb's Depends; rpm reads the .rpm back (`rpm -qlp`, `rpm -qp --scripts`).
+const PACKAGE_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
+    ("/usr/bin/rpm", "rpm"),
+];
+
+/// What `cargo xtask package` needs: the pinned packagers (a minute or two each, once) and the
+/// Debian tools above.
+pub fn package_deps() -> Result<()> {
+    install(PACKAGE_PACKAGES, "packaging")?;
+    // `cargo install --list` names every installed crate with its version ("cargo-deb v3.8.0:").
+    let installed = output(Command::new("cargo").args(["install", "--list"]))?;
+    for (krate, version) in PACKAGERS {
+        let line = format!("{krate} v{version}:");
+        if installed.lines().any(|l| l.trim() == line) && cargo_bin().join(krate).exists() {
+            continue;
+        }
+        println!("xtask setup: installing {krate} {version} (a minute or two, once)");
+        crate::status(Command::new("cargo").args([
+            "install",
+            krate,
+            "--locked",
+            "--version",
+            version,
+        ]))?;
+    }
+    Ok(())
 }
 
 /// What `cargo xtask fuzz` needs besides the build's needs: cargo-fuzz (the fuzz targets build

@@ -300,6 +300,13 @@ impl ContainerCgroup {
             .find(|m| m.version == Version::V1 && m.has(controller))
     }
 
+    /// Its directory in the unified (v2) tree, where one is mounted (also on hybrid hosts), and
+    /// whether that directory is the launcher's own, taken as it is (not the daemon's): where
+    /// the tracker attaches its per-container network programs.
+    pub fn unified_dir(&self) -> Option<(&Path, bool)> {
+        self.v2_member().map(|m| (m.dir.as_path(), !m.owned))
+    }
+
     /// The directory in the unified tree, if one is mounted.
     pub(super) fn v2_member(&self) -> Option<&Member> {
         self.members.iter().find(|m| m.version == Version::V2)

@@ -8,17 +8,20 @@ use std::path::Component;
 use super::{Layout, layout::Hierarchy, parse};
 use crate::fuzzing::text;
 
-/// Flat keyed files (v1 memory.stat, cpuacct.stat; v2 cpu.stat, memory.stat): the pairs
-/// rendered again parse to the same pairs, and each file's reader reports exactly the values
-/// of its keys.
+/// Flat keyed files (v1 memory.stat, cpuacct.stat, cpu.stat; v2 cpu.stat, memory.stat,
+/// memory.events): the pairs rendered again parse to the same pairs, and each file's reader
+/// reports exactly the values of its keys.
 pub fn cgroup_flat_keyed(data: &[u8]) {
     let Some(text) = text(data) else { return };
     let v1_memory = parse::parse_v1_memory_stat(text);
     let v1_cpu = parse::parse_v1_cpuacct_stat(text);
+    let v1_cpu_stat = parse::parse_v1_cpu_stat(text);
     let v2_cpu = parse::parse_v2_cpu_stat(text);
     let v2_memory = parse::parse_v2_memory_stat(text);
+    let v2_events = parse::parse_v2_memory_events(text);
     let Ok(values) = parse::parse_flat_keyed(text) else {
         assert!(v1_memory.is_err() && v1_cpu.is_err() && v2_cpu.is_err() && v2_memory.is_err());
+        assert!(v1_cpu_stat.is_err() && v2_events.is_err());
         return;
     };
     assert!(!values.pairs().is_empty());
@@ -40,10 +43,22 @@ pub fn cgroup_flat_keyed(data: &[u8]) {
         (v1_cpu.user_ticks, v1_cpu.system_ticks),
         (get("user"), get("system"))
     );
+    let v1_cpu_stat = v1_cpu_stat.unwrap();
+    assert_eq!(v1_cpu_stat.nr_periods, get("nr_periods"));
+    assert_eq!(v1_cpu_stat.nr_throttled, get("nr_throttled"));
+    assert_eq!(v1_cpu_stat.throttled_time_ns, get("throttled_time"));
     let v2_cpu = v2_cpu.unwrap();
     assert_eq!(v2_cpu.usage_usec, get("usage_usec"));
     assert_eq!(v2_cpu.user_usec, get("user_usec"));
     assert_eq!(v2_cpu.system_usec, get("system_usec"));
+    assert_eq!(v2_cpu.nr_periods, get("nr_periods"));
+    assert_eq!(v2_cpu.nr_throttled, get("nr_throttled"));
+    assert_eq!(v2_cpu.throttled_usec, get("throttled_usec"));
+    let v2_events = v2_events.unwrap();
+    assert_eq!(
+        (v2_events.high, v2_events.max, v2_events.oom),
+        (get("high"), get("max"), get("oom"))
+    );
     let v2_memory = v2_memory.unwrap();
     assert_eq!(v2_memory.rss, get("anon"));
     assert_eq!(v2_memory.cache, get("file"));
@@ -79,11 +94,30 @@ pub fn cgroup_v2_io_stat(data: &[u8]) {
 }
 
 /// The small files: one number (memory.current, pids.current, cpuacct.usage...), a limit
-/// (memory.max, pids.max, memory.limit_in_bytes), a list of ids (cgroup.procs, tasks) and of
-/// controllers (cgroup.controllers). Limits agree with numbers; lists render and parse back.
+/// (memory.max, pids.max, memory.limit_in_bytes), a CPU quota (v2 cpu.max, v1
+/// cpu.cfs_quota_us), a list of ids (cgroup.procs, tasks) and of controllers
+/// (cgroup.controllers). Limits and quotas agree with numbers; lists render and parse back.
 pub fn cgroup_values(data: &[u8]) {
     let Some(text) = text(data) else { return };
     let number = parse::parse_u64(text);
+    match parse::parse_v1_cfs_quota(text) {
+        Ok(None) => assert_eq!(text.trim(), "-1"),
+        Ok(Some(quota)) => assert_eq!(number.as_ref().ok(), Some(&quota)),
+        Err(_) => assert!(number.is_err()),
+    }
+    if let Ok(max) = parse::parse_v2_cpu_max(text) {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields.len(), 2);
+        let period: u64 = fields[1].parse().unwrap();
+        assert!(period > 0);
+        match max {
+            None => assert_eq!(fields[0], "max"),
+            Some((quota, p)) => {
+                assert_eq!(p, period);
+                assert_eq!(fields[0].parse::<u64>().unwrap(), quota);
+            }
+        }
+    }
     match parse::parse_limit(text) {
         Ok(Some(limit)) => assert_eq!(number.as_ref().ok(), Some(&limit)),
         // Unlimited: "max", or a number too large to be a real limit.
@@ -100,6 +134,25 @@ pub fn cgroup_values(data: &[u8]) {
         parse::parse_controller_list(&controllers.join(" ")),
         controllers
     );
+}
+
+/// PSI files (cpu.pressure, memory.pressure, io.pressure): what parses renders and parses
+/// back to the same totals, and a line of a kind a later kernel may add changes nothing.
+pub fn cgroup_pressure(data: &[u8]) {
+    let Some(text) = text(data) else { return };
+    let Ok(totals) = parse::parse_pressure(text) else {
+        return;
+    };
+    let mut rendered = format!(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total={}\n",
+        totals.some_usec
+    );
+    if let Some(full) = totals.full_usec {
+        rendered += &format!("full avg10=0.00 avg60=0.00 avg300=0.00 total={full}\n");
+    }
+    assert_eq!(parse::parse_pressure(&rendered).unwrap(), totals);
+    let later = format!("{text}\nlater avg10=1.00 total=7\n");
+    assert_eq!(parse::parse_pressure(&later).unwrap(), totals);
 }
 
 /// /proc/<pid>/statm (the processes fallback for memory): what parses is seven numbers, and the

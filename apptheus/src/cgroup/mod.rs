@@ -31,7 +31,7 @@ use std::{io, path::Path};
 
 pub use container::{ContainerCgroup, Moved};
 pub use layout::{Launcher, Layout, Mode, Version};
-pub use stats::{Probe, Reader, Stats};
+pub use stats::{MemoryEvents, Pressure, Probe, Reader, Stats, Throttling};
 
 /// Where a container's cgroup is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

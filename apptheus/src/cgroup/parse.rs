@@ -277,12 +277,16 @@ pub(crate) fn parse_v1_cpuacct_usage_all(text: &str) -> Result<(u64, u64)> {
     Ok((user, system))
 }
 
-/// CPU times of v2 cpu.stat, in microseconds.
+/// CPU times of v2 cpu.stat, in microseconds, and its CFS bandwidth counters, which the
+/// kernel writes only where the cpu controller is enabled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct V2CpuStat {
     pub usage_usec: Option<u64>,
     pub user_usec: Option<u64>,
     pub system_usec: Option<u64>,
+    pub nr_periods: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_usec: Option<u64>,
 }
 
 pub(crate) fn parse_v2_cpu_stat(text: &str) -> Result<V2CpuStat> {
@@ -291,6 +295,131 @@ pub(crate) fn parse_v2_cpu_stat(text: &str) -> Result<V2CpuStat> {
         usage_usec: values.get("usage_usec"),
         user_usec: values.get("user_usec"),
         system_usec: values.get("system_usec"),
+        nr_periods: values.get("nr_periods"),
+        nr_throttled: values.get("nr_throttled"),
+        throttled_usec: values.get("throttled_usec"),
+    })
+}
+
+/// The CFS bandwidth counters of v1 cpu.stat (the cpu hierarchy): enforcement periods that
+/// elapsed while the cgroup had runnable tasks and a quota, periods in which it was throttled,
+/// and the time it spent throttled (nanoseconds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct V1CpuStat {
+    pub nr_periods: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_time_ns: Option<u64>,
+}
+
+pub(crate) fn parse_v1_cpu_stat(text: &str) -> Result<V1CpuStat> {
+    let values = parse_flat_keyed(text)?;
+    Ok(V1CpuStat {
+        nr_periods: values.get("nr_periods"),
+        nr_throttled: values.get("nr_throttled"),
+        throttled_time_ns: values.get("throttled_time"),
+    })
+}
+
+/// v2 cpu.max, `$MAX $PERIOD` in microseconds: the quota and its period, `None` for "max"
+/// (no quota).
+pub(crate) fn parse_v2_cpu_max(text: &str) -> Result<Option<(u64, u64)>> {
+    let mut fields = text.split_whitespace();
+    let (Some(quota), Some(period), None) = (fields.next(), fields.next(), fields.next()) else {
+        bail!("expected \"$MAX $PERIOD\", got {text:?}");
+    };
+    let period: u64 = period
+        .parse()
+        .with_context(|| format!("bad period {period:?}"))?;
+    if period == 0 {
+        bail!("a period of 0");
+    }
+    if quota == "max" {
+        return Ok(None);
+    }
+    let quota = quota
+        .parse()
+        .with_context(|| format!("bad quota {quota:?}"))?;
+    Ok(Some((quota, period)))
+}
+
+/// v1 cpu.cfs_quota_us: the quota in microseconds per period, `None` for -1 (no quota).
+pub(crate) fn parse_v1_cfs_quota(text: &str) -> Result<Option<u64>> {
+    let value = text.trim();
+    if value == "-1" {
+        return Ok(None);
+    }
+    parse_u64(value).map(Some)
+}
+
+/// The totals of a PSI file (`cpu.pressure`, `memory.pressure`, `io.pressure`), in
+/// microseconds. Each line is `some|full avg10=.. avg60=.. avg300=.. total=N`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PressureTotals {
+    /// `some`: time in which at least one of the cgroup's tasks waited for the resource.
+    pub some_usec: u64,
+    /// `full`: time in which all its non-idle tasks waited at once. `None` where the file has
+    /// no such line (cpu.pressure before Linux 5.13).
+    pub full_usec: Option<u64>,
+}
+
+pub(crate) fn parse_pressure(text: &str) -> Result<PressureTotals> {
+    let (mut some, mut full) = (None, None);
+    for (index, line) in text.lines().enumerate() {
+        let mut fields = line.split_whitespace();
+        let Some(kind) = fields.next() else {
+            continue;
+        };
+        let mut total = None;
+        for field in fields {
+            let Some((key, value)) = field.split_once('=') else {
+                bail!("line {}: expected key=value, got {field:?}", index + 1);
+            };
+            // The averages are percentages with decimals; only the total is kept.
+            if key == "total" {
+                let value: u64 = value
+                    .parse()
+                    .with_context(|| format!("line {}: bad total {value:?}", index + 1))?;
+                total = Some(value);
+            }
+        }
+        let Some(total) = total else {
+            bail!("line {}: no total in {line:?}", index + 1);
+        };
+        let slot = match kind {
+            "some" => &mut some,
+            "full" => &mut full,
+            // A kind a later kernel may add: not ours to read.
+            _ => continue,
+        };
+        if slot.replace(total).is_some() {
+            bail!("line {}: a second {kind:?} line", index + 1);
+        }
+    }
+    let Some(some_usec) = some else {
+        bail!("no \"some\" line");
+    };
+    Ok(PressureTotals {
+        some_usec,
+        full_usec: full,
+    })
+}
+
+/// The events of v2 memory.events that the daemon exports: times the usage went over
+/// memory.high (`high`), was about to go over memory.max (`max`), and the OOM killer was
+/// about to be invoked (`oom`). Hierarchical: they include the cgroup's descendants.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct V2MemoryEvents {
+    pub high: Option<u64>,
+    pub max: Option<u64>,
+    pub oom: Option<u64>,
+}
+
+pub(crate) fn parse_v2_memory_events(text: &str) -> Result<V2MemoryEvents> {
+    let values = parse_flat_keyed(text)?;
+    Ok(V2MemoryEvents {
+        high: values.get("high"),
+        max: values.get("max"),
+        oom: values.get("oom"),
     })
 }
 
@@ -472,6 +601,14 @@ mod tests {
     const V2_PIDS_MAX: &str = include_str!("fixtures/v2_pids.max");
     const V2_PIDS_MAX_LIMITED: &str = include_str!("fixtures/v2_pids.max_limited");
     const STATM: &str = include_str!("fixtures/proc_statm.txt");
+    const V2_CPU_PRESSURE: &str = include_str!("fixtures/v2_cpu.pressure");
+    const V2_CPU_PRESSURE_5_10: &str = include_str!("fixtures/v2_cpu.pressure_5.10");
+    const V2_MEMORY_PRESSURE: &str = include_str!("fixtures/v2_memory.pressure");
+    const V2_IO_PRESSURE: &str = include_str!("fixtures/v2_io.pressure");
+    const V1_CPU_STAT_THROTTLED: &str = include_str!("fixtures/v1_cpu.stat_throttled");
+    const V2_MEMORY_EVENTS: &str = include_str!("fixtures/v2_memory.events");
+    const V2_CPU_MAX: &str = include_str!("fixtures/v2_cpu.max");
+    const V2_CPU_MAX_LIMITED: &str = include_str!("fixtures/v2_cpu.max_limited");
 
     /// Every prefix of a fixture, cut at each character: a parser may refuse it but must not
     /// panic.
@@ -712,17 +849,155 @@ mod tests {
                 usage_usec: Some(2934589123),
                 user_usec: Some(2511034000),
                 system_usec: Some(423555123),
+                nr_periods: Some(1543),
+                nr_throttled: Some(12),
+                throttled_usec: Some(981234),
             }
         );
-        // Without the cpu controller the kernel still writes the three times.
+        // Without the cpu controller the kernel still writes the three times, and no
+        // bandwidth counters.
         assert_eq!(
             parse_v2_cpu_stat(V2_CPU_STAT_NO_CONTROLLER).unwrap(),
             V2CpuStat {
                 usage_usec: Some(1017843),
                 user_usec: Some(99226),
                 system_usec: Some(918617),
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn v1_cpu_stat_fixture() {
+        assert_eq!(
+            parse_v1_cpu_stat(V1_CPU_STAT_THROTTLED).unwrap(),
+            V1CpuStat {
+                nr_periods: Some(25),
+                nr_throttled: Some(25),
+                throttled_time_ns: Some(3020591382),
+            }
+        );
+        // Kernels before 5.14 have no burst lines; the three counters are all there is.
+        assert_eq!(
+            parse_v1_cpu_stat("nr_periods 0\nnr_throttled 0\nthrottled_time 0\n").unwrap(),
+            V1CpuStat {
+                nr_periods: Some(0),
+                nr_throttled: Some(0),
+                throttled_time_ns: Some(0),
+            }
+        );
+        assert!(parse_v1_cpu_stat("nr_periods 1\nnr_throttled").is_err());
+        for text in GARBAGE {
+            let _ = parse_v1_cpu_stat(text);
+        }
+        for prefix in every_prefix(V1_CPU_STAT_THROTTLED) {
+            let _ = parse_v1_cpu_stat(prefix);
+        }
+    }
+
+    #[test]
+    fn cpu_quotas() {
+        assert_eq!(parse_v2_cpu_max(V2_CPU_MAX).unwrap(), None);
+        assert_eq!(
+            parse_v2_cpu_max(V2_CPU_MAX_LIMITED).unwrap(),
+            Some((50000, 100000))
+        );
+        for bad in [
+            "",
+            "max",
+            "50000",
+            "max 0",
+            "x 100000",
+            "1 2 3",
+            "-1 100000",
+        ] {
+            assert!(parse_v2_cpu_max(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_v1_cfs_quota("-1\n").unwrap(), None);
+        assert_eq!(parse_v1_cfs_quota("20000\n").unwrap(), Some(20000));
+        for bad in ["", "-2", "max", "1.5"] {
+            assert!(parse_v1_cfs_quota(bad).is_err(), "{bad:?}");
+        }
+        for text in GARBAGE {
+            let _ = parse_v2_cpu_max(text);
+            let _ = parse_v1_cfs_quota(text);
+        }
+    }
+
+    #[test]
+    fn pressure_fixtures() {
+        assert_eq!(
+            parse_pressure(V2_CPU_PRESSURE).unwrap(),
+            PressureTotals {
+                some_usec: 2263303,
+                full_usec: Some(2083218),
+            }
+        );
+        assert_eq!(
+            parse_pressure(V2_MEMORY_PRESSURE).unwrap(),
+            PressureTotals {
+                some_usec: 18085,
+                full_usec: Some(7957),
+            }
+        );
+        assert_eq!(
+            parse_pressure(V2_IO_PRESSURE).unwrap(),
+            PressureTotals {
+                some_usec: 870,
+                full_usec: Some(701),
+            }
+        );
+        // cpu.pressure before 5.13: "some" only.
+        assert_eq!(
+            parse_pressure(V2_CPU_PRESSURE_5_10).unwrap(),
+            PressureTotals {
+                some_usec: 3845216,
+                full_usec: None,
+            }
+        );
+        // A kind a later kernel may add is skipped.
+        let later = format!("{V2_IO_PRESSURE}stall avg10=0.00 total=5\n");
+        assert_eq!(parse_pressure(&later).unwrap().some_usec, 870);
+    }
+
+    #[test]
+    fn pressure_bad_input() {
+        assert!(parse_pressure("").is_err());
+        assert!(
+            parse_pressure("full avg10=0.00 total=1\n").is_err(),
+            "no some"
+        );
+        assert!(parse_pressure("some avg10=0.00\n").is_err(), "no total");
+        assert!(parse_pressure("some total=x\n").is_err());
+        assert!(parse_pressure("some total=-1\n").is_err());
+        assert!(parse_pressure("some total\n").is_err());
+        assert!(parse_pressure("some total=1\nsome total=2\n").is_err());
+        for text in GARBAGE {
+            let _ = parse_pressure(text);
+        }
+        for fixture in [V2_CPU_PRESSURE, V2_CPU_PRESSURE_5_10, V2_IO_PRESSURE] {
+            for prefix in every_prefix(fixture) {
+                let _ = parse_pressure(prefix);
+            }
+        }
+    }
+
+    #[test]
+    fn v2_memory_events_fixture() {
+        assert_eq!(
+            parse_v2_memory_events(V2_MEMORY_EVENTS).unwrap(),
+            V2MemoryEvents {
+                high: Some(12),
+                max: Some(37),
+                oom: Some(2),
+            }
+        );
+        for text in GARBAGE {
+            let _ = parse_v2_memory_events(text);
+        }
+        for prefix in every_prefix(V2_MEMORY_EVENTS) {
+            let _ = parse_v2_memory_events(prefix);
+        }
     }
 
     #[test]

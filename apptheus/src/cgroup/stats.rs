@@ -18,6 +18,7 @@ use super::{
     layout::Version,
     parse::{self, IoBytes},
 };
+use crate::collectors::{Collector, Collectors};
 
 /// One sample of a container's counters; a field is `None` when its file was missing,
 /// unreadable or garbled, or when the kernel keeps no such number.
@@ -54,6 +55,68 @@ pub struct Stats {
     pub blkio_read_bytes: Option<u64>,
     /// Likewise for writes (Write lines, wbytes).
     pub blkio_write_bytes: Option<u64>,
+    /// PSI of the container's v2 directory: cpu.pressure, memory.pressure, io.pressure. The
+    /// unified tree keeps them in every non-root cgroup, with or without controllers (on hybrid
+    /// hosts too); `None` without a unified tree or with PSI off (`psi=0`, or kernels built
+    /// with CONFIG_PSI_DEFAULT_DISABLED and no `psi=1`).
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+    /// CFS bandwidth of the container's own cgroup: v1 cpu.stat of the cpu hierarchy, v2
+    /// cpu.stat where the cpu controller is enabled.
+    pub cpu_throttling: Option<Throttling>,
+    /// Memory events of the container's memory cgroup.
+    pub memory_events: MemoryEvents,
+}
+
+/// The PSI totals of one resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pressure {
+    /// PSI "some": time in which at least one of the container's tasks waited for the resource.
+    pub waiting_seconds: f64,
+    /// PSI "full": time in which all its non-idle tasks waited at once; `None` where the
+    /// kernel keeps none (cpu before Linux 5.13).
+    pub stalled_seconds: Option<f64>,
+}
+
+/// The CFS bandwidth counters of one cgroup. They move only where a quota is set on that very
+/// cgroup: a quota on an ancestor throttles the container without counting here.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Throttling {
+    /// Enforcement periods that elapsed while the cgroup had runnable tasks.
+    pub periods: u64,
+    /// Periods in which the cgroup used up its quota and was throttled.
+    pub throttled_periods: u64,
+    /// Time its tasks were throttled (v1 throttled_time, ns; v2 throttled_usec).
+    pub throttled_seconds: f64,
+}
+
+/// Memory events where the kernel counts them; each `None` where it does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryEvents {
+    /// v2 `high`: times the usage went over memory.high and was throttled. v1 has no high
+    /// limit.
+    pub high: Option<u64>,
+    /// v2 `max`: times the usage was about to go over memory.max. v1: memory.failcnt plus
+    /// memory.memsw.failcnt (where swap is accounted), the failed charges against the
+    /// cgroup's own limits; a little higher than v2's count for the same history, since a
+    /// charge that is retried in smaller pieces fails more than once. Recent kernels (seen on
+    /// 6.18) keep memsw's failcnt at 0: a charge failing against a memory+swap limit is then
+    /// counted nowhere.
+    pub max: Option<u64>,
+    /// v2 `oom`: times the OOM killer was about to be invoked. v1 counts no such event
+    /// (memory.oom_control's `under_oom` is a state, its `oom_kill` counts kills).
+    pub oom: Option<u64>,
+}
+
+impl MemoryEvents {
+    fn or(self, older: MemoryEvents) -> MemoryEvents {
+        MemoryEvents {
+            high: self.high.or(older.high),
+            max: self.max.or(older.max),
+            oom: self.oom.or(older.oom),
+        }
+    }
 }
 
 impl Stats {
@@ -77,6 +140,11 @@ impl Stats {
             pids_limit: self.pids_limit.or(older.pids_limit),
             blkio_read_bytes: self.blkio_read_bytes.or(older.blkio_read_bytes),
             blkio_write_bytes: self.blkio_write_bytes.or(older.blkio_write_bytes),
+            cpu_pressure: self.cpu_pressure.or(older.cpu_pressure),
+            memory_pressure: self.memory_pressure.or(older.memory_pressure),
+            io_pressure: self.io_pressure.or(older.io_pressure),
+            cpu_throttling: self.cpu_throttling.or(older.cpu_throttling),
+            memory_events: self.memory_events.or(older.memory_events),
         }
     }
 }
@@ -124,6 +192,33 @@ impl Version {
 /// read at every full read.
 const ANCESTORS_TTL: Duration = Duration::from_secs(1);
 
+/// A limit found along a cgroup's path: a limit file, or the CFS quota.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// memory.max, memory.limit_in_bytes, pids.max: bytes or tasks, "max" or huge for none.
+    File(&'static str),
+    /// The CFS quota as a number of CPUs, in millionths: v1 cpu.cfs_quota_us over
+    /// cpu.cfs_period_us, v2 cpu.max.
+    CpuQuota(Version),
+}
+
+impl Limit {
+    /// The file that names this limit in the ancestors' cache.
+    fn file(self) -> &'static str {
+        match self {
+            Limit::File(file) => file,
+            Limit::CpuQuota(Version::V1) => "cpu.cfs_quota_us",
+            Limit::CpuQuota(Version::V2) => "cpu.max",
+        }
+    }
+}
+
+/// Millionths of a CPU in a quota of `quota` microseconds per `period`.
+fn micro_cpus(quota: u64, period: u64) -> u64 {
+    let micro = u128::from(quota) * 1_000_000 / u128::from(period.max(1));
+    u64::try_from(micro).unwrap_or(u64::MAX)
+}
+
 /// Reads containers' cgroup files. The sampler keeps one: it holds the buffer every file is
 /// read into (no allocation per file once grown) and the ancestors' limits, shared by the
 /// containers below them.
@@ -132,11 +227,21 @@ pub struct Reader {
     buf: Vec<u8>,
     /// `<ancestor dir>/<limit file>` -> (when read, smallest limit up to the mount point).
     ancestors: BTreeMap<PathBuf, (Instant, Option<u64>)>,
+    /// The groups whose files are read; a disabled one's files are never opened.
+    collectors: Collectors,
 }
 
 impl Reader {
     pub fn new() -> Reader {
         Reader::default()
+    }
+
+    /// A reader that skips the files of the disabled groups.
+    pub fn with_collectors(collectors: Collectors) -> Reader {
+        Reader {
+            collectors,
+            ..Reader::default()
+        }
     }
 
     fn read<T>(&mut self, path: &Path, parse: impl FnOnce(&str) -> anyhow::Result<T>) -> Option<T> {
@@ -162,13 +267,31 @@ impl Reader {
     /// only its fields `None`. `probe` is this pass's probe, whose CPU times are not read again.
     pub fn read_all(&mut self, cgroup: &ContainerCgroup, probe: &Probe) -> Stats {
         let mut stats = Stats::default();
-        match &probe.cpu {
-            Some(cpu) => set_cpu_v2(cpu, &mut stats),
-            None => self.sample_cpu(cgroup, &mut stats),
-        }
+        let read_now;
+        let v2_cpu = match &probe.cpu {
+            Some(cpu) => {
+                set_cpu_v2(cpu, &mut stats);
+                Some(cpu)
+            }
+            None => {
+                read_now = self.sample_cpu(cgroup, &mut stats);
+                read_now.as_ref()
+            }
+        };
         self.sample_memory(cgroup, &mut stats);
         self.sample_pids(cgroup, &mut stats);
-        self.sample_io(cgroup, &mut stats);
+        if self.collectors.enabled(Collector::Io) {
+            self.sample_io(cgroup, &mut stats);
+        }
+        if self.collectors.enabled(Collector::Throttling) {
+            stats.cpu_throttling = self.throttling(cgroup, v2_cpu);
+        }
+        if self.collectors.enabled(Collector::Pressure) {
+            self.sample_pressure(cgroup, &mut stats);
+        }
+        if self.collectors.enabled(Collector::MemoryEvents) {
+            stats.memory_events = self.memory_events(cgroup);
+        }
         stats
     }
 
@@ -177,16 +300,114 @@ impl Reader {
         self.read_all(cgroup, &Probe::default())
     }
 
-    fn sample_cpu(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+    /// The CPU times; on v2, also the cpu.stat read for them (its bandwidth counters).
+    fn sample_cpu(
+        &mut self,
+        cgroup: &ContainerCgroup,
+        stats: &mut Stats,
+    ) -> Option<parse::V2CpuStat> {
         if let Some(member) = cgroup.v1_member("cpuacct") {
             self.sample_cpu_v1(&member.dir, stats);
-        } else if let Some(member) = cgroup.v2_member() {
-            // The kernel keeps cpu.stat's times in every v2 cgroup, with or without the cpu
-            // controller.
-            if let Some(cpu) = self.read(&member.dir.join("cpu.stat"), parse::parse_v2_cpu_stat) {
-                set_cpu_v2(&cpu, stats);
+            return None;
+        }
+        // The kernel keeps cpu.stat's times in every v2 cgroup, with or without the cpu
+        // controller.
+        let member = cgroup.v2_member()?;
+        let cpu = self.read(&member.dir.join("cpu.stat"), parse::parse_v2_cpu_stat)?;
+        set_cpu_v2(&cpu, stats);
+        Some(cpu)
+    }
+
+    /// CFS bandwidth counters: v1 cpu.stat of the cpu hierarchy (one more file), else the
+    /// counters of the v2 cpu.stat already read for the CPU times (no file of its own), which
+    /// the kernel writes only where the cpu controller is enabled.
+    fn throttling(
+        &mut self,
+        cgroup: &ContainerCgroup,
+        v2_cpu: Option<&parse::V2CpuStat>,
+    ) -> Option<Throttling> {
+        if let Some(member) = cgroup.v1_member("cpu") {
+            let cpu = self.read(&member.dir.join("cpu.stat"), parse::parse_v1_cpu_stat)?;
+            return Some(Throttling {
+                periods: cpu.nr_periods?,
+                throttled_periods: cpu.nr_throttled?,
+                throttled_seconds: nanoseconds_to_seconds(cpu.throttled_time_ns?),
+            });
+        }
+        let cpu = v2_cpu?;
+        Some(Throttling {
+            periods: cpu.nr_periods?,
+            throttled_periods: cpu.nr_throttled?,
+            throttled_seconds: microseconds_to_seconds(cpu.throttled_usec?),
+        })
+    }
+
+    /// PSI, from the container's directory in the unified tree: three small files.
+    fn sample_pressure(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+        let Some(member) = cgroup.v2_member() else {
+            return;
+        };
+        let dir = &member.dir;
+        let mut pressure = |file: &str| {
+            let totals = self.read(&dir.join(file), parse::parse_pressure)?;
+            Some(Pressure {
+                waiting_seconds: microseconds_to_seconds(totals.some_usec),
+                stalled_seconds: totals.full_usec.map(microseconds_to_seconds),
+            })
+        };
+        stats.cpu_pressure = pressure("cpu.pressure");
+        stats.memory_pressure = pressure("memory.pressure");
+        stats.io_pressure = pressure("io.pressure");
+    }
+
+    /// v2 memory.events (one file); v1 memory.failcnt, plus memory.memsw.failcnt where swap
+    /// is accounted: with a memory+swap limit (Slurm's ConstrainSwapSpace) the charge fails
+    /// against memsw first and only its count moves.
+    fn memory_events(&mut self, cgroup: &ContainerCgroup) -> MemoryEvents {
+        let Some(member) = cgroup.controller_member("memory", "memory") else {
+            return MemoryEvents::default();
+        };
+        let dir = &member.dir;
+        match member.version {
+            Version::V2 => self
+                .read(&dir.join("memory.events"), parse::parse_v2_memory_events)
+                .map(|e| MemoryEvents {
+                    high: e.high,
+                    max: e.max,
+                    oom: e.oom,
+                })
+                .unwrap_or_default(),
+            Version::V1 => {
+                let memory = self.read(&dir.join("memory.failcnt"), parse::parse_u64);
+                let memsw = memory
+                    .and_then(|_| self.read(&dir.join("memory.memsw.failcnt"), parse::parse_u64));
+                MemoryEvents {
+                    max: memory.map(|m| m.saturating_add(memsw.unwrap_or(0))),
+                    ..MemoryEvents::default()
+                }
             }
         }
+    }
+
+    /// The CPUs the container's CFS quota allows, the smallest along its cgroup path (a job's
+    /// quota holds its containers too); `None` without a quota anywhere. v1: the cpu
+    /// hierarchy's cpu.cfs_quota_us over cpu.cfs_period_us; v2: cpu.max, which exists only
+    /// where the cpu controller is enabled (on an ancestor, when not on the container).
+    pub fn cpu_quota(&mut self, cgroup: &ContainerCgroup) -> Option<f64> {
+        let member = cgroup.v1_member("cpu").or_else(|| cgroup.v2_member())?;
+        let limit = Limit::CpuQuota(member.version);
+        let own = self.read_limit(&member.dir, limit).flatten();
+        let above = match member.dir.parent() {
+            Some(parent) if member.dir != member.mount_point => {
+                self.ancestors_limit(parent, &member.mount_point, limit)
+            }
+            _ => None,
+        };
+        let micro = match (own, above) {
+            (Some(own), Some(above)) => own.min(above),
+            (own, above) => own.or(above)?,
+        };
+        Some(micro as f64 / 1e6)
     }
 
     /// v1 cpuacct: all three times from cpuacct.usage_all (ns, Linux 4.7+: one file instead
@@ -330,11 +551,11 @@ impl Reader {
     /// ancestors' up to the hierarchy's mount point (a nested container lives under its job's
     /// limit). `None` when unlimited everywhere, or when the container's own file cannot be
     /// read.
-    fn effective_limit(&mut self, member: &Member, file: &str) -> Option<u64> {
-        let own = self.read(&member.dir.join(file), parse::parse_limit)?;
+    fn effective_limit(&mut self, member: &Member, file: &'static str) -> Option<u64> {
+        let own = self.read_limit(&member.dir, Limit::File(file))?;
         let above = match member.dir.parent() {
             Some(parent) if member.dir != member.mount_point => {
-                self.ancestors_limit(parent, &member.mount_point, file)
+                self.ancestors_limit(parent, &member.mount_point, Limit::File(file))
             }
             _ => None,
         };
@@ -344,22 +565,42 @@ impl Reader {
         }
     }
 
-    /// The smallest `file` limit of `dir` and its ancestors up to `mount_point`, reused for
+    /// One directory's `limit`: `None` when it cannot be read, `Some(None)` when unlimited.
+    fn read_limit(&mut self, dir: &Path, limit: Limit) -> Option<Option<u64>> {
+        match limit {
+            Limit::File(file) => self.read(&dir.join(file), parse::parse_limit),
+            Limit::CpuQuota(Version::V2) => Some(
+                self.read(&dir.join("cpu.max"), parse::parse_v2_cpu_max)?
+                    .map(|(quota, period)| micro_cpus(quota, period)),
+            ),
+            Limit::CpuQuota(Version::V1) => {
+                let Some(quota) =
+                    self.read(&dir.join("cpu.cfs_quota_us"), parse::parse_v1_cfs_quota)?
+                else {
+                    return Some(None);
+                };
+                let period = self.read(&dir.join("cpu.cfs_period_us"), parse::parse_u64)?;
+                Some(Some(micro_cpus(quota, period)))
+            }
+        }
+    }
+
+    /// The smallest `limit` of `dir` and its ancestors up to `mount_point`, reused for
     /// `ANCESTORS_TTL`; `None` when unlimited (or unreadable) everywhere.
-    fn ancestors_limit(&mut self, dir: &Path, mount_point: &Path, file: &str) -> Option<u64> {
-        let key = dir.join(file);
+    fn ancestors_limit(&mut self, dir: &Path, mount_point: &Path, limit: Limit) -> Option<u64> {
+        let key = dir.join(limit.file());
         let now = Instant::now();
-        if let Some((at, limit)) = self.ancestors.get(&key)
+        if let Some((at, cached)) = self.ancestors.get(&key)
             && now.duration_since(*at) < ANCESTORS_TTL
         {
-            return *limit;
+            return *cached;
         }
-        let mut limit: Option<u64> = None;
+        let mut smallest: Option<u64> = None;
         let mut dir = dir;
         while dir.starts_with(mount_point) {
             // The root has no limit files (v2, v1 pids): nothing to add there.
-            if let Some(Some(ancestor)) = self.read(&dir.join(file), parse::parse_limit) {
-                limit = Some(limit.map_or(ancestor, |l| l.min(ancestor)));
+            if let Some(Some(ancestor)) = self.read_limit(dir, limit) {
+                smallest = Some(smallest.map_or(ancestor, |l| l.min(ancestor)));
             }
             if dir == mount_point {
                 break;
@@ -374,8 +615,8 @@ impl Reader {
             self.ancestors
                 .retain(|_, (at, _)| now.duration_since(*at) < ANCESTORS_TTL);
         }
-        self.ancestors.insert(key, (now, limit));
-        limit
+        self.ancestors.insert(key, (now, smallest));
+        smallest
     }
 }
 

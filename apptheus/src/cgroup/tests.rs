@@ -25,6 +25,11 @@ const V1_LIMIT_UNLIMITED: &str = include_str!("fixtures/v1_memory.limit_in_bytes
 const V2_CPU_STAT: &str = include_str!("fixtures/v2_cpu.stat");
 const V2_MEMORY_STAT: &str = include_str!("fixtures/v2_memory.stat");
 const V2_IO_STAT: &str = include_str!("fixtures/v2_io.stat");
+const V2_CPU_PRESSURE: &str = include_str!("fixtures/v2_cpu.pressure");
+const V2_MEMORY_PRESSURE: &str = include_str!("fixtures/v2_memory.pressure");
+const V2_IO_PRESSURE: &str = include_str!("fixtures/v2_io.pressure");
+const V2_MEMORY_EVENTS: &str = include_str!("fixtures/v2_memory.events");
+const V1_CPU_STAT_THROTTLED: &str = include_str!("fixtures/v1_cpu.stat_throttled");
 
 fn mount_points(layout: &Layout) -> Vec<String> {
     layout
@@ -241,6 +246,10 @@ fn fake_v2_container(tree: &FakeTree) {
     tree.write(&format!("{c}/pids.current"), "7\n");
     tree.write(&format!("{c}/pids.max"), "1000\n");
     tree.write(&format!("{c}/io.stat"), V2_IO_STAT);
+    tree.write(&format!("{c}/cpu.pressure"), V2_CPU_PRESSURE);
+    tree.write(&format!("{c}/memory.pressure"), V2_MEMORY_PRESSURE);
+    tree.write(&format!("{c}/io.pressure"), V2_IO_PRESSURE);
+    tree.write(&format!("{c}/memory.events"), V2_MEMORY_EVENTS);
 }
 
 #[test]
@@ -272,6 +281,29 @@ fn v2_sample_from_fake_tree() {
             pids_limit: Some(500),
             blkio_read_bytes: Some(1459200 + 90430464),
             blkio_write_bytes: Some(314773504 + 299008000),
+            cpu_pressure: Some(Pressure {
+                waiting_seconds: 2.263303,
+                stalled_seconds: Some(2.083218),
+            }),
+            memory_pressure: Some(Pressure {
+                waiting_seconds: 0.018085,
+                stalled_seconds: Some(0.007957),
+            }),
+            io_pressure: Some(Pressure {
+                waiting_seconds: 0.00087,
+                stalled_seconds: Some(0.000701),
+            }),
+            // cpu.stat's bandwidth counters, read with the CPU times.
+            cpu_throttling: Some(Throttling {
+                periods: 1543,
+                throttled_periods: 12,
+                throttled_seconds: 0.981234,
+            }),
+            memory_events: MemoryEvents {
+                high: Some(12),
+                max: Some(37),
+                oom: Some(2),
+            },
         }
     );
 }
@@ -287,6 +319,9 @@ fn v2_sample_with_missing_and_garbled_files() {
     tree.write(&format!("{c}/io.stat"), "garbage\n");
     tree.write(&format!("{c}/pids.max"), "lots\n");
     tree.write(&format!("{c}/cpu.stat"), "");
+    tree.write(&format!("{c}/cpu.pressure"), "some avg10=0.00 total=\n");
+    fs::remove_file(tree.path(&format!("{c}/io.pressure"))).unwrap();
+    tree.write(&format!("{c}/memory.events"), "max 1\noom");
     let stats = sample(
         &tree
             .v2_layout()
@@ -299,6 +334,10 @@ fn v2_sample_with_missing_and_garbled_files() {
             memory_usage_bytes: Some(1700000000),
             memory_limit_bytes: Some(1073741824),
             pids: Some(7),
+            memory_pressure: Some(Pressure {
+                waiting_seconds: 0.018085,
+                stalled_seconds: Some(0.007957),
+            }),
             ..Stats::default()
         }
     );
@@ -347,6 +386,7 @@ fn fake_v1_container(tree: &FakeTree) {
     tree.write(&format!("{cpu}/cpuacct.usage_user"), "100000000\n");
     tree.write(&format!("{cpu}/cpuacct.usage_sys"), "951843546\n");
     tree.write(&format!("{cpu}/cpuacct.stat"), V1_CPUACCT_STAT);
+    tree.write(&format!("{cpu}/cpu.stat"), V1_CPU_STAT_THROTTLED);
     tree.write("memory/memory.limit_in_bytes", V1_LIMIT_UNLIMITED);
     tree.write("memory/job/memory.limit_in_bytes", "536870912\n");
     tree.write(
@@ -369,6 +409,8 @@ fn fake_v1_container(tree: &FakeTree) {
         &format!("{memory}/memory.limit_in_bytes"),
         V1_LIMIT_UNLIMITED,
     );
+    tree.write(&format!("{memory}/memory.failcnt"), "106\n");
+    tree.write(&format!("{memory}/memory.memsw.failcnt"), "3\n");
     let pids = "pids/job/apptheus/c_1";
     tree.write(&format!("{pids}/cgroup.procs"), "4242\n");
     tree.write(&format!("{pids}/pids.current"), "3\n");
@@ -409,6 +451,21 @@ fn v1_sample_from_fake_tree() {
             pids_limit: None,
             blkio_read_bytes: Some(67108864),
             blkio_write_bytes: Some(16777216),
+            // No unified tree: no PSI.
+            cpu_pressure: None,
+            memory_pressure: None,
+            io_pressure: None,
+            cpu_throttling: Some(Throttling {
+                periods: 25,
+                throttled_periods: 25,
+                throttled_seconds: 3.020591382,
+            }),
+            // failcnt of memory and of memory+swap; v1 counts no high or oom events.
+            memory_events: MemoryEvents {
+                high: None,
+                max: Some(109),
+                oom: None,
+            },
         }
     );
 }
@@ -774,4 +831,172 @@ fn v2_probe_is_cpu_stat_read_once() {
         "usage_usec 1\nuser_usec 1\nsystem_usec 0\n",
     );
     assert_eq!(reader.read_all(&container, &probe), stats);
+}
+
+#[test]
+fn disabled_groups_are_not_read() {
+    use crate::collectors::Collectors;
+    let tree = FakeTree::new();
+    fake_v2_container(&tree);
+    let container = tree
+        .v2_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
+    let all = sample(&container);
+    let off = Collectors::disabling("pressure,throttling,memory_events,io").unwrap();
+    let stats = Reader::with_collectors(off).sample(&container);
+    assert_eq!(
+        stats,
+        Stats {
+            cpu_pressure: None,
+            memory_pressure: None,
+            io_pressure: None,
+            cpu_throttling: None,
+            memory_events: MemoryEvents::default(),
+            blkio_read_bytes: None,
+            blkio_write_bytes: None,
+            ..all.clone()
+        }
+    );
+    assert!(all.cpu_pressure.is_some() && all.cpu_throttling.is_some());
+}
+
+#[test]
+fn without_the_cpu_controller_v2_has_pressure_but_no_throttling() {
+    let tree = FakeTree::new();
+    let c = "unified/job/apptheus/c_1";
+    tree.write(&format!("{c}/cgroup.controllers"), "\n");
+    tree.write(&format!("{c}/cgroup.procs"), "1\n");
+    tree.write(
+        &format!("{c}/cpu.stat"),
+        include_str!("fixtures/v2_cpu.stat_no_controller"),
+    );
+    // Before Linux 5.13: cpu.pressure has no "full" line.
+    tree.write(
+        &format!("{c}/cpu.pressure"),
+        include_str!("fixtures/v2_cpu.pressure_5.10"),
+    );
+    let container = tree
+        .v2_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
+    let mut reader = Reader::new();
+    let probe = reader.probe(&container);
+    let stats = reader.read_all(&container, &probe);
+    assert_eq!(stats.cpu_throttling, None);
+    assert_eq!(
+        stats.cpu_pressure,
+        Some(Pressure {
+            waiting_seconds: 3.845216,
+            stalled_seconds: None,
+        })
+    );
+    // No memory controller: no memory events; no memory.pressure file: none either.
+    assert_eq!(stats.memory_events, MemoryEvents::default());
+    assert_eq!(stats.memory_pressure, None);
+}
+
+#[test]
+fn v1_memory_events_without_swap_accounting() {
+    let tree = FakeTree::new();
+    fake_v1_container(&tree);
+    fs::remove_file(tree.path("memory/job/apptheus/c_1/memory.memsw.failcnt")).unwrap();
+    let container = tree
+        .v1_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
+    assert_eq!(
+        sample(&container).memory_events,
+        MemoryEvents {
+            high: None,
+            max: Some(106),
+            oom: None,
+        }
+    );
+    tree.write("memory/job/apptheus/c_1/memory.failcnt", "garbage\n");
+    assert_eq!(sample(&container).memory_events, MemoryEvents::default());
+}
+
+#[test]
+fn cpu_quota_is_the_smallest_along_the_path() {
+    let tree = FakeTree::new();
+    fake_v1_container(&tree);
+    let cpu = "cpu,cpuacct";
+    tree.write(&format!("{cpu}/cpu.cfs_quota_us"), "-1\n");
+    tree.write(&format!("{cpu}/cpu.cfs_period_us"), "100000\n");
+    tree.write(&format!("{cpu}/job/cpu.cfs_quota_us"), "150000\n");
+    tree.write(&format!("{cpu}/job/cpu.cfs_period_us"), "100000\n");
+    tree.write(&format!("{cpu}/job/apptheus/cpu.cfs_quota_us"), "-1\n");
+    tree.write(&format!("{cpu}/job/apptheus/c_1/cpu.cfs_quota_us"), "-1\n");
+    tree.write(
+        &format!("{cpu}/job/apptheus/c_1/cpu.cfs_period_us"),
+        "100000\n",
+    );
+    let container = tree
+        .v1_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
+    assert_eq!(Reader::new().cpu_quota(&container), Some(1.5));
+    // A quota of its own below the job's wins.
+    tree.write(
+        &format!("{cpu}/job/apptheus/c_1/cpu.cfs_quota_us"),
+        "20000\n",
+    );
+    assert_eq!(Reader::new().cpu_quota(&container), Some(0.2));
+    // None anywhere.
+    tree.write(&format!("{cpu}/job/cpu.cfs_quota_us"), "-1\n");
+    tree.write(&format!("{cpu}/job/apptheus/c_1/cpu.cfs_quota_us"), "-1\n");
+    assert_eq!(Reader::new().cpu_quota(&container), None);
+
+    // v2: the container has no cpu controller (no cpu.max of its own); the job's counts.
+    let tree = FakeTree::new();
+    fake_v2_container(&tree);
+    tree.write("unified/job/cpu.max", "200000 100000\n");
+    tree.write("unified/job/apptheus/cpu.max", "max 100000\n");
+    let container = tree
+        .v2_layout()
+        .open("/job/apptheus/c_1", &[], &[])
+        .unwrap();
+    assert_eq!(Reader::new().cpu_quota(&container), Some(2.0));
+    tree.write("unified/job/apptheus/c_1/cpu.max", "50000 100000\n");
+    assert_eq!(Reader::new().cpu_quota(&container), Some(0.5));
+}
+
+#[test]
+fn final_values_keep_the_older_ones_where_the_files_are_gone() {
+    let older = Stats {
+        cpu_pressure: Some(Pressure {
+            waiting_seconds: 1.0,
+            stalled_seconds: Some(0.5),
+        }),
+        cpu_throttling: Some(Throttling {
+            periods: 3,
+            throttled_periods: 2,
+            throttled_seconds: 0.1,
+        }),
+        memory_events: MemoryEvents {
+            high: None,
+            max: Some(4),
+            oom: Some(1),
+        },
+        ..Stats::default()
+    };
+    let newer = Stats {
+        memory_events: MemoryEvents {
+            max: Some(5),
+            ..MemoryEvents::default()
+        },
+        ..Stats::default()
+    };
+    let merged = newer.or(&older);
+    assert_eq!(merged.cpu_pressure, older.cpu_pressure);
+    assert_eq!(merged.cpu_throttling, older.cpu_throttling);
+    assert_eq!(
+        merged.memory_events,
+        MemoryEvents {
+            high: None,
+            max: Some(5),
+            oom: Some(1),
+        }
+    );
 }

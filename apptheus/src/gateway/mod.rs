@@ -154,11 +154,12 @@ impl Gateway {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        let refusals = Refusals::new(registry.config().privacy.clone());
         let admission = Arc::new(Admission {
             trust,
             registry,
             metrics,
-            refusals: Refusals::default(),
+            refusals,
         });
         let acceptor = Acceptor::new(
             self,
@@ -226,7 +227,7 @@ impl Admission {
                 tracing::info!(
                     container = id.id.as_str(),
                     pid = id.pid,
-                    uid = id.uid,
+                    uid = id.uid.as_str(),
                     "launcher connection accepted"
                 );
                 if hold(stream, &admitted.gone, &shutdown).await {

@@ -1,12 +1,14 @@
 //! The log lines of refused connections, rate-limited: a flood of untrusted connections costs a
 //! counter increment each (`apptheus_gateway_rejections_total`), not a line each in the journal.
+//! The uid and exe path are shown as `--privacy.hash-salt-file` publishes them.
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use super::Rejection;
+use crate::privacy::Privacy;
 
 /// Lines per reason and window, at most.
 const LINES: u32 = 5;
@@ -16,9 +18,17 @@ const WINDOW: Duration = Duration::from_secs(10);
 pub struct Refusals {
     /// Per reason: the window's start, lines written in it, refusals not written.
     windows: Mutex<HashMap<Rejection, (Instant, u32, u64)>>,
+    privacy: Arc<Privacy>,
 }
 
 impl Refusals {
+    pub fn new(privacy: Arc<Privacy>) -> Refusals {
+        Refusals {
+            windows: Mutex::default(),
+            privacy,
+        }
+    }
+
     /// Log a refusal (unless too many of its reason were logged lately); returns `reason`.
     pub fn refuse(&self, reason: Rejection, pid: i32, uid: u32, exe: &str, why: &str) -> Rejection {
         let now = Instant::now();
@@ -46,12 +56,14 @@ impl Refusals {
             );
         }
         if write {
+            let p = &self.privacy;
             tracing::warn!(
                 reason = reason.as_str(),
                 pid,
-                uid,
-                exe,
-                why,
+                uid = p.uid(uid).as_str(),
+                exe = p.path(exe, Some(uid)).as_str(),
+                // Best effort: an error's text may name a user's cgroup (user-1000.slice).
+                why = p.cgroup(why).as_str(),
                 "launcher connection refused"
             );
         }

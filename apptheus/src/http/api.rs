@@ -48,7 +48,8 @@ pub enum State {
 pub struct Container {
     pub id: String,
     pub user: String,
-    pub uid: u32,
+    /// As the `uid` label: a number, or its keyed hash under `--privacy.hash-salt-file`.
+    pub uid: String,
     /// `slurm`, `pbs`, `lsf`, `htcondor` or `flux`, where the container belongs to a batch job.
     pub scheduler: Option<String>,
     pub job_id: Option<String>,
@@ -65,7 +66,8 @@ pub struct Container {
     pub memory_limit_bytes: Option<u64>,
     /// Live processes (the eBPF tracker's count).
     pub processes: u64,
-    /// How its launcher ended, once it did: the exit status, or 128+N for signal N.
+    /// Once the container ended: its launcher's exit status, or 128+N for signal N (`null`
+    /// where the kernel's BTF has no `task_struct.exit_code`, or after a restart).
     pub exit_code: Option<u32>,
     /// The last minutes; left out when asked for with `?history=0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +130,7 @@ fn container(s: &ContainerSeries, track: Option<&Track>) -> Container {
     Container {
         id: identity.id.clone(),
         user: identity.user.clone(),
-        uid: identity.uid,
+        uid: identity.uid.clone(),
         scheduler: non_empty(&identity.job.scheduler),
         job_id: non_empty(&identity.job.id),
         state: if live { State::Live } else { State::Ended },
@@ -143,11 +145,9 @@ fn container(s: &ContainerSeries, track: Option<&Track>) -> Container {
         memory_peak_bytes: stats.memory_max_usage_bytes,
         memory_limit_bytes: stats.memory_limit_bytes,
         processes: s.procs.live,
-        // The tracker reports no exit code yet. Once `ProcessCounters` has `exit_code:
-        // Option<u32>` (the launcher's status, set once it exited), this line is
-        // `exit_code: s.procs.exit_code,`: the page, its script and apptheus-top show it as
-        // they are.
-        exit_code: None,
+        // As `apptheus_container_exit_code`: the launcher's status, once the container ended
+        // (its launcher may exit before its last process does).
+        exit_code: s.procs.exit_code.filter(|_| !live),
         history: None,
     }
 }
@@ -212,7 +212,7 @@ mod tests {
     use crate::{cgroup::Stats, container::Identity, history::Reading, tracker::ProcessCounters};
 
     pub fn series(id: &str, job: &str, end_time: Option<f64>) -> ContainerSeries {
-        let mut identity = Identity::pending(id.into(), 1000);
+        let mut identity = Identity::pending(id.into(), "1000".into());
         identity.user = "alice".into();
         identity.start_time = 100.0;
         if !job.is_empty() {
@@ -294,7 +294,7 @@ mod tests {
         for (key, value) in [
             ("id", serde_json::json!("x_7")),
             ("user", serde_json::json!("alice")),
-            ("uid", serde_json::json!(1000)),
+            ("uid", serde_json::json!("1000")),
             ("scheduler", serde_json::Value::Null),
             ("job_id", serde_json::Value::Null),
             ("state", serde_json::json!("live")),
@@ -320,6 +320,21 @@ mod tests {
         // And back: apptheus-top reads what the daemon writes.
         let back: Containers = serde_json::from_value(json).unwrap();
         assert_eq!(back, view);
+    }
+
+    #[test]
+    fn the_exit_code_is_the_trackers_once_ended() {
+        let history = History::new(Duration::from_millis(500));
+        let (mut live, mut ended) = (series("l_1", "", None), series("e_2", "", Some(200.0)));
+        // The launcher exited (137: SIGKILL) while its children live on: no exit code yet.
+        live.procs.exit_code = Some(137);
+        ended.procs.exit_code = Some(3);
+        let view = build(&[live, ended], &history, false, 300.0);
+        let code = |id: &str| {
+            let c = view.containers.iter().find(|c| c.id == id).unwrap();
+            c.exit_code
+        };
+        assert_eq!((code("l_1"), code("e_2")), (None, Some(3)));
     }
 
     #[test]

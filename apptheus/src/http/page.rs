@@ -332,7 +332,7 @@ mod tests {
         Container {
             id: id.into(),
             user: "alice".into(),
-            uid: 1000,
+            uid: "1000".into(),
             scheduler: Some("slurm".into()),
             job_id: Some(job.into()),
             state: Liveness::Live,

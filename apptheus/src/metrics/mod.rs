@@ -18,7 +18,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::{cgroup::Stats, container::Identity, gateway::Rejection, tracker::ProcessCounters};
+use crate::{
+    cgroup::Stats, collectors::Collectors, container::Identity, gateway::Rejection,
+    tracker::ProcessCounters,
+};
 
 /// The daemon's own metrics.
 pub struct Metrics {
@@ -30,10 +33,18 @@ pub struct Metrics {
     events_lost: IntCounter,
     walks_cut_short: IntCounter,
     snapshot: Mutex<Arc<Snapshot>>,
+    /// The containers' groups that are rendered.
+    collectors: Collectors,
 }
 
 impl Metrics {
+    /// Every group of the containers' families on.
     pub fn new() -> Result<Metrics> {
+        Metrics::with_collectors(Collectors::default())
+    }
+
+    /// Without the families of the disabled `collectors`.
+    pub fn with_collectors(collectors: Collectors) -> Result<Metrics> {
         let registry = Registry::new();
         let build_info = prometheus::IntGaugeVec::new(
             Opts::new(
@@ -105,7 +116,8 @@ impl Metrics {
             sample_duration,
             events_lost,
             walks_cut_short,
-            snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new()))),
+            snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new(), collectors))),
+            collectors,
         })
     }
 
@@ -136,7 +148,7 @@ impl Metrics {
 
     /// Replace the containers' series with a new pass's.
     pub fn publish(&self, series: Vec<ContainerSeries>) {
-        let snap = Arc::new(Snapshot::new(series));
+        let snap = Arc::new(Snapshot::new(series, self.collectors));
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
     }
 
@@ -173,14 +185,16 @@ pub struct ContainerSeries {
 /// The containers' series of one sampling pass, rendered on first use.
 pub struct Snapshot {
     series: Vec<ContainerSeries>,
+    collectors: Collectors,
     text: OnceLock<Bytes>,
     deflate: OnceLock<Deflated>,
 }
 
 impl Snapshot {
-    fn new(series: Vec<ContainerSeries>) -> Snapshot {
+    fn new(series: Vec<ContainerSeries>, collectors: Collectors) -> Snapshot {
         Snapshot {
             series,
+            collectors,
             text: OnceLock::new(),
             deflate: OnceLock::new(),
         }
@@ -194,7 +208,7 @@ impl Snapshot {
     /// The rendered text, shared by every scrape of this pass (a clone is a reference count).
     pub fn text(&self) -> Bytes {
         self.text
-            .get_or_init(|| Bytes::from(render(&self.series)))
+            .get_or_init(|| Bytes::from(render(&self.series, self.collectors)))
             .clone()
     }
 

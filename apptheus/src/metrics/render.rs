@@ -2,6 +2,7 @@
 use std::fmt::Write as _;
 
 use super::ContainerSeries;
+use crate::collectors::{Collector, Collectors};
 
 enum Kind {
     Gauge,
@@ -16,12 +17,73 @@ struct Family {
     value: fn(&ContainerSeries) -> Option<Value>,
 }
 
+/// A per-container family with one more label: one sample per value of `label` that the
+/// container has, each handed to the callback `values` is given.
+struct LabeledFamily {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    label: &'static str,
+    values: fn(&ContainerSeries, &mut dyn FnMut(&'static str, Value)),
+}
+
+#[derive(Clone, Copy)]
 enum Value {
     Int(u64),
     Float(f64),
 }
 
-const FAMILIES: &[Family] = &[
+/// The families of one collector group (`None`: always on), in output order.
+struct Group {
+    collector: Option<Collector>,
+    families: &'static [Family],
+    labeled: &'static [LabeledFamily],
+}
+
+const GROUPS: &[Group] = &[
+    Group {
+        collector: None,
+        families: CORE,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Io),
+        families: IO,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Processes),
+        families: PROCESSES,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Pressure),
+        families: PRESSURE,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Throttling),
+        families: THROTTLING,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::MemoryEvents),
+        families: &[],
+        labeled: MEMORY_EVENTS,
+    },
+    Group {
+        collector: None,
+        families: FATE,
+        labeled: FAILED_EXITS,
+    },
+    Group {
+        collector: Some(Collector::Network),
+        families: NETWORK,
+        labeled: &[],
+    },
+];
+
+const CORE: &[Family] = &[
     Family {
         name: "apptheus_container_start_time_seconds",
         kind: Kind::Gauge,
@@ -106,6 +168,9 @@ const FAMILIES: &[Family] = &[
         help: "Pids limit of the container (the smallest along its cgroup path).",
         value: |c| c.stats.pids_limit.map(Value::Int),
     },
+];
+
+const IO: &[Family] = &[
     Family {
         name: "apptheus_container_blkio_read_bytes_total",
         kind: Kind::Counter,
@@ -118,6 +183,9 @@ const FAMILIES: &[Family] = &[
         help: "Bytes written to block devices.",
         value: |c| c.stats.blkio_write_bytes.map(Value::Int),
     },
+];
+
+const PROCESSES: &[Family] = &[
     Family {
         name: "apptheus_container_processes",
         kind: Kind::Gauge,
@@ -142,11 +210,184 @@ const FAMILIES: &[Family] = &[
         help: "Processes of the container that exited (eBPF).",
         value: |c| Some(Value::Int(c.procs.exits)),
     },
+    Family {
+        name: "apptheus_container_untracked_processes_total",
+        kind: Kind::Counter,
+        help: "New processes the eBPF hooks did not track: the container was at its process bound (they stay in its cgroup).",
+        value: |c| Some(Value::Int(c.procs.untracked)),
+    },
 ];
 
-/// The containers' families in the text exposition format 0.0.4. A family with no value for
-/// any container is left out entirely.
-pub fn render(series: &[ContainerSeries]) -> String {
+/// How the container ended: read from the kernel's counters, which a container's end needs
+/// anyway (not a group that can be turned off).
+const FATE: &[Family] = &[
+    Family {
+        name: "apptheus_container_exit_code",
+        kind: Kind::Gauge,
+        help: "Exit status of the container's launcher as a shell reports it (128+N for signal N), once the container ended.",
+        value: |c| {
+            c.end_time?;
+            c.procs.exit_code.map(|v| Value::Int(v.into()))
+        },
+    },
+    Family {
+        name: "apptheus_container_oom_kills_total",
+        kind: Kind::Counter,
+        help: "Processes of the container killed by the OOM killer, whichever limit was hit.",
+        value: |c| c.procs.oom_kills.map(Value::Int),
+    },
+];
+
+const FAILED_EXITS: &[LabeledFamily] = &[LabeledFamily {
+    name: "apptheus_container_failed_exits_total",
+    kind: Kind::Counter,
+    help: "Processes of the container that exited with a non-zero code (reason=\"exit_code\") or were killed by a signal (reason=\"signal\").",
+    label: "reason",
+    values: |c, sample| {
+        if let Some(f) = c.procs.failed {
+            sample("exit_code", Value::Int(f.exit_code));
+            sample("signal", Value::Int(f.signal));
+        }
+    },
+}];
+
+const NETWORK: &[Family] = &[
+    Family {
+        name: "apptheus_container_network_receive_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes received by the container's sockets (IP layer, any network namespace).",
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_receive_packets_total",
+        kind: Kind::Counter,
+        help: "Packets received by the container's sockets.",
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_packets)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes sent by the container's sockets (IP layer, any network namespace).",
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_packets_total",
+        kind: Kind::Counter,
+        help: "Packets sent by the container's sockets.",
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_packets)),
+    },
+];
+
+/// PSI: "some" is `waiting`, "full" is `stalled` (the names cAdvisor uses).
+const PRESSURE: &[Family] = &[
+    Family {
+        name: "apptheus_container_pressure_cpu_waiting_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which at least one of the container's tasks waited for a CPU (PSI some).",
+        value: |c| {
+            c.stats
+                .cpu_pressure
+                .map(|p| Value::Float(p.waiting_seconds))
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_cpu_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which all the container's non-idle tasks waited for a CPU (PSI full; Linux 5.13+).",
+        value: |c| {
+            c.stats
+                .cpu_pressure
+                .and_then(|p| p.stalled_seconds)
+                .map(Value::Float)
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_memory_waiting_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which at least one of the container's tasks waited for memory (PSI some).",
+        value: |c| {
+            c.stats
+                .memory_pressure
+                .map(|p| Value::Float(p.waiting_seconds))
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_memory_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which all the container's non-idle tasks waited for memory (PSI full).",
+        value: |c| {
+            c.stats
+                .memory_pressure
+                .and_then(|p| p.stalled_seconds)
+                .map(Value::Float)
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_io_waiting_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which at least one of the container's tasks waited for I/O (PSI some).",
+        value: |c| c.stats.io_pressure.map(|p| Value::Float(p.waiting_seconds)),
+    },
+    Family {
+        name: "apptheus_container_pressure_io_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which all the container's non-idle tasks waited for I/O (PSI full).",
+        value: |c| {
+            c.stats
+                .io_pressure
+                .and_then(|p| p.stalled_seconds)
+                .map(Value::Float)
+        },
+    },
+];
+
+const THROTTLING: &[Family] = &[
+    Family {
+        name: "apptheus_container_cpu_cfs_periods_total",
+        kind: Kind::Counter,
+        help: "CFS enforcement periods that elapsed while the container's cgroup had runnable tasks.",
+        value: |c| c.stats.cpu_throttling.map(|t| Value::Int(t.periods)),
+    },
+    Family {
+        name: "apptheus_container_cpu_cfs_throttled_periods_total",
+        kind: Kind::Counter,
+        help: "CFS periods in which the container's cgroup used up its CPU quota and was throttled.",
+        value: |c| {
+            c.stats
+                .cpu_throttling
+                .map(|t| Value::Int(t.throttled_periods))
+        },
+    },
+    Family {
+        name: "apptheus_container_cpu_cfs_throttled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time the container's cgroup spent throttled by its CPU quota.",
+        value: |c| {
+            c.stats
+                .cpu_throttling
+                .map(|t| Value::Float(t.throttled_seconds))
+        },
+    },
+];
+
+const MEMORY_EVENTS: &[LabeledFamily] = &[LabeledFamily {
+    name: "apptheus_container_memory_events_total",
+    kind: Kind::Counter,
+    help: "Memory events of the container's cgroup: high (over memory.high), max (at its memory limit), oom (OOM killer about to run).",
+    label: "event",
+    values: |c, sample| {
+        let e = c.stats.memory_events;
+        for (event, count) in [("high", e.high), ("max", e.max), ("oom", e.oom)] {
+            if let Some(count) = count {
+                sample(event, Value::Int(count));
+            }
+        }
+    },
+}];
+
+/// The containers' families in the text exposition format 0.0.4, without those of the
+/// disabled `collectors`. A family with no value for any container is left out entirely.
+pub fn render(series: &[ContainerSeries], collectors: Collectors) -> String {
     let mut out = String::with_capacity(series.len() * 2200 + 1024);
     // Label sets are the same for every family of a container: escape them once.
     let labels: Vec<String> = series
@@ -168,8 +409,8 @@ pub fn render(series: &[ContainerSeries]) -> String {
                 escape(&c.identity.exe),
                 escape(&c.identity.exe_path),
                 c.identity.pid,
-                c.identity.uid,
-                escape(&c.identity.cgroup),
+                escape(&c.identity.uid),
+                escape(&c.identity.cgroup_label),
                 c.memory_source,
                 c.memory_peak_source,
             );
@@ -197,29 +438,56 @@ pub fn render(series: &[ContainerSeries]) -> String {
             out.push_str("} 1\n");
         }
     }
-    for f in FAMILIES {
-        let mut header = false;
-        for (c, l) in series.iter().zip(&labels) {
-            let Some(v) = (f.value)(c) else { continue };
-            if !header {
-                let kind = match f.kind {
-                    Kind::Gauge => "gauge",
-                    Kind::Counter => "counter",
-                };
-                let _ = write!(
-                    out,
-                    "# HELP {} {}\n# TYPE {} {kind}\n",
-                    f.name, f.help, f.name
-                );
-                header = true;
+    let groups = GROUPS
+        .iter()
+        .filter(|g| g.collector.is_none_or(|c| collectors.enabled(c)));
+    for group in groups {
+        for f in group.families {
+            let mut header = false;
+            for (c, l) in series.iter().zip(&labels) {
+                let Some(v) = (f.value)(c) else { continue };
+                if !header {
+                    write_header(&mut out, f.name, &f.kind, f.help);
+                    header = true;
+                }
+                write_sample(&mut out, f.name, l, None, v);
             }
-            let _ = match v {
-                Value::Int(i) => writeln!(out, "{}{{{l}}} {i}", f.name),
-                Value::Float(x) => writeln!(out, "{}{{{l}}} {}", f.name, float(x)),
-            };
+        }
+        for f in group.labeled {
+            let mut header = false;
+            for (c, l) in series.iter().zip(&labels) {
+                (f.values)(c, &mut |value, v| {
+                    if !header {
+                        write_header(&mut out, f.name, &f.kind, f.help);
+                        header = true;
+                    }
+                    write_sample(&mut out, f.name, l, Some((f.label, value)), v);
+                });
+            }
         }
     }
     out
+}
+
+fn write_header(out: &mut String, name: &str, kind: &Kind, help: &str) {
+    let kind = match kind {
+        Kind::Gauge => "gauge",
+        Kind::Counter => "counter",
+    };
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
+/// One sample: the container's `labels`, and `extra` (a label of the family's own, whose value
+/// is the daemon's: never escaped).
+fn write_sample(out: &mut String, name: &str, labels: &str, extra: Option<(&str, &str)>, v: Value) {
+    let _ = write!(out, "{name}{{{labels}");
+    if let Some((label, value)) = extra {
+        let _ = write!(out, ",{label}=\"{value}\"");
+    }
+    let _ = match v {
+        Value::Int(i) => writeln!(out, "}} {i}"),
+        Value::Float(x) => writeln!(out, "}} {}", float(x)),
+    };
 }
 
 /// A float as the text format wants it (Rust's Display never uses exponents; only the special
@@ -258,7 +526,11 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cgroup::Stats, container::Identity, tracker::ProcessCounters};
+    use crate::{
+        cgroup::{MemoryEvents, Pressure, Stats, Throttling},
+        container::Identity,
+        tracker::ProcessCounters,
+    };
 
     fn series(id: &str) -> ContainerSeries {
         ContainerSeries {
@@ -268,8 +540,9 @@ mod tests {
                 exe: "starter".into(),
                 exe_path: "/usr/libexec/apptainer/bin/starter".into(),
                 pid: 42,
-                uid: 1000,
+                uid: "1000".into(),
                 cgroup: "/apptheus/starter_42".into(),
+                cgroup_label: "/apptheus/starter_42".into(),
                 start_time: 1_700_000_000.5,
                 job: Default::default(),
             }),
@@ -286,13 +559,17 @@ mod tests {
                 execs: 1,
                 exits: 2,
                 live: 2,
+                ..Default::default()
             },
         }
     }
 
     #[test]
     fn renders_families_once_with_labels() {
-        let text = render(&[series("starter_42"), series("weird\"id\\\n")]);
+        let text = render(
+            &[series("starter_42"), series("weird\"id\\\n")],
+            Collectors::default(),
+        );
         assert_eq!(
             text.matches("# TYPE apptheus_container_cpu_usage_seconds_total counter")
                 .count(),
@@ -323,14 +600,124 @@ mod tests {
             source: "environment".into(),
             ..Default::default()
         };
-        let text = render(&[c]);
+        let text = render(&[c], Collectors::default());
         assert!(text.contains(
             "apptheus_container_job_info{container=\"c_1\",user=\"alice\",scheduler=\"slurm\",job_id=\"7\\\"} evil 1\\n\",job_source=\"environment\"} 1\n"
         ), "{text}");
     }
 
+    /// A container on a v2 host with PSI, a CPU quota and the memory controller.
+    fn held_back(id: &str) -> ContainerSeries {
+        let mut c = series(id);
+        c.stats.cpu_pressure = Some(Pressure {
+            waiting_seconds: 2.5,
+            stalled_seconds: None,
+        });
+        c.stats.memory_pressure = Some(Pressure {
+            waiting_seconds: 0.25,
+            stalled_seconds: Some(0.125),
+        });
+        c.stats.cpu_throttling = Some(Throttling {
+            periods: 30,
+            throttled_periods: 28,
+            throttled_seconds: 2.75,
+        });
+        c.stats.memory_events = MemoryEvents {
+            high: None,
+            max: Some(7),
+            oom: Some(1),
+        };
+        c
+    }
+
+    #[test]
+    fn what_held_a_container_back() {
+        let text = render(&[held_back("c_1")], Collectors::default());
+        let l = "container=\"c_1\",user=\"alice\"";
+        for line in [
+            format!("apptheus_container_pressure_cpu_waiting_seconds_total{{{l}}} 2.5\n"),
+            format!("apptheus_container_pressure_memory_waiting_seconds_total{{{l}}} 0.25\n"),
+            format!("apptheus_container_pressure_memory_stalled_seconds_total{{{l}}} 0.125\n"),
+            format!("apptheus_container_cpu_cfs_periods_total{{{l}}} 30\n"),
+            format!("apptheus_container_cpu_cfs_throttled_periods_total{{{l}}} 28\n"),
+            format!("apptheus_container_cpu_cfs_throttled_seconds_total{{{l}}} 2.75\n"),
+            "# TYPE apptheus_container_memory_events_total counter\n".to_string(),
+            format!("apptheus_container_memory_events_total{{{l},event=\"max\"}} 7\n"),
+            format!("apptheus_container_memory_events_total{{{l},event=\"oom\"}} 1\n"),
+        ] {
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        // What the kernel does not keep is absent, never zero.
+        assert!(!text.contains("pressure_cpu_stalled"), "{text}");
+        assert!(!text.contains("event=\"high\""), "{text}");
+        assert!(!text.contains("pressure_io"), "{text}");
+    }
+
+    #[test]
+    fn disabled_groups_are_not_rendered() {
+        let all = render(&[held_back("c_1")], Collectors::default());
+        let off = Collectors::disabling("pressure,throttling,memory_events,processes,io").unwrap();
+        let text = render(&[held_back("c_1")], off);
+        for gone in [
+            "apptheus_container_pressure_",
+            "apptheus_container_cpu_cfs_",
+            "apptheus_container_memory_events_total",
+            "apptheus_container_processes",
+            "apptheus_container_forks_total",
+            "apptheus_container_execs_total",
+            "apptheus_container_exits_total",
+        ] {
+            assert!(all.contains(gone), "{gone} not rendered at all");
+            assert!(
+                !text.contains(gone),
+                "{gone} rendered though disabled:\n{text}"
+            );
+        }
+        // The core stays.
+        assert!(text.contains("apptheus_container_cpu_usage_seconds_total{"));
+        assert!(text.contains("apptheus_container_info{"));
+    }
+
+    #[test]
+    fn how_a_container_ended_and_its_traffic() {
+        let mut c = series("c_1");
+        c.procs.exit_code = Some(137);
+        c.procs.oom_kills = Some(1);
+        c.procs.failed = Some(crate::tracker::Failed {
+            exit_code: 1,
+            signal: 2,
+        });
+        c.procs.network = Some(crate::tracker::Network {
+            receive_bytes: 40_000_000,
+            ..Default::default()
+        });
+        let text = render(std::slice::from_ref(&c), Collectors::default());
+        assert!(
+            !text.contains("apptheus_container_exit_code"),
+            "only once ended"
+        );
+        for want in [
+            "apptheus_container_oom_kills_total{container=\"c_1\",user=\"alice\"} 1\n",
+            "apptheus_container_failed_exits_total{container=\"c_1\",user=\"alice\",reason=\"exit_code\"} 1\n",
+            "apptheus_container_failed_exits_total{container=\"c_1\",user=\"alice\",reason=\"signal\"} 2\n",
+            "apptheus_container_network_receive_bytes_total{container=\"c_1\",user=\"alice\"} 40000000\n",
+        ] {
+            assert!(text.contains(want), "{want}");
+        }
+        c.end_time = Some(1.0);
+        let text = render(&[c], Collectors::default());
+        assert!(
+            text.contains("apptheus_container_exit_code{container=\"c_1\",user=\"alice\"} 137\n")
+        );
+        // No value anywhere: no family.
+        let text = render(&[series("c_2")], Collectors::default());
+        for absent in ["oom_kills", "failed_exits", "network", "exit_code"] {
+            assert!(!text.contains(absent), "{absent}");
+        }
+    }
+
     #[test]
     fn empty_snapshot_renders_nothing() {
-        assert_eq!(render(&[]), "");
+        assert_eq!(render(&[], Collectors::default()), "");
     }
 }

@@ -31,7 +31,9 @@ impl Registry {
             return Err(tracker::Error::AlreadyTracked { pid: peer.pid, key }.into());
         }
         let (id, exe) = Identity::id_of(&peer.exe_path, peer.pid);
-        let key = self.reserve(&id, peer.uid)?;
+        // Users are told apart by their uid as published: the same with or without
+        // --privacy.hash-salt-file for a given uid, and what the state file keeps for a restart.
+        let key = self.reserve(&id, &self.cfg.privacy.uid(peer.uid))?;
         let res = self.admit_reserved(peer, key, id, exe);
         let mut st = self.state();
         st.admitting.remove(&key);
@@ -45,7 +47,7 @@ impl Registry {
     }
 
     /// A key for a new container of `uid`, if the limits allow one more.
-    fn reserve(&self, id: &str, uid: u32) -> Result<u64, AdmitError> {
+    fn reserve(&self, id: &str, uid: &str) -> Result<u64, AdmitError> {
         let mut st = self.state();
         let limits = &self.cfg.limits;
         // Admissions run in parallel: the ones under way count against the limits too, once,
@@ -54,8 +56,8 @@ impl Registry {
             .containers
             .iter()
             .filter(|(k, c)| c.ended.is_none() && !st.admitting.contains_key(k))
-            .map(|(_, c)| c.identity.uid);
-        let under_way = st.admitting.values().copied();
+            .map(|(_, c)| c.identity.uid.as_str());
+        let under_way = st.admitting.values().map(String::as_str);
         let (all, users) = admitted.chain(under_way).fold((0, 0), |(all, users), u| {
             (all + 1, users + usize::from(u == uid))
         });
@@ -66,7 +68,7 @@ impl Registry {
             return Err(AdmitError::Limit("--gateway.max-containers-per-user"));
         }
         if !st.admission_rate(uid, limits.admissions_per_second, limits.admission_burst) {
-            return Err(AdmitError::Limit("--gateway.admissions-per-user"));
+            return Err(AdmitError::Limit("--gateway.admission-rate-per-user"));
         }
         // An ended container of a recycled pid may still be retained under the same id.
         if st.containers.values().any(|c| c.identity.id == id) {
@@ -75,7 +77,7 @@ impl Registry {
         }
         st.next_key += 1;
         let key = st.next_key;
-        st.admitting.insert(key, uid);
+        st.admitting.insert(key, uid.to_string());
         Ok(key)
     }
 
@@ -105,7 +107,10 @@ impl Registry {
             return Err(tracker::Error::Exited { pid: peer.pid }.into());
         }
         // In before the tracker: a fork event may come as soon as the launcher is tracked.
-        self.insert(key, Identity::pending(id.clone(), peer.uid));
+        self.insert(
+            key,
+            Identity::pending(id.clone(), self.cfg.privacy.uid(peer.uid)),
+        );
         let tracked = match self.tracker.register(root, key) {
             Ok(t) => t,
             Err(e) => {
@@ -141,18 +146,32 @@ impl Registry {
             .collect();
         // Environments are read by pid: they only ever become labels.
         let environs: Vec<_> = pids.iter().take(8).map(|&p| job::environ(p)).collect();
+        // The one place an admitted container's identity is made: published as it will be seen
+        // everywhere (series, state file, log lines).
+        let privacy = &self.cfg.privacy;
+        let published = privacy.publish(
+            &user_name(peer.uid),
+            peer.uid,
+            &peer.exe_path.to_string_lossy(),
+            cgroup.rel_path(),
+        );
+        let mut job = Job::find(&launcher_dirs, &environs);
+        // An image in a user's home names them.
+        job.image = privacy.path(&job.image, Some(peer.uid));
         let identity = Arc::new(Identity {
             id,
             cgroup: cgroup.rel_path().to_string(),
-            user: user_name(peer.uid),
-            uid: peer.uid,
+            cgroup_label: published.cgroup_label,
+            user: published.user,
+            uid: published.uid,
             pid: peer.pid,
             exe,
-            exe_path: peer.exe_path.to_string_lossy().into_owned(),
+            exe_path: published.exe_path,
             start_time: unix_seconds(SystemTime::now()),
-            job: Job::find(&launcher_dirs, &environs),
+            job,
         });
         let early = self.placed(key, identity.clone(), cgroup.clone());
+        self.count_network(key, &identity.id, &cgroup);
         testhook::pause(testhook::Point::Move, &pids);
         for process in &tracked.members {
             self.move_into(&cgroup, process, key, &identity.id);
@@ -177,10 +196,10 @@ impl Registry {
         tracing::info!(
             container = identity.id.as_str(),
             pid = peer.pid,
-            uid = peer.uid,
+            uid = identity.uid.as_str(),
             exe = identity.exe_path.as_str(),
             processes = pids.len(),
-            cgroup = identity.cgroup.as_str(),
+            cgroup = identity.cgroup_label.as_str(),
             "container started"
         );
         if live == 0 {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cgroup::{self, ContainerCgroup, Layout, Placement},
     container::{Identity, unix_seconds},
+    privacy::Privacy,
     state::SavedContainer,
     tracker::{self, Tracker},
 };
@@ -32,6 +33,8 @@ pub struct Config {
     pub parent: String,
     pub retention: Duration,
     pub max_containers: usize,
+    /// How the values naming a person are published (`--privacy.hash-salt-file`).
+    pub privacy: Arc<Privacy>,
     pub limits: Limits,
 }
 
@@ -122,7 +125,7 @@ struct State {
     containers: HashMap<u64, Container>,
     next_key: u64,
     /// Admissions under way, and their uid (they count against the limits).
-    admitting: HashMap<u64, u32>,
+    admitting: HashMap<u64, String>,
     /// Cgroups of forgotten containers whose directories the kernel still reported busy.
     to_remove: Vec<Arc<ContainerCgroup>>,
     /// The set of containers changed since `unsaved` last gave it.
@@ -133,7 +136,7 @@ struct State {
     /// in them goes last.
     made_parents: HashSet<PathBuf>,
     /// Per uid, the admission token bucket: (tokens, when last filled).
-    admissions: HashMap<u32, (f64, Instant)>,
+    admissions: HashMap<String, (f64, Instant)>,
     /// Walks of a tree cut short at their bound, since the start.
     walks_cut_short: u64,
 }
@@ -145,7 +148,7 @@ impl State {
     }
 
     /// Take one admission of `uid`'s bucket, if there is one.
-    fn admission_rate(&mut self, uid: u32, per_second: f64, burst: u32) -> bool {
+    fn admission_rate(&mut self, uid: &str, per_second: f64, burst: u32) -> bool {
         let now = Instant::now();
         let burst = f64::from(burst.max(1));
         // Full buckets carry no information: drop them so the table stays small.
@@ -154,7 +157,10 @@ impl State {
                 *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
             });
         }
-        let (tokens, at) = self.admissions.entry(uid).or_insert((burst, now));
+        let (tokens, at) = self
+            .admissions
+            .entry(uid.to_string())
+            .or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -210,15 +216,6 @@ impl Registry {
         self.ended.notified().await;
     }
 
-    /// Live containers.
-    pub fn live(&self) -> usize {
-        self.state()
-            .containers
-            .values()
-            .filter(|c| c.ended.is_none())
-            .count()
-    }
-
     /// A fresh key (for recovery, which admits no peer).
     pub fn next_key(&self) -> u64 {
         let mut st = self.state();
@@ -235,6 +232,9 @@ impl Registry {
         cgroup: Arc<ContainerCgroup>,
         end_time: Option<SystemTime>,
     ) {
+        if end_time.is_none() {
+            self.count_network(key, &identity.id, &cgroup);
+        }
         let mut st = self.state();
         st.made_parents.extend(cgroup.made_parents());
         st.containers.insert(
@@ -248,6 +248,14 @@ impl Registry {
             },
         );
         st.changed();
+    }
+
+    /// Count the container's network traffic in the kernel (from its cgroup v2 directory); a
+    /// failure costs only those metrics.
+    fn count_network(&self, key: u64, id: &str, cgroup: &ContainerCgroup) {
+        if let Err(e) = self.tracker.attach_network(key, cgroup) {
+            tracing::warn!(container = id, error = %e, "cannot count the container's network traffic");
+        }
     }
 
     /// The launcher closed its connection. The container lives on while it has processes.
@@ -272,6 +280,7 @@ impl Registry {
             return;
         }
         c.ended = Some((Instant::now(), SystemTime::now()));
+        self.tracker.container_ended(key);
         let secs = (SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -354,6 +363,14 @@ impl Registry {
     /// are taken (blocking; a directory the kernel still reports busy is retried by `reap`).
     /// The container itself stays, with those values, for the retention.
     pub fn release(&self, key: u64) {
+        if self
+            .state()
+            .containers
+            .get(&key)
+            .is_some_and(|c| c.ended.is_some())
+        {
+            self.tracker.container_released(key);
+        }
         let Some(cgroup) = self
             .state()
             .containers
@@ -459,15 +476,15 @@ impl Registry {
         is_final: impl Fn(u64) -> bool,
     ) -> Vec<u64> {
         let limits = &self.cfg.limits;
-        let mut retained: Vec<(Instant, u64, u32)> = st
+        let mut retained: Vec<(Instant, u64, &str)> = st
             .containers
             .iter()
             .filter(|(k, _)| !expired.contains(k) && is_final(**k))
-            .filter_map(|(k, c)| Some((c.ended?.0, *k, c.identity.uid)))
+            .filter_map(|(k, c)| Some((c.ended?.0, *k, c.identity.uid.as_str())))
             .collect();
         // Newest first: what is kept is the newest.
         retained.sort_by_key(|r| std::cmp::Reverse(r.0));
-        let mut per_user: HashMap<u32, usize> = HashMap::new();
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
         let mut kept = 0;
         let mut out = Vec::new();
         for (_, key, uid) in retained {

@@ -15,9 +15,9 @@ use std::{
 };
 
 use apptheus_common::Counters;
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::MapError;
 
-use super::{Error, Maps, Tracker};
+use super::{Error, Maps, Tracker, tracked::TrackedMap};
 use crate::pidfd::{Pidfd, Process};
 
 /// `BPF_NOEXIST` from `<linux/bpf.h>`.
@@ -39,12 +39,21 @@ pub struct Tracked {
 
 impl Tracker {
     /// Create `key`'s counters and track each of `roots` that still lives, then their
-    /// descendants.
-    pub(super) fn track(&self, roots: Vec<Process>, key: u64) -> Result<Tracked, Error> {
+    /// descendants. The kernel keeps `launcher`'s exit status.
+    pub(super) fn track(
+        &self,
+        roots: Vec<Process>,
+        key: u64,
+        launcher: Option<i32>,
+    ) -> Result<Tracked, Error> {
         {
             let mut maps = self.maps();
+            let counters = Counters {
+                launcher: launcher.map_or(0, |p| p as u32),
+                ..Counters::default()
+            };
             maps.counters
-                .insert(key, Counters::default(), 0)
+                .insert(key, counters, 0)
                 .map_err(|e| Error::map(format!("creating counters for container key {key}"), e))?;
             maps.adopted.insert(key, 0);
         }
@@ -179,7 +188,7 @@ pub(super) fn tracked_under(maps: &Maps, key: u64) -> Vec<u32> {
         .collect()
 }
 
-pub(super) fn lookup(map: &BpfHashMap<MapData, u32, u64>, pid: u32) -> Result<Option<u64>, Error> {
+pub(super) fn lookup(map: &TrackedMap, pid: u32) -> Result<Option<u64>, Error> {
     match map.get(&pid, 0) {
         Ok(k) => Ok(Some(k)),
         Err(MapError::KeyNotFound) => Ok(None),

@@ -115,12 +115,11 @@ fn split_decl(decl: &str) -> Option<(String, String)> {
     name_ok.then(|| (format!("{}{array}", ty.trim()), name.to_string()))
 }
 
-/// The offsets the eBPF programs need, from the four events' format texts.
-pub fn offsets(newtask: &Format, fork: &Format, exit: &Format) -> Result<TracepointOffsets> {
+/// The offsets the eBPF programs need, from the events' format texts.
+pub fn offsets(newtask: &Format, exit: &Format) -> Result<TracepointOffsets> {
     Ok(TracepointOffsets {
         newtask_pid: newtask.require("pid", 4)?,
         newtask_clone_flags: newtask.require("clone_flags", 8)?,
-        fork_child_pid: fork.require("child_pid", 4)?,
         exit_group_dead: match exit.field("group_dead") {
             Some(f) if f.size == 1 => f.offset,
             Some(f) => bail!(
@@ -129,6 +128,9 @@ pub fn offsets(newtask: &Format, fork: &Format, exit: &Format) -> Result<Tracepo
             ),
             None => NO_FIELD,
         },
+        // Not from these formats: `tracefs::read_offsets` fills them where the kernel has them.
+        mark_victim_pid: NO_FIELD,
+        task_exit_code: NO_FIELD,
     })
 }
 
@@ -147,7 +149,6 @@ mod tests {
     fn offsets_of(kernel: &str) -> TracepointOffsets {
         offsets(
             &fixture(kernel, "task_newtask"),
-            &fixture(kernel, "sched_process_fork"),
             &fixture(kernel, "sched_process_exit"),
         )
         .unwrap()
@@ -168,8 +169,8 @@ mod tests {
             TracepointOffsets {
                 newtask_pid: 8,
                 newtask_clone_flags: 32,
-                fork_child_pid: 20,
                 exit_group_dead: 32,
+                ..TracepointOffsets::UNSET
             }
         );
     }
@@ -187,8 +188,8 @@ mod tests {
             TracepointOffsets {
                 newtask_pid: 8,
                 newtask_clone_flags: 32,
-                fork_child_pid: 44,
                 exit_group_dead: NO_FIELD,
+                ..TracepointOffsets::UNSET
             }
         );
     }

@@ -1,37 +1,59 @@
 //! Loading the embedded programs with this kernel's tracepoint layouts, and attaching them.
 use std::collections::HashMap;
 
+use apptheus_common::NO_FIELD;
 use aya::{
     EbpfLoader,
-    maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{HashMap as BpfHashMap, Map, PerCpuArray, RingBuf},
+    programs::{CgroupSkb, TracePoint},
 };
 
-use super::{Error, EventStream, Maps, Tracker, ensure_tracefs, proctable::ProcTable, tracefs};
+use super::{
+    Error, EventStream, Features, Limits, Maps, Tracker, ensure_tracefs,
+    network::{self, NetMaps},
+    proctable::ProcTable,
+    tracefs,
+    tracked::{PidBits, TrackedMap, bitmap_words},
+};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apptheus"));
 
 /// The programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str, &str); 4] = [
+const PROGRAMS: [(&str, &str, &str); 3] = [
     ("task_newtask", "task", "task_newtask"),
-    ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
 
+fn load_error(what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Load(format!("{what}: {e}"))
+}
+
 impl Tracker {
-    /// Mount tracefs if needed, read this kernel's tracepoint layouts, load the embedded object
-    /// with them, and attach every program. Must run inside a tokio runtime (the event stream
-    /// registers with its reactor).
-    pub fn load() -> Result<(Tracker, EventStream), Error> {
-        let load = |what: &str, e: &dyn std::fmt::Display| Error::Load(format!("{what}: {e}"));
+    /// Mount tracefs if needed, read this kernel's tracepoint layouts and BTF offsets, load the
+    /// embedded object with them and with maps sized for `limits`, and attach every tracepoint
+    /// program (the network programs are attached per container). Must run inside a tokio
+    /// runtime (the event stream registers with its reactor).
+    pub fn load(limits: Limits) -> Result<(Tracker, EventStream), Error> {
+        let load = load_error;
         tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Load("Tracker::load must run inside a tokio runtime".into()))?;
+        let (containers, processes) = limits.map_sizes().map_err(Error::Load)?;
         raise_memlock_limit();
         ensure_tracefs().map_err(|e| Error::Load(format!("{e:#}")))?;
         let offsets = tracefs::read_offsets().map_err(|e| Error::Load(format!("{e:#}")))?;
+        let features = Features {
+            exit_codes: offsets.task_exit_code != NO_FIELD,
+            oom_kills: offsets.mark_victim_pid != NO_FIELD,
+        };
+        let words = bitmap_words();
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("PER_CONTAINER", &limits.per_container, true)
+            .map_max_entries("TRACKED_PIDS", words)
+            .map_max_entries("TRACKED", processes)
+            .map_max_entries("COUNTERS", containers)
+            .map_max_entries("ADOPTED", containers)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 load(
@@ -39,14 +61,10 @@ impl Tracker {
                     &e,
                 )
             })?;
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(error = %e, "eBPF log forwarding unavailable");
-                None
-            }
-        };
-        for (name, category, event) in PROGRAMS {
+        let oom = features
+            .oom_kills
+            .then_some(("oom_mark_victim", "oom", "mark_victim"));
+        for (name, category, event) in PROGRAMS.into_iter().chain(oom) {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
@@ -61,29 +79,55 @@ impl Tracker {
                 )
             })?;
         }
+        for (name, _, _) in network::PROGRAMS {
+            let prog: &mut CgroupSkb = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
+                .try_into()
+                .map_err(|e| load(&format!("program {name}"), &e))?;
+            prog.load()
+                .map_err(|e| load(&format!("loading eBPF program {name}"), &e))?;
+        }
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
         };
-        let (tracked, counters, lost, ring) = (
+        let (tracked, bits, counters, adopted, errors, ring, ingress, egress) = (
             take("TRACKED")?,
+            take("TRACKED_PIDS")?,
             take("COUNTERS")?,
-            take("LOST")?,
+            take("ADOPTED")?,
+            take("ERRORS")?,
             take("EVENTS")?,
+            take("NET_INGRESS_KEY")?,
+            take("NET_EGRESS_KEY")?,
         );
+        let Map::Array(bits) = bits else {
+            return Err(Error::Load("map TRACKED_PIDS is not an array".into()));
+        };
+        let bits = PidBits::map(bits, words).map_err(|e| load("mapping TRACKED_PIDS", &e))?;
+        let tracked = BpfHashMap::try_from(tracked).map_err(|e| load("map TRACKED", &e))?;
         let maps = Maps {
-            tracked: BpfHashMap::try_from(tracked).map_err(|e| load("map TRACKED", &e))?,
+            tracked: TrackedMap::new(tracked, bits),
             counters: BpfHashMap::try_from(counters).map_err(|e| load("map COUNTERS", &e))?,
-            lost: PerCpuArray::try_from(lost).map_err(|e| load("map LOST", &e))?,
+            adopted_in_kernel: BpfHashMap::try_from(adopted)
+                .map_err(|e| load("map ADOPTED", &e))?,
+            errors: PerCpuArray::try_from(errors).map_err(|e| load("map ERRORS", &e))?,
+            net: NetMaps::new(ingress, egress).map_err(|e| load("map NET_*_KEY", &e))?,
+            attached: HashMap::new(),
+            features,
             adopted: HashMap::new(),
         };
         let ring = RingBuf::try_from(ring).map_err(|e| load("map EVENTS", &e))?;
-        let events =
-            EventStream::new(ring, logger).map_err(|e| load("watching the event ring", &e))?;
+        let events = EventStream::new(ring).map_err(|e| load("watching the event ring", &e))?;
+        tracefs::release_freed_memory();
         let tracker = Tracker {
             maps: std::sync::Mutex::new(maps),
             procs: std::sync::Mutex::new(ProcTable::default()),
-            _ebpf: ebpf,
+            ebpf: std::sync::Mutex::new(ebpf),
+            processes: limits.processes,
+            containers: limits.containers,
+            warned: std::sync::Mutex::new((0, None)),
         };
         Ok((tracker, events))
     }

@@ -228,7 +228,8 @@ pub struct Daemon {
     pub parent: String,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
-    /// The flags and environment it was started with (a restart reuses them).
+    /// The executable, flags and environment it was started with (a restart reuses them).
+    exe: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
     pub client: Client,
@@ -256,6 +257,16 @@ impl Daemon {
     /// Start the daemon with `args` and `env`; `client` is how to reach its HTTP server (also
     /// for the readiness check).
     pub fn start_client(args: &[&str], env: &[(&str, &str)], client: Client) -> Daemon {
+        Self::start_exe(&bin("apptheus"), args, env, client)
+    }
+
+    /// Start the daemon `exe` (e.g. an installed /usr/bin/apptheus) like `start_client`.
+    pub fn start_exe(
+        exe: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        client: Client,
+    ) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
@@ -285,9 +296,10 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let child = spawn_daemon(&args, &env, &log);
+        let child = spawn_daemon(exe, &args, &env, &log);
         let mut d = Daemon {
             child,
+            exe: exe.to_path_buf(),
             port: 0,
             socket,
             parent,
@@ -341,7 +353,7 @@ impl Daemon {
     pub fn respawn(&mut self) {
         assert!(self.exited(), "respawn: the daemon still runs");
         let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
-        self.child = spawn_daemon(&self.args, &self.env, &self.log);
+        self.child = spawn_daemon(&self.exe, &self.args, &self.env, &self.log);
         self.wait_ready(from);
     }
 
@@ -352,7 +364,7 @@ impl Daemon {
         let from = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         let mut all = self.env.clone();
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        self.child = spawn_daemon(&self.args, &all, &self.log);
+        self.child = spawn_daemon(&self.exe, &self.args, &all, &self.log);
         from
     }
 
@@ -454,13 +466,18 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn_daemon(args: &[String], env: &[(String, String)], log: &std::path::Path) -> Child {
+fn spawn_daemon(
+    exe: &std::path::Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(bin("apptheus"))
+    Command::new(exe)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
@@ -554,4 +571,27 @@ pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
         };
         hit.then(|| path.to_string())
     })
+}
+
+/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "".
+pub fn mount_of(controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let (fstype, options) = (fields.get(sep + 1)?, fields.get(sep + 3)?);
+        let hit = if controller.is_empty() {
+            *fstype == "cgroup2"
+        } else {
+            *fstype == "cgroup" && options.split(',').any(|o| o == controller)
+        };
+        hit.then(|| PathBuf::from(fields[4]))
+    })
+}
+
+/// The directory of `pid`'s cgroup in the hierarchy of `controller` ("" for the unified tree).
+pub fn cgroup_dir_of(pid: i32, controller: &str) -> Option<PathBuf> {
+    let mount = mount_of(controller)?;
+    let rel = cgroup_of(pid, controller)?;
+    Some(mount.join(rel.trim_start_matches('/')))
 }

@@ -59,22 +59,39 @@ impl Prometheus {
     /// Like `start`, with `job` added to the scrape job's settings (YAML at the job's level,
     /// e.g. `scheme: https`).
     pub fn start_with(target: &str, job: &str) -> Prometheus {
+        // scrape_timeout defaults to 10 s, which Prometheus refuses above a 1 s interval.
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: apptheus\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: ['{target}']\n{}",
+            job.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        );
+        Self::launch(&config, &[], &[], &[])
+    }
+
+    /// A `prometheus` with `config` (prometheus.yml), `files` written beside it (name,
+    /// content: rule files), extra `args` (e.g. `--enable-feature=agent`) and `env`. Its storage
+    /// is a temporary directory: the TSDB, or in agent mode (an `--enable-feature` argument
+    /// naming `agent`) the agent's WAL.
+    pub fn launch(
+        config: &str,
+        files: &[(&str, &str)],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Prometheus {
         let exe = tool("prometheus", "prometheus");
         let mut dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("prometheus.yml");
-        // scrape_timeout defaults to 10 s, which Prometheus refuses above a 1 s interval.
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: apptheus\n    scrape_interval: 1s\n    \
-                 static_configs:\n      - targets: ['{target}']\n{}",
-                job.lines()
-                    .map(|l| format!("    {l}\n"))
-                    .collect::<String>()
-            ),
-        )
-        .expect("write prometheus.yml");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content)
+                .unwrap_or_else(|e| panic!("write {name}: {e}"));
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let agent_mode = args
+            .iter()
+            .any(|a| a.starts_with("--enable-feature=") && a.contains("agent"));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
@@ -85,12 +102,19 @@ impl Prometheus {
         // was free is picked, and a lost race (another process bound it first) is retried.
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            let tsdb = dir.path().join("tsdb");
+            // The agent keeps a WAL only, under its own flag.
+            let (flag, storage) = if agent_mode {
+                ("storage.agent.path", dir.path().join("wal"))
+            } else {
+                ("storage.tsdb.path", dir.path().join("tsdb"))
+            };
             let child = Command::new(&exe)
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", tsdb.display()))
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!("--{flag}={}", storage.display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .arg("--log.level=warn")
+                .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("log file"))
@@ -108,7 +132,7 @@ impl Prometheus {
                 }
                 // Ready, and ours: whoever won the port may be another test's server (even
                 // another Prometheus) answering while ours is still failing to bind.
-                p.serves_tsdb(&tsdb).then_some(Ok(()))
+                p.serves_storage(flag, &storage).then_some(Ok(()))
             });
             match ready {
                 Some(Ok(())) => return p,
@@ -124,8 +148,9 @@ impl Prometheus {
         panic!("prometheus lost the race for a free port {PORT_ATTEMPTS} times in a row");
     }
 
-    /// Whether the server at `url` is ready and is this Prometheus (its TSDB is `tsdb`).
-    fn serves_tsdb(&self, tsdb: &std::path::Path) -> bool {
+    /// Whether the server at `url` is ready and is this Prometheus (its storage flag `flag` is
+    /// `storage`).
+    fn serves_storage(&self, flag: &str, storage: &std::path::Path) -> bool {
         let ready = self
             .agent
             .get(format!("{}/-/ready", self.url))
@@ -140,9 +165,8 @@ impl Prometheus {
             serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
         };
         ready
-            && flags().is_some_and(|f| {
-                f["data"]["storage.tsdb.path"].as_str() == Some(&tsdb.display().to_string())
-            })
+            && flags()
+                .is_some_and(|f| f["data"][flag].as_str() == Some(&storage.display().to_string()))
     }
 
     pub fn log(&self) -> String {

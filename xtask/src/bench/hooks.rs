@@ -4,15 +4,39 @@
 //! pinned to the last core and, during B, the daemon to the others, so that the daemon's own
 //! sampling does not show up as hook cost: what remains is the programs' work in the loop's
 //! context. Then, with `kernel.bpf_stats_enabled=1` (restored after), one more loop of each kind
-//! gives the programs' own run time per event (run_time_ns / run_cnt).
-use std::process::Command;
+//! gives the programs' own run time per event (run_time_ns / run_cnt), ours side by side with a
+//! reference that bpftrace runs in the same loops: one program per tracepoint we hook, whose
+//! body is one hash lookup keyed by the current tgid (`BPFTRACE_SCRIPT`), the least a program
+//! that follows processes can do. The loops' processes are untracked: that is the cost every
+//! task on the host pays.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 
 use super::{
     Ctx, Daemon,
-    sys::{self, Spread},
+    sys::{self, Proc, Spread},
 };
+
+/// The reference: per tracepoint, one lookup in a hash map keyed by the current tgid (`pid` in
+/// bpftrace; `BEGIN` declares the map with bpftrace's own pid, so the key's type is that of
+/// `pid`, and the map's size is bpftrace's default, 4096).
+const BPFTRACE_SCRIPT: &str = "BEGIN { @tracked[pid] = 0; }
+tracepoint:task:task_newtask { $k = @tracked[pid]; }
+tracepoint:sched:sched_process_exec { $k = @tracked[pid]; }
+tracepoint:sched:sched_process_exit { $k = @tracked[pid]; }
+";
+
+/// The tracepoints both sides hook, as `bpftool perf` names them, with our program on each.
+pub const HOOKS: [(&str, &str); 3] = [
+    ("task_newtask", "task_newtask"),
+    ("sched_process_exec", "sched_process_exec"),
+    ("sched_process_exit", "sched_process_exit"),
+];
 
 /// Nanoseconds per iteration of each loop kind, one entry per round.
 #[derive(Default, Clone)]
@@ -31,6 +55,8 @@ pub struct ProgStat {
 pub struct WithDaemon {
     pub loops: Loops,
     pub progs: Vec<ProgStat>,
+    /// bpftrace's one-lookup programs over the same loops, named by their tracepoint.
+    pub reference: Vec<ProgStat>,
     /// Iterations of each kind in the stats loop.
     pub stats_iterations: u64,
     /// The programs' run time per loop iteration, for each loop kind.
@@ -114,24 +140,28 @@ pub fn with_daemon(ctx: &Ctx, d: &Daemon) -> Result<WithDaemon> {
         let loops = loops(ctx, "B (daemon)")?;
         // Stats on only for these extra loops: the accounting itself costs time per run.
         let stats_iterations = (ctx.cfg.fork_iterations / 5).max(1000);
-        let (progs, exit_bpf_ns, exec_bpf_ns) = {
+        let mut bpftrace = start_bpftrace(ctx)?;
+        let (progs, reference, exit_bpf_ns, exec_bpf_ns) = {
             let _stats = sys::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-            let s0 = prog_stats(d.pid())?;
+            let (s0, r0) = (prog_stats(d.pid())?, prog_stats(bpftrace.pid())?);
             one(ctx, "exit", stats_iterations)?;
             let s1 = prog_stats(d.pid())?;
             one(ctx, "exec", stats_iterations)?;
-            let s2 = prog_stats(d.pid())?;
+            let (s2, r2) = (prog_stats(d.pid())?, prog_stats(bpftrace.pid())?);
             let per_iteration =
                 |a: &[ProgStat], b: &[ProgStat]| total_ns(b, a) / stats_iterations as f64;
             (
                 delta(&s2, &s0),
+                delta(&r2, &r0),
                 per_iteration(&s0, &s1),
                 per_iteration(&s1, &s2),
             )
         };
+        bpftrace.stop(Duration::from_secs(10));
         Ok(WithDaemon {
             loops,
             progs,
+            reference,
             stats_iterations,
             exit_bpf_ns,
             exec_bpf_ns,
@@ -144,10 +174,52 @@ pub fn with_daemon(ctx: &Ctx, d: &Daemon) -> Result<WithDaemon> {
     result
 }
 
-/// The BPF programs the daemon holds, with their statistics: from /proc/<pid>/fdinfo of its
+/// bpftrace running `BPFTRACE_SCRIPT`, once it says its probes are attached.
+fn start_bpftrace(ctx: &Ctx) -> Result<Proc> {
+    let script = ctx.tmp.join("one-lookup.bt");
+    std::fs::write(&script, BPFTRACE_SCRIPT).context("writing the bpftrace script")?;
+    let mut cmd = Command::new("bpftrace");
+    cmd.arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut proc = Proc::spawn("bpftrace", &mut cmd)?;
+    let stdout = proc.child.stdout.take().context("bpftrace's stdout")?;
+    // "Attaching 4 probes..." comes once every program is loaded and attached.
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("reading bpftrace's output")?;
+    if !line.starts_with("Attaching") {
+        bail!("bpftrace did not attach its probes: {line:?}");
+    }
+    Ok(proc)
+}
+
+/// Tracepoint names of the programs attached through perf events (bpftrace's), by program id:
+/// bpftool's program names are cut at 15 bytes, which makes exec and exit the same.
+fn perf_tracepoints() -> std::collections::HashMap<u64, String> {
+    crate::setup::output(Command::new("bpftool").args(["perf", "show", "--json"]))
+        .ok()
+        .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["prog_id"].as_u64()?,
+                p["tracepoint"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The BPF programs a process holds, with their statistics: from /proc/<pid>/fdinfo of its
 /// `bpf-prog` descriptors (which count per program, so other daemons on the host do not mix in),
-/// named by `bpftool prog show id`.
+/// named by the tracepoint they are attached to through a perf event, else by `bpftool prog
+/// show id`.
 fn prog_stats(pid: i32) -> Result<Vec<ProgStat>> {
+    let tracepoints = perf_tracepoints();
     let mut progs = Vec::new();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("listing /proc/{pid}/fd"))?;
@@ -172,17 +244,20 @@ fn prog_stats(pid: i32) -> Result<Vec<ProgStat>> {
         if progs.iter().any(|p: &(u64, ProgStat)| p.0 == id) {
             continue;
         }
-        let name = crate::setup::output(Command::new("bpftool").args([
-            "prog",
-            "show",
-            "id",
-            &id.to_string(),
-            "--json",
-        ]))
-        .ok()
-        .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
-        .and_then(|v| v["name"].as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("prog {id}"));
+        let name = tracepoints.get(&id).cloned();
+        let name = name.or_else(|| {
+            crate::setup::output(Command::new("bpftool").args([
+                "prog",
+                "show",
+                "id",
+                &id.to_string(),
+                "--json",
+            ]))
+            .ok()
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+            .and_then(|v| v["name"].as_str().map(str::to_string))
+        });
+        let name = name.unwrap_or_else(|| format!("prog {id}"));
         progs.push((
             id,
             ProgStat {
@@ -193,7 +268,7 @@ fn prog_stats(pid: i32) -> Result<Vec<ProgStat>> {
         ));
     }
     if progs.is_empty() {
-        bail!("the daemon (pid {pid}) holds no BPF program descriptor");
+        bail!("process {pid} holds no BPF program descriptor");
     }
     progs.sort_by_key(|p| p.0);
     Ok(progs.into_iter().map(|p| p.1).collect())
@@ -235,4 +310,12 @@ pub fn slowdown(a1: &Loops, b: &Loops, a2: &Loops, exec: bool) -> (Spread, Sprea
     let sa = Spread::of(&a);
     let sb = Spread::of(&pick(b));
     (sa, sb, (sb.median / sa.median - 1.0) * 100.0)
+}
+
+/// ns per run of the program named `name` in `stats`.
+pub fn ns_per_run(stats: &[ProgStat], name: &str) -> Option<f64> {
+    stats
+        .iter()
+        .find(|p| p.name == name && p.run_cnt > 0)
+        .map(|p| p.run_time_ns as f64 / p.run_cnt as f64)
 }

@@ -233,7 +233,10 @@ fn groups(text: &str) -> BTreeMap<String, String> {
             .filter(|l| !l.starts_with("container=") && !l.starts_with("user="))
             .collect();
         let body = out.entry(id.to_string()).or_default();
-        body.push_str(&header);
+        // Once per family: a family may have several series per container (a `reason` label).
+        if !body.contains(header.as_str()) {
+            body.push_str(&header);
+        }
         if others.is_empty() {
             let _ = writeln!(body, "{name} {value}");
         } else {
@@ -348,6 +351,16 @@ apptheus_container_pids{container=\"a_2\",user=\"root\"} 3
 ";
         let g = groups(text);
         assert_eq!(g.len(), 2);
+        // Several series of one family in one container: one HELP/TYPE for them.
+        let labelled = "# HELP apptheus_container_failed_exits_total Failed.
+# TYPE apptheus_container_failed_exits_total counter
+apptheus_container_failed_exits_total{container=\"a_1\",user=\"root\",reason=\"exit_code\"} 1
+apptheus_container_failed_exits_total{container=\"a_1\",user=\"root\",reason=\"signal\"} 0
+";
+        assert_eq!(
+            groups(labelled)["a_1"],
+            "# HELP apptheus_container_failed_exits_total Failed.\n# TYPE apptheus_container_failed_exits_total counter\napptheus_container_failed_exits_total{reason=\"exit_code\"} 1\napptheus_container_failed_exits_total{reason=\"signal\"} 0\n"
+        );
         assert_eq!(
             g["a_2"],
             "# HELP apptheus_container_info Info.\n# TYPE apptheus_container_info gauge\napptheus_container_info{exe=\"a\",pid=\"2\"} 1\n# HELP apptheus_container_pids Tasks.\n# TYPE apptheus_container_pids gauge\napptheus_container_pids 3\n"

@@ -158,7 +158,7 @@ mod tests {
         Container {
             id: id.into(),
             user: user.into(),
-            uid: 1000,
+            uid: "1000".into(),
             scheduler: None,
             job_id: None,
             state: State::Live,

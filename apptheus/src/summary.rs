@@ -1,0 +1,766 @@
+//! A container's summary: one record when it ends, that outlives the series' retention.
+//!
+//! When the sampler takes a container's final values it hands them here: one `container
+//! summary` log record (info), and with `--container.summary-file`, the same fields as one JSON
+//! line appended to that file. A site keeps a per-job record without Prometheus, as jobstats
+//! and seff give Slurm users. A number the kernel does not keep on this host, or a group that
+//! is disabled, is absent from the record, never zero.
+//!
+//! - `Summary`: the record, computed from the container's final series (pure);
+//! - `Allowance`: the CPUs the container may use, read once when it is first sampled;
+//! - `Summaries`: writes the records (log and file).
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::{
+    cgroup::{ContainerCgroup, Reader},
+    container::from_unix_seconds,
+    metrics::ContainerSeries,
+    tracker::ProcessCounters,
+};
+
+/// Mode of a summary file the daemon creates: root writes, a reader group (e.g. one a log
+/// shipper runs in, after a `chgrp`) reads, others nothing: it names users and commands.
+const FILE_MODE: u32 = 0o640;
+
+/// What a summary file operation failed at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open {}: {err}", path.display())]
+    Open { path: PathBuf, err: io::Error },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("cannot append to {}: {err}", path.display())]
+    Write { path: PathBuf, err: io::Error },
+}
+
+/// The CPUs a container may use: its launcher's CPU affinity, which the kernel keeps within
+/// the launcher's cpuset (Slurm's ConstrainCores, a systemd AllowedCPUs, taskset), and the CFS
+/// quota along its cgroup path. Read once, when the container is first sampled: a job's CPUs
+/// do not change while it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Allowance {
+    pub cpuset_cpus: Option<u32>,
+    pub quota_cpus: Option<f64>,
+}
+
+impl Allowance {
+    /// Reads it for a container whose launcher is `launcher` (`None` when the launcher is gone
+    /// or no longer the container's: a recovered container's pid may name another process).
+    pub fn read(reader: &mut Reader, cgroup: &ContainerCgroup, launcher: Option<i32>) -> Allowance {
+        let cpuset_cpus = launcher.and_then(|pid| {
+            let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(pid)).ok()?;
+            let count = (0..nix::sched::CpuSet::count())
+                .filter(|cpu| set.is_set(*cpu).unwrap_or(false))
+                .count();
+            u32::try_from(count).ok().filter(|n| *n > 0)
+        });
+        Allowance {
+            cpuset_cpus,
+            quota_cpus: reader.cpu_quota(cgroup),
+        }
+    }
+
+    /// The number of CPUs the container could use at most, and where it comes from: the
+    /// quota when it is below the cpuset, else the cpuset when it is below the host, else the
+    /// host's online CPUs.
+    fn cpus(self, host_cpus: u32) -> (f64, &'static str) {
+        let host = f64::from(host_cpus.max(1));
+        let (cpuset, cpuset_source) = match self.cpuset_cpus {
+            Some(n) if n < host_cpus => (f64::from(n), "cpuset"),
+            _ => (host, "host"),
+        };
+        match self.quota_cpus {
+            Some(quota) if quota > 0.0 && quota < cpuset => (quota, "quota"),
+            _ => (cpuset, cpuset_source),
+        }
+    }
+}
+
+/// How the container ended, as the eBPF tracker counts it; a field is absent where the
+/// tracker's counters lack it (see `Fate::of`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fate {
+    /// The exit status of the container's launcher as a shell reports it (128+N for a
+    /// signal N).
+    pub exit_code: Option<u32>,
+    /// Processes the OOM killer ended.
+    pub oom_kills: Option<u64>,
+    /// Processes that ended with a non-zero code or a signal.
+    pub failed_exits: Option<u64>,
+    pub network_receive_bytes: Option<u64>,
+    pub network_transmit_bytes: Option<u64>,
+}
+
+impl Fate {
+    /// The fields the kernel counts; each is absent where this kernel cannot count it.
+    fn of(counters: &ProcessCounters) -> Fate {
+        Fate {
+            exit_code: counters.exit_code,
+            oom_kills: counters.oom_kills,
+            failed_exits: counters.failed.map(|f| f.exit_code + f.signal),
+            network_receive_bytes: counters.network.map(|n| n.receive_bytes),
+            network_transmit_bytes: counters.network.map(|n| n.transmit_bytes),
+        }
+    }
+}
+
+/// One container's summary. Field names are the record's keys, in this order, in the log and
+/// in the file; `None` fields are left out of both.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub container: String,
+    pub user: String,
+    /// The launcher's real uid (hashed under `--privacy.hash-salt-file`, as the labels are).
+    pub uid: String,
+    /// The launcher's pid.
+    pub pid: i32,
+    pub exe: String,
+    pub exe_path: String,
+    pub cgroup: String,
+    /// `slurm`, `pbs`, `lsf`, `htcondor`, `flux`, or `none`.
+    pub job_scheduler: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_partition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_image: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
+    pub start_time: String,
+    pub end_time: String,
+    /// Unix seconds, the values of the start and end time series.
+    pub start_time_seconds: f64,
+    pub end_time_seconds: f64,
+    pub duration_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_user_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_system_seconds: Option<f64>,
+    /// The CPUs it could use at most (see `Allowance`), and whence: `cpuset`, `quota`, `host`.
+    pub cpus_allowed: f64,
+    pub cpus_allowed_source: &'static str,
+    /// CPU time over wall time times `cpus_allowed`: 1 used every CPU it was allowed all along.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_efficiency: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    /// `kernel` (the cgroup's own peak) or `sampled` (the highest usage the sampler read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_peak_source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_exits: Option<u64>,
+    pub forks: u64,
+    pub execs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_read_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_write_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_receive_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_transmit_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cfs_periods: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cfs_throttled_periods: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cfs_throttled_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_cpu_waiting_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_cpu_stalled_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_memory_waiting_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_memory_stalled_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_io_waiting_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure_io_stalled_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_events_high: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_events_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_events_oom: Option<u64>,
+}
+
+/// `x` rounded to `digits` decimals (the record's readers want no float noise).
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+/// RFC 3339 with milliseconds, UTC; empty for a time no clock holds.
+fn rfc3339(unix_seconds: f64) -> String {
+    from_unix_seconds(unix_seconds)
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_default()
+}
+
+/// An empty label value is an unknown one: absent.
+fn known(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+impl Summary {
+    /// The summary of a container from its final series (`end_time` set), what it was
+    /// allowed, and the host's online CPUs. `now` stands for the end of a series without one.
+    pub fn of(series: &ContainerSeries, allowance: Allowance, host_cpus: u32, now: f64) -> Summary {
+        let identity = &series.identity;
+        let job = &identity.job;
+        let stats = &series.stats;
+        let fate = Fate::of(&series.procs);
+        let start = identity.start_time;
+        let end = series.end_time.unwrap_or(now);
+        let duration = (end - start).max(0.0);
+        let (cpus_allowed, cpus_allowed_source) = allowance.cpus(host_cpus);
+        let cpu_efficiency = stats
+            .cpu_usage_seconds
+            .filter(|_| duration > 0.0)
+            .map(|cpu| round(cpu / (duration * cpus_allowed), 4));
+        let pressure = |p: Option<crate::cgroup::Pressure>| {
+            (
+                p.map(|p| p.waiting_seconds),
+                p.and_then(|p| p.stalled_seconds),
+            )
+        };
+        let (cpu_waiting, cpu_stalled) = pressure(stats.cpu_pressure);
+        let (memory_waiting, memory_stalled) = pressure(stats.memory_pressure);
+        let (io_waiting, io_stalled) = pressure(stats.io_pressure);
+        let throttling = stats.cpu_throttling;
+        Summary {
+            container: identity.id.clone(),
+            user: identity.user.clone(),
+            uid: identity.uid.clone(),
+            pid: identity.pid,
+            exe: identity.exe.clone(),
+            exe_path: identity.exe_path.clone(),
+            cgroup: identity.cgroup_label.clone(),
+            job_scheduler: job.scheduler_label().to_string(),
+            job_id: known(&job.id),
+            job_source: known(&job.source),
+            job_account: known(&job.account),
+            job_partition: known(&job.partition),
+            job_image: known(&job.image),
+            start_time: rfc3339(start),
+            end_time: rfc3339(end),
+            start_time_seconds: start,
+            end_time_seconds: end,
+            duration_seconds: round(duration, 3),
+            exit_code: fate.exit_code,
+            cpu_seconds: stats.cpu_usage_seconds,
+            cpu_user_seconds: stats.cpu_user_seconds,
+            cpu_system_seconds: stats.cpu_system_seconds,
+            cpus_allowed,
+            cpus_allowed_source,
+            cpu_efficiency,
+            memory_peak_bytes: stats.memory_max_usage_bytes,
+            memory_peak_source: stats
+                .memory_max_usage_bytes
+                .map(|_| series.memory_peak_source),
+            memory_limit_bytes: stats.memory_limit_bytes,
+            oom_kills: fate.oom_kills,
+            failed_exits: fate.failed_exits,
+            forks: series.procs.forks,
+            execs: series.procs.execs,
+            io_read_bytes: stats.blkio_read_bytes,
+            io_write_bytes: stats.blkio_write_bytes,
+            network_receive_bytes: fate.network_receive_bytes,
+            network_transmit_bytes: fate.network_transmit_bytes,
+            cpu_cfs_periods: throttling.map(|t| t.periods),
+            cpu_cfs_throttled_periods: throttling.map(|t| t.throttled_periods),
+            cpu_cfs_throttled_seconds: throttling.map(|t| t.throttled_seconds),
+            pressure_cpu_waiting_seconds: cpu_waiting,
+            pressure_cpu_stalled_seconds: cpu_stalled,
+            pressure_memory_waiting_seconds: memory_waiting,
+            pressure_memory_stalled_seconds: memory_stalled,
+            pressure_io_waiting_seconds: io_waiting,
+            pressure_io_stalled_seconds: io_stalled,
+            memory_events_high: stats.memory_events.high,
+            memory_events_max: stats.memory_events.max,
+            memory_events_oom: stats.memory_events.oom,
+        }
+    }
+
+    /// The `container summary` log record: the same fields as the file's line, in the same
+    /// order (a `None` is left out of the event by tracing itself).
+    fn log(&self) {
+        tracing::info!(
+            container = self.container.as_str(),
+            user = self.user.as_str(),
+            uid = self.uid.as_str(),
+            pid = self.pid,
+            exe = self.exe.as_str(),
+            exe_path = self.exe_path.as_str(),
+            cgroup = self.cgroup.as_str(),
+            job_scheduler = self.job_scheduler.as_str(),
+            job_id = self.job_id.as_deref(),
+            job_source = self.job_source.as_deref(),
+            job_account = self.job_account.as_deref(),
+            job_partition = self.job_partition.as_deref(),
+            job_image = self.job_image.as_deref(),
+            start_time = self.start_time.as_str(),
+            end_time = self.end_time.as_str(),
+            start_time_seconds = self.start_time_seconds,
+            end_time_seconds = self.end_time_seconds,
+            duration_seconds = self.duration_seconds,
+            exit_code = self.exit_code,
+            cpu_seconds = self.cpu_seconds,
+            cpu_user_seconds = self.cpu_user_seconds,
+            cpu_system_seconds = self.cpu_system_seconds,
+            cpus_allowed = self.cpus_allowed,
+            cpus_allowed_source = self.cpus_allowed_source,
+            cpu_efficiency = self.cpu_efficiency,
+            memory_peak_bytes = self.memory_peak_bytes,
+            memory_peak_source = self.memory_peak_source,
+            memory_limit_bytes = self.memory_limit_bytes,
+            oom_kills = self.oom_kills,
+            failed_exits = self.failed_exits,
+            forks = self.forks,
+            execs = self.execs,
+            io_read_bytes = self.io_read_bytes,
+            io_write_bytes = self.io_write_bytes,
+            network_receive_bytes = self.network_receive_bytes,
+            network_transmit_bytes = self.network_transmit_bytes,
+            cpu_cfs_periods = self.cpu_cfs_periods,
+            cpu_cfs_throttled_periods = self.cpu_cfs_throttled_periods,
+            cpu_cfs_throttled_seconds = self.cpu_cfs_throttled_seconds,
+            pressure_cpu_waiting_seconds = self.pressure_cpu_waiting_seconds,
+            pressure_cpu_stalled_seconds = self.pressure_cpu_stalled_seconds,
+            pressure_memory_waiting_seconds = self.pressure_memory_waiting_seconds,
+            pressure_memory_stalled_seconds = self.pressure_memory_stalled_seconds,
+            pressure_io_waiting_seconds = self.pressure_io_waiting_seconds,
+            pressure_io_stalled_seconds = self.pressure_io_stalled_seconds,
+            memory_events_high = self.memory_events_high,
+            memory_events_max = self.memory_events_max,
+            memory_events_oom = self.memory_events_oom,
+            "container summary"
+        );
+    }
+}
+
+/// Writes the summaries: the log record, and the file's line when there is a file.
+pub struct Summaries {
+    file: Option<SummaryFile>,
+    host_cpus: u32,
+}
+
+impl Summaries {
+    /// Records to the log only.
+    pub fn log_only() -> Summaries {
+        Summaries {
+            file: None,
+            host_cpus: host_cpus(),
+        }
+    }
+
+    /// Records to the log and to `path` (opened now, so that a path the daemon cannot write
+    /// stops it at start rather than losing every record).
+    pub fn with_file(path: &Path) -> Result<Summaries, Error> {
+        Ok(Summaries {
+            file: Some(SummaryFile::open(path)?),
+            host_cpus: host_cpus(),
+        })
+    }
+
+    /// The summary of a container whose final values `series` holds. A failed append is
+    /// logged (a warning for the first of a run of failures) and the next record tries again.
+    pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) {
+        let now = crate::container::unix_seconds(std::time::SystemTime::now());
+        let summary = Summary::of(series, allowance, self.host_cpus, now);
+        summary.log();
+        let Some(file) = &mut self.file else { return };
+        let mut line = match serde_json::to_vec(&summary) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize a container summary");
+                return;
+            }
+        };
+        line.push(b'\n');
+        match file.append(&line) {
+            Ok(()) => file.failing = false,
+            Err(e) if !file.failing => {
+                file.failing = true;
+                tracing::warn!(container = summary.container.as_str(), error = %e, "cannot write the container summary file; will retry at the next container's end");
+            }
+            Err(e) => {
+                tracing::debug!(container = summary.container.as_str(), error = %e, "cannot write the container summary file")
+            }
+        }
+    }
+}
+
+/// The host's online CPUs (at least 1).
+fn host_cpus() -> u32 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
+/// The summary file, opened for appending, and reopened when it was rotated away.
+struct SummaryFile {
+    path: PathBuf,
+    file: File,
+    /// (device, inode) of `file`: the path names another file, or none, once rotated.
+    id: (u64, u64),
+    /// The last append failed (so the next failure is not worth another warning).
+    failing: bool,
+}
+
+impl SummaryFile {
+    fn open(path: &Path) -> Result<SummaryFile, Error> {
+        let (file, id) = open_append(path)?;
+        Ok(SummaryFile {
+            path: path.to_path_buf(),
+            file,
+            id,
+            failing: false,
+        })
+    }
+
+    /// Appends `line` in one write(2) on an O_APPEND descriptor: whole, at the end, whatever
+    /// else appends to the file. Reopens first when the path no longer names the open file
+    /// (logrotate's rename-and-create, or the file removed): one stat per record.
+    fn append(&mut self, line: &[u8]) -> Result<(), Error> {
+        let current = fs::symlink_metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
+        if current != Some(self.id) {
+            let (file, id) = open_append(&self.path)?;
+            tracing::info!(
+                path = %self.path.display(),
+                "container summary file reopened (rotated or removed)"
+            );
+            self.file = file;
+            self.id = id;
+        }
+        self.file.write_all(line).map_err(|err| Error::Write {
+            path: self.path.clone(),
+            err,
+        })
+    }
+}
+
+/// Opens `path` for appending: a new file is created with exactly `FILE_MODE` (owned by the
+/// daemon, root), an existing one is kept as the administrator made it. A symbolic link is
+/// refused (O_NOFOLLOW: a root daemon must not append where a link points), so is anything
+/// but a regular file; O_NONBLOCK keeps a FIFO put there from blocking the sampler.
+fn open_append(path: &Path) -> Result<(File, (u64, u64)), Error> {
+    let open_error = |err| Error::Open {
+        path: path.to_path_buf(),
+        err,
+    };
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let mut attempt = 0;
+    let file = loop {
+        attempt += 1;
+        let created = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(flags)
+            .open(path);
+        match created {
+            Ok(file) => {
+                // The umask may have narrowed the mode: set it as documented.
+                file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+                    .map_err(open_error)?;
+                break file;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(open_error(e)),
+        }
+        match OpenOptions::new()
+            .append(true)
+            .custom_flags(flags)
+            .open(path)
+        {
+            Ok(file) => break file,
+            // Removed between the two opens: create it again, once.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 2 => continue,
+            Err(e) => return Err(open_error(e)),
+        }
+    };
+    let meta = file.metadata().map_err(open_error)?;
+    if !meta.file_type().is_file() {
+        return Err(Error::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((file, (meta.dev(), meta.ino())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::{
+        cgroup::{MemoryEvents, Pressure, Stats, Throttling},
+        cli::LogFormat,
+        container::Identity,
+        job::Job,
+        telemetry::Line,
+    };
+
+    fn series() -> ContainerSeries {
+        ContainerSeries {
+            identity: Arc::new(Identity {
+                id: "starter_42".into(),
+                cgroup: "/job_7/apptheus/starter_42".into(),
+                cgroup_label: "/job_7/apptheus/starter_42".into(),
+                user: "alice".into(),
+                uid: "1000".into(),
+                pid: 42,
+                exe: "starter".into(),
+                exe_path: "/usr/libexec/apptainer/bin/starter".into(),
+                start_time: 1_700_000_000.0,
+                job: Job {
+                    scheduler: "slurm".into(),
+                    id: "7".into(),
+                    source: "cgroup".into(),
+                    account: "proj".into(),
+                    ..Job::default()
+                },
+            }),
+            memory_source: "cgroup",
+            memory_peak_source: "kernel",
+            end_time: Some(1_700_000_010.0),
+            stats: Stats {
+                cpu_usage_seconds: Some(5.0),
+                cpu_user_seconds: Some(4.5),
+                cpu_system_seconds: Some(0.5),
+                memory_max_usage_bytes: Some(1 << 30),
+                blkio_read_bytes: Some(4096),
+                blkio_write_bytes: Some(0),
+                cpu_pressure: Some(Pressure {
+                    waiting_seconds: 1.5,
+                    stalled_seconds: None,
+                }),
+                cpu_throttling: Some(Throttling {
+                    periods: 100,
+                    throttled_periods: 40,
+                    throttled_seconds: 2.0,
+                }),
+                memory_events: MemoryEvents {
+                    max: Some(3),
+                    ..MemoryEvents::default()
+                },
+                ..Stats::default()
+            },
+            procs: ProcessCounters {
+                forks: 12,
+                execs: 3,
+                exits: 14,
+                live: 0,
+                ..ProcessCounters::default()
+            },
+        }
+    }
+
+    #[test]
+    fn cpus_allowed_is_the_smallest_of_cpuset_quota_and_host() {
+        let a = |cpuset, quota| Allowance {
+            cpuset_cpus: cpuset,
+            quota_cpus: quota,
+        };
+        assert_eq!(a(None, None).cpus(64), (64.0, "host"));
+        assert_eq!(a(Some(64), None).cpus(64), (64.0, "host"));
+        assert_eq!(a(Some(4), None).cpus(64), (4.0, "cpuset"));
+        assert_eq!(a(Some(4), Some(2.5)).cpus(64), (2.5, "quota"));
+        assert_eq!(a(Some(4), Some(8.0)).cpus(64), (4.0, "cpuset"));
+        assert_eq!(a(None, Some(0.5)).cpus(64), (0.5, "quota"));
+        assert_eq!(a(None, Some(128.0)).cpus(64), (64.0, "host"));
+        // Never a division by zero.
+        assert_eq!(a(None, Some(0.0)).cpus(0), (1.0, "host"));
+    }
+
+    #[test]
+    fn summary_fields() {
+        let allowance = Allowance {
+            cpuset_cpus: Some(4),
+            quota_cpus: None,
+        };
+        let s = Summary::of(&series(), allowance, 64, 0.0);
+        assert_eq!(s.container, "starter_42");
+        assert_eq!(s.job_scheduler, "slurm");
+        assert_eq!(s.job_id.as_deref(), Some("7"));
+        assert_eq!(s.job_partition, None);
+        assert_eq!(s.start_time, "2023-11-14T22:13:20.000Z");
+        assert_eq!(s.end_time, "2023-11-14T22:13:30.000Z");
+        assert_eq!(s.duration_seconds, 10.0);
+        assert_eq!((s.cpus_allowed, s.cpus_allowed_source), (4.0, "cpuset"));
+        // 5 s of CPU in 10 s on 4 CPUs.
+        assert_eq!(s.cpu_efficiency, Some(0.125));
+        assert_eq!(s.memory_peak_source, Some("kernel"));
+        assert_eq!(s.memory_limit_bytes, None);
+        assert_eq!((s.forks, s.execs), (12, 3));
+        assert_eq!(s.cpu_cfs_throttled_periods, Some(40));
+        assert_eq!(s.pressure_cpu_waiting_seconds, Some(1.5));
+        assert_eq!(s.pressure_cpu_stalled_seconds, None);
+        assert_eq!(s.memory_events_max, Some(3));
+        // The tracker does not count these yet: absent, never zero.
+        assert_eq!(s.exit_code, None);
+        assert_eq!(s.oom_kills, None);
+        assert_eq!(s.network_receive_bytes, None);
+
+        let json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        for absent in [
+            "exit_code",
+            "oom_kills",
+            "failed_exits",
+            "network_receive_bytes",
+            "job_partition",
+            "memory_limit_bytes",
+            "pressure_cpu_stalled_seconds",
+            "pressure_io_waiting_seconds",
+            "memory_events_high",
+        ] {
+            assert!(json.get(absent).is_none(), "{absent} in {keys:?}");
+        }
+        assert_eq!(json["cpu_efficiency"], 0.125);
+        assert_eq!(json["forks"], 12);
+    }
+
+    #[test]
+    fn no_time_passed_no_efficiency() {
+        let mut c = series();
+        c.end_time = Some(c.identity.start_time);
+        let s = Summary::of(&c, Allowance::default(), 2, 0.0);
+        assert_eq!(s.duration_seconds, 0.0);
+        assert_eq!(s.cpu_efficiency, None);
+        // A sampled peak says so; no peak, no source.
+        c.memory_peak_source = "sampled";
+        assert_eq!(
+            Summary::of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
+            Some("sampled")
+        );
+        c.stats.memory_max_usage_bytes = None;
+        assert_eq!(
+            Summary::of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
+            None
+        );
+    }
+
+    /// The log record and the file's line are the same record: the JSON log line, less its
+    /// ts, level and msg, is the file's line, key for key and in order.
+    #[test]
+    fn the_log_record_and_the_file_line_agree() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .event_format(Line {
+                format: LogFormat::Json,
+            })
+            .finish();
+        let s = Summary::of(&series(), Allowance::default(), 8, 0.0);
+        tracing::subscriber::with_default(subscriber, || s.log());
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let log: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(log["level"], "info");
+        assert_eq!(log["msg"], "container summary");
+        // Compared as text: same keys, same order, same numbers and strings.
+        let (_, fields) = text
+            .trim()
+            .split_once("\"msg\":\"container summary\",")
+            .unwrap();
+        let file = String::from_utf8(serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(format!("{{{fields}"), file);
+    }
+
+    #[test]
+    fn the_file_is_created_0640_appended_and_reopened_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.jsonl");
+        let mut file = SummaryFile::open(&path).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, FILE_MODE);
+        file.append(b"{\"a\":1}\n").unwrap();
+        file.append(b"{\"a\":2}\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+        // logrotate: rename, then the daemon's next record goes to a new file at the path.
+        let rotated = dir.path().join("summary.jsonl.1");
+        fs::rename(&path, &rotated).unwrap();
+        file.append(b"{\"a\":3}\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":3}\n");
+        assert_eq!(
+            fs::read_to_string(&rotated).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
+        // Removed: made again.
+        fs::remove_file(&path).unwrap();
+        file.append(b"{\"a\":4}\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":4}\n");
+        // An existing file keeps its mode, and what it holds.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut again = SummaryFile::open(&path).unwrap();
+        again.append(b"{\"a\":5}\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":4}\n{\"a\":5}\n");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn links_and_non_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, "").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(SummaryFile::open(&link), Err(Error::Open { .. })));
+        assert!(matches!(
+            SummaryFile::open(dir.path()),
+            Err(Error::Open { .. } | Error::NotAFile { .. })
+        ));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // No reader: the non-blocking open fails (ENXIO) rather than waiting for one.
+        assert!(matches!(
+            SummaryFile::open(&fifo),
+            Err(Error::Open { .. } | Error::NotAFile { .. })
+        ));
+        assert!(matches!(
+            SummaryFile::open(&dir.path().join("missing/summary.jsonl")),
+            Err(Error::Open { .. })
+        ));
+    }
+}
