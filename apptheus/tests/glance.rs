@@ -311,7 +311,7 @@ async fn the_containers_page_in_chromium() {
         &["ready", "wait", "alloc:48", "wait"],
         &[("SLURM_JOB_ID", EVIL_JOB)],
     );
-    let mut ended = d.exec_workload(&["ready", "wait"]);
+    let mut ended = d.exec_workload(&["ready", "wait", "exit:3"]);
     for w in [&mut busy, &mut evil, &mut ended] {
         w.ready();
     }
@@ -341,14 +341,27 @@ async fn the_containers_page_in_chromium() {
         containers(&d)
     );
     ended.go();
-    assert!(ended.wait().success());
+    assert_eq!(ended.wait().code(), Some(3));
     let view = eventually(Duration::from_secs(30), || {
         let view = containers(&d);
-        let ok = find(&view, &ended).is_some_and(|c| c.state == State::Ended)
+        let ok = find(&view, &ended)
+            .is_some_and(|c| c.state == State::Ended && c.exit_code == Some(3))
             && find(&view, &evil).is_some_and(|c| c.memory_bytes > Some(40 << 20));
         ok.then_some(view)
     })
-    .unwrap_or_else(|| panic!("not one ended, one with 48 MiB:\n{:#?}", containers(&d)));
+    .unwrap_or_else(|| {
+        panic!(
+            "not one ended with exit code 3, one with 48 MiB:\n{:#?}",
+            containers(&d)
+        )
+    });
+    assert!(
+        view.containers
+            .iter()
+            .filter(|c| c.state == State::Live)
+            .all(|c| c.exit_code.is_none()),
+        "{view:#?}"
+    );
     assert_eq!(view.containers.len(), 3);
 
     // The server's HTML: one response, nothing from elsewhere, the job id as text.
@@ -401,11 +414,8 @@ async fn the_containers_page_in_chromium() {
     // States, and the rest of the columns.
     assert_eq!(row(&busy)["cells"][3], "live");
     assert_eq!(row(&ended)["cells"][3], "ended");
-    assert_eq!(
-        row(&ended)["cells"][11],
-        "—",
-        "no exit code yet: the column waits for it"
-    );
+    assert_eq!(row(&ended)["cells"][11], "3", "the tracker's exit code");
+    assert_eq!(row(&busy)["cells"][11], "—", "no exit code while it lives");
     assert_eq!(row(&busy)["cells"][2], "—", "no job");
     // Charts: a CPU and a memory line for every container, with points.
     for r in &rows {
