@@ -29,6 +29,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const DEB_FILES: &[(&str, u32)] = &[
     ("/usr/bin/apptheus", 0o755),
     ("/usr/bin/apptheus-exec", 0o755),
+    ("/usr/bin/apptheus-top", 0o755),
     ("/usr/lib/systemd/system/apptheus.service", 0o644),
     ("/etc/default/apptheus", 0o644),
     ("/usr/share/apptheus/grafana/apptheus.json", 0o644),
@@ -362,6 +363,19 @@ fn run_installed_daemon() {
     assert!(
         m.contains(&shown) && m.contains("exe_path=\"/usr/bin/apptheus-exec\""),
         "the container of /usr/bin/apptheus-exec is not shown:\n{m}"
+    );
+    // The installed apptheus-top, as an unprivileged user, shows it too.
+    let top = Command::new("runuser")
+        .args(["-u", "nobody", "--", "/usr/bin/apptheus-top", "--once"])
+        .arg(format!("--address=http://127.0.0.1:{}", d.port))
+        .output()
+        .expect("run /usr/bin/apptheus-top");
+    let out = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success() && out.contains(&format!("apptheus-exec_{} ", w.pid())),
+        "apptheus-top --once: {}\n{out}{}",
+        top.status,
+        String::from_utf8_lossy(&top.stderr)
     );
     w.go();
     assert!(w.wait().success());

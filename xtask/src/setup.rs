@@ -4,10 +4,11 @@
 //! source) and `bpf-linker`, built against nightly rustc's own libLLVM, which is the LLVM it must
 //! match. Test needs: Debian's `prometheus` (promtool, the server), `systemd`
 //! (systemd-analyze), `openssl` and `curl` (the TLS tests), a real Slurm (`slurmctld`,
-//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster), and the VM test
-//! bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils and the kernels of the matrix
-//! in /var/cache/apptheus/vm, see xtask/src/vm). Each step checks first, so a machine that has
-//! everything pays a few milliseconds.
+//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster), `chromium`,
+//! `chromium-driver` and `tmux` (tests/glance.rs: the page in a browser, apptheus-top in a
+//! terminal), and the VM test bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils
+//! and the kernels of the matrix in /var/cache/apptheus/vm, see xtask/src/vm). Each step checks
+//! first, so a machine that has everything pays a few milliseconds.
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -43,6 +44,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/slurmd", "slurmd"),
     ("/usr/bin/srun", "slurm-client"),
     ("/usr/sbin/munged", "munge"),
+    // tests/glance.rs: the containers page in a real headless Chromium (over chromedriver),
+    // apptheus-top in a real terminal.
+    ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/chromedriver", "chromium-driver"),
+    ("/usr/bin/tmux", "tmux"),
 ];
 
 /// Daemons the test packages ship. Their packages may start them (a host with systemd, or

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cgroups;
+pub mod pki;
 pub mod prometheus;
 pub mod slurm;
 
@@ -429,10 +430,20 @@ impl Daemon {
 
     /// `apptheus-exec` running the workload with `steps`.
     pub fn exec_workload(&self, steps: &[&str]) -> Workload {
-        let w = workload_bin();
-        let mut cmd = vec![w.to_str().unwrap()];
-        cmd.extend_from_slice(steps);
-        self.exec(&cmd)
+        self.exec_workload_env(steps, &[])
+    }
+
+    /// `apptheus-exec` running the workload with `steps`, with `env` added to the launcher's
+    /// environment (where the daemon finds a batch job's id).
+    pub fn exec_workload_env(&self, steps: &[&str], env: &[(&str, &str)]) -> Workload {
+        Workload::spawn_cmd(
+            Command::new(bin("apptheus-exec"))
+                .arg(format!("--socket={}", self.socket.display()))
+                .arg("--")
+                .arg(workload_bin())
+                .args(steps)
+                .envs(env.iter().copied()),
+        )
     }
 
     /// Stop it with SIGTERM and wait; returns its exit status.
