@@ -104,7 +104,8 @@ mnt cgroup2 cgroup2 /sys/fs/cgroup nsdelegate,nosuid,nodev,noexec
 mnt tracefs tracefs /sys/kernel/tracing nosuid,nodev,noexec
 mnt debugfs debugfs /sys/kernel/debug nosuid,nodev,noexec
 mnt bpf bpf /sys/fs/bpf mode=700,nosuid,nodev,noexec
-mnt tmpfs tmpfs /tmp mode=1777,nosuid,nodev
+# No tmpfs on /tmp: the overlay's upper layer is a tmpfs already, and a workspace cloned under
+# /tmp (as CI may) must stay visible in the guest.
 mnt tmpfs tmpfs /run mode=0755,nosuid,nodev
 $bb mkdir -p /run/lock
 $bb ln -sfn /proc/self/fd /dev/fd
