@@ -39,10 +39,7 @@ fn failed(m: &str, label: &str, reason: &str) -> Option<f64> {
 
 /// Wait until the container is shown (admitted).
 fn shown(d: &Daemon, label: &str) {
-    eventually(Duration::from_secs(10), || {
-        d.metrics().contains(label).then_some(())
-    })
-    .unwrap_or_else(|| panic!("container {label} not shown; log:\n{}", d.log_text()));
+    d.metrics_showing(label);
 }
 
 /// The value of `name{label}` once the container ended (its exit code shows only then).

@@ -156,11 +156,7 @@ fn exclusive_job_leaf_is_the_containers_cgroup() {
     );
     w.ready();
     let label = format!("container=\"apptheus-exec_{}\"", w.pid());
-    let m = eventually(Duration::from_secs(10), || {
-        let m = d.metrics();
-        m.contains(&label).then_some(m)
-    })
-    .unwrap_or_else(|| panic!("container not exported:\n{}", d.log_text()));
+    let m = d.metrics_showing(&label);
     let info = |m: &str, l: &str| info_label(m, "apptheus_container_info", &label, l);
     assert_eq!(
         info(&m, "cgroup").as_deref(),
@@ -306,11 +302,7 @@ fn shared_job_leaf_gives_the_container_a_cgroup_inside_it() {
     );
     w.ready();
     let label = format!("container=\"apptheus-exec_{}\"", w.pid());
-    let m = eventually(Duration::from_secs(10), || {
-        let m = d.metrics();
-        m.contains(&label).then_some(m)
-    })
-    .unwrap_or_else(|| panic!("container not exported:\n{}", d.log_text()));
+    let m = d.metrics_showing(&label);
     let info = |m: &str, l: &str| info_label(m, "apptheus_container_info", &label, l);
     let cg = info(&m, "cgroup").unwrap();
     let own = format!("{}/{}/apptheus-exec_{}", job.rel(), d.parent, w.pid());
@@ -408,11 +400,7 @@ fn dedicated_placement_takes_the_container_out_of_the_job() {
     );
     w.ready();
     let label = format!("container=\"apptheus-exec_{}\"", w.pid());
-    let m = eventually(Duration::from_secs(10), || {
-        let m = d.metrics();
-        m.contains(&label).then_some(m)
-    })
-    .unwrap_or_else(|| panic!("container not exported:\n{}", d.log_text()));
+    let m = d.metrics_showing(&label);
     let info = |m: &str, l: &str| info_label(m, "apptheus_container_info", &label, l);
     let own = format!("/{}/apptheus-exec_{}", d.parent, w.pid());
     assert_eq!(info(&m, "cgroup").as_deref(), Some(own.as_str()));

@@ -414,6 +414,21 @@ impl Daemon {
         body
     }
 
+    /// /metrics once it shows `label` (a container admitted: shown once its processes are
+    /// moved), waiting up to 10 s; fails with the daemon's log.
+    pub fn metrics_showing(&self, label: &str) -> String {
+        eventually(Duration::from_secs(10), || {
+            let m = self.metrics();
+            m.contains(label).then_some(m)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{label} not in /metrics within 10 s; log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
