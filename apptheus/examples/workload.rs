@@ -137,6 +137,20 @@ fn main() {
                 say(&format!("fetched {bytes}"));
             }
             "exit" => std::process::exit(a as i32),
+            // Wait (up to 60 s) until this process's cgroup path contains ARG: a job script's
+            // CMD that starts before its launcher is admitted burns nothing outside.
+            "in-cgroup" => {
+                let end = Instant::now() + Duration::from_secs(60);
+                while !std::fs::read_to_string("/proc/self/cgroup")
+                    .is_ok_and(|c| c.lines().any(|l| l.contains(&arg)))
+                {
+                    if Instant::now() > end {
+                        eprintln!("workload: not in a cgroup with {arg:?} after 60 s");
+                        std::process::exit(3);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             other => {
                 eprintln!("workload: unknown step {other:?}");
                 std::process::exit(2);

@@ -13,6 +13,7 @@ use crate::{
     cgroup::{Layout, Placement},
     cli::{self, Args},
     gateway::{Gateway, Trust},
+    history::History,
     http,
     metrics::Metrics,
     privacy::Privacy,
@@ -55,9 +56,11 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
         basic_auth = web.as_ref().is_some_and(|w| !w.config.users.is_empty()),
         "HTTP server listening"
     );
+    // The containers' last minutes: kept by the sampler, shown by the page.
+    let history = Arc::new(History::new(args.monitor_interval));
     let app = http::router(
         &args.web_telemetry_path,
-        http::AppState::new(metrics.clone(), ready.clone()),
+        http::AppState::new(metrics.clone(), ready.clone()).with_history(history.clone()),
         web.as_ref(),
     );
     let serve = http::serve(
@@ -87,7 +90,8 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     // is admitted, so that none of their processes can be mistaken for a new container's.
     let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir))
         .with_collectors(args.collector_disable)
-        .with_summaries(summaries);
+        .with_summaries(summaries)
+        .with_history(history);
     let r = registry.clone();
     let (sampler, found) = tokio::task::spawn_blocking(move || {
         let found = recovery::recover(&r, saved);

@@ -3,7 +3,8 @@
 //! A trusted launcher (Apptainer's starter, or `apptheus-exec`) connects to the `gateway`
 //! socket; the `registry` makes it a container: a cgroup in every hierarchy (`cgroup`), and its
 //! whole process tree followed by eBPF (`tracker`). The `sampler` reads the cgroups' counters
-//! into `metrics`, which `http` serves to Prometheus, with TLS and basic auth from `webconfig`.
+//! into `metrics`, which `http` serves to Prometheus, with TLS and basic auth from `webconfig`,
+//! and the last minutes of each container into `history`, for `http`'s page and JSON.
 //! `docs/architecture.md` draws the two data paths.
 pub mod accept;
 pub mod cgroup;
@@ -16,6 +17,7 @@ pub mod fsperm;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod history;
 pub mod http;
 pub mod job;
 pub mod metrics;

@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, HashSet, hash_map},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -20,6 +20,7 @@ use crate::{
     cgroup::{Reader, Stats},
     collectors::Collectors,
     container::unix_seconds,
+    history::{History, Reading},
     metrics::{ContainerSeries, Metrics},
     registry::{Entry, Registry},
     state::StateDir,
@@ -175,6 +176,8 @@ pub struct Sampler {
     trimmed: Option<(u64, Instant)>,
     /// The generation at the last full pass: unchanged since means a burst is over.
     last_full_generation: Option<u64>,
+    /// The last minutes of each container, for the web page; none in tests of the sampler alone.
+    history: Option<Arc<History>>,
 }
 
 impl Sampler {
@@ -193,7 +196,14 @@ impl Sampler {
             generation: None,
             trimmed: None,
             last_full_generation: None,
+            history: None,
         }
+    }
+
+    /// Keep `history` of every container it reads.
+    pub fn with_history(mut self, history: Arc<History>) -> Sampler {
+        self.history = Some(history);
+        self
     }
 
     /// Reads no file of the disabled `collectors`' groups.
@@ -241,6 +251,7 @@ impl Sampler {
     /// One pass (blocking).
     fn pass(&mut self, pass: Pass) {
         let start = Instant::now();
+        let unix = unix_seconds(SystemTime::now());
         let mut changed = self.sync();
         let (mut ended, mut finished) = (Vec::new(), Vec::new());
         let tracker = self.registry.tracker();
@@ -252,6 +263,15 @@ impl Sampler {
                 Err(_) => tracker.counters(*key).ok().flatten(),
             };
             changed |= s.sample(&mut self.reader, procs, start);
+            if let Some(history) = &self.history {
+                let reading = Reading {
+                    at: start,
+                    unix,
+                    cpu_seconds: s.stats.cpu_usage_seconds,
+                    memory_bytes: s.stats.memory_usage_bytes,
+                };
+                history.record(&s.entry.identity, &reading);
+            }
             if s.allowance.is_none() {
                 // The launcher's pid names it only while the tracker holds it under this key
                 // (after a restart, the pid may be another process's).
@@ -353,6 +373,14 @@ impl Sampler {
                     v.insert(Sampled::new(entry));
                 }
             }
+        }
+        if let Some(history) = &self.history {
+            let ids: HashSet<&str> = self
+                .containers
+                .values()
+                .map(|s| s.entry.identity.id.as_str())
+                .collect();
+            history.retain(|id| ids.contains(id));
         }
         true
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{Daemon, Workload, bin, eventually, sample, workload_bin};
+use common::{Daemon, Workload, bin, cgroups::TestCgroup, eventually, sample, workload_bin};
 
 fn label(pid: i32) -> String {
     format!("container=\"apptheus-exec_{pid}\"")
@@ -39,10 +39,7 @@ fn failed(m: &str, label: &str, reason: &str) -> Option<f64> {
 
 /// Wait until the container is shown (admitted).
 fn shown(d: &Daemon, label: &str) {
-    eventually(Duration::from_secs(10), || {
-        d.metrics().contains(label).then_some(())
-    })
-    .unwrap_or_else(|| panic!("container {label} not shown; log:\n{}", d.log_text()));
+    d.metrics_showing(label);
 }
 
 /// The value of `name{label}` once the container ended (its exit code shows only then).
@@ -94,32 +91,16 @@ fn a_command_killed_by_sigterm_ends_with_143() {
     assert!(signal.is_some_and(|n| n >= 1.0), "{signal:?}\n{m}");
 }
 
-/// A v1 memory cgroup made for one test, removed at the end.
-struct LimitedCgroup(std::path::PathBuf);
-
-impl Drop for LimitedCgroup {
-    fn drop(&mut self) {
-        common::remove_cgroup_tree(&self.0);
-    }
-}
-
+/// A job's cgroup with a 64 MiB limit (v1 memory hierarchy or the unified tree, whichever this
+/// machine has), the launcher alone in it; the container allocates 200 MiB.
 #[test]
 fn a_container_over_its_jobs_memory_limit_counts_an_oom_kill() {
-    let root = Path::new("/sys/fs/cgroup/memory");
-    assert!(
-        root.join("memory.limit_in_bytes").exists(),
-        "this test needs the v1 memory hierarchy at {} (a hybrid host)",
-        root.display()
-    );
     let d = Daemon::start(&["--monitor.interval=100ms"]);
-    let job = LimitedCgroup(root.join(common::unique("apptheus-test-oom")));
-    std::fs::create_dir(&job.0).unwrap();
-    std::fs::write(job.0.join("memory.limit_in_bytes"), "67108864").unwrap();
-    // Without this, the workload could swap instead of hitting the limit.
-    let _ = std::fs::write(job.0.join("memory.memsw.limit_in_bytes"), "67108864");
+    let job = TestCgroup::new("apptheus-test-oom", &["memory"]);
+    job.limit_memory(64 << 20);
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {} --socket={} -- {} ready wait alloc:200 ready wait",
-        job.0.display(),
+        "{}exec {} --socket={} -- {} ready wait alloc:200 ready wait",
+        job.enter_script(),
         bin("apptheus-exec").display(),
         d.socket.display(),
         workload_bin().display()

@@ -69,6 +69,7 @@ fn reuse_pid(pid: i32) -> Child {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "pid {pid} is still taken"
     );
+    let _steering = steer_pids();
     for _ in 0..500 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
             .expect("write /proc/sys/kernel/ns_last_pid");
@@ -84,6 +85,15 @@ fn reuse_pid(pid: i32) -> Child {
         let _ = child.wait();
     }
     panic!("could not make a process take pid {pid} (the machine forks too much)");
+}
+
+/// Held while a test sets the kernel's last pid and forks: two tests of this binary steering
+/// pids at once would undo each other's setting.
+fn steer_pids() -> std::sync::MutexGuard<'static, ()> {
+    static STEERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    STEERING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The process's cgroups, as /proc lists them.
@@ -235,41 +245,38 @@ fn a_stale_parent_link_adopts_nothing() {
     x.go();
     x.wait();
     // (Other processes of the machine fork too: a launcher whose child missed the pid is
-    // ended, and another tried.)
+    // ended before it connects, and another tried.)
     let mut launcher = None;
-    for _ in 0..50 {
-        let mut l = Workload::spawn(&["wait", "sleeper", &connect(&d), "ready", "wait"]);
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (x_pid - 1).to_string()).unwrap();
-        l.go();
-        if printed_pid(&mut l, "sleeper") == x_pid {
-            launcher = Some(l);
-            break;
+    {
+        let _steering = steer_pids();
+        for _ in 0..500 {
+            let mut l =
+                Workload::spawn(&["wait", "sleeper", "wait", &connect(&d), "ready", "wait"]);
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (x_pid - 1).to_string()).unwrap();
+            l.go();
+            if printed_pid(&mut l, "sleeper") == x_pid {
+                launcher = Some(l);
+                break;
+            }
         }
     }
     let mut launcher = launcher.expect("a launcher's child never got the pid of F's old parent");
+    launcher.go();
     launcher.ready();
     let id = format!("workload_{}", launcher.pid());
     wait_log(&d, 0, &["container started", &id]);
     let before = cgroups(f);
-    let m = eventually(Duration::from_secs(5), || {
+    let label = format!("container=\"{id}\"");
+    let settled = eventually(Duration::from_secs(30), || {
         let m = d.metrics();
-        sample(
-            &m,
-            "apptheus_container_processes",
-            &format!("container=\"{id}\""),
-        )
-        .map(|_| m)
-    })
-    .unwrap();
+        (sample(&m, "apptheus_container_processes", &label) == Some(2.0)).then_some(())
+    });
     // The launcher and its child Y; never F, whose recorded parent pid Y now has.
-    assert_eq!(
-        sample(
-            &m,
-            "apptheus_container_processes",
-            &format!("container=\"{id}\"")
-        ),
-        Some(2.0),
-        "{m}"
+    assert!(
+        settled.is_some(),
+        "the container never counted its 2 processes (launcher and Y):\n{}\n{}",
+        d.metrics(),
+        d.log_text()
     );
     assert!(!cgroups(f).contains(&id), "F was adopted: {}", cgroups(f));
     assert_eq!(cgroups(f), before);

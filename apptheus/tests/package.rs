@@ -6,7 +6,8 @@
 //!
 //! It packs the `dist` binaries `cargo xtask test` builds (with `xtask package --no-build`,
 //! twice: revisions 1 and 2), and refuses to run where a package or a file named apptheus is
-//! already installed: it would not be ours to purge. A host-wide lock keeps two runs of it (two
+//! already installed: it would not be ours to purge (a hand-run daemon's state directory is set
+//! aside and put back). A host-wide lock keeps two runs of it (two
 //! work trees) from installing at the same time; everything else it starts has unique names.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -29,6 +30,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const DEB_FILES: &[(&str, u32)] = &[
     ("/usr/bin/apptheus", 0o755),
     ("/usr/bin/apptheus-exec", 0o755),
+    ("/usr/bin/apptheus-top", 0o755),
     ("/usr/lib/systemd/system/apptheus.service", 0o644),
     ("/etc/default/apptheus", 0o644),
     ("/usr/share/apptheus/grafana/apptheus.json", 0o644),
@@ -120,8 +122,10 @@ fn host_lock() -> HostLock {
     }))
 }
 
-/// Refuse to touch a host where apptheus is installed by someone else.
-fn refuse_foreign() {
+/// Refuse to touch a host where apptheus is installed by someone else. The state directory of a
+/// daemon run by hand (`cargo xtask run` uses the default, /var/lib/apptheus) is no reason to
+/// refuse: it is set aside for the test and put back after it, unless a daemon holds it now.
+fn refuse_foreign() -> StateAside {
     let status = dpkg_status();
     assert!(
         status == "not-installed",
@@ -132,7 +136,7 @@ fn refuse_foreign() {
     let present: Vec<&str> = DEB_FILES
         .iter()
         .map(|(p, _)| *p)
-        .chain(OWN_DIRS.iter().copied())
+        .chain(OWN_DIRS.iter().copied().filter(|d| *d != STATE_DIR))
         .chain(["/etc/sysconfig/apptheus"])
         .filter(|p| Path::new(p).symlink_metadata().is_ok())
         .collect();
@@ -141,6 +145,54 @@ fn refuse_foreign() {
         "files of an apptheus not installed by this test are on this host: {present:?}. The test \
          would overwrite and then purge them: remove them first, or run the test elsewhere"
     );
+    StateAside::take()
+}
+
+const STATE_DIR: &str = "/var/lib/apptheus";
+const STATE_ASIDE: &str = "/var/lib/apptheus.before-package-test";
+
+/// A state directory that was here before the test, renamed out of the package's way; renamed
+/// back when dropped (after the purge, which removes the package's own).
+struct StateAside(bool);
+
+impl StateAside {
+    fn take() -> Self {
+        assert!(
+            Path::new(STATE_ASIDE).symlink_metadata().is_err(),
+            "{STATE_ASIDE} is there: a run of this test was killed before it put the state \
+             directory back. Move it back to {STATE_DIR} (or remove it), then run the test again"
+        );
+        if Path::new(STATE_DIR).symlink_metadata().is_err() {
+            return Self(false);
+        }
+        // A daemon holds its state directory's lock for its life: its state is not moved.
+        if let Ok(lock) = std::fs::File::open(format!("{STATE_DIR}/lock")) {
+            assert!(
+                nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok(),
+                "an apptheus running on this host holds {STATE_DIR}: stop it, or run the test \
+                 elsewhere"
+            );
+        }
+        std::fs::rename(STATE_DIR, STATE_ASIDE)
+            .unwrap_or_else(|e| panic!("set {STATE_DIR} aside as {STATE_ASIDE}: {e}"));
+        println!("{STATE_DIR} (not the package's) set aside as {STATE_ASIDE} until the end");
+        Self(true)
+    }
+}
+
+impl Drop for StateAside {
+    fn drop(&mut self) {
+        if !self.0 {
+            return;
+        }
+        if Path::new(STATE_DIR).symlink_metadata().is_ok() {
+            // The package's own, if a failure left it before the purge: the one set aside wins.
+            let _ = std::fs::remove_dir_all(STATE_DIR);
+        }
+        if let Err(e) = std::fs::rename(STATE_ASIDE, STATE_DIR) {
+            eprintln!("cannot put {STATE_ASIDE} back as {STATE_DIR}: {e}");
+        }
+    }
 }
 
 /// Purges the package at the end, also when the test failed half-way.
@@ -363,6 +415,19 @@ fn run_installed_daemon() {
         m.contains(&shown) && m.contains("exe_path=\"/usr/bin/apptheus-exec\""),
         "the container of /usr/bin/apptheus-exec is not shown:\n{m}"
     );
+    // The installed apptheus-top, as an unprivileged user, shows it too.
+    let top = Command::new("runuser")
+        .args(["-u", "nobody", "--", "/usr/bin/apptheus-top", "--once"])
+        .arg(format!("--address=http://127.0.0.1:{}", d.port))
+        .output()
+        .expect("run /usr/bin/apptheus-top");
+    let out = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success() && out.contains(&format!("apptheus-exec_{} ", w.pid())),
+        "apptheus-top --once: {}\n{out}{}",
+        top.status,
+        String::from_utf8_lossy(&top.stderr)
+    );
     w.go();
     assert!(w.wait().success());
     // A command that ends at once: it runs and its status comes back, whether or not the daemon
@@ -462,7 +527,7 @@ fn deb_installs_upgrades_and_purges_and_rpm_holds_the_same() {
     }
     let start = Instant::now();
     let _lock = host_lock();
-    refuse_foreign();
+    let _aside = refuse_foreign();
 
     let work = tempfile::tempdir().unwrap();
     let (deb1, rpm1, took1) = pack("1", &work.path().join("r1"));

@@ -17,7 +17,9 @@ use std::{
 };
 
 use common::{
-    Daemon, Workload, bin, eventually,
+    Daemon, Workload, bin,
+    cgroups::{self, TestCgroup},
+    eventually,
     prometheus::{Answer, Prometheus, tool},
     sample,
 };
@@ -109,106 +111,33 @@ impl Drop for Launcher {
     }
 }
 
-/// Cgroups made by the test with a memory and a pids limit and a CPU quota, for a launcher to
-/// start in: the daemon nests the container below them (`--cgroup.placement=nested`), so its
-/// `spec_memory_limit_bytes` and `spec_pids_limit` series exist, and its CFS throttling
-/// counters. On cgroup v1 (and hybrid hosts) that is one cgroup in the memory, one in the pids
-/// and one in the cpu hierarchy; on a pure v2 host one cgroup. Removed, with whatever the daemon
-/// left inside, when dropped.
-struct LimitedCgroup {
-    dirs: Vec<PathBuf>,
-}
-
-impl LimitedCgroup {
-    fn new() -> LimitedCgroup {
-        let name = common::unique("apptheus-test-prom");
-        let root = Path::new("/sys/fs/cgroup");
-        let mut cg = LimitedCgroup { dirs: Vec::new() };
-        let limits: Vec<(PathBuf, &str, String)> = if root
-            .join("memory/memory.limit_in_bytes")
-            .exists()
-        {
-            vec![
-                (
-                    root.join("memory"),
-                    "memory.limit_in_bytes",
-                    MEMORY_LIMIT.to_string(),
-                ),
-                (root.join("pids"), "pids.max", PIDS_LIMIT.to_string()),
-                (
-                    root.join("cpu"),
-                    "cpu.cfs_quota_us",
-                    CPU_QUOTA_US.to_string(),
-                ),
-            ]
-        } else {
-            let enabled =
-                std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
-            assert!(
-                ["memory", "pids", "cpu"]
-                    .iter()
-                    .all(|c| enabled.split_whitespace().any(|e| e == *c)),
-                "neither v1 memory/pids/cpu hierarchies nor a v2 root with memory, pids and cpu enabled under /sys/fs/cgroup ({enabled:?})"
-            );
-            vec![
-                (root.to_path_buf(), "memory.max", MEMORY_LIMIT.to_string()),
-                (root.to_path_buf(), "pids.max", PIDS_LIMIT.to_string()),
-                (
-                    root.to_path_buf(),
-                    "cpu.max",
-                    format!("{CPU_QUOTA_US} 100000"),
-                ),
-            ]
-        };
-        for (hierarchy, file, value) in limits {
-            let dir = hierarchy.join(&name);
-            if !cg.dirs.contains(&dir) {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                cg.dirs.push(dir.clone());
-            }
-            std::fs::write(dir.join(file), &value)
-                .unwrap_or_else(|e| panic!("write {}/{file}: {e}", dir.display()));
-        }
-        cg
-    }
-
-    /// Shell commands that move the shell into these cgroups (then it execs the launcher).
-    fn enter_script(&self) -> String {
-        self.dirs
-            .iter()
-            .map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display()))
-            .collect()
-    }
-}
-
-impl Drop for LimitedCgroup {
-    fn drop(&mut self) {
-        // The launcher was just stopped: its last tasks may take a moment to leave the cgroups.
-        let gone = eventually(Duration::from_secs(3), || {
-            self.dirs.iter().for_each(|d| common::remove_cgroup_tree(d));
-            self.dirs.iter().all(|d| !d.exists()).then_some(())
-        });
-        if gone.is_none() {
-            eprintln!("test cgroups left behind: {:?}", self.dirs);
-        }
-    }
+/// A cgroup made by the test with a memory and a pids limit and a CPU quota (one directory in
+/// each of the memory, pids and cpu hierarchies on v1 and hybrid hosts, one on pure v2), for a
+/// launcher to start in: the daemon nests the container below it
+/// (`--cgroup.placement=nested`), so its `spec_memory_limit_bytes` and `spec_pids_limit` series
+/// exist, and its CFS throttling counters.
+fn limited_cgroup() -> TestCgroup {
+    let cg = TestCgroup::new("apptheus-test-prom", &["memory", "pids", "cpu"]);
+    cg.limit_memory(MEMORY_LIMIT);
+    cg.limit_pids(PIDS_LIMIT);
+    cg.limit_cpu(CPU_QUOTA_US);
+    cg
 }
 
 /// A daemon with two live containers: one plain launcher (allocates 16 MiB, then burns
-/// `burn_secs` of CPU) and one started inside a `LimitedCgroup` (allocates 64 MiB). Both
+/// `burn_secs` of CPU) and one started inside a `limited_cgroup` (allocates 64 MiB). Both
 /// allocations run once the process is in its container's cgroup, so they are charged to it.
 /// Fields drop in order: the launchers end before the daemon stops and the cgroups go.
 struct Live {
     plain: Launcher,
     limited: Launcher,
     daemon: Daemon,
-    _cgroup: LimitedCgroup,
+    _cgroup: TestCgroup,
 }
 
 impl Live {
     fn start(burn_secs: f64) -> Live {
-        let cgroup = LimitedCgroup::new();
+        let cgroup = limited_cgroup();
         let daemon = Daemon::start(&["--monitor.interval=200ms"]);
         let burn = format!("burn:{burn_secs}");
         let mut plain =
@@ -913,11 +842,5 @@ fn memory_cgroup_dir(metrics: &str, id: &str) -> Option<PathBuf> {
         l.starts_with("apptheus_container_info{") && l.contains(&format!("container=\"{id}\""))
     })?;
     let path = line.split("cgroup=\"").nth(1)?.split('"').next()?;
-    let v1 = Path::new("/sys/fs/cgroup/memory");
-    let root = if v1.join("memory.stat").exists() {
-        v1
-    } else {
-        Path::new("/sys/fs/cgroup")
-    };
-    Some(root.join(path.trim_start_matches('/')))
+    Some(cgroups::dir_of("memory", path))
 }

@@ -67,11 +67,7 @@ impl Drop for Launcher {
 
 /// Waits until the container of launcher `pid` is in /metrics.
 fn shown(d: &Daemon, pid: i32) {
-    let l = label(pid);
-    eventually(Duration::from_secs(5), || {
-        d.metrics().contains(&l).then_some(())
-    })
-    .unwrap_or_else(|| panic!("{l} not in /metrics within 5 s:\n{}", d.log_text()));
+    d.metrics_showing(&label(pid));
 }
 
 /// A cgroup made by the test with a CFS quota of `quota_us` per 100 ms, for a launcher to start

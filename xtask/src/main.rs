@@ -5,6 +5,7 @@ mod bench;
 mod fuzz;
 mod package;
 mod setup;
+mod tally;
 mod vm;
 
 use std::{
@@ -50,9 +51,15 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Format check, clippy, and the whole test suite on the real kernel (needs root).
+    /// Format check, clippy, the whole test suite on the real kernel, then the kernel matrix:
+    /// the kernel-dependent suites in QEMU guests booting 5.10, 6.1 and 6.12 on pure cgroup v2
+    /// (needs root).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        /// Skip the kernel matrix (for a quick run while developing; CI runs it).
+        #[arg(long)]
+        no_vm: bool,
+        /// Extra arguments for `cargo test` and the guests' test binaries (e.g. a test name
+        /// filter), after `--`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -106,11 +113,11 @@ fn main() -> Result<()> {
             build(release)?;
             run(release, args)
         }
-        Cmd::Test { args } => {
+        Cmd::Test { no_vm, args } => {
             setup::build_deps()?;
             setup::test_deps()?;
             setup::package_deps()?;
-            test(args)
+            test(args, !no_vm)
         }
         Cmd::Fuzz { time, targets } => {
             setup::build_deps()?;
@@ -221,24 +228,26 @@ fn run(release: bool, mut args: Vec<String>) -> Result<()> {
     status(sudo(&daemon.to_string_lossy()).args(&args))
 }
 
-fn test(args: Vec<String>) -> Result<()> {
+fn test(args: Vec<String>, vm: bool) -> Result<()> {
     if !is_root() {
         bail!(
             "the test suite loads eBPF programs, creates cgroups and moves processes: run `cargo xtask test` as root"
         );
     }
+    let start = std::time::Instant::now();
     status(cargo().args(["fmt", "--all", "--", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
     status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // Build the binaries the integration tests start, and those tests/package.rs packs (it runs
     // `xtask package --no-build` itself, twice, for an install and an upgrade).
     build(false)?;
-    let start = std::time::Instant::now();
+    let packaged = std::time::Instant::now();
     package::build()?;
     println!(
         "xtask test: package binaries built in {:.0} s",
-        start.elapsed().as_secs_f64()
+        packaged.elapsed().as_secs_f64()
     );
+    let host_start = std::time::Instant::now();
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -250,45 +259,64 @@ fn test(args: Vec<String>) -> Result<()> {
     if !args.is_empty() {
         cmd.arg("--").args(&args);
     }
-    run_counting(&mut cmd)
+    let (host, host_ok) = run_counting(&mut cmd)?;
+    let host_time = host_start.elapsed();
+    println!("xtask test: host {host} in {}", tally::minutes(host_time));
+    let vm_start = std::time::Instant::now();
+    let runs = if vm {
+        vm::matrix::run(&args)?
+    } else {
+        println!("xtask test: --no-vm: the kernel matrix (5.10, 6.1, 6.12) was not run");
+        Vec::new()
+    };
+    let vm_time = vm_start.elapsed();
+    let mut total = host;
+    println!();
+    println!("xtask test: host {host} in {}", tally::minutes(host_time));
+    for run in &runs {
+        total += run.tally();
+        for line in run.summary() {
+            println!("{line}");
+        }
+    }
+    println!(
+        "xtask test: {total} in {} (lints and builds {}, host {}, VMs {})",
+        tally::minutes(start.elapsed()),
+        tally::minutes(host_start.duration_since(start)),
+        tally::minutes(host_time),
+        tally::minutes(vm_time)
+    );
+    if !host_ok {
+        bail!("the host's test suite failed");
+    }
+    let failed: Vec<&str> = runs
+        .iter()
+        .filter(|r| !r.ok())
+        .map(|r| r.kernel.series())
+        .collect();
+    if !failed.is_empty() {
+        bail!("the tests failed in the {} guest(s)", failed.join(", "));
+    }
+    Ok(())
 }
 
-/// Run `cargo test`, passing its output through, and close with one summary line over all its
-/// test binaries ("N passed, N failed").
-fn run_counting(cmd: &mut Command) -> Result<()> {
+/// Run `cargo test`, passing its output through; the tests' counts over all its test binaries,
+/// and whether it succeeded.
+fn run_counting(cmd: &mut Command) -> Result<(tally::Tally, bool)> {
     use std::io::{BufRead as _, BufReader};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {cmd:?}"))?;
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut tally = tally::Tally::default();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             println!("{line}");
             if let Some(rest) = line.strip_prefix("test result: ") {
-                passed += count_of(rest, " passed");
-                failed += count_of(rest, " failed");
+                tally += tally::Tally::of_result(rest);
             }
         }
     }
     let st = child.wait()?;
-    println!("{passed} passed, {failed} failed");
-    if !st.success() {
-        bail!("the test suite failed ({st})");
-    }
-    Ok(())
-}
-
-/// The number before `what` in a `test result:` line ("ok. 12 passed; 0 failed; ...").
-fn count_of(line: &str, what: &str) -> u64 {
-    line.split(';')
-        .find_map(|part| {
-            part.trim()
-                .trim_start_matches("ok. ")
-                .trim_start_matches("FAILED. ")
-                .strip_suffix(what.trim_start())
-                .map(str::trim)
-        })
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    Ok((tally, st.success()))
 }

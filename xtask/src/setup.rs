@@ -4,10 +4,11 @@
 //! source) and `bpf-linker`, built against nightly rustc's own libLLVM, which is the LLVM it must
 //! match. Test needs: Debian's `prometheus` (promtool, the server), `systemd`
 //! (systemd-analyze), `openssl` and `curl` (the TLS tests), a real Slurm (`slurmctld`,
-//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster), and the VM test
-//! bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils and the kernels of the matrix
-//! in /var/cache/apptheus/vm, see xtask/src/vm). Each step checks first, so a machine that has
-//! everything pays a few milliseconds.
+//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster), `chromium`,
+//! `chromium-driver` and `tmux` (tests/glance.rs: the page in a browser, apptheus-top in a
+//! terminal), and the VM test bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils
+//! and the kernels of the matrix in /var/cache/apptheus/vm, see xtask/src/vm). Each step checks
+//! first, so a machine that has everything pays a few milliseconds.
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -15,6 +16,18 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+/// `apt-get` arguments for an install on a shared machine: never remove a package to make room
+/// (apt fails instead), and wait for other engineers' setups installing at the same time.
+pub const APT_INSTALL: [&str; 7] = [
+    "install",
+    "-y",
+    "-q",
+    "--no-install-recommends",
+    "--no-remove",
+    "-o",
+    "DPkg::Lock::Timeout=600",
+];
 
 /// The bpf-linker release the build is pinned to.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -31,6 +44,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/slurmd", "slurmd"),
     ("/usr/bin/srun", "slurm-client"),
     ("/usr/sbin/munged", "munge"),
+    // tests/glance.rs: the containers page in a real headless Chromium (over chromedriver),
+    // apptheus-top in a real terminal.
+    ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/chromedriver", "chromium-driver"),
+    ("/usr/bin/tmux", "tmux"),
 ];
 
 /// Daemons the test packages ship. Their packages may start them (a host with systemd, or
@@ -336,16 +354,7 @@ fn apt_install(missing: &[&str], what: &str) -> Result<()> {
     crate::status(Command::new("apt-get").arg("update").arg("-q"))?;
     crate::status(
         Command::new("apt-get")
-            // never remove a package of this shared machine to make room (apt fails instead)
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "--no-remove",
-            ])
-            // other engineers' setups may be installing at the same time
-            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(APT_INSTALL)
             .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

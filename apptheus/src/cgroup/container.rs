@@ -4,6 +4,7 @@ use std::{
     fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -342,6 +343,24 @@ impl ContainerCgroup {
         match self.controller_member("pids", "pids") {
             Some(_) => Source::Cgroup,
             None => Source::Processes,
+        }
+    }
+
+    /// `remove`, tried again every millisecond while the kernel reports a directory busy, for
+    /// at most `within`. The exit event of a container's last process comes before the kernel
+    /// takes that process out of its cgroup; and a batch system removes the job's cgroup
+    /// milliseconds after the job's last process exits (slurmstepd, once: if our directory is
+    /// still inside, the job's cgroups stay for good). So an ended container's directories go
+    /// at once, not at the next sampling pass.
+    pub fn remove_within(&self, within: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            match self.remove() {
+                Err(error) if error.is_busy() && start.elapsed() < within => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => return other,
+            }
         }
     }
 

@@ -348,3 +348,33 @@ fn nested_container_on_the_host() {
         assert!(dir.is_dir());
     }
 }
+
+/// `remove_within` tries again while the kernel reports the container busy: with a live process
+/// inside it gives up after its time, busy; once the process is killed it succeeds as soon as
+/// the process is out, reaped or not (a batch system rmdirs the job's cgroup right then).
+#[test]
+fn remove_within_waits_for_the_last_process_to_leave() {
+    require_root();
+    let layout = Layout::detect().unwrap();
+    let mut guard = Guard::spawn_sleep();
+    let pid = guard.pid;
+    let parent = unique("remove-within");
+    let container = layout
+        .create(None, &parent, &format!("sleep_{pid}"), &[])
+        .unwrap();
+    guard.track(&container);
+    assert_eq!(container.add_process(&held(pid)).unwrap(), Moved::Done);
+    let start = Instant::now();
+    let error = container
+        .remove_within(Duration::from_millis(50))
+        .unwrap_err();
+    assert!(error.is_busy(), "{error}");
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    // Killed, not reaped yet: the removal waits for it to leave, then goes through.
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    container.remove_within(Duration::from_secs(5)).unwrap();
+    for dir in container.dirs() {
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
+    guard.kill_child();
+}

@@ -78,6 +78,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The kernel refused because a cgroup still holds processes or child cgroups (EBUSY).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Io { err, .. } if err.raw_os_error() == Some(libc::EBUSY))
+    }
+
     fn io(op: &str, path: &Path, err: io::Error) -> Error {
         Error::Io {
             op: op.to_string(),

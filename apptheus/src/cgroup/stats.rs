@@ -46,11 +46,13 @@ pub struct Stats {
     /// v1 memory.max_usage_in_bytes; v2 memory.peak (Linux 5.19+).
     pub memory_max_usage_bytes: Option<u64>,
     /// The smallest memory limit of the container and its ancestors (v1
-    /// memory.limit_in_bytes, v2 memory.max); `None` when unlimited.
+    /// memory.limit_in_bytes, v2 memory.max; its ancestors' only, without a memory controller
+    /// of its own); `None` when unlimited.
     pub memory_limit_bytes: Option<u64>,
     /// pids.current; without a pids controller, the tasks the cgroup lists.
     pub pids: Option<u64>,
-    /// The smallest pids.max of the container and its ancestors; `None` when unlimited.
+    /// The smallest pids.max of the container and its ancestors (its ancestors' only, without a
+    /// pids controller of its own); `None` when unlimited.
     pub pids_limit: Option<u64>,
     /// v1 blkio throttle service bytes, Read lines; v2 io.stat rbytes; summed over devices.
     pub blkio_read_bytes: Option<u64>,
@@ -512,8 +514,8 @@ impl Reader {
     /// Memory of the container's processes: usage and working set are the sum of their
     /// resident memory; rss is the sum of their anonymous resident memory (resident minus the
     /// file-backed and shmem pages statm calls shared), the same meaning as a cgroup's rss.
-    /// Pages shared between processes count once per process. The kernel keeps no cache,
-    /// swap, peak or limit for a set of processes: those stay `None`.
+    /// Pages shared between processes count once per process. The kernel keeps no cache, swap
+    /// or peak for a set of processes: those stay `None`. The limit is the ancestors'.
     fn sample_memory_from_processes(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
         let Some(pids) = cgroup.read_procs() else {
             return;
@@ -534,6 +536,8 @@ impl Reader {
         stats.memory_usage_bytes = Some(resident);
         stats.memory_working_set_bytes = Some(resident);
         stats.memory_rss_bytes = Some(anonymous);
+        // The limits above still hold the processes (a job's memory.max).
+        stats.memory_limit_bytes = self.limit_above(cgroup, "memory.max");
     }
 
     fn sample_pids(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
@@ -553,6 +557,19 @@ impl Reader {
         };
         let tasks = self.read(&member.dir.join(file), parse::parse_ids);
         stats.pids = tasks.map(|tasks| tasks.len() as u64);
+        stats.pids_limit = self.limit_above(cgroup, "pids.max");
+    }
+
+    /// For a container whose own v2 directory lacks a controller (v2 gives none below a cgroup
+    /// that holds processes): the smallest `file` limit of its ancestors, which still applies to
+    /// everything below them (a job's limit). `None` when unlimited, and on v1.
+    fn limit_above(&mut self, cgroup: &ContainerCgroup, file: &'static str) -> Option<u64> {
+        let member = cgroup.v2_member()?;
+        if member.dir == member.mount_point {
+            return None;
+        }
+        let parent = member.dir.parent()?;
+        self.ancestors_limit(parent, &member.mount_point, Limit::File(file))
     }
 
     fn sample_io(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {

@@ -356,6 +356,10 @@ fn v2_without_controllers_uses_processes() {
     tree.write(&format!("{c}/cgroup.threads"), "1\n2\n3\n");
     tree.write(&format!("{c}/cpu.stat"), V2_CPU_STAT);
     tree.write(&format!("{c}/memory.max"), "100\n");
+    // The job's limits above it still hold its processes.
+    tree.write("unified/job/memory.max", "1073741824\n");
+    tree.write("unified/job/pids.max", "50\n");
+    tree.write("unified/job/apptheus/pids.max", "max\n");
     let container = tree
         .v2_layout()
         .open("/job/apptheus/c_1", &[], &[])
@@ -372,9 +376,9 @@ fn v2_without_controllers_uses_processes() {
     assert_eq!(stats.memory_cache_bytes, None);
     assert_eq!(stats.memory_swap_bytes, None);
     assert_eq!(stats.memory_max_usage_bytes, None);
-    assert_eq!(stats.memory_limit_bytes, None);
+    assert_eq!(stats.memory_limit_bytes, Some(1073741824));
     assert_eq!(stats.pids, Some(3));
-    assert_eq!(stats.pids_limit, None);
+    assert_eq!(stats.pids_limit, Some(50));
     assert_eq!(stats.blkio_read_bytes, None);
 }
 

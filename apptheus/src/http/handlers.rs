@@ -1,4 +1,5 @@
-//! The routes: the metrics endpoint, /-/healthy, /-/ready, and 404 for everything else.
+//! The routes: the metrics endpoint, /-/healthy, /-/ready, the page (`/`, `/containers`) and
+//! its JSON (`/api/containers`), and 404 for everything else.
 use std::{
     sync::{
         Arc,
@@ -18,8 +19,9 @@ use axum::{
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::guard;
+use super::{api, guard, page, views::MAX_CONCURRENT_VIEWS};
 use crate::{
+    history::History,
     metrics::{Metrics, gzip_response},
     webconfig::Web,
 };
@@ -39,6 +41,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Bounds concurrent metrics encodes (MAX_CONCURRENT_SCRAPES).
     pub scrapes: Arc<Semaphore>,
+    /// The containers' last minutes, which the sampler keeps (empty until `with_history`).
+    pub history: Arc<History>,
+    /// Bounds concurrent page and JSON builds (MAX_CONCURRENT_VIEWS).
+    pub views: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -47,16 +53,38 @@ impl AppState {
             metrics,
             ready,
             scrapes: Arc::new(Semaphore::new(MAX_CONCURRENT_SCRAPES)),
+            history: Arc::new(History::new(Duration::from_millis(500))),
+            views: Arc::new(Semaphore::new(MAX_CONCURRENT_VIEWS)),
         }
+    }
+
+    /// Show `history`, the one the sampler keeps.
+    pub fn with_history(mut self, history: Arc<History>) -> AppState {
+        self.history = history;
+        self
     }
 }
 
 /// The routes, wrapped in the web configuration's guard when there is one.
 pub fn router(telemetry_path: &str, state: AppState, web: Option<&Web>) -> Router {
-    let app = Router::new()
+    let mut app = Router::new()
         .route(telemetry_path, get(metrics))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
-        .route("/-/ready", get(ready))
+        .route("/-/ready", get(ready));
+    // The page's paths, where the metrics are not: a --web.telemetry-path of `/` (valid
+    // before the page existed) keeps the metrics there.
+    let path = telemetry_path.to_string();
+    let pages = [
+        ("/", get(move || std::future::ready(page::index(&path)))),
+        ("/containers", get(page::containers)),
+        ("/api/containers", get(api::containers)),
+    ];
+    for (p, route) in pages {
+        if p != telemetry_path {
+            app = app.route(p, route);
+        }
+    }
+    let app = app
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
         .with_state(state);
     guard::wrap(app, web)
@@ -78,7 +106,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-fn accepts_gzip(headers: &HeaderMap) -> bool {
+pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -149,9 +177,11 @@ pub(super) mod tests {
 
     pub fn state(scrape_permits: usize) -> AppState {
         AppState {
-            metrics: Arc::new(Metrics::new().unwrap()),
-            ready: Arc::new(AtomicBool::new(true)),
             scrapes: Arc::new(Semaphore::new(scrape_permits)),
+            ..AppState::new(
+                Arc::new(Metrics::new().unwrap()),
+                Arc::new(AtomicBool::new(true)),
+            )
         }
     }
 
@@ -180,6 +210,25 @@ pub(super) mod tests {
         assert_eq!(get(&app, "/-/healthy", "").await.0, 200);
         assert_eq!(get(&app, "/-/ready", "").await.0, 200);
         assert_eq!(get(&app, "/elsewhere", "").await.0, 404);
+        for (path, content_type) in [
+            ("/", "text/html; charset=utf-8"),
+            ("/containers", "text/html; charset=utf-8"),
+            ("/api/containers", "application/json"),
+            ("/api/containers?history=0", "application/json"),
+        ] {
+            let got = get(&app, path, "content-type").await;
+            assert_eq!(got, (200, content_type.to_string()), "{path}");
+        }
+        // A metrics path where a page would be: the metrics win.
+        let at_root = router("/", state(4), None);
+        assert_eq!(
+            get(&at_root, "/", "content-type").await,
+            (200, CONTENT_TYPE.to_string())
+        );
+        assert_eq!(get(&at_root, "/containers", "").await.0, 200);
+        let at_page = router("/containers", state(4), None);
+        let got = get(&at_page, "/containers", "content-type").await;
+        assert_eq!(got, (200, CONTENT_TYPE.to_string()));
         let (status, content_type) = get(&app, "/metrics", "content-type").await;
         assert_eq!((status, content_type.as_str()), (200, CONTENT_TYPE));
         let starting = state(4);
@@ -201,6 +250,20 @@ pub(super) mod tests {
         for _ in 0..3 {
             assert_eq!(get(&app, "/metrics", "").await.0, 200);
         }
+    }
+
+    #[tokio::test]
+    async fn views_over_the_bound_get_503_with_retry_after() {
+        // No free turn: the page and its JSON wait SCRAPE_QUEUE_TIMEOUT, then give up ...
+        let mut full = state(4);
+        full.views = Arc::new(Semaphore::new(0));
+        let app = router("/metrics", full, None);
+        for path in ["/containers", "/api/containers"] {
+            let (status, retry) = get(&app, path, "retry-after").await;
+            assert_eq!((status, retry.as_str()), (503, "1"), "{path}");
+        }
+        // ... while the scrapes, with turns of their own, are served.
+        assert_eq!(get(&app, "/metrics", "").await.0, 200);
     }
 
     #[test]

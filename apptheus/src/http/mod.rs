@@ -1,13 +1,19 @@
-//! The HTTP server: the metrics endpoint, /-/healthy and /-/ready, and nothing else.
+//! The HTTP server: the metrics endpoint, /-/healthy and /-/ready, and the node at a glance (`/`,
+//! `/containers`, `/api/containers`).
 //!
 //! Its own accept loop (rather than `axum::serve`) controls each connection: a cap on open
 //! connections, per client and in all, making room by closing idle ones (`conns`); TLS, with a
 //! handshake timeout; hyper's header read timeout (slow or half-open clients are cut); graceful
 //! shutdown. The routes are in `handlers`, the `--web.config.file` guard (rate limit, response
-//! headers, basic auth) that wraps them in `guard`.
+//! headers, basic auth) that wraps them in `guard`; the page in `page` (its style and script
+//! beside it), its JSON in `api`, both built by `views`; `format` spells the units.
+pub mod api;
 mod conns;
+pub mod format;
 mod guard;
 mod handlers;
+mod page;
+mod views;
 
 use std::{
     convert::Infallible,
@@ -36,6 +42,7 @@ use conns::{Busy, Client, Conn, Connections};
 pub use conns::{MAX_CONNECTIONS_PER_CLIENT, NEW_CONNECTION_GRACE};
 pub use guard::{AUTH_CACHE_SIZE, BCRYPT_QUEUE_TIMEOUT, RATE_LIMITED_CLIENTS};
 pub use handlers::{AppState, MAX_CONCURRENT_SCRAPES, SCRAPE_QUEUE_TIMEOUT, router};
+pub use views::MAX_CONCURRENT_VIEWS;
 
 /// A client must send a request's whole header within this time, also on an idle keep-alive
 /// connection (hyper starts the timer when it waits for a request head).
@@ -278,6 +285,9 @@ mod tests {
         assert_eq!(TLS_HANDSHAKE_TIMEOUT, Duration::from_secs(10));
         assert_eq!(MAX_CONCURRENT_SCRAPES, 4);
         assert_eq!(SCRAPE_QUEUE_TIMEOUT, Duration::from_secs(2));
+        assert_eq!(MAX_CONCURRENT_VIEWS, 2);
+        assert_eq!(crate::history::POINTS, 120);
+        assert_eq!(crate::history::PASSES_PER_POINT, 10);
         assert_eq!(BCRYPT_QUEUE_TIMEOUT, Duration::from_secs(2));
         assert_eq!(AUTH_CACHE_SIZE, 256);
         assert_eq!(RATE_LIMITED_CLIENTS, 4096);

@@ -200,6 +200,11 @@ impl Snapshot {
         }
     }
 
+    /// The containers' series of this pass (for the web page and its JSON).
+    pub fn series(&self) -> &[ContainerSeries] {
+        &self.series
+    }
+
     /// The rendered text, shared by every scrape of this pass (a clone is a reference count).
     pub fn text(&self) -> Bytes {
         self.text

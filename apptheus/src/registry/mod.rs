@@ -26,6 +26,10 @@ use crate::{
     tracker::{self, Tracker},
 };
 
+/// How long an ended container's directories may stay busy (its last process on its way out
+/// of the cgroup) before their removal is left to `reap`: see `ContainerCgroup::remove_within`.
+const RELEASE_WITHIN: Duration = Duration::from_millis(100);
+
 /// How containers are made and kept.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -371,20 +375,29 @@ impl Registry {
                 break;
             }
             self.state().walk_cursor = key;
+            // Until the processes this walk adopts are moved, their children's fork events are
+            // moves too (as at admission): a child forked before its parent's move does not
+            // inherit the container's cgroup.
+            if let Some(c) = self.state().containers.get_mut(&key) {
+                c.inherit_after_ns = u64::MAX;
+            }
             let tracked = match self.tracker.walk_again(key) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(container = identity.id.as_str(), error = %e, "cannot go on with the walk of the container's tree");
+                    if let Some(c) = self.state().containers.get_mut(&key) {
+                        c.inherit_after_ns = monotonic_ns();
+                    }
                     continue;
                 }
             };
             for process in &tracked.members {
                 self.move_into(&cgroup, process, key, &identity.id);
             }
-            if tracked.complete
-                && let Some(c) = self.state().containers.get_mut(&key)
-            {
-                c.walking = false;
+            let now = monotonic_ns();
+            if let Some(c) = self.state().containers.get_mut(&key) {
+                c.inherit_after_ns = now;
+                c.walking &= !tracked.complete;
             }
         }
     }
@@ -410,7 +423,7 @@ impl Registry {
         else {
             return;
         };
-        let removed = cgroup.remove();
+        let removed = cgroup.remove_within(RELEASE_WITHIN);
         let mut st = self.state();
         match removed {
             Ok(()) => remove_empty_parents(&mut st.made_parents),

@@ -3,9 +3,9 @@ use std::collections::HashMap;
 
 use apptheus_common::NO_FIELD;
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, PerCpuArray, RingBuf},
-    programs::{CgroupSkb, TracePoint},
+    programs::{CgroupSkb, Program, ProgramError, TracePoint},
 };
 
 use super::{
@@ -27,6 +27,17 @@ const PROGRAMS: [(&str, &str, &str); 3] = [
 
 fn load_error(what: &str, e: &dyn std::fmt::Display) -> Error {
     Error::Load(format!("{what}: {e}"))
+}
+
+/// The program `name` of the object, as the kind `P` it must be.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
+        .try_into()
+        .map_err(|e| load_error(&format!("program {name}"), &e))
 }
 
 impl Tracker {
@@ -65,11 +76,7 @@ impl Tracker {
             .oom_kills
             .then_some(("oom_mark_victim", "oom", "mark_victim"));
         for (name, category, event) in PROGRAMS.into_iter().chain(oom) {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
-                .try_into()
-                .map_err(|e| load(&format!("program {name}"), &e))?;
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| load(&format!("loading eBPF program {name}"), &e))?;
             prog.attach(category, event).map_err(|e| {
@@ -80,11 +87,7 @@ impl Tracker {
             })?;
         }
         for (name, _, _) in network::PROGRAMS {
-            let prog: &mut CgroupSkb = ebpf
-                .program_mut(name)
-                .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
-                .try_into()
-                .map_err(|e| load(&format!("program {name}"), &e))?;
+            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| load(&format!("loading eBPF program {name}"), &e))?;
         }

@@ -1,8 +1,13 @@
 //! Helpers shared by the integration tests: they run on the real kernel, as root.
 #![allow(dead_code)]
 
+pub mod cgroups;
+pub mod pki;
 pub mod prometheus;
 pub mod slurm;
+
+#[allow(unused_imports)]
+pub use cgroups::cgroup_of;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -377,16 +382,29 @@ impl Daemon {
 
     /// GET `path`: status and body (0 when the server cannot be reached).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let mut req = self.client.agent.get(&self.url(path));
-        if let Some(auth) = &self.client.authorization {
-            req = req.header("Authorization", auth);
-        }
-        match req.call() {
+        let call = || {
+            let mut req = self.client.agent.get(&self.url(path));
+            if let Some(auth) = &self.client.authorization {
+                req = req.header("Authorization", auth);
+            }
+            req.call()
+        };
+        // A pooled keep-alive connection the server has just closed at its idle timeout fails
+        // the request that reuses it; like Go's and Prometheus's clients, try an idempotent GET
+        // once more (on a new connection), and say so.
+        let result = call().or_else(|e| {
+            eprintln!("GET {path}: {e}; once more");
+            call()
+        });
+        match result {
             Ok(mut r) => (
                 r.status().as_u16(),
                 r.body_mut().read_to_string().unwrap_or_default(),
             ),
-            Err(_) => (0, String::new()),
+            Err(e) => {
+                eprintln!("GET {path}: {e}");
+                (0, String::new())
+            }
         }
     }
 
@@ -394,6 +412,21 @@ impl Daemon {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "GET /metrics");
         body
+    }
+
+    /// /metrics once it shows `label` (a container admitted: shown once its processes are
+    /// moved), waiting up to 10 s; fails with the daemon's log.
+    pub fn metrics_showing(&self, label: &str) -> String {
+        eventually(Duration::from_secs(10), || {
+            let m = self.metrics();
+            m.contains(label).then_some(m)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{label} not in /metrics within 10 s; log:\n{}",
+                self.log_text()
+            )
+        })
     }
 
     pub fn log_text(&self) -> String {
@@ -412,10 +445,20 @@ impl Daemon {
 
     /// `apptheus-exec` running the workload with `steps`.
     pub fn exec_workload(&self, steps: &[&str]) -> Workload {
-        let w = workload_bin();
-        let mut cmd = vec![w.to_str().unwrap()];
-        cmd.extend_from_slice(steps);
-        self.exec(&cmd)
+        self.exec_workload_env(steps, &[])
+    }
+
+    /// `apptheus-exec` running the workload with `steps`, with `env` added to the launcher's
+    /// environment (where the daemon finds a batch job's id).
+    pub fn exec_workload_env(&self, steps: &[&str], env: &[(&str, &str)]) -> Workload {
+        Workload::spawn_cmd(
+            Command::new(bin("apptheus-exec"))
+                .arg(format!("--socket={}", self.socket.display()))
+                .arg("--")
+                .arg(workload_bin())
+                .args(steps)
+                .envs(env.iter().copied()),
+        )
     }
 
     /// Stop it with SIGTERM and wait; returns its exit status.
@@ -547,35 +590,20 @@ pub fn descendants(root: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The cgroup of `pid` in the v1 hierarchy of `controller` (or the unified one for "").
-pub fn cgroup_of(pid: i32, controller: &str) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let hit = if controller.is_empty() {
-            ctrls.is_empty()
-        } else {
-            ctrls.split(',').any(|c| c == controller)
-        };
-        hit.then(|| path.to_string())
-    })
-}
-
-/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "".
+/// The mount point of the v1 hierarchy holding `controller`, or of the unified tree for "";
+/// `None` where there is none (a v1 controller on a pure v2 machine: see `cgroups::mount_of`
+/// for the hierarchy that holds a controller whatever the layout).
 pub fn mount_of(controller: &str) -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let (fstype, options) = (fields.get(sep + 1)?, fields.get(sep + 3)?);
-        let hit = if controller.is_empty() {
-            *fstype == "cgroup2"
-        } else {
-            *fstype == "cgroup" && options.split(',').any(|o| o == controller)
-        };
-        hit.then(|| PathBuf::from(fields[4]))
-    })
+    cgroups::hierarchies()
+        .into_iter()
+        .find(|h| {
+            if controller.is_empty() {
+                h.v2
+            } else {
+                !h.v2 && h.controllers.iter().any(|c| c == controller)
+            }
+        })
+        .map(|h| h.mount_point)
 }
 
 /// The directory of `pid`'s cgroup in the hierarchy of `controller` ("" for the unified tree).

@@ -8,6 +8,8 @@
 //! `/sys/fs/cgroup/<ctrl>/slurm_<node>/uid_<uid>/job_<id>/step_<n>/task_<t>` with cgroup/v1,
 //! `/sys/fs/cgroup/system.slice/<node>_slurmstepd.scope/job_<id>/step_<n>/user/task_<t>` with
 //! cgroup/v2. Parallel tests and leftovers of earlier runs therefore never share a cgroup.
+//! On pure v2 without systemd (the VM guests) the harness plays systemd's part first
+//! (`SystemdRole`: system.slice with its controllers, slurmd in a service cgroup).
 //! Dropping it stops the daemons by pid, ends what is left of its jobs (the processes in its own
 //! cgroups, by pid), removes its cgroups and the directory.
 use std::{
@@ -74,9 +76,17 @@ pub struct Slurm {
     munged: Child,
     slurmctld: Child,
     slurmd: Child,
-    /// On v2: /sys/fs/cgroup/system.slice, when this instance had to create it.
-    made_system_slice: Option<PathBuf>,
+    /// On v2: the cgroups systemd would have made (removed at the end).
+    systemd: Option<SystemdRole>,
+    /// One cluster at a time in a test process (see `ONE_AT_A_TIME`); released last.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// The clusters of one test process take turns: a node runs one slurmd, and the timings the
+/// tests check (Slurm removes a job's cgroups milliseconds after its end, and the daemon's own
+/// directory must be gone before) are a node's, not those of eight clusters and their daemons
+/// sharing two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A name unique to this process, this instance and this moment: a leftover of an earlier run
 /// (a crashed test's cgroups, state) never has it.
@@ -193,6 +203,90 @@ fn tree_deepest_first(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The part of systemd on a pure-v2 node that Slurm relies on, played by the harness where no
+/// systemd runs (the VM guests):
+/// - `system.slice` exists, with the controllers systemd enables there (cpuset, cpu, io,
+///   memory, pids: every one the root offers) enabled for its children;
+/// - slurmd runs in a service cgroup of its own below it (`<node>_slurmd.service`), with
+///   `INVOCATION_ID` set, as systemd starts `slurmd.service`. Started by hand instead, slurmd
+///   moves itself into `<scope>/slurmd`, a cgroup whose controllers are only those Slurm
+///   enabled (cpuset cpu memory): Slurm 22.05 splits `cgroup.controllers` on spaces only, so
+///   the last name keeps its newline and is never recognized, memory is that last name there,
+///   and slurmd stops with "Controller memory is not enabled!" and "ConstrainSwapSpace is
+///   enabled but there is no support for swap". With systemd's controllers, pids comes last.
+///
+/// `IgnoreSystemd=yes` then makes slurmd create the stepd scope with a plain mkdir where it
+/// would ask systemd over D-Bus; the scope's path is the same.
+struct SystemdRole {
+    /// /sys/fs/cgroup/system.slice, when this instance made it.
+    made_slice: Option<PathBuf>,
+    /// slurmd's service cgroup.
+    service: PathBuf,
+    invocation_id: String,
+}
+
+impl SystemdRole {
+    fn new(node: &str) -> SystemdRole {
+        let root = Path::new("/sys/fs/cgroup");
+        let slice = root.join("system.slice");
+        let made_slice = (!slice.exists()).then(|| {
+            std::fs::create_dir(&slice).expect("mkdir /sys/fs/cgroup/system.slice");
+            slice.clone()
+        });
+        for dir in [root, slice.as_path()] {
+            let offered =
+                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            for c in ["cpuset", "cpu", "io", "memory", "pids"] {
+                if offered.split_whitespace().any(|o| o == c) {
+                    std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"))
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "enabling {c} in {}/cgroup.subtree_control: {e}",
+                                dir.display()
+                            )
+                        });
+                }
+            }
+        }
+        let service = slice.join(format!("{node}_slurmd.service"));
+        std::fs::create_dir(&service).expect("mkdir slurmd's service cgroup");
+        SystemdRole {
+            made_slice,
+            service,
+            invocation_id: format!("{:032x}", rand_u128()),
+        }
+    }
+
+    /// Remove the service cgroup (once slurmd has left it) and a slice this instance made (if
+    /// no other instance uses it: EBUSY then).
+    fn remove(&self) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.service).is_err()
+            && self.service.exists()
+            && Instant::now() < end
+        {
+            for pid in super::cgroups::procs(&self.service) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(slice) = &self.made_slice {
+            let _ = std::fs::remove_dir(slice);
+        }
+    }
+}
+
+/// 128 random bits (an INVOCATION_ID).
+fn rand_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
+        &mut bytes,
+    )
+    .expect("random bytes");
+    u128::from_ne_bytes(bytes)
+}
+
 impl Slurm {
     /// Build and start a private cluster; returns once `sinfo` shows its node idle.
     pub fn start() -> Slurm {
@@ -202,6 +296,10 @@ impl Slurm {
     /// Like `start`, with `extra` lines appended to slurm.conf (e.g. `PrologFlags=Contain`).
     pub fn start_with(extra: &str) -> Slurm {
         require_root();
+        // A test that failed while holding it does not stop the others.
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let slurmctld_bin = tool("slurmctld", "slurmctld");
         let slurmd_bin = tool("slurmd", "slurmd");
         let munged_bin = tool("munged", "munge");
@@ -321,17 +419,9 @@ impl Slurm {
             ),
         )
         .expect("cgroup.conf");
-        // cgroup/v2 with IgnoreSystemd makes /sys/fs/cgroup/system.slice/<node>_slurmstepd.scope
-        // with a plain mkdir: system.slice must exist (there is no systemd to make it).
-        let mut made_system_slice = None;
-        if layout == Layout::V2 {
-            let slice = PathBuf::from("/sys/fs/cgroup/system.slice");
-            if !slice.exists() {
-                std::fs::create_dir(&slice).expect("mkdir /sys/fs/cgroup/system.slice");
-                made_system_slice = Some(slice);
-            }
-        }
-
+        // cgroup/v2: what systemd does on a real pure-v2 node, done here (no systemd in the VM
+        // guests): see `SystemdRole`.
+        let systemd = (layout == Layout::V2).then(|| SystemdRole::new(&node));
         // The daemons start only once munged answers (slurmctld needs it at once).
         let munge_up = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
@@ -351,15 +441,28 @@ impl Slurm {
                 .env("SLURM_CONF", &conf),
             &d.join("log/slurmctld.out"),
         );
-        let slurmd = spawn_logged(
-            Command::new(&slurmd_bin)
-                .args(["-D", "-N", &node, "-f"])
-                .arg(&conf)
-                .env("SLURM_CONF", &conf)
-                // slurmd on cgroup/v2 leaves its cgroup only when not started by systemd.
-                .env_remove("INVOCATION_ID"),
-            &d.join("log/slurmd.out"),
-        );
+        let mut slurmd_cmd = match &systemd {
+            // Started the way systemd starts slurmd.service: in its own service cgroup, with
+            // INVOCATION_ID set (slurmd then stays there, as on a production node).
+            Some(role) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!(
+                        "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                        role.service.display()
+                    ))
+                    .arg(&slurmd_bin)
+                    .env("INVOCATION_ID", &role.invocation_id);
+                c
+            }
+            // cgroup/v1 does not care where slurmd is.
+            None => Command::new(&slurmd_bin),
+        };
+        slurmd_cmd
+            .args(["-D", "-N", &node, "-f"])
+            .arg(&conf)
+            .env("SLURM_CONF", &conf);
+        let slurmd = spawn_logged(&mut slurmd_cmd, &d.join("log/slurmd.out"));
         let mut s = Slurm {
             dir,
             node,
@@ -369,7 +472,8 @@ impl Slurm {
             munged,
             slurmctld,
             slurmd,
-            made_system_slice,
+            systemd,
+            _turn: turn,
         };
         s.wait_idle();
         s
@@ -679,9 +783,8 @@ impl Drop for Slurm {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(slice) = &self.made_system_slice {
-            // Another instance may still use it: then it stays (EBUSY).
-            let _ = std::fs::remove_dir(slice);
+        if let Some(role) = &self.systemd {
+            role.remove();
         }
         // The temporary directory goes with `self.dir`.
     }

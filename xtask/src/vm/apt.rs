@@ -186,14 +186,8 @@ impl PrivateApt {
         }
         crate::status(
             self.apt("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "--no-remove",
-                ])
-                .args(["-o", "DPkg::Lock::Timeout=600", "-t", release])
+                .args(crate::setup::APT_INSTALL)
+                .args(["-t", release])
                 .args(packages)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )

@@ -104,7 +104,8 @@ mnt cgroup2 cgroup2 /sys/fs/cgroup nsdelegate,nosuid,nodev,noexec
 mnt tracefs tracefs /sys/kernel/tracing nosuid,nodev,noexec
 mnt debugfs debugfs /sys/kernel/debug nosuid,nodev,noexec
 mnt bpf bpf /sys/fs/bpf mode=700,nosuid,nodev,noexec
-mnt tmpfs tmpfs /tmp mode=1777,nosuid,nodev
+# No tmpfs on /tmp: the overlay's upper layer is a tmpfs already, and a workspace cloned under
+# /tmp (as CI may) must stay visible in the guest.
 mnt tmpfs tmpfs /run mode=0755,nosuid,nodev
 $bb mkdir -p /run/lock
 $bb ln -sfn /proc/self/fd /dev/fd
@@ -120,8 +121,20 @@ $bb ln -sfn /proc/self/fd/2 /dev/stderr
         sh_quote(&plan.modules_dir.to_string_lossy())
     );
     let _ = writeln!(s, "$bb hostname {}", sh_quote(plan.hostname));
+    // A host resolves its own name (Debian's /etc/hosts has `127.0.1.1 <hostname>`): munged and
+    // slurmctld look it up. The overlay keeps this line from the host's /etc/hosts.
+    let _ = writeln!(
+        s,
+        "echo {} >> /etc/hosts || say \"cannot add the host name to /etc/hosts\"",
+        sh_quote(&format!("127.0.1.1 {}", plan.hostname))
+    );
     s.push_str(
         r#"$bb ip link set lo up || say "cannot bring up lo"
+# A non-loopback IPv4 address, on a dummy interface (no traffic leaves the guest): with only lo,
+# getaddrinfo() with AI_ADDRCONFIG resolves nothing, not even "127.0.0.1", and Slurm uses it.
+modprobe dummy 2>/dev/null
+{ $bb ip link add apptheus0 type dummy && $bb ip addr add 192.0.2.1/24 dev apptheus0 \
+    && $bb ip link set apptheus0 up; } || say "cannot add the dummy network interface"
 echo "+cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control \
     || say "cannot enable cpu io memory pids in /sys/fs/cgroup/cgroup.subtree_control"
 say "init at $(up) s: $($bb uname -r), cgroup2 controllers: $($bb cat /sys/fs/cgroup/cgroup.subtree_control)"

@@ -12,6 +12,7 @@
 //! ```
 //! A series is fetched when its `manifest.json` is missing (it is written last, so a fetch that
 //! was cut short is redone); `refresh` fetches the newest again.
+use nix::fcntl::{Flock, FlockArg};
 use std::{
     fs,
     io::Write as _,
@@ -243,30 +244,30 @@ fn write_combined_manifest() -> Result<()> {
 
 /// An exclusive `flock` on a file, released when dropped (or when the process dies).
 pub struct Lock {
-    _file: fs::File,
+    // Held for its drop: closing the file releases the lock.
+    _file: Flock<fs::File>,
 }
 
 impl Lock {
     pub fn take(path: &Path) -> Result<Lock> {
-        use std::os::fd::AsRawFd as _;
-        let mut f = fs::OpenOptions::new()
+        let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            println!(
-                "xtask setup: waiting for another fetch of the VM kernels ({} is locked)",
-                path.display()
-            );
-            // SAFETY: as above.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("flock {}", path.display()));
+        let mut f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((f, _)) => {
+                println!(
+                    "xtask setup: waiting for another fetch of the VM kernels ({} is locked)",
+                    path.display()
+                );
+                Flock::lock(f, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e)
+                    .with_context(|| format!("flock {}", path.display()))?
             }
-        }
+        };
         let _ = writeln!(f, "{}", std::process::id());
         Ok(Lock { _file: f })
     }

@@ -38,11 +38,12 @@
 //!    directory and run by `/bin/busybox sh` as PID 1): mounts proc, sysfs, devtmpfs, devpts,
 //!    /dev/shm, cgroup2 at /sys/fs/cgroup, tracefs at /sys/kernel/tracing, debugfs, bpffs at
 //!    /sys/fs/bpf, tmpfs on /tmp; bind-mounts the kernel's modules at /lib/modules/<release>
-//!    (modprobe works); sets the hostname, brings up lo, enables `cpu io memory pids` in the root's
-//!    `cgroup.subtree_control`; runs the command as root in the requested directory (the
-//!    workspace root by default: the same path as on the host) with exactly the given
-//!    environment and stdin from /dev/null; writes its exit status to the results share, syncs
-//!    and powers off.
+//!    (modprobe works); sets the hostname (and names it in /etc/hosts), brings up lo and a dummy
+//!    interface with 192.0.2.1 (getaddrinfo's AI_ADDRCONFIG wants one), enables
+//!    `cpu io memory pids` in the root's `cgroup.subtree_control`; runs the command as root in
+//!    the requested directory (the workspace root by default: the same path as on the host)
+//!    with exactly the given environment and stdin from /dev/null; writes its exit status to
+//!    the results share, syncs and powers off.
 //! 4. **QEMU** ([`qemu`]): `qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 4G
 //!    -nodefaults -nographic -no-reboot`, the serial console on QEMU's stdout, which is copied
 //!    line by line to `target/vm/<series>.log` and to our stdout; kernel command line
@@ -65,6 +66,7 @@ pub mod apt;
 pub mod guest;
 pub mod initramfs;
 pub mod kernels;
+pub mod matrix;
 pub mod qemu;
 pub mod suite;
 
@@ -168,10 +170,9 @@ pub fn guest_env(extra: &[(String, String)]) -> Vec<(String, String)> {
 }
 
 /// Boot `kernel` and run `cmd` in the workspace root with `env` (see [`guest_env`]), at most
-/// `timeout`; default options (TCG, 2 CPUs, 4 GiB, console echoed).
-// The entry point for `cargo xtask test` to run test binaries in each kernel; `cargo xtask vm`
-// itself calls qemu::run with the options of its flags.
-#[allow(dead_code)]
+/// `timeout`; default options (TCG, 2 CPUs, 4 GiB, console echoed). The entry point of
+/// `cargo xtask test`'s kernel matrix ([`matrix`]); `cargo xtask vm` itself calls qemu::run
+/// with the options of its flags.
 pub fn run(
     kernel: Kernel,
     cmd: &[String],
@@ -332,12 +333,7 @@ pub fn main(args: VmArgs) -> Result<i32> {
                 v.result.as_deref().unwrap_or("no test result")
             );
             for failed in &v.failed {
-                let msg = v
-                    .messages
-                    .iter()
-                    .find(|(n, _)| n == failed)
-                    .map_or("", |(_, m)| m.as_str());
-                println!("            FAILED {failed}: {msg}");
+                println!("            FAILED {failed}: {}", v.message(failed));
             }
         }
         let c = match o.status {

@@ -114,6 +114,14 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The panic message of the failed test `name` ("" when none was seen).
+    pub fn message(&self, name: &str) -> &str {
+        self.messages
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, m)| m.as_str())
+    }
+
     pub fn parse(log: &str) -> Verdict {
         let mut v = Verdict::default();
         let lines: Vec<&str> = log.lines().map(str::trim_end).collect();
@@ -204,6 +212,8 @@ what="root is writable";                        check sh -c 'echo x > /var/tmp/.
 what="tmpfs on /tmp";                           check grep -q '^tmpfs /tmp tmpfs ' /proc/mounts
 what="workspace visible";                       check test -f {ws}
 what="loopback up";                             check sh -c 'cat /sys/class/net/lo/operstate | grep -qv down'
+what="a non-loopback IPv4 address";             check sh -c 'ip -4 addr show apptheus0 | grep -q 192.0.2.1'
+what="the host name resolves";                  check getent hosts "$(hostname)"
 what="modules of this kernel";                  check test -f /lib/modules/$(uname -r)/modules.dep
 echo "checks failed: $fail"
 exit $fail
