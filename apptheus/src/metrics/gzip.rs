@@ -29,6 +29,55 @@ impl Deflated {
     }
 }
 
+/// A text compressed as it is written (`fmt::Write`), in pieces of `PIECE` bytes: the text is
+/// never whole in memory, only its compressed blocks.
+pub struct DeflateWriter {
+    enc: flate2::write::DeflateEncoder<Vec<u8>>,
+    crc: flate2::Crc,
+    piece: String,
+}
+
+impl DeflateWriter {
+    const PIECE: usize = 64 * 1024;
+
+    /// `expected`: about how long the text will be (the output is sized for an eighth of it).
+    pub fn new(expected: usize) -> DeflateWriter {
+        DeflateWriter {
+            enc: flate2::write::DeflateEncoder::new(
+                Vec::with_capacity(expected / 8 + 64),
+                flate2::Compression::fast(),
+            ),
+            crc: flate2::Crc::new(),
+            piece: String::with_capacity(Self::PIECE + 1024),
+        }
+    }
+
+    fn flush_piece(&mut self) {
+        self.crc.update(self.piece.as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = self.enc.write_all(self.piece.as_bytes());
+        self.piece.clear();
+    }
+
+    pub fn finish(mut self) -> Deflated {
+        self.flush_piece();
+        Deflated {
+            blocks: Bytes::from(self.enc.finish().unwrap_or_default()),
+            crc: self.crc,
+        }
+    }
+}
+
+impl std::fmt::Write for DeflateWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.piece.push_str(s);
+        if self.piece.len() >= Self::PIECE {
+            self.flush_piece();
+        }
+        Ok(())
+    }
+}
+
 /// One gzip stream (a single member: some clients, curl among them, read only the first) of
 /// `head` followed by `tail`'s text, without compressing the tail again: `head` goes in as
 /// stored (uncompressed, byte-aligned) blocks, then the tail's blocks, then the CRC of both,
@@ -76,7 +125,18 @@ mod tests {
             (b"a 1\n", &big),
             (b"", b""),
         ] {
-            let gz: Vec<u8> = gzip_response(head, &Deflated::new(tail)).concat();
+            let mut written = DeflateWriter::new(0);
+            for piece in tail.chunks(1000) {
+                std::fmt::Write::write_str(&mut written, std::str::from_utf8(piece).unwrap())
+                    .unwrap();
+            }
+            let written = written.finish();
+            assert_eq!(
+                gzip_response(head, &written).concat(),
+                gzip_response(head, &Deflated::new(tail)).concat(),
+                "written piece by piece, the same stream"
+            );
+            let gz: Vec<u8> = gzip_response(head, &written).concat();
             // A single-member decoder (what curl uses) must see everything, and nothing may
             // follow the member.
             let mut dec = flate2::read::GzDecoder::new(&gz[..]);

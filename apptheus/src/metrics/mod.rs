@@ -8,7 +8,9 @@ mod gzip;
 mod render;
 
 pub use gzip::{Deflated, gzip_response};
+use gzip::DeflateWriter;
 pub use render::render;
+use render::render_into;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
@@ -212,8 +214,16 @@ impl Snapshot {
             .clone()
     }
 
-    /// The text compressed once per pass (see `gzip_response`).
+    /// The text compressed once per pass (see `gzip_response`); rendered straight into the
+    /// compressor unless a plain scrape rendered it already.
     pub fn deflated(&self) -> &Deflated {
-        self.deflate.get_or_init(|| Deflated::new(&self.text()))
+        self.deflate.get_or_init(|| match self.text.get() {
+            Some(text) => Deflated::new(text),
+            None => {
+                let mut w = DeflateWriter::new(self.series.len() * 2200);
+                render_into(&self.series, self.collectors, &mut w);
+                w.finish()
+            }
+        })
     }
 }

@@ -1,5 +1,5 @@
 //! The containers' families in the text exposition format 0.0.4.
-use std::fmt::Write as _;
+use std::fmt::Write;
 
 use super::ContainerSeries;
 use crate::collectors::{Collector, Collectors};
@@ -389,6 +389,13 @@ const MEMORY_EVENTS: &[LabeledFamily] = &[LabeledFamily {
 /// disabled `collectors`. A family with no value for any container is left out entirely.
 pub fn render(series: &[ContainerSeries], collectors: Collectors) -> String {
     let mut out = String::with_capacity(series.len() * 2200 + 1024);
+    render_into(series, collectors, &mut out);
+    out
+}
+
+/// `render`, written piece by piece into `out` (a compressor takes it without the whole text
+/// ever being in memory: at 10,000 containers that is over 20 MB).
+pub fn render_into(series: &[ContainerSeries], collectors: Collectors, out: &mut impl Write) {
     // Label sets are the same for every family of a container: escape them once.
     let labels: Vec<String> = series
         .iter()
@@ -401,7 +408,7 @@ pub fn render(series: &[ContainerSeries], collectors: Collectors) -> String {
         })
         .collect();
     if !series.is_empty() {
-        out.push_str("# HELP apptheus_container_info Information about a monitored container (constant 1).\n# TYPE apptheus_container_info gauge\n");
+        let _ = out.write_str("# HELP apptheus_container_info Information about a monitored container (constant 1).\n# TYPE apptheus_container_info gauge\n");
         for (c, l) in series.iter().zip(&labels) {
             let _ = writeln!(
                 out,
@@ -415,7 +422,7 @@ pub fn render(series: &[ContainerSeries], collectors: Collectors) -> String {
                 c.memory_peak_source,
             );
         }
-        out.push_str("# HELP apptheus_container_job_info The batch job a container belongs to (constant 1).\n# TYPE apptheus_container_job_info gauge\n");
+        let _ = out.write_str("# HELP apptheus_container_job_info The batch job a container belongs to (constant 1).\n# TYPE apptheus_container_job_info gauge\n");
         for (c, l) in series.iter().zip(&labels) {
             let job = &c.identity.job;
             let _ = write!(
@@ -435,7 +442,7 @@ pub fn render(series: &[ContainerSeries], collectors: Collectors) -> String {
                     let _ = write!(out, ",{name}=\"{}\"", escape(value));
                 }
             }
-            out.push_str("} 1\n");
+            let _ = out.write_str("} 1\n");
         }
     }
     let groups = GROUPS
@@ -447,10 +454,10 @@ pub fn render(series: &[ContainerSeries], collectors: Collectors) -> String {
             for (c, l) in series.iter().zip(&labels) {
                 let Some(v) = (f.value)(c) else { continue };
                 if !header {
-                    write_header(&mut out, f.name, &f.kind, f.help);
+                    write_header(out, f.name, &f.kind, f.help);
                     header = true;
                 }
-                write_sample(&mut out, f.name, l, None, v);
+                write_sample(out, f.name, l, None, v);
             }
         }
         for f in group.labeled {
@@ -458,18 +465,17 @@ pub fn render(series: &[ContainerSeries], collectors: Collectors) -> String {
             for (c, l) in series.iter().zip(&labels) {
                 (f.values)(c, &mut |value, v| {
                     if !header {
-                        write_header(&mut out, f.name, &f.kind, f.help);
+                        write_header(out, f.name, &f.kind, f.help);
                         header = true;
                     }
-                    write_sample(&mut out, f.name, l, Some((f.label, value)), v);
+                    write_sample(out, f.name, l, Some((f.label, value)), v);
                 });
             }
         }
     }
-    out
 }
 
-fn write_header(out: &mut String, name: &str, kind: &Kind, help: &str) {
+fn write_header(out: &mut impl Write, name: &str, kind: &Kind, help: &str) {
     let kind = match kind {
         Kind::Gauge => "gauge",
         Kind::Counter => "counter",
@@ -479,7 +485,7 @@ fn write_header(out: &mut String, name: &str, kind: &Kind, help: &str) {
 
 /// One sample: the container's `labels`, and `extra` (a label of the family's own, whose value
 /// is the daemon's: never escaped).
-fn write_sample(out: &mut String, name: &str, labels: &str, extra: Option<(&str, &str)>, v: Value) {
+fn write_sample(out: &mut impl Write, name: &str, labels: &str, extra: Option<(&str, &str)>, v: Value) {
     let _ = write!(out, "{name}{{{labels}");
     if let Some((label, value)) = extra {
         let _ = write!(out, ",{label}=\"{value}\"");

@@ -57,6 +57,8 @@ impl Tracker {
                 .map_err(|e| Error::map(format!("creating counters for container key {key}"), e))?;
             maps.adopted.insert(key, 0);
         }
+        // Forks from now until the tree is moved may need moving: read them at once.
+        self.hurry.now();
         let mut members = Vec::new();
         let mut seen = HashSet::new();
         for root in roots {

@@ -122,7 +122,8 @@ impl Tracker {
             adopted: HashMap::new(),
         };
         let ring = RingBuf::try_from(ring).map_err(|e| load("map EVENTS", &e))?;
-        let events = EventStream::new(ring).map_err(|e| load("watching the event ring", &e))?;
+        let (events, hurry) =
+            EventStream::new(ring).map_err(|e| load("watching the event ring", &e))?;
         tracefs::release_freed_memory();
         let tracker = Tracker {
             maps: std::sync::Mutex::new(maps),
@@ -131,6 +132,7 @@ impl Tracker {
             processes: limits.processes,
             containers: limits.containers,
             warned: std::sync::Mutex::new((0, None)),
+            hurry,
         };
         Ok((tracker, events))
     }

@@ -130,6 +130,8 @@ pub struct Tracker {
     containers: usize,
     /// Processes that found that map full, as last logged, and when.
     warned: Mutex<(u64, Option<std::time::Instant>)>,
+    /// Wakes the event reader to its busy pace while a tree is adopted.
+    hurry: events::Hurry,
 }
 
 impl Tracker {
@@ -192,6 +194,7 @@ impl Tracker {
             .filter_map(|pid| self.member(pid as i32, key))
             .collect();
         let mut seen = members.iter().map(Process::pid).collect();
+        self.hurry.now();
         let complete = self.walk(&mut members, &mut seen, key)?;
         self.maps().publish_adopted(key);
         Ok(Tracked { members, complete })
