@@ -7,8 +7,8 @@
 mod gzip;
 mod render;
 
-pub use gzip::{Deflated, gzip_response};
 use gzip::DeflateWriter;
+pub use gzip::{Deflated, gzip_response};
 pub use render::render;
 use render::render_into;
 use std::sync::{Arc, Mutex, OnceLock};

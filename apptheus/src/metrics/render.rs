@@ -485,7 +485,13 @@ fn write_header(out: &mut impl Write, name: &str, kind: &Kind, help: &str) {
 
 /// One sample: the container's `labels`, and `extra` (a label of the family's own, whose value
 /// is the daemon's: never escaped).
-fn write_sample(out: &mut impl Write, name: &str, labels: &str, extra: Option<(&str, &str)>, v: Value) {
+fn write_sample(
+    out: &mut impl Write,
+    name: &str,
+    labels: &str,
+    extra: Option<(&str, &str)>,
+    v: Value,
+) {
     let _ = write!(out, "{name}{{{labels}");
     if let Some((label, value)) = extra {
         let _ = write!(out, ",{label}=\"{value}\"");
