@@ -97,9 +97,14 @@ impl Tracker {
                 return Ok(false);
             }
             let roots: Vec<i32> = members.iter().map(Process::pid).collect();
+            // Every process forked before now by a member not tracked then is in a listing
+            // begun from now on (another registration's will do).
+            let need = Instant::now();
             let candidates = {
                 let mut procs = self.procs();
-                procs.refresh().map_err(|e| Error::io("listing /proc", e))?;
+                procs
+                    .refresh_since(need)
+                    .map_err(|e| Error::io("listing /proc", e))?;
                 procs
                     .descendants(&roots)
                     .into_iter()

@@ -10,11 +10,18 @@
 //! reused pid is never mistaken for the process it replaced. Parent links are kept the same
 //! way: a child's link names its parent's pid and inode, and counts only while a process with
 //! that pid and inode is in the table; a parent pid reused by another process breaks the link.
+//!
+//! Registrations that come together share a listing: a walk needs one that began after its
+//! last adoptions (`refresh_since`), and one that another registration began after that serves
+//! as well as its own. In a burst of admissions the listing is then paid once per burst rather
+//! than once per container.
 use std::{
+    cell::OnceCell,
     collections::{HashMap, HashSet},
     fs,
     io::Read as _,
     os::unix::fs::DirEntryExt as _,
+    time::Instant,
 };
 
 /// One process: its identity, and its parent's.
@@ -33,11 +40,28 @@ pub struct ProcTable {
     entries: HashMap<i32, Entry>,
     /// `stat` files read in the last refresh (for tests and diagnostics).
     last_reads: usize,
+    /// When the last listing of /proc began.
+    listed_at: Option<Instant>,
+    /// Each pid's children by the links that count, built once per listing.
+    children: OnceCell<HashMap<i32, Vec<i32>>>,
 }
 
 impl ProcTable {
+    /// Bring the table up to date with the processes that existed at `need` or later: a
+    /// listing that began at or after `need` is reused. Returns whether /proc was listed.
+    pub fn refresh_since(&mut self, need: Instant) -> std::io::Result<bool> {
+        if self.listed_at.is_some_and(|at| at >= need) {
+            return Ok(false);
+        }
+        let at = Instant::now();
+        self.refresh()?;
+        self.listed_at = Some(at);
+        Ok(true)
+    }
+
     /// Bring the table up to date with the processes that exist now.
     pub fn refresh(&mut self) -> std::io::Result<()> {
+        self.changed();
         let mut listing: Vec<(i32, u64)> = Vec::with_capacity(self.entries.len() + 64);
         for entry in fs::read_dir("/proc")? {
             let Ok(entry) = entry else { continue };
@@ -91,19 +115,27 @@ impl ProcTable {
         self.entries.get(&pid).map(|e| e.ino)
     }
 
+    /// The entries changed: the children index is built again when next asked for.
+    fn changed(&mut self) {
+        self.children.take();
+    }
+
     /// The descendants of `roots` (not the roots themselves) as of the last refresh.
     pub fn descendants(&self, roots: &[i32]) -> Vec<i32> {
-        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for (&pid, e) in &self.entries {
-            // Only links to the very process they were read from.
-            let linked = self
-                .entries
-                .get(&e.ppid)
-                .is_some_and(|parent| Some(parent.ino) == e.parent_ino);
-            if linked {
-                children.entry(e.ppid).or_default().push(pid);
+        let children = self.children.get_or_init(|| {
+            let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+            for (&pid, e) in &self.entries {
+                // Only links to the very process they were read from.
+                let linked = self
+                    .entries
+                    .get(&e.ppid)
+                    .is_some_and(|parent| Some(parent.ino) == e.parent_ino);
+                if linked {
+                    children.entry(e.ppid).or_default().push(pid);
+                }
             }
-        }
+            children
+        });
         // Each pid is visited once, whatever the links say.
         let mut seen: HashSet<i32> = roots.iter().copied().collect();
         let mut out = Vec::new();
@@ -159,9 +191,11 @@ mod tests {
         assert_eq!(sorted(t.descendants(&[10])), [20, 30]);
         // Pid 10 is another process now: 20's link (read from the old one) is broken.
         t.entries.insert(10, entry(101, 1, Some(1)));
+        t.changed();
         assert!(t.descendants(&[10]).is_empty());
         // A link whose parent was not listed when it was read never counts.
         t.entries.insert(20, entry(200, 10, None));
+        t.changed();
         assert!(t.descendants(&[10]).is_empty());
     }
 
@@ -217,5 +251,24 @@ mod tests {
         child.wait().unwrap();
         t.refresh().unwrap();
         assert!(!t.descendants(&[me]).contains(&(child.id() as i32)));
+    }
+
+    #[test]
+    fn a_listing_begun_after_the_need_is_shared() {
+        let mut t = ProcTable::default();
+        let need = Instant::now();
+        assert!(t.refresh_since(need).unwrap(), "the first need lists /proc");
+        // Another registration whose need came before that listing began: served by it.
+        assert!(!t.refresh_since(need).unwrap());
+        // A need after it: listed again, and a process forked in between is found.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        assert!(t.refresh_since(Instant::now()).unwrap());
+        assert!(t.descendants(&[me]).contains(&(child.id() as i32)));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
