@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod history;
 pub mod http;
 pub mod job;
+pub mod memory;
 pub mod metrics;
 pub mod pidfd;
 pub mod privacy;

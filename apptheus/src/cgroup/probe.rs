@@ -151,9 +151,9 @@ fn close(slot: &mut Option<(File, Kind)>) {
     }
 }
 
-/// The whole file from offset 0 into `buf`; returns its length. A cgroup file is one record the kernel formats on
-/// each read from offset 0: a read that leaves room in the buffer got all of it, so one
-/// syscall is enough unless the text outgrows the buffer.
+/// The whole file from offset 0 into `buf`; returns its length. A cgroup file is one record
+/// the kernel formats on each read from offset 0: a read that leaves room in the buffer got
+/// all of it, so one syscall is enough unless the text outgrows the buffer.
 fn pread_all(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
     // The buffer keeps its initialized length between reads (no zeroing per read); only the
     // filled part counts.

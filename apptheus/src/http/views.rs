@@ -105,9 +105,7 @@ impl http_body::Body for Released {
 impl Drop for Released {
     fn drop(&mut self) {
         self.data = None;
-        // SAFETY: malloc_trim only returns the allocator's free pages to the kernel; it has no
-        // preconditions and touches no memory in use.
-        unsafe { libc::malloc_trim(0) };
+        crate::memory::release_freed();
     }
 }
 

@@ -79,14 +79,3 @@ fn exit_code_offset() -> Result<u32> {
     }
     Ok(m.offset)
 }
-
-/// Give the allocator's free memory back to the system, once loading is done: the kernel's
-/// BTF is megabytes, read at start by us and by aya, and glibc keeps such pages for good once
-/// a large free has raised its mmap threshold (measured: 13 MiB more resident at idle).
-pub(super) fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no memory-safety preconditions; no Rust wrapper has it.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

@@ -193,8 +193,8 @@ impl Report {
                  open, one pread each), and besides (a) reads again what can move in an idle container \
                  every 30 s ({} opens per pass at {} containers; the same-files floor, which does that \
                  too, costs {:.2}%, and the daemon is {files_ratio:.2}× of it), and (b) is a whole daemon: \
-                 its eBPF event ring is read every 20 ms whether or not anything happened, each pass is \
-                 handed to a blocking thread and back, the process counters come in one batched map \
+                 its eBPF event ring is read every 250 ms when nothing happens (every 20 ms after an event), \
+                 each pass is handed to a blocking thread and back, the process counters come in one batched map \
                  read. What the profile shows of each is in the Sampling section; the scale curve's \
                  smallest N shows the part that does not grow with N.",
                 s.files_per_pass,
