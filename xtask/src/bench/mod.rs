@@ -261,28 +261,14 @@ impl Daemon {
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(["--", "sleep", "infinity"]);
-        sys::quiet(&mut cmd);
-        let spawned = SystemTime::now();
-        let launcher = Proc::spawn("apptheus-exec", &mut cmd)?;
-        Ok(Container {
-            launcher,
-            spawned,
-            exe: "apptheus-exec",
-        })
+        Container::spawn("apptheus-exec", &mut cmd)
     }
 
     /// A light launcher (xtask/bench/launcher.c) and its sleeping child.
     fn launch_light(&self, ctx: &Ctx) -> Result<Container> {
         let mut cmd = Command::new(ctx.bin("launcher"));
         cmd.arg(&self.socket);
-        sys::quiet(&mut cmd);
-        let spawned = SystemTime::now();
-        let launcher = Proc::spawn("launcher", &mut cmd)?;
-        Ok(Container {
-            launcher,
-            spawned,
-            exe: "launcher",
-        })
+        Container::spawn("launcher", &mut cmd)
     }
 }
 

@@ -80,6 +80,18 @@ pub struct Container {
 }
 
 impl Container {
+    /// The launcher `cmd` (`exe` by name), started quiet, and when.
+    pub fn spawn(exe: &'static str, cmd: &mut Command) -> Result<Container> {
+        quiet(cmd);
+        let spawned = SystemTime::now();
+        let launcher = Proc::spawn(exe, cmd)?;
+        Ok(Container {
+            launcher,
+            spawned,
+            exe,
+        })
+    }
+
     pub fn id(&self) -> String {
         format!("{}_{}", self.exe, self.launcher.pid())
     }
