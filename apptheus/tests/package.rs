@@ -377,9 +377,9 @@ fn held_launcher(socket: &Path) -> Workload {
     w
 }
 
-/// Wait until the daemon whose /metrics `metrics` reads has accepted `n` launchers; its
-/// /metrics then.
-fn accepted(n: f64, metrics: impl Fn() -> String, log: impl Fn() -> String) -> String {
+/// Wait until the daemon whose /metrics `metrics` reads has accepted `n` launchers (its
+/// containers show from the sampling pass after).
+fn accepted(n: f64, metrics: impl Fn() -> String, log: impl Fn() -> String) {
     eventually(Duration::from_secs(10), || {
         let m = metrics();
         common::sample(
@@ -388,7 +388,6 @@ fn accepted(n: f64, metrics: impl Fn() -> String, log: impl Fn() -> String) -> S
             "outcome=\"accepted\"",
         )
         .filter(|v| *v == n)
-        .map(|_| m)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -396,7 +395,7 @@ fn accepted(n: f64, metrics: impl Fn() -> String, log: impl Fn() -> String) -> S
             metrics(),
             log()
         )
-    })
+    });
 }
 
 /// The installed daemon, with its own socket, port, cgroup parent and state directory: a
@@ -409,8 +408,10 @@ fn run_installed_daemon() {
         Client::plain(),
     );
     let mut w = held_launcher(&d.socket);
-    let m = accepted(1.0, || d.metrics(), || d.log_text());
+    accepted(1.0, || d.metrics(), || d.log_text());
+    // Accepted first, shown from the sampling pass that follows.
     let shown = format!("container=\"apptheus-exec_{}\"", w.pid());
+    let m = d.metrics_showing(&shown);
     assert!(
         m.contains(&shown) && m.contains("exe_path=\"/usr/bin/apptheus-exec\""),
         "the container of /usr/bin/apptheus-exec is not shown:\n{m}"
