@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// development; writes to target/bench-quick.
     #[arg(long)]
     curve_only: bool,
+    /// The sampling window of every N, s (default 60 at the 1,000 of the main scenarios, 40
+    /// on the curve; 10 with --quick or --curve-only): longer for steadier figures.
+    #[arg(long, value_name = "SECONDS")]
+    sampling_secs: Option<u64>,
 }
 
 /// How long and how much each phase does.
@@ -86,6 +90,10 @@ impl Config {
                 .with_context(|| format!("--curve {list:?}: expected numbers, comma-separated"))?,
         };
         let mut c = Config::phases(args);
+        if let Some(secs) = args.sampling_secs {
+            c.sampling_secs = secs;
+            c.curve_sampling_secs = secs;
+        }
         c.curve = curve;
         c.curve_only = args.curve_only;
         Ok(c)
