@@ -8,10 +8,12 @@
 //! ended too (its final values; then its own directories go). The sampler owns what it reads
 //! between passes: each container's last values, its highest memory, and the idle cache below.
 use std::{
-    collections::{HashMap, HashSet, hash_map},
+    collections::hash_map,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
+
+use foldhash::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
 use tokio_util::sync::CancellationToken;
@@ -192,7 +194,7 @@ impl Sampler {
             state_dir,
             reader: Reader::new(),
             summaries: Summaries::log_only(),
-            containers: HashMap::new(),
+            containers: HashMap::default(),
             generation: None,
             trimmed: None,
             last_full_generation: None,
@@ -270,7 +272,7 @@ impl Sampler {
                     cpu_seconds: s.stats.cpu_usage_seconds,
                     memory_bytes: s.stats.memory_usage_bytes,
                 };
-                history.record(&s.entry.identity, &reading);
+                history.record(*key, &s.entry.identity, &reading);
             }
             if s.allowance.is_none() {
                 // The launcher's pid names it only while the tracker holds it under this key
@@ -371,12 +373,7 @@ impl Sampler {
             }
         }
         if let Some(history) = &self.history {
-            let ids: HashSet<&str> = self
-                .containers
-                .values()
-                .map(|s| s.entry.identity.id.as_str())
-                .collect();
-            history.retain(|id| ids.contains(id));
+            history.retain(|key| self.containers.contains_key(&key));
         }
         true
     }

@@ -44,7 +44,7 @@ fn a_thousand_full_histories_cost_about_a_kibibyte_each() {
                 cpu_seconds: Some(secs * (i % 4) as f64),
                 memory_bytes: Some(1 << 30),
             };
-            history.record(identity, &reading);
+            history.record(i as u64, identity, &reading);
         }
     }
     let cost = rss().saturating_sub(before);

@@ -238,7 +238,7 @@ mod tests {
     }
 
     /// `history` with `cores` of CPU for `id` over 3 s, closing two points (1 s steps).
-    fn busy(history: &History, s: &ContainerSeries, cores: f64) {
+    fn busy(history: &History, key: u64, s: &ContainerSeries, cores: f64) {
         let t0 = Instant::now();
         for i in 0..=3u32 {
             let secs = f64::from(i);
@@ -248,7 +248,7 @@ mod tests {
                 cpu_seconds: Some(secs * cores),
                 memory_bytes: Some(4096),
             };
-            history.record(&s.identity, &reading);
+            history.record(key, &s.identity, &reading);
         }
     }
 
@@ -260,9 +260,9 @@ mod tests {
             series("b_2", "42", None),
             series("c_3", "", Some(200.0)),
         );
-        busy(&history, &a, 0.5);
-        busy(&history, &b, 1.25);
-        busy(&history, &ended, 2.0);
+        busy(&history, 1, &a, 0.5);
+        busy(&history, 2, &b, 1.25);
+        busy(&history, 3, &ended, 2.0);
         let view = build(&[a, b, ended], &history, true, 300.0);
         let ids: Vec<&str> = view.containers.iter().map(|c| c.id.as_str()).collect();
         // An ended container has no CPU now: last.

@@ -6,11 +6,12 @@
 //! cgroup removed. The sampler reads the containers through `entries`; recovery after a restart
 //! puts them back through `restore`.
 use std::{
-    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
+
+use foldhash::{HashMap, HashSet};
 
 mod admit;
 mod events;
@@ -527,7 +528,7 @@ impl Registry {
             .collect();
         // Newest first: what is kept is the newest.
         retained.sort_by_key(|r| std::cmp::Reverse(r.0));
-        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        let mut per_user: HashMap<&str, usize> = HashMap::default();
         let mut kept = 0;
         let mut out = Vec::new();
         for (_, key, uid) in retained {

@@ -1,5 +1,4 @@
 //! Loading the embedded programs with this kernel's tracepoint layouts, and attaching them.
-use std::collections::HashMap;
 
 use apptheus_common::NO_FIELD;
 use aya::{
@@ -117,9 +116,9 @@ impl Tracker {
                 .map_err(|e| load("map ADOPTED", &e))?,
             errors: PerCpuArray::try_from(errors).map_err(|e| load("map ERRORS", &e))?,
             net: NetMaps::new(ingress, egress).map_err(|e| load("map NET_*_KEY", &e))?,
-            attached: HashMap::new(),
+            attached: Default::default(),
             features,
-            adopted: HashMap::new(),
+            adopted: Default::default(),
         };
         let ring = RingBuf::try_from(ring).map_err(|e| load("map EVENTS", &e))?;
         let (events, hurry) =

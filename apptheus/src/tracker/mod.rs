@@ -18,10 +18,9 @@ pub mod proctable;
 mod tracefs;
 mod tracked;
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, MutexGuard},
-};
+use std::sync::{Mutex, MutexGuard};
+
+use foldhash::HashMap;
 
 use apptheus_common::{Counters, LAUNCHER_EXITED, errors};
 use aya::{

@@ -15,14 +15,9 @@
 //! last adoptions (`refresh_since`), and one that another registration began after that serves
 //! as well as its own. In a burst of admissions the listing is then paid once per burst rather
 //! than once per container.
-use std::{
-    cell::OnceCell,
-    collections::{HashMap, HashSet},
-    fs,
-    io::Read as _,
-    os::unix::fs::DirEntryExt as _,
-    time::Instant,
-};
+use std::{cell::OnceCell, fs, io::Read as _, os::unix::fs::DirEntryExt as _, time::Instant};
+
+use foldhash::{HashMap, HashSet};
 
 /// One process: its identity, and its parent's.
 #[derive(Clone, Copy, Debug)]
@@ -123,7 +118,7 @@ impl ProcTable {
     /// The descendants of `roots` (not the roots themselves) as of the last refresh.
     pub fn descendants(&self, roots: &[i32]) -> Vec<i32> {
         let children = self.children.get_or_init(|| {
-            let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+            let mut children: HashMap<i32, Vec<i32>> = HashMap::default();
             for (&pid, e) in &self.entries {
                 // Only links to the very process they were read from.
                 let linked = self
