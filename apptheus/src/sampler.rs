@@ -113,23 +113,20 @@ impl Sampled {
             && procs == Some(self.procs)
             && probe.value.is_some()
             && probe.value == self.probe;
-        let idle = fresh && quiet;
         let mut changed = false;
-        if quiet && !fresh {
-            // Idle, but its last read is old: only what moves without running is read again.
-            let mut stats = self.stats.clone();
-            reader.read_idle(cgroup, &mut stats);
-            changed = stats != self.stats;
-            self.stats = stats;
-            self.last_full = Some(now);
-            self.sampled_peak = self.sampled_peak.max(self.stats.memory_usage_bytes);
-        } else if !idle {
-            let mut stats = reader.read_all(cgroup, &probe);
-            if ended {
+        if !(fresh && quiet) {
+            let stats = if quiet {
+                // Idle, but its last read is old: only what moves without running is read again.
+                let mut stats = self.stats.clone();
+                reader.read_idle(cgroup, &mut stats);
+                stats
+            } else if ended {
                 // A batch system removes a job's cgroup (which may be the container's) as soon
                 // as its last process exits: what was read last stands where nothing is left.
-                stats = stats.or(&self.stats);
-            }
+                reader.read_all(cgroup, &probe).or(&self.stats)
+            } else {
+                reader.read_all(cgroup, &probe)
+            };
             changed = stats != self.stats;
             self.stats = stats;
             self.last_full = Some(now);
