@@ -69,7 +69,6 @@ fn reuse_pid(pid: i32) -> Child {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "pid {pid} is still taken"
     );
-    let _steering = steer_pids();
     for _ in 0..500 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
             .expect("write /proc/sys/kernel/ns_last_pid");
@@ -87,11 +86,14 @@ fn reuse_pid(pid: i32) -> Child {
     panic!("could not make a process take pid {pid} (the machine forks too much)");
 }
 
-/// Held while a test sets the kernel's last pid and forks: two tests of this binary steering
-/// pids at once would undo each other's setting.
-fn steer_pids() -> std::sync::MutexGuard<'static, ()> {
-    static STEERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    STEERING
+/// Held by every test of this binary for its whole run: the tests that steer a pid (set the
+/// kernel's last pid, then fork) lose it to any process forked meanwhile, and the others fork a
+/// lot (launchers by the hundred, a fork chain). In a slow guest, a steering test missed its
+/// pid on each of 500 attempts while the others ran beside it: a process forked in between
+/// that lives on keeps the pid taken.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -152,6 +154,7 @@ impl Drop for Foreign {
 
 #[test]
 fn a_recycled_pid_is_never_moved_at_admission() {
+    let _alone = alone();
     let d = daemon(&[], &[("APPTHEUS_TEST_MOVE_DELAY_MS", "3000")]);
     let mut w = Workload::spawn(&["sleeper", &connect(&d), "ready", "wait"]);
     let victim = printed_pid(&mut w, "sleeper");
@@ -168,6 +171,7 @@ fn a_recycled_pid_is_never_moved_at_admission() {
 
 #[test]
 fn a_recycled_pid_is_never_moved_after_a_fork_event() {
+    let _alone = alone();
     let d = daemon(&[], &[("APPTHEUS_TEST_MOVE_DELAY_MS", "3000")]);
     let mut w = Workload::spawn(&[&connect(&d), "ready", "wait", "sleeper", "wait"]);
     w.ready();
@@ -201,6 +205,7 @@ fn move_to_roots(pid: i32) {
 
 #[test]
 fn a_recycled_pid_is_never_moved_at_a_restart() {
+    let _alone = alone();
     let mut d = daemon(&[], &[]);
     let mut w = Workload::spawn(&["sleeper", &connect(&d), "ready", "wait"]);
     let victim = printed_pid(&mut w, "sleeper");
@@ -225,6 +230,7 @@ fn a_recycled_pid_is_never_moved_at_a_restart() {
 
 #[test]
 fn a_stale_parent_link_adopts_nothing() {
+    let _alone = alone();
     let d = daemon(&[], &[]);
     // A foreign process F whose parent X is still there when the daemon reads the host's
     // parent links (any admission refreshes them).
@@ -247,17 +253,13 @@ fn a_stale_parent_link_adopts_nothing() {
     // (Other processes of the machine fork too: a launcher whose child missed the pid is
     // ended before it connects, and another tried.)
     let mut launcher = None;
-    {
-        let _steering = steer_pids();
-        for _ in 0..500 {
-            let mut l =
-                Workload::spawn(&["wait", "sleeper", "wait", &connect(&d), "ready", "wait"]);
-            std::fs::write("/proc/sys/kernel/ns_last_pid", (x_pid - 1).to_string()).unwrap();
-            l.go();
-            if printed_pid(&mut l, "sleeper") == x_pid {
-                launcher = Some(l);
-                break;
-            }
+    for _ in 0..500 {
+        let mut l = Workload::spawn(&["wait", "sleeper", "wait", &connect(&d), "ready", "wait"]);
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (x_pid - 1).to_string()).unwrap();
+        l.go();
+        if printed_pid(&mut l, "sleeper") == x_pid {
+            launcher = Some(l);
+            break;
         }
     }
     let mut launcher = launcher.expect("a launcher's child never got the pid of F's old parent");
@@ -298,6 +300,7 @@ fn fds(pid: u32) -> usize {
 
 #[test]
 fn a_duplicated_connection_is_closed_when_its_container_ends() {
+    let _alone = alone();
     let d = daemon(&[], &[]);
     let baseline = fds(d.child.id());
     let mut w = Workload::spawn(&[&connect(&d), "ready", "wait", "exit:0"]);
@@ -382,6 +385,7 @@ fn rejections(m: &str, reason: &str) -> f64 {
 
 #[test]
 fn one_user_at_the_limits_leaves_room_for_the_others() {
+    let _alone = alone();
     let d = daemon(
         &[
             "--gateway.max-containers-per-user=3",
@@ -464,6 +468,7 @@ fn one_user_at_the_limits_leaves_room_for_the_others() {
 
 #[test]
 fn a_fork_chain_stalls_neither_admission_nor_sampling() {
+    let _alone = alone();
     let d = daemon(&[], &[]);
     let mut w = Workload::spawn(&["chain", &connect(&d), "ready", "wait"]);
     let chain = printed_pid(&mut w, "chain");
@@ -532,6 +537,7 @@ impl Drop for Planted {
 
 #[test]
 fn a_planted_directory_is_neither_taken_nor_removed() {
+    let _alone = alone();
     // The daemon's primary hierarchy: v1 memory here (a hybrid host), the unified tree on v2.
     let memory = Path::new("/sys/fs/cgroup/memory");
     let root = if memory.join("memory.stat").exists() {
@@ -586,6 +592,7 @@ fn a_planted_directory_is_neither_taken_nor_removed() {
 
 #[test]
 fn a_launcher_that_talks_too_much_is_disconnected_and_its_container_lives_on() {
+    let _alone = alone();
     // python3 as the trusted launcher (root's, like any installed launcher): it sends what a
     // launcher never sends, then reads until the daemon closes.
     let python = std::fs::canonicalize("/usr/bin/python3").expect("python3 is installed");

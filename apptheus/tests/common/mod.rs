@@ -60,11 +60,20 @@ impl Workload {
     }
 
     pub fn spawn_cmd(cmd: &mut Command) -> Workload {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn workload");
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        // A binary a test just copied can be busy for a moment: another test's fork, between
+        // its fork and its exec, holds a copy of the descriptor it was written through
+        // (ETXTBSY). That passes as soon as that child execs.
+        let mut busy = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && busy < 500 => {
+                    busy += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                spawned => break spawned.expect("spawn workload"),
+            }
+        };
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         Workload {
