@@ -16,6 +16,16 @@ pub struct Move {
     pid: i32,
 }
 
+/// Whether `ev` is a fork by a process this batch moves: that parent is still outside the
+/// container until the batch's moves are done, so its child did not inherit the container's
+/// cgroup, however late it forked (the time rule only knows the moves already done; a slow
+/// event pace puts a parent's fork and its child's in one batch).
+fn parent_moving(moves: &[Move], ev: &Event) -> bool {
+    moves
+        .iter()
+        .any(|m| m.key == ev.key && u32::try_from(m.pid) == Ok(ev.ppid))
+}
+
 impl Registry {
     /// Follow the tracker's events until `shutdown`: end containers whose last process exited,
     /// and move children forked before their parent was moved.
@@ -52,15 +62,19 @@ impl Registry {
                     continue;
                 };
                 match ev.kind() {
-                    Some(EventKind::Fork) if ev.ts_ns <= c.inherit_after_ns => match &c.cgroup {
-                        Some(cgroup) => moves.push(Move {
-                            key: ev.key,
-                            id: c.identity.clone(),
-                            cgroup: cgroup.clone(),
-                            pid: ev.pid as i32,
-                        }),
-                        None => c.early_forks.push(ev.pid as i32),
-                    },
+                    Some(EventKind::Fork)
+                        if ev.ts_ns <= c.inherit_after_ns || parent_moving(&moves, ev) =>
+                    {
+                        match &c.cgroup {
+                            Some(cgroup) => moves.push(Move {
+                                key: ev.key,
+                                id: c.identity.clone(),
+                                cgroup: cgroup.clone(),
+                                pid: ev.pid as i32,
+                            }),
+                            None => c.early_forks.push(ev.pid as i32),
+                        }
+                    }
                     Some(EventKind::Exit) if c.ended.is_none() => exited.push(ev.key),
                     _ => {}
                 }
