@@ -27,6 +27,8 @@
 //! - `fetch:PORT:N`: GET http://127.0.0.1:PORT/ N times, reading each body to its end (PORT 0:
 //!   this workload's own `serve`); prints "fetched <bytes>".
 //! - `exit:CODE`: exit with CODE.
+//! - `env-bomb`: rewrite this process's environment area (what /proc/<pid>/environ shows) into
+//!   `a=` entries, as many as fit: the shape that costs a parser of whole environments most.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
@@ -137,6 +139,7 @@ fn main() {
                 say(&format!("fetched {bytes}"));
             }
             "exit" => std::process::exit(a as i32),
+            "env-bomb" => env_bomb(),
             // Wait (up to 60 s) until this process's cgroup path contains ARG: a job script's
             // CMD that starts before its launcher is admitted burns nothing outside.
             "in-cgroup" => {
@@ -367,4 +370,30 @@ fn fetch(port: u16) -> usize {
             Err(e) => panic!("reading the response: {e}"),
         }
     }
+}
+
+/// Overwrite the environment area (`env_start`..`env_end` of /proc/self/stat) with `a=\0`
+/// entries, through /proc/self/mem.
+fn env_bomb() {
+    use std::os::unix::fs::FileExt as _;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name's closing parenthesis; env_start and env_end are the 50th
+    // and 51st fields of the line.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let (start, end) = (fields[50 - 3], fields[51 - 3]);
+    let len = (end - start) as usize;
+    let mut bytes: Vec<u8> = b"a=\0".iter().copied().cycle().take(len).collect();
+    if let Some(last) = bytes.last_mut() {
+        *last = 0;
+    }
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        .unwrap();
+    mem.write_all_at(&bytes, start).unwrap();
+    say(&format!("env-bomb {len}"));
 }

@@ -1,5 +1,5 @@
 //! The daemon's wiring: it starts one task per concern (HTTP, gateway, tracker events,
-//! sampler) and stops them together through one cancellation token on SIGINT/SIGTERM.
+//! sampler) and stops them together through one cancellation token when root sends SIGINT or SIGTERM.
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -20,6 +20,7 @@ use crate::{
     recovery,
     registry::{self, Registry},
     sampler::Sampler,
+    signals,
     state::StateDir,
     summary::Summaries,
     tracker::{Limits, Tracker},
@@ -30,6 +31,7 @@ use crate::{
 /// `--privacy.hash-salt-file` asks.
 pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -> Result<()> {
     let shutdown = CancellationToken::new();
+    let stop = signals::stop_requested().context("installing signal handlers")?;
     let metrics =
         Arc::new(Metrics::with_collectors(args.collector_disable).context("setting up metrics")?);
     let disabled = args.collector_disable.disabled_names();
@@ -122,7 +124,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     tasks.spawn(sampler.run(args.monitor_interval, shutdown.clone()));
 
     tokio::select! {
-        _ = wait_for_signal() => tracing::info!("shutting down"),
+        _ = stop.cancelled() => tracing::info!("shutting down"),
         Some(res) = tasks.join_next() => {
             // A task ending on its own is a failure: stop everything and report it.
             shutdown.cancel();
@@ -175,20 +177,5 @@ fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
         network: args
             .collector_disable
             .enabled(crate::collectors::Collector::Network),
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

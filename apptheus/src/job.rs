@@ -7,18 +7,24 @@
 //! decision.
 use std::{
     io::Read as _,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
+use crate::asuser;
+
 /// Longest label value taken from a user's environment.
 const MAX_VALUE: usize = 256;
 /// Most of a process's environment that is read.
 const MAX_ENVIRON: u64 = 1 << 20;
-/// Most of an HTCondor job ad that is read.
+/// Longest environment entry looked at (the buffer it is read through): longer ones are no
+/// job's name.
+const ENTRY_MAX: usize = 8 << 10;
+/// Most of an HTCondor job ad that is read, and how long its reading may take.
 const MAX_JOB_AD: u64 = 1 << 20;
+const JOB_AD_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A container's batch job. Empty strings are unknown (their labels are left out).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +53,9 @@ impl Job {
     }
 
     /// The job of a launcher in cgroups `cgroup_dirs` (its directory in each hierarchy), with
-    /// `environs` the environments of its processes (the launcher's first).
-    pub fn find(cgroup_dirs: &[PathBuf], environs: &[Vec<(String, String)>]) -> Job {
+    /// `environs` the environments of its processes (the launcher's first), and `user` who ran
+    /// it (a file its environment names is read with their credentials).
+    pub fn find(cgroup_dirs: &[PathBuf], environs: &[Env], user: (u32, u32)) -> Job {
         let mut job = cgroup_dirs
             .iter()
             .find_map(|dir| slurm_job_of_cgroup(dir))
@@ -59,23 +66,25 @@ impl Job {
                 ..Job::default()
             })
             .unwrap_or_default();
-        let env = environs.first().map_or(&[][..], |e| &e[..]);
+        let empty = Env::default();
+        let env = environs.first().unwrap_or(&empty);
         if job.id.is_empty() {
-            job = from_environment(env);
+            job = from_environment(env, user);
         }
         if job.scheduler == "slurm" {
-            job.account = value(env, "SLURM_JOB_ACCOUNT");
-            job.partition = value(env, "SLURM_JOB_PARTITION");
+            job.account = env.value(Var::SlurmJobAccount).to_string();
+            job.partition = env.value(Var::SlurmJobPartition).to_string();
         }
         job.image = environs
             .iter()
             .find_map(|env| {
-                ["APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"]
-                    .iter()
-                    .map(|k| value(env, k))
+                [Var::ApptainerContainer, Var::SingularityContainer]
+                    .into_iter()
+                    .map(|k| env.value(k))
                     .find(|v| !v.is_empty())
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .to_string();
         job
     }
 }
@@ -105,17 +114,18 @@ fn slurm_job_of_cgroup(dir: &Path) -> Option<String> {
 }
 
 /// The job a launcher's environment names.
-fn from_environment(env: &[(String, String)]) -> Job {
+fn from_environment(env: &Env, user: (u32, u32)) -> Job {
     let found = [
-        ("slurm", "SLURM_JOB_ID"),
-        ("pbs", "PBS_JOBID"),
-        ("lsf", "LSB_JOBID"),
-        ("flux", "FLUX_JOB_ID"),
+        ("slurm", Var::SlurmJobId),
+        ("pbs", Var::PbsJobid),
+        ("lsf", Var::LsbJobid),
+        ("flux", Var::FluxJobId),
     ]
-    .iter()
-    .map(|(scheduler, key)| (*scheduler, value(env, key)))
+    .into_iter()
+    .map(|(scheduler, key)| (scheduler, env.value(key)))
     .find(|(_, id)| !id.is_empty())
-    .or_else(|| Some(("htcondor", htcondor_job(&value(env, "_CONDOR_JOB_AD"))?)));
+    .map(|(scheduler, id)| (scheduler, id.to_string()))
+    .or_else(|| Some(("htcondor", htcondor_job(env.value(Var::CondorJobAd), user)?)));
     match found {
         Some((scheduler, id)) => Job {
             scheduler: scheduler.into(),
@@ -127,24 +137,22 @@ fn from_environment(env: &[(String, String)]) -> Job {
     }
 }
 
-/// `<ClusterId>.<ProcId>` from the HTCondor job ad that `_CONDOR_JOB_AD` names. The path comes
-/// from the user: only a regular file named `.job.ad` is read (no symlink followed, bounded),
-/// and only those two integers are taken from it.
-fn htcondor_job(path: &str) -> Option<String> {
+/// `<ClusterId>.<ProcId>` from the HTCondor job ad that `_CONDOR_JOB_AD` names. The path is the
+/// user's word: it is read as `user` (uid, gid), only if it is a regular file named `.job.ad`
+/// (see `asuser`), and only those two integers are taken from it.
+fn htcondor_job(path: &str, (uid, gid): (u32, u32)) -> Option<String> {
     let path = Path::new(path);
     if path.file_name()? != ".job.ad" {
         return None;
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut text = String::new();
-    file.take(MAX_JOB_AD).read_to_string(&mut text).ok()?;
+    let bytes = match asuser::read(uid, gid, path.to_path_buf(), MAX_JOB_AD, JOB_AD_WITHIN) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(uid, error = %e, "cannot read the job ad the launcher's environment names");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
     let attr = |name: &str| {
         text.lines().find_map(|l| {
             let (k, v) = l.split_once('=')?;
@@ -156,52 +164,143 @@ fn htcondor_job(path: &str) -> Option<String> {
     Some(format!("{}.{}", attr("ClusterId")?, attr("ProcId")?))
 }
 
-/// The value of `key`, cut to `MAX_VALUE` bytes (on a character boundary); empty if unset.
-fn value(env: &[(String, String)], key: &str) -> String {
-    let Some((_, v)) = env.iter().find(|(k, _)| k == key) else {
-        return String::new();
-    };
-    let mut end = v.len().min(MAX_VALUE);
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    v[..end].to_string()
+/// The variables of a launcher's environment that name its job and image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Var {
+    SlurmJobId,
+    SlurmJobAccount,
+    SlurmJobPartition,
+    PbsJobid,
+    LsbJobid,
+    FluxJobId,
+    CondorJobAd,
+    ApptainerContainer,
+    SingularityContainer,
 }
 
-/// The environment process `pid` started with (its `/proc/<pid>/environ`, bounded); empty if
-/// unreadable.
-pub fn environ(pid: i32) -> Vec<(String, String)> {
-    let mut bytes = Vec::new();
-    let read = std::fs::File::open(format!("/proc/{pid}/environ"))
-        .and_then(|f| f.take(MAX_ENVIRON).read_to_end(&mut bytes));
-    if read.is_err() {
-        return Vec::new();
+impl Var {
+    const ALL: [Var; 9] = [
+        Var::SlurmJobId,
+        Var::SlurmJobAccount,
+        Var::SlurmJobPartition,
+        Var::PbsJobid,
+        Var::LsbJobid,
+        Var::FluxJobId,
+        Var::CondorJobAd,
+        Var::ApptainerContainer,
+        Var::SingularityContainer,
+    ];
+
+    fn name(self) -> &'static [u8] {
+        match self {
+            Var::SlurmJobId => b"SLURM_JOB_ID",
+            Var::SlurmJobAccount => b"SLURM_JOB_ACCOUNT",
+            Var::SlurmJobPartition => b"SLURM_JOB_PARTITION",
+            Var::PbsJobid => b"PBS_JOBID",
+            Var::LsbJobid => b"LSB_JOBID",
+            Var::FluxJobId => b"FLUX_JOB_ID",
+            Var::CondorJobAd => b"_CONDOR_JOB_AD",
+            Var::ApptainerContainer => b"APPTAINER_CONTAINER",
+            Var::SingularityContainer => b"SINGULARITY_CONTAINER",
+        }
     }
-    parse_environ(&bytes)
 }
 
-/// `KEY=value` entries separated by NUL; entries that are not UTF-8 or have no `=` are skipped.
-pub fn parse_environ(bytes: &[u8]) -> Vec<(String, String)> {
-    bytes
-        .split(|&b| b == 0)
-        .filter_map(|entry| {
-            let entry = std::str::from_utf8(entry).ok()?;
-            let (k, v) = entry.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect()
+/// What a process's environment says of its job: the `Var`s only, each cut to `MAX_VALUE`
+/// bytes. Whatever the environment's size or shape, this is all that is kept of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Env {
+    values: [Option<String>; Var::ALL.len()],
+}
+
+impl Env {
+    /// The value of `var` (empty if unset).
+    pub fn value(&self, var: Var) -> &str {
+        self.values[var as usize].as_deref().unwrap_or("")
+    }
+
+    /// Read `NAME=value` entries separated by NUL from `r` through a buffer of `ENTRY_MAX`
+    /// bytes: an entry longer than that is skipped whole; entries that are not UTF-8 or name no
+    /// `Var` are skipped. The first of a name counts, as for getenv(3).
+    pub fn read(mut r: impl std::io::Read) -> Env {
+        let mut env = Env::default();
+        let mut buf = vec![0u8; ENTRY_MAX];
+        let (mut filled, mut skipping) = (0, false);
+        loop {
+            let n = match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            filled += n;
+            let mut start = 0;
+            while let Some(len) = buf[start..filled].iter().position(|&b| b == 0) {
+                if !std::mem::take(&mut skipping) {
+                    env.take(&buf[start..start + len]);
+                }
+                start += len + 1;
+            }
+            if start == 0 && filled == buf.len() {
+                // One entry fills the buffer: drop it up to its end.
+                (filled, skipping) = (0, true);
+            } else {
+                buf.copy_within(start..filled, 0);
+                filled -= start;
+            }
+        }
+        if !skipping {
+            env.take(&buf[..filled]);
+        }
+        env
+    }
+
+    fn take(&mut self, entry: &[u8]) {
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+            return;
+        };
+        let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+        let Some(var) = Var::ALL.into_iter().find(|v| v.name() == name) else {
+            return;
+        };
+        let slot = &mut self.values[var as usize];
+        if slot.is_some() {
+            return;
+        }
+        let Ok(value) = std::str::from_utf8(value) else {
+            return;
+        };
+        let mut end = value.len().min(MAX_VALUE);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        *slot = Some(value[..end].to_string());
+    }
+}
+
+/// The environment process `pid` started with (its `/proc/<pid>/environ`, at most
+/// `MAX_ENVIRON` bytes, through a small buffer); empty if unreadable. Read by pid: the caller
+/// holds the process and checks it is still alive after.
+pub fn environ(pid: i32) -> Env {
+    match std::fs::File::open(format!("/proc/{pid}/environ")) {
+        Ok(f) => Env::read(f.take(MAX_ENVIRON)),
+        Err(_) => Env::default(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let mut bytes = Vec::new();
+        for (k, v) in pairs {
+            bytes.extend_from_slice(format!("{k}={v}\0").as_bytes());
+        }
+        Env::read(&bytes[..])
     }
+
+    const ROOT: (u32, u32) = (0, 0);
 
     #[test]
     fn slurm_layouts_name_the_job() {
@@ -253,7 +352,7 @@ mod tests {
             (vec![("HOME", "/root")], ("", "", "", "")),
         ];
         for (pairs, (scheduler, id, account, partition)) in cases {
-            let job = Job::find(&[], &[env(&pairs)]);
+            let job = Job::find(&[], &[env(&pairs)], ROOT);
             assert_eq!(
                 (
                     job.scheduler.as_str(),
@@ -275,7 +374,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ad = tmp.path().join(".job.ad");
         std::fs::write(&ad, "Owner = \"alice\"\nClusterId = 123\nProcId = 4\n").unwrap();
-        let job = Job::find(&[], &[env(&[("_CONDOR_JOB_AD", ad.to_str().unwrap())])]);
+        let job = Job::find(
+            &[],
+            &[env(&[("_CONDOR_JOB_AD", ad.to_str().unwrap())])],
+            ROOT,
+        );
         assert_eq!(
             (job.scheduler.as_str(), job.id.as_str()),
             ("htcondor", "123.4")
@@ -283,12 +386,12 @@ mod tests {
         // Another name, or a symlink to the ad, is not read.
         let other = tmp.path().join("shadow");
         std::fs::write(&other, "ClusterId = 1\nProcId = 2\n").unwrap();
-        assert_eq!(htcondor_job(other.to_str().unwrap()), None);
+        assert_eq!(htcondor_job(other.to_str().unwrap(), ROOT), None);
         let link_dir = tmp.path().join("l");
         std::fs::create_dir(&link_dir).unwrap();
         std::os::unix::fs::symlink(&other, link_dir.join(".job.ad")).unwrap();
         assert_eq!(
-            htcondor_job(link_dir.join(".job.ad").to_str().unwrap()),
+            htcondor_job(link_dir.join(".job.ad").to_str().unwrap(), ROOT),
             None
         );
     }
@@ -302,12 +405,46 @@ mod tests {
                 env(&[("SLURM_JOB_ID", &long)]),
                 env(&[("APPTAINER_CONTAINER", "/images/lolcow.sif")]),
             ],
+            ROOT,
         );
         assert_eq!(job.id.len(), MAX_VALUE);
         assert_eq!(job.image, "/images/lolcow.sif");
-        assert_eq!(
-            parse_environ(b"A=1\0B=x=y\0junk\0\xff=1\0"),
-            env(&[("A", "1"), ("B", "x=y")])
+        // Only the variables that name a job are kept; the first of a name counts; junk,
+        // entries that are not UTF-8 and entries longer than the buffer are skipped.
+        let e = Env::read(
+            &b"A=1\0SLURM_JOB_ID=x=y\0junk\0\xff=1\0SLURM_JOB_ID=2\0PBS_JOBID=\xff\0LSB_JOBID=9"[..],
         );
+        assert_eq!(e.value(Var::SlurmJobId), "x=y");
+        assert_eq!(e.value(Var::PbsJobid), "");
+        assert_eq!(e.value(Var::LsbJobid), "9");
+        let mut big = b"FLUX_JOB_ID=".to_vec();
+        big.extend(std::iter::repeat_n(b'f', ENTRY_MAX * 3));
+        big.extend_from_slice(b"\0PBS_JOBID=12\0");
+        let e = Env::read(&big[..]);
+        assert_eq!(
+            (e.value(Var::FluxJobId), e.value(Var::PbsJobid)),
+            ("", "12")
+        );
+    }
+
+    /// Read a byte at a time: entries that straddle reads are whole.
+    #[test]
+    fn environ_read_in_pieces() {
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = *first;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let e = Env::read(Trickle(
+            b"HOME=/x\0SLURM_JOB_ID=77\0APPTAINER_CONTAINER=/i.sif",
+        ));
+        assert_eq!(e.value(Var::SlurmJobId), "77");
+        assert_eq!(e.value(Var::ApptainerContainer), "/i.sif");
     }
 }

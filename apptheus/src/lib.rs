@@ -7,6 +7,7 @@
 //! and the last minutes of each container into `history`, for `http`'s page and JSON.
 //! `docs/architecture.md` draws the two data paths.
 pub mod accept;
+pub mod asuser;
 pub mod cgroup;
 pub mod cli;
 pub mod collectors;
@@ -27,6 +28,7 @@ pub mod privacy;
 pub mod recovery;
 pub mod registry;
 pub mod sampler;
+pub mod signals;
 pub mod state;
 pub mod summary;
 pub mod telemetry;

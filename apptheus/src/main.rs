@@ -1,7 +1,9 @@
 //! `apptheus`: the daemon.
 use std::process::ExitCode;
 
-use apptheus::{cli::Args, daemon, gateway::Trust, privacy::Privacy, telemetry, webconfig::Web};
+use apptheus::{
+    cli::Args, daemon, gateway::Trust, privacy::Privacy, signals, telemetry, webconfig::Web,
+};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
@@ -13,6 +15,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    // No terminal, before any thread starts (see `signals`).
+    signals::detach();
     if let Err(e) = telemetry::init(args.log_level, args.log_format) {
         eprintln!("apptheus: {e:#}");
         return ExitCode::from(1);

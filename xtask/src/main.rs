@@ -225,7 +225,35 @@ fn run(release: bool, mut args: Vec<String>) -> Result<()> {
     if !is_root() {
         println!("apptheus needs root: running it through sudo");
     }
-    status(sudo(&daemon.to_string_lossy()).args(&args))
+    run_until_interrupted(sudo(&daemon.to_string_lossy()).args(&args))
+}
+
+/// Run the daemon until it exits; ^C (or SIGTERM, SIGHUP) here stops it with SIGTERM. The
+/// daemon leaves this terminal at start (a root daemon must not take a terminal's signals), so
+/// the terminal's ^C reaches only this process, which passes it on as root's kill.
+fn run_until_interrupted(cmd: &mut Command) -> Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
+    let mut stop = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stop.add(s);
+    }
+    // Blocked here and in the thread below (the daemon starts with none blocked: std resets
+    // the mask in the child), taken by sigwait.
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stop), None)?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    std::thread::spawn(move || {
+        if stop.wait().is_ok() {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+    });
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
 }
 
 fn test(args: Vec<String>, vm: bool) -> Result<()> {

@@ -19,6 +19,7 @@ pub struct Peer {
     /// Its real uid: the user who ran it. A set-uid launcher (Apptainer's `starter-suid`)
     /// runs with an effective uid of 0, which SO_PEERCRED reports.
     pub uid: u32,
+    /// Its real gid (with `uid`, what a file its environment names is read as).
     pub gid: u32,
     /// What `/proc/<pid>/exe` resolved to (" (deleted)" included, if so).
     pub exe_path: PathBuf,
@@ -45,13 +46,13 @@ impl Peer {
             return Err(log.refuse(Rejection::Vanished, pid, uid, "", ""));
         };
         // Read by pid: `verify` checks afterwards, through the pidfd, that it was the peer's.
-        let Some(uid) = real_uid(pid) else {
+        let Some((uid, gid)) = real_ids(pid) else {
             return Err(log.refuse(Rejection::Vanished, pid, uid, "", ""));
         };
         Ok(Peer {
             pid,
             uid,
-            gid: cred.gid(),
+            gid,
             exe_path,
             pidfd,
         })
@@ -83,10 +84,11 @@ impl Peer {
     }
 }
 
-/// The real uid of `pid`, from the first field of the `Uid:` line of its status.
-fn real_uid(pid: i32) -> Option<u32> {
+/// The real uid and gid of `pid`, from the first fields of the `Uid:` and `Gid:` lines of its
+/// status.
+fn real_ids(pid: i32) -> Option<(u32, u32)> {
     let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
-    Some(status.ruid)
+    Some((status.ruid, status.rgid))
 }
 
 /// A pidfd of the peer: SO_PEERPIDFD (Linux 6.5+) names the very process that connected; older

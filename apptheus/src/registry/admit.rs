@@ -70,10 +70,20 @@ impl Registry {
         if !st.admission_rate(uid, limits.admissions_per_second, limits.admission_burst) {
             return Err(AdmitError::Limit("--gateway.admission-rate-per-user"));
         }
-        // An ended container of a recycled pid may still be retained under the same id.
-        if st.containers.values().any(|c| c.identity.id == id) {
-            st.containers
-                .retain(|_, c| c.identity.id != id || c.ended.is_none());
+        // An ended container of a recycled pid may still be retained under the same id (the
+        // id is the contract's `<exe>_<pid>`; keys never repeat): the new one takes its place,
+        // and it is forgotten everywhere, in the kernel's maps too, as at the end of its
+        // retention. Its directories are the new one's now.
+        let recycled: Vec<u64> = st
+            .containers
+            .iter()
+            .filter(|(_, c)| c.identity.id == id && c.ended.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in recycled {
+            st.containers.remove(&key);
+            st.changed();
+            self.forget_in_tracker(key);
         }
         st.next_key += 1;
         let key = st.next_key;
@@ -115,6 +125,8 @@ impl Registry {
             Ok(t) => t,
             Err(e) => {
                 self.state().containers.remove(&key);
+                // Whatever a failed registration left in the kernel's maps goes with it.
+                let _ = self.tracker.unregister(key);
                 if !matches!(
                     e,
                     tracker::Error::Exited { .. } | tracker::Error::AlreadyTracked { .. }
@@ -144,8 +156,17 @@ impl Registry {
             .into_iter()
             .map(|(_, dir)| dir)
             .collect();
-        // Environments are read by pid: they only ever become labels.
-        let environs: Vec<_> = pids.iter().take(8).map(|&p| job::environ(p)).collect();
+        // Environments are read by pid, and kept only if the process is still the one held:
+        // they only ever become labels. Only the variables naming a job are kept of them.
+        let environs: Vec<job::Env> = tracked
+            .members
+            .iter()
+            .take(8)
+            .filter_map(|p| {
+                let env = job::environ(p.pid());
+                p.alive().then_some(env)
+            })
+            .collect();
         // The one place an admitted container's identity is made: published as it will be seen
         // everywhere (series, state file, log lines).
         let privacy = &self.cfg.privacy;
@@ -155,7 +176,7 @@ impl Registry {
             &peer.exe_path.to_string_lossy(),
             cgroup.rel_path(),
         );
-        let mut job = Job::find(&launcher_dirs, &environs);
+        let mut job = Job::find(&launcher_dirs, &environs, (peer.uid, peer.gid));
         // An image in a user's home names them.
         job.image = privacy.path(&job.image, Some(peer.uid));
         let identity = Arc::new(Identity {

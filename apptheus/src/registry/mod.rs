@@ -489,10 +489,8 @@ impl Registry {
             }
             (expired, std::mem::take(&mut st.to_remove))
         };
-        for key in &done {
-            if let Err(e) = self.tracker.unregister(*key) {
-                tracing::warn!(error = %e, "forgetting a container in the tracker");
-            }
+        for key in done {
+            self.forget_in_tracker(key);
         }
         let before = to_remove.len();
         to_remove.retain(|cg| match cg.remove() {
@@ -507,6 +505,15 @@ impl Registry {
         st.to_remove.extend(to_remove);
         if removed_any {
             remove_empty_parents(&mut st.made_parents);
+        }
+    }
+
+    /// Forget a container that the registry has forgotten in the tracker too (its entries in
+    /// the kernel's maps): every path that drops a container comes here, or the maps, sized
+    /// for the limits, fill with entries nobody holds.
+    fn forget_in_tracker(&self, key: u64) {
+        if let Err(e) = self.tracker.unregister(key) {
+            tracing::warn!(error = %e, "forgetting a container in the tracker");
         }
     }
 

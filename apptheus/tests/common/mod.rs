@@ -518,13 +518,23 @@ fn spawn_daemon(
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(exe)
-        .args(args)
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn apptheus")
+        .stderr(log);
+    // As systemd starts a service: the leader of a session of its own, with no terminal (the
+    // state in which opening a terminal would make it the daemon's).
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().expect("spawn apptheus")
 }
 
 /// Directories named `name` anywhere under `root` (cgroup trees are shallow here).
