@@ -9,8 +9,9 @@
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use crate::{
+    cgroup::ContainerCgroup,
     container::{Identity, from_unix_seconds, pid_of_id, unix_seconds, user_name},
-    pidfd::Process,
+    pidfd::{Pidfd, Process},
     privacy::Privacy,
     registry::Registry,
     state::SavedContainer,
@@ -62,7 +63,10 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
             );
             continue;
         }
-        let procs = cgroup.procs();
+        let listed = cgroup.procs();
+        testhook::pause(testhook::Point::Hold, &listed);
+        let roots = hold(&cgroup, &listed);
+        let procs: Vec<i32> = roots.iter().map(Process::pid).collect();
         let privacy = &registry.config().privacy;
         let (identity, end_time) = match saved {
             // A state file written with --privacy.hash-salt-file off holds clear values.
@@ -70,10 +74,10 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
             None => (guess(&rel, &procs, privacy), None),
         };
         let key = registry.next_key();
-        let members = if procs.is_empty() {
+        let members = if roots.is_empty() {
             Vec::new()
         } else {
-            match registry.tracker().readopt(&procs, key) {
+            match registry.tracker().readopt(roots, key) {
                 Ok(t) => t.members,
                 Err(e) => {
                     tracing::error!(container = identity.id.as_str(), error = %e, "cannot track a re-adopted container's processes");
@@ -118,6 +122,19 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         registry.restore(key, identity, Arc::new(cgroup), end_time);
     }
     recovery
+}
+
+/// The processes `listed` in `cgroup`, each held by a pidfd before it is trusted: a pid is
+/// held, then must be listed in the cgroup again while the pidfd shows its process alive. A
+/// process that took a listed pid in between (its owner died) is elsewhere, and not taken.
+fn hold(cgroup: &ContainerCgroup, listed: &[i32]) -> Vec<Process> {
+    let mut held: Vec<Process> = listed
+        .iter()
+        .filter_map(|&pid| Some(Process::new(pid, Pidfd::open(pid).ok()??)))
+        .collect();
+    let again = cgroup.procs();
+    held.retain(|p| again.contains(&p.pid()) && p.alive());
+    held
 }
 
 /// The identity of a container found in the cgroup tree but not in the state file: the exe and

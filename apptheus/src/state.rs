@@ -27,6 +27,9 @@ const LOCK_NAME: &str = "lock";
 const VERSION: u32 = 1;
 /// A state file larger than this is not ours (the limit of containers times a generous entry).
 const MAX_BYTES: u64 = 64 << 20;
+/// Longest container cgroup path an entry may hold: a launcher's (bounded at admission) with
+/// the parent and the id below it.
+const MAX_CGROUP: usize = crate::cgroup::MAX_CGROUP_PATH + 2 * 256;
 
 /// One container as a previous run knew it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,44 +48,68 @@ pub struct SavedContainer {
     pub adopted: Vec<PathBuf>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Document {
+#[derive(Serialize)]
+struct Document<'a> {
     version: u32,
-    containers: Vec<SavedContainer>,
+    containers: &'a [SavedContainer],
+}
+
+/// A document as read: its entries are taken one by one (see `parse`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Read {
+    version: u32,
+    containers: Vec<serde_json::Value>,
 }
 
 /// Parse a state file's bytes. Every entry is checked, so that nothing in it can make the daemon
-/// touch a path outside the cgroup tree or export a malformed label.
+/// touch a path outside the cgroup tree or export a malformed label. An entry that is not valid
+/// is skipped (and logged): one container's entry never costs the others theirs.
 pub fn parse(bytes: &[u8]) -> Result<Vec<SavedContainer>> {
-    let doc: Document = serde_json::from_slice(bytes).context("not a valid state document")?;
+    let doc: Read = serde_json::from_slice(bytes).context("not a valid state document")?;
     if doc.version != VERSION {
         bail!(
             "state file version {} (this daemon writes version {VERSION})",
             doc.version
         );
     }
-    for (i, c) in doc.containers.iter().enumerate() {
-        check(c).with_context(|| format!("container entry {i} ({:?})", c.identity.id))?;
-    }
-    Ok(doc.containers)
+    Ok(doc
+        .containers
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, value)| match entry(value) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(entry = i, error = %format!("{e:#}"), "state file entry unusable: skipped");
+                None
+            }
+        })
+        .collect())
+}
+
+/// One entry of the state file, checked.
+fn entry(value: serde_json::Value) -> Result<SavedContainer> {
+    let c: SavedContainer = serde_json::from_value(value).context("not a container entry")?;
+    check(&c).with_context(|| format!("container {:?}", c.identity.id))?;
+    Ok(c)
 }
 
 /// Render the state file's bytes (the inverse of `parse`).
 pub fn render(containers: &[SavedContainer]) -> Vec<u8> {
-    let mut doc = Document {
-        version: VERSION,
-        containers: containers.to_vec(),
-    };
+    let mut containers = containers.to_vec();
     // Serializing plain strings and numbers cannot fail; non-finite floats become null, which
     // `parse` then refuses, so they are replaced first.
-    for c in &mut doc.containers {
+    for c in &mut containers {
         if !c.identity.start_time.is_finite() {
             c.identity.start_time = 0.0;
         }
         c.end_time = c.end_time.filter(|t| t.is_finite());
     }
-    serde_json::to_vec(&doc).unwrap_or_default()
+    serde_json::to_vec(&Document {
+        version: VERSION,
+        containers: &containers,
+    })
+    .unwrap_or_default()
 }
 
 fn check(saved: &SavedContainer) -> Result<()> {
@@ -97,14 +124,17 @@ fn check(saved: &SavedContainer) -> Result<()> {
     // has the name the batch system gave it.
     let parts: Vec<&str> = c.cgroup.split('/').collect();
     if !c.cgroup.starts_with('/')
-        || c.cgroup.contains(['\0', '\n'])
+        || c.cgroup.len() > MAX_CGROUP
+        || c.cgroup.chars().any(char::is_control)
         || parts.iter().skip(1).any(|p| !plain_name(p))
         || (saved.adopted.is_empty() && parts.last() != Some(&c.id.as_str()))
     {
         bail!("bad cgroup path {:?}", c.cgroup);
     }
     let absolute_plain = |p: &PathBuf| {
-        p.is_absolute()
+        p.as_os_str().len() <= 4096
+            && !p.to_string_lossy().chars().any(char::is_control)
+            && p.is_absolute()
             && p.components().all(|c| {
                 matches!(
                     c,
@@ -112,11 +142,12 @@ fn check(saved: &SavedContainer) -> Result<()> {
                 )
             })
     };
-    if !saved
-        .adopted
-        .iter()
-        .chain(&saved.made_parents)
-        .all(absolute_plain)
+    if saved.adopted.len() + saved.made_parents.len() > 64
+        || !saved
+            .adopted
+            .iter()
+            .chain(&saved.made_parents)
+            .all(absolute_plain)
     {
         bail!("bad directory");
     }
@@ -326,7 +357,9 @@ mod tests {
             let mut text = String::from_utf8(render(&[c])).unwrap();
             // render() cleans times; put a bad one back by hand where the test needs it.
             text = text.replace("\"start_time\":0.0", "\"start_time\":null");
-            parse(text.as_bytes())
+            // A bad entry is skipped, not fatal.
+            let mut entries = parse(text.as_bytes()).unwrap();
+            entries.pop().ok_or(())
         };
         assert!(with(&|c| c.identity.cgroup = "/x/../../etc/a_1".into()).is_err());
         assert!(with(&|c| c.identity.cgroup = "relative/a_1".into()).is_err());
@@ -347,6 +380,23 @@ mod tests {
         assert!(with(&|c| c.identity.start_time = 1e300).is_err());
         assert!(with(&|c| c.end_time = Some(-5.0)).is_err());
         assert!(with(&|_| {}).is_ok());
+        assert!(with(&|c| c.identity.cgroup = format!("/{}/a_1", "x".repeat(2000))).is_err());
+        assert!(with(&|c| c.identity.cgroup = "/x\u{1b}[31m/a_1".into()).is_err());
+    }
+
+    /// One entry no daemon would write (a user-made path with a line break, say) costs only
+    /// itself: the other containers keep their identities across a restart.
+    #[test]
+    fn a_bad_entry_is_skipped_and_the_others_kept() {
+        let mut bad = entry("b_2");
+        bad.identity.cgroup = "/user/x\ny/apptheus/b_2".into();
+        let text = render(&[entry("a_1"), bad, entry("c_3")]);
+        let ids: Vec<String> = parse(&text)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.identity.id)
+            .collect();
+        assert_eq!(ids, ["a_1", "c_3"]);
     }
 
     #[test]

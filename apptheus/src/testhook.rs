@@ -10,6 +10,8 @@ pub enum Point {
     Decision,
     /// After processes were tracked and before they are moved into their cgroup (`MOVE`).
     Move,
+    /// At a restart, between listing a container's processes and holding them (`HOLD`).
+    Hold,
 }
 
 impl Point {
@@ -17,6 +19,7 @@ impl Point {
         match self {
             Point::Decision => "APPTHEUS_TEST_DECISION_DELAY_MS",
             Point::Move => "APPTHEUS_TEST_MOVE_DELAY_MS",
+            Point::Hold => "APPTHEUS_TEST_HOLD_DELAY_MS",
         }
     }
 }
@@ -24,7 +27,7 @@ impl Point {
 fn delays() -> &'static HashMap<Point, Duration> {
     static DELAYS: OnceLock<HashMap<Point, Duration>> = OnceLock::new();
     DELAYS.get_or_init(|| {
-        [Point::Decision, Point::Move]
+        [Point::Decision, Point::Move, Point::Hold]
             .into_iter()
             .filter_map(|p| {
                 let ms: u64 = std::env::var(p.var()).ok()?.parse().ok()?;

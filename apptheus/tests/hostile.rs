@@ -622,3 +622,120 @@ fn a_launcher_that_talks_too_much_is_disconnected_and_its_container_lives_on() {
     w.go();
     w.wait();
 }
+
+/// The workload as `uid`, waiting for a line before it connects (a test sees its pid first),
+/// then for another before it exits.
+fn user_launcher(d: &Daemon, uid: u32) -> Workload {
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Workload::spawn_cmd(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(workload_bin())
+            .args(["wait", &connect(d), "ready", "wait"]),
+    )
+}
+
+/// A workload that `spawn` made, and that got `pid` (the kernel's last pid set just before
+/// each try; one that missed is ended by its Drop, before it connects).
+fn steered(pid: i32, spawn: impl Fn() -> Workload) -> Workload {
+    for _ in 0..500 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("write /proc/sys/kernel/ns_last_pid");
+        let w = spawn();
+        if w.pid() == pid {
+            return w;
+        }
+    }
+    panic!("could not make a launcher take pid {pid} (the machine forks too much)");
+}
+
+#[test]
+fn a_recycled_container_id_leaks_no_kernel_map_entry() {
+    let _alone = alone();
+    // The kernel's maps have room for 2 live and 1 retained containers.
+    let d = daemon(
+        &[
+            "--gateway.max-containers=2",
+            "--container.max-retained=1",
+            "--container.retention=1h",
+        ],
+        &[],
+    );
+    let uid = 64_041;
+    // A user's launcher ends (its container is retained), then the user steers a new one
+    // onto its pid: the same container id, again and again.
+    let mut pid = None;
+    for round in 0..4 {
+        let mut l = match pid {
+            None => user_launcher(&d, uid),
+            Some(p) => steered(p, || user_launcher(&d, uid)),
+        };
+        let id = format!("container=workload_{}", l.pid());
+        let from = d.log_text().len();
+        l.go();
+        l.ready();
+        let started = eventually(Duration::from_secs(30), || {
+            let log = d.log_text();
+            let tail = log.get(from..)?;
+            tail.lines()
+                .find(|x| {
+                    x.contains(&id) && (x.contains("container started") || x.contains("refused"))
+                })
+                .map(str::to_string)
+        });
+        assert!(
+            started
+                .as_deref()
+                .is_some_and(|l| l.contains("container started")),
+            "round {round}: the user's launcher was not admitted:\n{}",
+            d.log_text()
+        );
+        l.go();
+        l.wait();
+        wait_log(&d, from, &["container ended", &id]);
+        pid = Some(l.pid());
+    }
+    // Root's launcher is still admitted.
+    let mut root = Workload::spawn(&[&connect(&d), "ready", "wait"]);
+    root.ready();
+    wait_log(
+        &d,
+        0,
+        &["container started", &format!("workload_{}", root.pid())],
+    );
+}
+
+#[test]
+fn a_recycled_pid_is_never_held_at_a_restart() {
+    let _alone = alone();
+    let mut d = daemon(&[], &[]);
+    let mut w = Workload::spawn(&["sleeper", &connect(&d), "ready", "wait"]);
+    let victim = printed_pid(&mut w, "sleeper");
+    w.ready();
+    let id = format!("workload_{}", w.pid());
+    wait_log(&d, 0, &["container started", &id]);
+    eventually(Duration::from_secs(5), || {
+        cgroups(victim).contains(&id).then_some(())
+    })
+    .expect("the sleeper is in the container");
+    d.kill9();
+    // At the restart the daemon lists the container's processes, and before it holds them the
+    // sleeper dies and a process outside the container takes its pid.
+    let from = d.respawn_env(&[("APPTHEUS_TEST_HOLD_DELAY_MS", "3000")]);
+    wait_log(
+        &d,
+        from,
+        &["test hook: pausing", "point=Hold", &format!("{victim}")],
+    );
+    let foreign = Foreign::take(victim);
+    d.wait_ready(from);
+    // The launcher alone is the container's: the foreign process is neither tracked nor moved.
+    let readopted = wait_log(&d, from, &["container re-adopted", &id]);
+    assert!(readopted.contains("processes=1"), "{readopted}");
+    foreign.assert_not_moved(&d, &id);
+}

@@ -13,6 +13,13 @@ const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
 /// Bounds the directory walks of `open` and `list`: cgroup trees are shallow, and a bound keeps
 /// a pathological tree from recursing without end.
 const MAX_WALK_DEPTH: usize = 32;
+/// Longest cgroup path of a launcher that is taken, in bytes. A user names the directories of a
+/// cgroup delegated to them, and the path goes into the state file, the labels and the log
+/// lines of every container made there: batch systems' paths are a few dozen bytes (Slurm,
+/// systemd scopes, Kubernetes pods: under 250).
+pub const MAX_CGROUP_PATH: usize = 512;
+/// Most of a /proc/<pid>/cgroup that is read (a line per hierarchy, each path bounded above).
+const MAX_PROC_CGROUP: u64 = 64 << 10;
 
 /// How the host's cgroups are organised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,9 +241,9 @@ impl Layout {
     /// The cgroups of process `pid` (read from /proc by number: the caller checks afterwards
     /// that its pidfd still shows the same process alive).
     pub fn launcher(&self, pid: i32) -> Result<Launcher, Error> {
-        Ok(Launcher {
-            entries: read_proc_cgroup(pid)?,
-        })
+        let entries = read_proc_cgroup(pid)?;
+        check_launcher_paths(&entries)?;
+        Ok(Launcher { entries })
     }
 
     /// The launcher's cgroup path in each hierarchy that has a line for it.
@@ -261,6 +268,27 @@ impl Launcher {
     pub(super) fn path_in(&self, hierarchy: &Hierarchy) -> Result<&str, Error> {
         hierarchy.path_in(&self.entries)
     }
+}
+
+/// A launcher's cgroup paths are a user's words: refuse one longer than `MAX_CGROUP_PATH` or
+/// with control characters, and a hierarchy listed twice (a directory name with a line break
+/// in it makes /proc/<pid>/cgroup show a line of the user's choosing).
+fn check_launcher_paths(entries: &[parse::ProcCgroup]) -> Result<(), Error> {
+    let mut seen = std::collections::HashSet::new();
+    for e in entries {
+        if e.path.len() > MAX_CGROUP_PATH || e.path.chars().any(char::is_control) {
+            return Err(Error::Invalid(format!(
+                "the launcher's cgroup path is longer than {MAX_CGROUP_PATH} bytes or has control characters"
+            )));
+        }
+        if !seen.insert(e.hierarchy_id) {
+            return Err(Error::Invalid(format!(
+                "the launcher's /proc cgroup list names hierarchy {} twice (a cgroup name with a line break?)",
+                e.hierarchy_id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Calls `visit` for every directory below `dir` (not `dir` itself), depth first.
@@ -315,8 +343,12 @@ pub(super) fn check_name(name: &str) -> Result<(), Error> {
 
 /// The cgroups of process `pid`, as /proc/<pid>/cgroup lists them.
 pub(super) fn read_proc_cgroup(pid: i32) -> Result<Vec<parse::ProcCgroup>, Error> {
+    use std::io::Read as _;
     let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let text = fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let mut text = String::new();
+    fs::File::open(&path)
+        .and_then(|f| f.take(MAX_PROC_CGROUP).read_to_string(&mut text))
+        .map_err(|e| Error::io("reading", &path, e))?;
     parse::parse_proc_cgroup(&text)
         .map_err(|e| Error::Invalid(format!("parsing {}: {e:#}", path.display())))
 }

@@ -32,7 +32,7 @@ mod host_tests;
 use std::{io, path::Path};
 
 pub use container::{ContainerCgroup, Moved};
-pub use layout::{Launcher, Layout, Mode, Version};
+pub use layout::{Launcher, Layout, MAX_CGROUP_PATH, Mode, Version};
 pub use stats::{MemoryEvents, Pressure, Probe, Reader, Stats, Throttling};
 
 /// Where a container's cgroup is made.

@@ -116,6 +116,11 @@ impl Tracker {
                 if seen.contains(&pid) {
                     continue;
                 }
+                // Within a scan too: a tree of many thousands costs a pidfd, a stat and a map
+                // insert each; what is left is adopted at the walk's next turn.
+                if start.elapsed() > MAX_WALK {
+                    return Ok(false);
+                }
                 let Some(process) = open_as_found(pid, ino)? else {
                     continue;
                 };

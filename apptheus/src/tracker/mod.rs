@@ -167,18 +167,10 @@ impl Tracker {
         Ok(tracked)
     }
 
-    /// Track again, after a daemon restart, the processes `pids` found in a container's cgroup,
-    /// and their descendants, under a new `key`. Processes that exited meanwhile are skipped;
-    /// no member means none is left (the key stays registered, with no live process).
-    pub fn readopt(&self, pids: &[i32], key: u64) -> Result<Tracked, Error> {
-        let mut roots = Vec::new();
-        for &pid in pids {
-            if let Some(fd) =
-                Pidfd::open(pid).map_err(|e| Error::io(format!("pidfd_open({pid})"), e))?
-            {
-                roots.push(Process::new(pid, fd));
-            }
-        }
+    /// Track again, after a daemon restart, the processes `roots` found in a container's
+    /// cgroup (held: see `cgroup::ContainerCgroup::hold_procs`), and their descendants, under a
+    /// new `key`. No member means none is left (the key stays registered, with no live process).
+    pub fn readopt(&self, roots: Vec<Process>, key: u64) -> Result<Tracked, Error> {
         let tracked = self.track(roots, key, None)?;
         self.maps().publish_adopted(key);
         Ok(tracked)
