@@ -10,10 +10,21 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Mount tracefs at /sys/kernel/tracing unless it is there already. Returns whether it mounted.
 pub fn ensure_tracefs() -> Result<bool> {
-    if Path::new(TRACEFS).join("events").is_dir() {
+    if mounted() {
         return Ok(false);
     }
-    nix::mount::mount(
+    mount_tracefs()
+}
+
+fn mounted() -> bool {
+    Path::new(TRACEFS).join("events").is_dir()
+}
+
+/// Mount tracefs at `TRACEFS`. The kernel refuses the same filesystem twice on one mount point
+/// (EBUSY): whoever mounted it since `mounted()` looked (a daemon starting beside this one, the
+/// host's mount unit at boot) did this step first, and that is success.
+fn mount_tracefs() -> Result<bool> {
+    match nix::mount::mount(
         Some("tracefs"),
         TRACEFS,
         Some("tracefs"),
@@ -21,13 +32,18 @@ pub fn ensure_tracefs() -> Result<bool> {
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
-    )
-    .with_context(|| format!("tracefs is not mounted and mounting it at {TRACEFS} failed"))?;
-    tracing::info!(
-        path = TRACEFS,
-        "mounted tracefs (the tracepoints' formats and ids live there)"
-    );
-    Ok(true)
+    ) {
+        Ok(()) => {
+            tracing::info!(
+                path = TRACEFS,
+                "mounted tracefs (the tracepoints' formats and ids live there)"
+            );
+            Ok(true)
+        }
+        Err(nix::errno::Errno::EBUSY) if mounted() => Ok(false),
+        Err(e) => Err(e)
+            .with_context(|| format!("tracefs is not mounted and mounting it at {TRACEFS} failed")),
+    }
 }
 
 fn read_format(category: &str, event: &str) -> Result<format::Format> {
@@ -78,4 +94,18 @@ fn exit_code_offset() -> Result<u32> {
         anyhow::bail!("task_struct.exit_code has size {}, expected 4", m.size);
     }
     Ok(m.offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race of two daemons starting on a fresh host, made certain: this one found tracefs
+    /// missing, the other mounted it, then this one mounts.
+    #[test]
+    fn a_mount_someone_else_did_first_is_success() {
+        ensure_tracefs().unwrap();
+        assert!(mounted());
+        assert!(!mount_tracefs().unwrap());
+    }
 }
