@@ -146,11 +146,12 @@ pub struct Args {
     pub gateway_max_containers_per_user: usize,
 
     /// Containers one user may start per second (sustained); see
-    /// --gateway.admission-burst-per-user.
+    /// --gateway.admission-burst-per-user. Launchers beyond it wait their turn (see
+    /// --gateway.admission-max-wait).
     #[arg(
         long = "gateway.admission-rate-per-user",
         value_name = "PER_SECOND",
-        default_value = "20",
+        default_value = "50",
         value_parser = parse_rate
     )]
     pub gateway_admission_rate_per_user: f64,
@@ -159,10 +160,20 @@ pub struct Args {
     #[arg(
         long = "gateway.admission-burst-per-user",
         value_name = "COUNT",
-        default_value = "200",
+        default_value = "256",
         value_parser = parse_count::<u32>
     )]
     pub gateway_admission_burst_per_user: u32,
+
+    /// Longest a launcher over its user's admission rate waits for its turn; one that would
+    /// wait longer is refused at once.
+    #[arg(
+        long = "gateway.admission-max-wait",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub gateway_admission_max_wait: Duration,
 
     /// Ended containers kept for --container.retention, in all; beyond it the oldest are
     /// forgotten early.
@@ -637,8 +648,9 @@ mod tests {
         assert_eq!(args.container_retention, Duration::from_secs(120));
         assert_eq!(args.gateway_max_containers, 4096);
         assert_eq!(args.gateway_max_containers_per_user, 1024);
-        assert_eq!(args.gateway_admission_rate_per_user, 20.0);
-        assert_eq!(args.gateway_admission_burst_per_user, 200);
+        assert_eq!(args.gateway_admission_rate_per_user, 50.0);
+        assert_eq!(args.gateway_admission_burst_per_user, 256);
+        assert_eq!(args.gateway_admission_max_wait, Duration::from_secs(30));
         assert_eq!(args.container_max_retained, 4096);
         assert_eq!(args.container_max_retained_per_user, 1024);
         assert_eq!(args.container_summary_file, None);

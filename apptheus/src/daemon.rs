@@ -173,6 +173,7 @@ fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
             retained_per_user: args.container_max_retained_per_user,
             admissions_per_second: args.gateway_admission_rate_per_user,
             admission_burst: args.gateway_admission_burst_per_user,
+            admission_max_wait: args.gateway_admission_max_wait,
         },
         network: args
             .collector_disable

@@ -739,3 +739,61 @@ fn a_recycled_pid_is_never_held_at_a_restart() {
     assert!(readopted.contains("processes=1"), "{readopted}");
     foreign.assert_not_moved(&d, &id);
 }
+
+#[test]
+fn a_job_array_of_600_is_delayed_not_dropped_and_others_go_by() {
+    let _alone = alone();
+    // Default admission limits: a burst of 256, then 50 a second, waiting up to 30 s.
+    let d = daemon(&[], &[]);
+    let (array, other) = (64_051, 64_052);
+    let mut launchers: Vec<Workload> = (0..600).map(|_| user_launcher(&d, array)).collect();
+    for l in &mut launchers {
+        l.go();
+    }
+    // While the array's launchers wait for their turns, another user's is admitted at once.
+    let mut theirs = user_launcher(&d, other);
+    let from = d.log_text().len();
+    let t = Instant::now();
+    theirs.go();
+    wait_log(
+        &d,
+        from,
+        &["container started", &format!("workload_{}", theirs.pid())],
+    );
+    let other_waited = t.elapsed();
+    println!("another user's launcher admitted in {other_waited:?} during the array's burst");
+    assert!(
+        other_waited < Duration::from_secs(1),
+        "another user's launcher waited {other_waited:?} behind a job array"
+    );
+    // All 600 are admitted: none refused.
+    let all = eventually(Duration::from_secs(120), || {
+        let m = d.metrics();
+        (containers_of(&m, array) == 600).then_some(m)
+    });
+    let m = d.metrics();
+    assert!(
+        all.is_some(),
+        "{} of 600 launchers admitted, {} refused by limit:\n{}",
+        containers_of(&m, array),
+        rejections(&m, "limit"),
+        d.log_text()
+            .lines()
+            .filter(|l| l.contains("refused"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(rejections(&m, "limit"), 0.0);
+    let waited = sample(&m, "apptheus_gateway_admission_wait_seconds_count", "").unwrap_or(0.0);
+    let longest = m
+        .lines()
+        .filter(|l| l.starts_with("apptheus_gateway_admission_wait_seconds_bucket{"))
+        .find(|l| l.ends_with(" 601"))
+        .map(str::to_string);
+    println!(
+        "launchers that took a turn: {waited}; the first bucket holding them all: {longest:?}"
+    );
+    assert_eq!(waited, 601.0);
+    drop(launchers);
+}

@@ -160,6 +160,8 @@ impl Gateway {
             registry,
             metrics,
             refusals,
+            admitting: tokio::sync::Semaphore::new(MAX_PENDING_CONNECTIONS),
+            per_user: Default::default(),
         });
         let acceptor = Acceptor::new(
             self,
@@ -199,10 +201,21 @@ struct Admission {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     refusals: Refusals,
+    /// Admissions under way at once (blocking: cgroup files, a /proc walk), taken in order.
+    admitting: tokio::sync::Semaphore,
+    /// Per uid, its admissions under way or queued for `admitting`: at most
+    /// `ADMITTING_PER_USER` of them queue there, so another user's launcher waits behind a few
+    /// of a job array's, not all of them.
+    per_user: std::sync::Mutex<std::collections::HashMap<u32, Arc<tokio::sync::Semaphore>>>,
 }
 
+/// A user's admissions under way (or queued for one of the `MAX_PENDING_CONNECTIONS`) at once.
+const ADMITTING_PER_USER: usize = 4;
+
 impl Admission {
-    /// One connection, from accept to close.
+    /// One connection, from accept to close: identified and decided under its accept slot,
+    /// then it waits for its user's turn (holding no slot: other users' launchers go by), then
+    /// it is admitted and held.
     async fn connection(
         self: Arc<Self>,
         stream: UnixStream,
@@ -210,15 +223,19 @@ impl Admission {
         shutdown: CancellationToken,
     ) {
         let this = self.clone();
-        let decided = tokio::task::spawn_blocking(move || {
-            let admitted = this.admit(&stream);
-            (stream, admitted)
+        let identified = tokio::task::spawn_blocking(move || {
+            let peer = this.identify(&stream);
+            (stream, peer)
         })
         .await;
         // Identified: the next peer may be.
         drop(slot);
-        let Ok((stream, admitted)) = decided else {
+        let Ok((stream, peer)) = identified else {
             return;
+        };
+        let admitted = match peer {
+            Ok(peer) => self.clone().admit(peer, &shutdown).await,
+            Err(reason) => Err(reason),
         };
         match admitted {
             Ok(admitted) => {
@@ -239,14 +256,64 @@ impl Admission {
         }
     }
 
-    /// Identify the peer, decide, and make it a container (blocking).
-    fn admit(&self, stream: &UnixStream) -> Result<Admitted, Rejection> {
+    /// Identify the peer and decide whether it is trusted (blocking).
+    fn identify(&self, stream: &UnixStream) -> Result<Peer, Rejection> {
         let peer = Peer::identify(stream, &self.refusals)?;
         peer.verify(&self.trust, &self.refusals)?;
-        self.registry.admit(&peer).map_err(|e| {
-            let why = e.to_string();
-            peer.refuse(&self.refusals, e.into(), &why)
+        Ok(peer)
+    }
+
+    /// Wait for the trusted peer's turn under its user's admission rate, then make it a
+    /// container. A peer that exits meanwhile is refused as vanished by the admission.
+    async fn admit(
+        self: Arc<Self>,
+        peer: Peer,
+        shutdown: &CancellationToken,
+    ) -> Result<Admitted, Rejection> {
+        let wait = self
+            .registry
+            .admission_turn(peer.uid)
+            .map_err(|e| self.refuse(&peer, e))?;
+        if !wait.is_zero() {
+            tracing::debug!(
+                pid = peer.pid,
+                wait_seconds = wait.as_secs_f64(),
+                "launcher waits for its user's admission turn"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return Err(Rejection::Error),
+            }
+        }
+        self.metrics.admission_waited(wait);
+        let users = self.user_gate(peer.uid);
+        let (Ok(_user), Ok(_permit)) = (users.acquire().await, self.admitting.acquire().await)
+        else {
+            return Err(Rejection::Error);
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.registry
+                .admit(&peer)
+                .map_err(|e| this.refuse(&peer, e))
         })
+        .await
+        .unwrap_or(Err(Rejection::Error))
+    }
+
+    /// `uid`'s gate to the admissions (idle gates are dropped as others are made).
+    fn user_gate(&self, uid: u32) -> Arc<tokio::sync::Semaphore> {
+        let mut gates = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+        gates
+            .entry(uid)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ADMITTING_PER_USER)))
+            .clone()
+    }
+
+    fn refuse(&self, peer: &Peer, e: AdmitError) -> Rejection {
+        let why = e.to_string();
+        peer.refuse(&self.refusals, e.into(), &why)
     }
 }
 

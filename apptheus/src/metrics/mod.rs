@@ -32,6 +32,7 @@ pub struct Metrics {
     connections: IntCounterVec,
     rejections: IntCounterVec,
     pub sample_duration: Histogram,
+    admission_wait: Histogram,
     events_lost: IntCounter,
     walks_cut_short: IntCounter,
     snapshot: Mutex<Arc<Snapshot>>,
@@ -85,6 +86,13 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         )?;
+        let admission_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "apptheus_gateway_admission_wait_seconds",
+                "Time trusted launchers waited for their user's turn under --gateway.admission-rate-per-user before admission.",
+            )
+            .buckets(vec![0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )?;
         let events_lost = IntCounter::new(
             "apptheus_ebpf_events_lost_total",
             "Process events the eBPF programs could not hand to userspace (ring buffer full).",
@@ -105,6 +113,7 @@ impl Metrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(sample_duration.clone()))?;
+        registry.register(Box::new(admission_wait.clone()))?;
         registry.register(Box::new(events_lost.clone()))?;
         registry.register(Box::new(walks_cut_short.clone()))?;
         registry.register(Box::new(
@@ -116,6 +125,7 @@ impl Metrics {
             connections,
             rejections,
             sample_duration,
+            admission_wait,
             events_lost,
             walks_cut_short,
             snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new(), collectors))),
@@ -130,6 +140,11 @@ impl Metrics {
     pub fn rejected(&self, reason: Rejection) {
         self.connections.with_label_values(&["rejected"]).inc();
         self.rejections.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// A trusted launcher waited `wait` for its user's admission turn.
+    pub fn admission_waited(&self, wait: std::time::Duration) {
+        self.admission_wait.observe(wait.as_secs_f64());
     }
 
     /// The kernel's running total of lost events.

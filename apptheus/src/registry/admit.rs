@@ -33,7 +33,15 @@ impl Registry {
         let (id, exe) = Identity::id_of(&peer.exe_path, peer.pid);
         // Users are told apart by their uid as published: the same with or without
         // --privacy.hash-salt-file for a given uid, and what the state file keeps for a restart.
-        let key = self.reserve(&id, &self.cfg.privacy.uid(peer.uid))?;
+        let uid = self.cfg.privacy.uid(peer.uid);
+        let key = match self.reserve(&id, &uid) {
+            Ok(key) => key,
+            Err(e) => {
+                // Refused by a count: the admission turn it took is not spent.
+                self.state().give_back_turn(&uid);
+                return Err(e);
+            }
+        };
         let res = self.admit_reserved(peer, key, id, exe);
         let mut st = self.state();
         st.admitting.remove(&key);
@@ -66,9 +74,6 @@ impl Registry {
         }
         if users >= limits.containers_per_user {
             return Err(AdmitError::Limit("--gateway.max-containers-per-user"));
-        }
-        if !st.admission_rate(uid, limits.admissions_per_second, limits.admission_burst) {
-            return Err(AdmitError::Limit("--gateway.admission-rate-per-user"));
         }
         // An ended container of a recycled pid may still be retained under the same id (the
         // id is the contract's `<exe>_<pid>`; keys never repeat): the new one takes its place,

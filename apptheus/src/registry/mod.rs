@@ -56,9 +56,11 @@ pub struct Limits {
     /// oldest ended container is forgotten early.
     pub retained: usize,
     pub retained_per_user: usize,
-    /// Admissions per second per uid, with bursts of `admission_burst`.
+    /// Admissions per second per uid, with bursts of `admission_burst`; a launcher beyond them
+    /// waits its turn, up to `admission_max_wait`.
     pub admissions_per_second: f64,
     pub admission_burst: u32,
+    pub admission_max_wait: Duration,
 }
 
 /// Why a peer could not be made a container.
@@ -168,10 +170,13 @@ impl State {
         self.generation += 1;
     }
 
-    /// Take one admission of `uid`'s bucket, if there is one.
-    fn admission_rate(&mut self, uid: &str, per_second: f64, burst: u32) -> bool {
+    /// Take one admission of `uid`'s bucket: how long the launcher must wait for it (zero
+    /// while the burst lasts; past it, one `1/per_second` after the one before, in order of
+    /// arrival), or None if that is longer than `max_wait` (nothing is taken then).
+    fn admission_turn(&mut self, uid: &str, limits: &Limits) -> Option<Duration> {
+        let (per_second, max_wait) = (limits.admissions_per_second, limits.admission_max_wait);
         let now = Instant::now();
-        let burst = f64::from(burst.max(1));
+        let burst = f64::from(limits.admission_burst.max(1));
         // Full buckets carry no information: drop them so the table stays small.
         if self.admissions.len() > 4096 {
             self.admissions.retain(|_, (tokens, at)| {
@@ -182,13 +187,22 @@ impl State {
             .admissions
             .entry(uid.to_string())
             .or_insert((burst, now));
+        // Below zero: turns already promised to launchers that wait.
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        let wait = Duration::try_from_secs_f64(((1.0 - *tokens) / per_second).max(0.0))
+            .unwrap_or(Duration::MAX);
+        if wait > max_wait {
+            return None;
+        }
+        *tokens -= 1.0;
+        Some(wait)
+    }
+
+    /// A turn `admission_turn` gave that was not used for an admission.
+    fn give_back_turn(&mut self, uid: &str) {
+        if let Some((tokens, _)) = self.admissions.get_mut(uid) {
+            *tokens += 1.0;
         }
     }
 }
@@ -225,6 +239,18 @@ impl Registry {
 
     pub fn tracker(&self) -> &Tracker {
         &self.tracker
+    }
+
+    /// The turn of a launcher of `uid` under its user's admission rate: how
+    /// long it waits before `admit`. Launchers of one user take their turns in order; those of
+    /// other users are not held up by them.
+    pub fn admission_turn(&self, uid: u32) -> Result<Duration, AdmitError> {
+        // Users are told apart by their uid as published (see `admit`).
+        let uid = self.cfg.privacy.uid(uid);
+        let limits = self.cfg.limits.clone();
+        self.state()
+            .admission_turn(&uid, &limits)
+            .ok_or(AdmitError::Limit("--gateway.admission-rate-per-user"))
     }
 
     /// Wait until a container is admitted (one wake-up for any number since the last call).

@@ -44,7 +44,8 @@ pub fn workload_bin() -> PathBuf {
         "{} is missing: build it with `cargo build --examples`",
         p.display()
     );
-    p
+    // Run as the tests' unprivileged users too.
+    for_users(&p)
 }
 
 /// A running workload whose steps are driven through stdin/stdout.
@@ -203,7 +204,46 @@ pub fn bin(name: &str) -> PathBuf {
         "{} is missing: build it first (cargo xtask test does)",
         p.display()
     );
-    p
+    match name {
+        // Run by the tests' unprivileged users too.
+        "apptheus-exec" | "apptheus-top" => for_users(&p),
+        _ => p,
+    }
+}
+
+/// `binary` where any user can run it. The checkout may be private (a clone under root's home,
+/// or in a 0700 temporary directory), so the binaries that tests run as other users are hard
+/// links (or copies) in a directory of root's that anyone may enter: one per test process, in
+/// /tmp; those of test processes that have ended are removed.
+pub fn for_users(binary: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    static DIR: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut dir = DIR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = dir.get_or_insert_with(|| {
+        for e in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("apptheus-test-bins-"))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = PathBuf::from(format!("/tmp/apptheus-test-bins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("create the test binaries' directory in /tmp");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    });
+    let name = binary.file_name().expect("a binary's file name");
+    let reachable = dir.join(name);
+    if !reachable.exists() && std::fs::hard_link(binary, &reachable).is_err() {
+        std::fs::copy(binary, &reachable).expect("copy a binary for the tests' users");
+    }
+    reachable
 }
 
 /// How the tests talk to the daemon's HTTP server: plain HTTP by default; HTTPS and basic auth
