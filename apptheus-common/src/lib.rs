@@ -57,6 +57,13 @@ pub struct TracepointOffsets {
     /// `struct task_struct`: `int exit_code`, from the kernel's BTF, or [`NO_FIELD`] (exit codes
     /// not counted).
     pub task_exit_code: u32,
+    /// `struct task_struct`: `struct signal_struct *signal`, from the BTF; read only where
+    /// `exit_group_dead` is [`NO_FIELD`], or [`NO_FIELD`] itself.
+    pub task_signal: u32,
+    /// `struct signal_struct`: `atomic_t live` (the thread group's threads not yet exiting),
+    /// from the BTF, or [`NO_FIELD`]. With both, the exit hook knows the group is dead where the
+    /// tracepoint does not say (before 6.18); without, it takes the leader's exit for it.
+    pub signal_live: u32,
 }
 
 impl TracepointOffsets {
@@ -67,6 +74,8 @@ impl TracepointOffsets {
         exit_group_dead: NO_FIELD,
         mark_victim_pid: NO_FIELD,
         task_exit_code: NO_FIELD,
+        task_signal: NO_FIELD,
+        signal_live: NO_FIELD,
     };
 }
 

@@ -8,9 +8,10 @@
 //!   and reported. (`sched_process_fork` comes right after, but it has no clone flags and its
 //!   pids are thread ids: one program here does what two did.)
 //! - `sched/sched_process_exec` counts execs of tracked processes.
-//! - `sched/sched_process_exit` removes a tracked process when its thread group is gone, and
-//!   counts how it ended (its exit code, read from the task at a BTF offset): a non-zero code, a
-//!   signal, the OOM killer; the launcher's own status is kept for the container.
+//! - `sched/sched_process_exit` removes a tracked process when its thread group is gone (not
+//!   when its main thread exits: the others may run on, and fork), and counts how it ended (its
+//!   exit code, read from the task at a BTF offset): a non-zero code, a signal, the OOM killer;
+//!   the launcher's own status is kept for the container.
 //! - `oom/mark_victim` notes the thread the OOM killer chose (whichever limit it enforced: the
 //!   container's, an ancestor's, the host's), for the exit hook to attribute.
 //! - `cgroup_skb/ingress` and `cgroup_skb/egress`, attached to each container's cgroup v2
@@ -340,16 +341,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
             unsafe { add(&raw mut (*c).oom_kills, 1) };
         }
     }
-    let group_dead = offset!(exit_group_dead);
-    // The process is gone when its last thread exits (`group_dead`). Kernels without that field
-    // only tell us the leader exited, which is the best available signal there.
-    let process_gone = if group_dead == NO_FIELD {
-        tid == tgid
-    } else {
-        // SAFETY: offset from this kernel's format file.
-        unsafe { ctx.read_at::<u8>(group_dead as usize) }.is_ok_and(|v| v != 0)
-    };
-    if !process_gone {
+    if !group_dead(&ctx, tid == tgid) {
         return 0;
     }
     // Whoever removes the entry counts the exit, so it is counted once.
@@ -362,6 +354,39 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         emit(EventKind::Exit, key, tgid, 0, last_one(key));
     }
     0
+}
+
+/// Whether the exiting thread's group is dead, so the process is gone: the tracepoint's
+/// `group_dead` (6.18+); else whether the group's count of live threads is 0 (do_exit decrements
+/// it before this tracepoint, and the last thread takes it to 0; a thread exiting along with the
+/// last may read 0 too, and the removal from `TRACKED` counts the process once); else, where the
+/// kernel's BTF gave no offsets, the leader's exit (`leader`), though other threads may live on.
+fn group_dead(ctx: &TracePointContext, leader: bool) -> bool {
+    let at = offset!(exit_group_dead);
+    if at != NO_FIELD {
+        // SAFETY: offset from this kernel's format file.
+        return unsafe { ctx.read_at::<u8>(at as usize) }.is_ok_and(|v| v != 0);
+    }
+    let (signal_at, live_at) = (offset!(task_signal), offset!(signal_live));
+    if signal_at == NO_FIELD || live_at == NO_FIELD {
+        return leader;
+    }
+    // SAFETY: helper without preconditions; the result is only used as an address to read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: bpf_probe_read_kernel checks the address; the offset is this kernel's (BTF).
+    let signal =
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(signal_at as usize).cast::<u64>()) };
+    let Ok(signal) = signal else {
+        return leader;
+    };
+    let live = (signal as *const u8)
+        .wrapping_add(live_at as usize)
+        .cast::<i32>();
+    // SAFETY: as above: a checked read at this kernel's offset into the task's signal_struct.
+    match unsafe { bpf_probe_read_kernel(live) } {
+        Ok(live) => live == 0,
+        Err(_) => leader,
+    }
 }
 
 /// Whether `key` has no tracked process left: its counters' `live` (what the programs added,

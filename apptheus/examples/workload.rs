@@ -29,6 +29,9 @@
 //! - `exit:CODE`: exit with CODE.
 //! - `env-bomb`: rewrite this process's environment area (what /proc/<pid>/environ shows) into
 //!   `a=` entries, as many as fit: the shape that costs a parser of whole environments most.
+//! - `leader-exit`: start a thread that runs the steps after this one, then exit the main
+//!   thread alone (the process lives on without its leader; a tree started before is left as
+//!   it is). When the steps are done, the process exits 0.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
@@ -47,6 +50,11 @@ struct Tree {
 }
 
 fn main() {
+    run(std::env::args().skip(1).collect());
+}
+
+/// Run `steps` in order on this thread.
+fn run(steps: Vec<String>) {
     let mut tree = Tree {
         release_w: None,
         children: Vec::new(),
@@ -54,7 +62,7 @@ fn main() {
     let mut kept: Vec<Vec<u8>> = Vec::new();
     let mut connections = Vec::new();
     let mut served_port = 0u16;
-    for step in std::env::args().skip(1) {
+    for (i, step) in steps.iter().enumerate() {
         let mut parts = step.split(':');
         let cmd = parts.next().unwrap_or_default();
         let num = |s: Option<&str>| -> f64 { s.and_then(|v| v.parse().ok()).unwrap_or(0.0) };
@@ -140,6 +148,19 @@ fn main() {
             }
             "exit" => std::process::exit(a as i32),
             "env-bomb" => env_bomb(),
+            "leader-exit" => {
+                let rest = steps[i + 1..].to_vec();
+                std::thread::spawn(move || {
+                    run(rest);
+                    std::process::exit(0)
+                });
+                // SAFETY: the raw exit syscall ends this thread only, as pthread_exit ends, but
+                // without its forced unwind through Rust's frames (which catch_unwind in std's
+                // main would abort on). Nothing here is used again; the process lives on in the
+                // thread just started, its descriptors and memory with it.
+                unsafe { libc::syscall(libc::SYS_exit, 0) };
+                unreachable!("the exit syscall returned");
+            }
             // Wait (up to 60 s) until this process's cgroup path contains ARG: a job script's
             // CMD that starts before its launcher is admitted burns nothing outside.
             "in-cgroup" => {

@@ -104,6 +104,99 @@ fn workload_forked_before_connecting_is_measured_whole() {
     assert!(w.wait().success());
 }
 
+/// SIGKILLs its pids when dropped: what a test forked outside a `Workload`'s tree.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A workload whose main thread exits while another thread runs on (pthread_exit) is not gone
+/// (the kernels before 6.18 do not say so in their exit tracepoint): it and the child that
+/// thread forks after are counted in the container, in its cgroup, and they keep the container
+/// alive when the launcher is gone, until the last thread exits.
+#[test]
+fn a_process_whose_main_thread_exited_keeps_its_container() {
+    let d = Daemon::start(&["--monitor.interval=200ms"]);
+    let mut w = d.exec_workload(&["ready", "wait", "leader-exit", "sleeper", "ready", "wait"]);
+    let pid: i32 = w.line().strip_prefix("ready ").unwrap().parse().unwrap();
+    let label = exec_label(w.pid());
+    let processes = |m: &str| sample(m, "apptheus_container_processes", &label);
+    let m = eventually(Duration::from_secs(10), || {
+        let m = d.metrics();
+        (processes(&m) == Some(2.0)).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("container {label} not shown:\n{}", d.log_text()));
+    let cg = cgroup_label(&m, &label).expect("cgroup label");
+    let forks = sample(&m, "apptheus_container_forks_total", &label).unwrap();
+    w.go();
+    let child: i32 = w.line().strip_prefix("sleeper ").unwrap().parse().unwrap();
+    let _guard = KillOnDrop(vec![child]);
+    w.ready();
+    common::leader_exited(pid);
+    // apptheus-exec, the process without its main thread, and the child that forked.
+    let m = eventually(Duration::from_secs(10), || {
+        let m = d.metrics();
+        (processes(&m) == Some(3.0)).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the process or its child is not counted (processes {:?}):\n{}",
+            processes(&d.metrics()),
+            d.log_text()
+        )
+    });
+    assert_eq!(
+        sample(&m, "apptheus_container_forks_total", &label),
+        Some(forks + 1.0)
+    );
+    // The process's cgroup is its live thread's (a zombie's reads as the root).
+    let thread = common::other_live_thread(pid).expect("a live thread");
+    for p in [thread, child] {
+        assert_eq!(cgroup_of(p, "memory").as_deref(), Some(cg.as_str()), "{p}");
+    }
+    // The launcher goes: the container lives on in the process and its child.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    w.child.wait().unwrap();
+    let live_with = |n: f64, what: &str| {
+        let m = eventually(Duration::from_secs(10), || {
+            let m = d.metrics();
+            (processes(&m) == Some(n)).then_some(m)
+        })
+        .unwrap_or_else(|| panic!("{what}: processes {:?}", processes(&d.metrics())));
+        assert_eq!(
+            sample(&m, "apptheus_container_end_time_seconds", &label),
+            None,
+            "{what}: the container ended while it has processes:\n{}",
+            d.log_text()
+        );
+    };
+    live_with(2.0, "without its launcher");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    live_with(1.0, "without the child");
+    // The last thread exits: the container ends.
+    w.go();
+    eventually(Duration::from_secs(10), || {
+        sample(&d.metrics(), "apptheus_container_end_time_seconds", &label)
+    })
+    .unwrap_or_else(|| panic!("the container did not end:\n{}", d.log_text()));
+}
+
 #[test]
 fn untrusted_launcher_is_refused_and_counted() {
     let d = Daemon::start(&[]);

@@ -333,6 +333,58 @@ async fn fork_storm_is_counted_exactly_and_never_leaks() {
     t.unregister(key).unwrap();
 }
 
+/// A process whose main thread exits while another thread runs on (pthread_exit) is not gone:
+/// it stays tracked, and so does what that thread forks; it is gone when its last thread exits.
+/// Kernels before 6.18 do not say so in their exit tracepoint (no `group_dead`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_main_thread_exited_stays_tracked() {
+    let (t, _events) = load();
+    let key = KEY + 6;
+    let mut w = Workload::spawn(&["ready", "wait", "leader-exit", "sleeper", "ready", "wait"]);
+    w.ready();
+    register(&t, w.pid(), key).unwrap();
+    w.go();
+    let child: i32 = w.line().strip_prefix("sleeper ").unwrap().parse().unwrap();
+    w.ready();
+    common::leader_exited(w.pid());
+    let both = ProcessCounters {
+        forks: 1,
+        live: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        counters_become(&t, key, both),
+        both,
+        "the process is counted gone, or its child untracked"
+    );
+    assert_eq!(t.key_of(w.pid()).unwrap(), Some(key));
+    assert_eq!(t.key_of(child).unwrap(), Some(key));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let one = ProcessCounters {
+        forks: 1,
+        exits: 1,
+        live: 1,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, key, one), one);
+    // The last thread ends the process.
+    w.go();
+    assert!(w.wait().success());
+    let none = ProcessCounters {
+        forks: 1,
+        exits: 2,
+        live: 0,
+        ..Default::default()
+    };
+    assert_eq!(counters_become(&t, key, none), none);
+    assert_eq!(t.key_of(w.pid()).unwrap(), None);
+    t.unregister(key).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregister_forgets_live_processes() {
     let (t, _events) = load();

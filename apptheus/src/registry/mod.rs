@@ -31,6 +31,25 @@ use crate::{
 /// of the cgroup) before their removal is left to `reap`: see `ContainerCgroup::remove_within`.
 const RELEASE_WITHIN: Duration = Duration::from_millis(100);
 
+/// Busy cgroups kept for removal at most: a process that outlives its container (or a user who
+/// keeps a cgroup busy) must not grow the list, and every pass's retries, without bound. Beyond
+/// it the one queued longest ago is left behind on disk, counted and logged.
+const MAX_TO_REMOVE: usize = 1024;
+/// The first wait before a busy cgroup is tried again, doubled after each failure up to the last.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LAST: Duration = Duration::from_secs(600);
+/// At most one log line per this long about cgroups left behind.
+const LEFT_BEHIND_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A cgroup to remove once the kernel no longer reports it busy.
+struct Busy {
+    cgroup: Arc<ContainerCgroup>,
+    /// Not tried again before this.
+    retry_at: Instant,
+    /// How long it waits after its next failure.
+    wait: Duration,
+}
+
 /// How containers are made and kept.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -146,8 +165,13 @@ struct State {
     next_key: u64,
     /// Admissions under way, and their uid (they count against the limits).
     admitting: HashMap<u64, String>,
-    /// Cgroups of forgotten containers whose directories the kernel still reported busy.
-    to_remove: Vec<Arc<ContainerCgroup>>,
+    /// Cgroups of ended or forgotten containers whose directories the kernel still reported
+    /// busy, in the order they were (re)queued, at most `MAX_TO_REMOVE`.
+    to_remove: std::collections::VecDeque<Busy>,
+    /// Busy cgroups given up on because `to_remove` was full, since the start; and when that
+    /// was last logged.
+    left_behind: u64,
+    left_behind_logged: Option<Instant>,
     /// The set of containers changed since `unsaved` last gave it.
     dirty: bool,
     /// Bumped whenever a container is added, ends or is forgotten.
@@ -165,6 +189,37 @@ struct State {
 }
 
 impl State {
+    /// Keep `cgroup` to remove when it is no longer busy, first tried at `at`; beyond the
+    /// bound the oldest kept is left behind.
+    fn remove_later(&mut self, cgroup: Arc<ContainerCgroup>, at: Instant) {
+        self.retry(Busy {
+            cgroup,
+            retry_at: at,
+            wait: RETRY_FIRST,
+        });
+    }
+
+    fn retry(&mut self, busy: Busy) {
+        self.to_remove.push_back(busy);
+        while self.to_remove.len() > MAX_TO_REMOVE {
+            let Some(old) = self.to_remove.pop_front() else {
+                break;
+            };
+            self.left_behind += 1;
+            if self
+                .left_behind_logged
+                .is_none_or(|t| t.elapsed() >= LEFT_BEHIND_LOG_EVERY)
+            {
+                self.left_behind_logged = Some(Instant::now());
+                tracing::warn!(
+                    cgroup = old.cgroup.rel_path(),
+                    left_behind_total = self.left_behind,
+                    "too many busy cgroups to retry: the oldest is left behind, not removed"
+                );
+            }
+        }
+    }
+
     fn changed(&mut self) {
         self.dirty = true;
         self.generation += 1;
@@ -456,7 +511,7 @@ impl Registry {
             Ok(()) => remove_empty_parents(&mut st.made_parents),
             Err(e) => {
                 tracing::debug!(cgroup = cgroup.rel_path(), error = %e, "cgroup still busy; will retry");
-                st.to_remove.push(cgroup);
+                st.remove_later(cgroup, Instant::now());
             }
         }
     }
@@ -490,7 +545,8 @@ impl Registry {
     /// cgroup the kernel still reports busy is retried on the next call).
     pub fn reap(&self, is_final: impl Fn(u64) -> bool) {
         let retention = self.cfg.retention;
-        let (done, mut to_remove) = {
+        let now = Instant::now();
+        let (done, due) = {
             let mut st = self.state();
             let mut expired: Vec<u64> = st
                 .containers
@@ -507,28 +563,45 @@ impl Registry {
                         container = c.identity.id.as_str(),
                         "retention over: removing the container's series and cgroups"
                     );
-                    st.to_remove.extend(c.cgroup);
+                    if let Some(cg) = c.cgroup {
+                        st.remove_later(cg, now);
+                    }
                 }
             }
             if !expired.is_empty() {
                 st.changed();
             }
-            (expired, std::mem::take(&mut st.to_remove))
+            // Only those whose wait is over: a cgroup that stays busy (a process that outlived
+            // its container) is tried ever more rarely, not on every pass.
+            let (due, later) = std::mem::take(&mut st.to_remove)
+                .into_iter()
+                .partition::<Vec<_>, _>(|b| b.retry_at <= now);
+            st.to_remove = later.into();
+            (expired, due)
         };
         for key in done {
             self.forget_in_tracker(key);
         }
-        let before = to_remove.len();
-        to_remove.retain(|cg| match cg.remove() {
-            Ok(()) => false,
-            Err(e) => {
-                tracing::debug!(cgroup = cg.rel_path(), error = %e, "cgroup still busy; will retry");
-                true
-            }
-        });
-        let removed_any = to_remove.len() < before;
+        let before = due.len();
+        let busy: Vec<Busy> = due
+            .into_iter()
+            .filter(|b| match b.cgroup.remove() {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::debug!(cgroup = b.cgroup.rel_path(), error = %e, "cgroup still busy; will retry");
+                    true
+                }
+            })
+            .collect();
+        let removed_any = busy.len() < before;
         let mut st = self.state();
-        st.to_remove.extend(to_remove);
+        for b in busy {
+            st.retry(Busy {
+                retry_at: now + b.wait,
+                wait: (b.wait * 2).min(RETRY_LAST),
+                cgroup: b.cgroup,
+            });
+        }
         if removed_any {
             remove_empty_parents(&mut st.made_parents);
         }
@@ -617,8 +690,8 @@ impl Registry {
             st.containers.remove(&key);
             st.changed();
         }
-        for cg in &st.to_remove {
-            let _ = cg.remove();
+        for b in &st.to_remove {
+            let _ = b.cgroup.remove();
         }
         remove_empty_parents(&mut st.made_parents);
     }
@@ -649,4 +722,32 @@ fn saved_of(c: &Container, made_parents: &HashSet<PathBuf>) -> Option<SavedConta
             .collect(),
         adopted: cgroup.adopted(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cgroup that stays busy cannot grow the list of those to remove: beyond the bound the
+    /// one queued longest ago is left behind, and counted.
+    #[test]
+    fn busy_cgroups_to_remove_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("unified");
+        std::fs::create_dir_all(root.join("c")).unwrap();
+        let mountinfo = format!(
+            "90 1 0:90 / {} rw,relatime - cgroup2 cgroup2 rw\n",
+            root.display()
+        );
+        let layout = Layout::from_mountinfo(&mountinfo).unwrap();
+        let cgroup = Arc::new(layout.open("/c", &[], &[]).unwrap());
+        let mut st = State::default();
+        let now = Instant::now();
+        for _ in 0..MAX_TO_REMOVE + 10 {
+            st.remove_later(cgroup.clone(), now);
+        }
+        assert_eq!(st.to_remove.len(), MAX_TO_REMOVE);
+        assert_eq!(st.left_behind, 10);
+        assert!(st.left_behind_logged.is_some());
+    }
 }

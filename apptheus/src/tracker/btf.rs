@@ -309,6 +309,17 @@ mod tests {
         assert!(m.offset > 0);
     }
 
+    /// What the exit hook reads where the exit tracepoint has no `group_dead`: the task's
+    /// `signal` pointer and its `live` count (an `atomic_t`: a struct of one int).
+    #[test]
+    fn this_kernels_thread_group_has_a_live_count() {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+        let signal = member(&data, "task_struct", "signal").unwrap().unwrap();
+        assert_eq!(signal.size, 8);
+        let live = member(&data, "signal_struct", "live").unwrap().unwrap();
+        assert_eq!(live.size, 4);
+    }
+
     /// Found by the fuzzer: a member whose type resolves to a size of 0 is a member of size 0
     /// (which the loader refuses: it wants 4), not a broken parse.
     #[test]

@@ -131,6 +131,8 @@ pub fn offsets(newtask: &Format, exit: &Format) -> Result<TracepointOffsets> {
         // Not from these formats: `tracefs::read_offsets` fills them where the kernel has them.
         mark_victim_pid: NO_FIELD,
         task_exit_code: NO_FIELD,
+        task_signal: NO_FIELD,
+        signal_live: NO_FIELD,
     })
 }
 

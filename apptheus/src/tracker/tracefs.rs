@@ -2,7 +2,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use apptheus_common::TracepointOffsets;
+use apptheus_common::{NO_FIELD, TracepointOffsets};
 
 use super::{btf, format};
 
@@ -58,8 +58,9 @@ fn read_format(category: &str, event: &str) -> Result<format::Format> {
 }
 
 /// This kernel's field offsets for the programs: the tracepoints' from their format files, the
-/// exit code's from the kernel's BTF. The OOM tracepoint and the exit code are optional (their
-/// metrics are left out where they are missing, with a line in the log); the rest is required.
+/// task's fields from the kernel's BTF. The OOM tracepoint, the exit code and the thread group's
+/// live count are optional (what needs them is left out or approximated where they are missing,
+/// with a line in the log); the rest is required.
 pub fn read_offsets() -> Result<TracepointOffsets> {
     let mut offsets = format::offsets(
         &read_format("task", "task_newtask")?,
@@ -72,26 +73,51 @@ pub fn read_offsets() -> Result<TracepointOffsets> {
             "no OOM kills per container on this kernel (tracepoint oom/mark_victim)"
         ),
     }
-    match exit_code_offset() {
+    let btf = std::fs::read(VMLINUX_BTF);
+    let in_btf = |strukt, member, size| match &btf {
+        Ok(data) => member_at(data, strukt, member, size),
+        Err(e) => Err(anyhow::anyhow!("reading {VMLINUX_BTF}: {e}")),
+    };
+    match in_btf("task_struct", "exit_code", 4) {
         Ok(at) => offsets.task_exit_code = at,
         Err(e) => tracing::warn!(
             error = %format!("{e:#}"),
             "no exit codes on this kernel (task_struct.exit_code from its BTF)"
         ),
     }
+    if offsets.exit_group_dead == NO_FIELD {
+        // Where the tracepoint does not say whether the group died, the programs read the
+        // group's count of live threads, which do_exit decrements before this tracepoint.
+        let group = in_btf("task_struct", "signal", 8)
+            .and_then(|signal| Ok((signal, in_btf("signal_struct", "live", 4)?)));
+        match group {
+            Ok((signal, live)) => (offsets.task_signal, offsets.signal_live) = (signal, live),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "a process whose main thread exits before its other threads is taken for gone \
+                 on this kernel (sched_process_exit has no group_dead, and its BTF no \
+                 signal_struct.live)"
+            ),
+        }
+    }
     Ok(offsets)
 }
 
-/// The kernel's BTF: where `struct task_struct`'s `exit_code` lies.
+/// The kernel's BTF: where the task's fields lie.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-fn exit_code_offset() -> Result<u32> {
-    let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
-    let m = btf::member(&data, "task_struct", "exit_code")
+/// The offset of `strukt.member` in the BTF `data`, which must be `size` bytes.
+fn member_at(data: &[u8], strukt: &str, member: &str, size: u32) -> Result<u32> {
+    let m = btf::member(data, strukt, member)
         .with_context(|| format!("parsing {VMLINUX_BTF}"))?
-        .context("struct task_struct has no exit_code")?;
-    if m.size != 4 {
-        anyhow::bail!("task_struct.exit_code has size {}, expected 4", m.size);
+        .with_context(|| format!("struct {strukt} has no {member}"))?;
+    if m.size != size {
+        anyhow::bail!("{strukt}.{member} has size {}, expected {size}", m.size);
+    }
+    // A struct far larger than any task_struct means a corrupt blob; it must not read as
+    // NO_FIELD (u32::MAX) either.
+    if m.offset >= 1 << 16 {
+        anyhow::bail!("{strukt}.{member} at offset {}, past 64 KiB", m.offset);
     }
     Ok(m.offset)
 }

@@ -624,6 +624,38 @@ pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// The state letter (`R`, `S`, `Z`...) of thread `tid` of process `pid`, None once it is gone.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Wait until the main thread of `pid` is a zombie (it exited) while the process has another
+/// thread: what the workload's `leader-exit` step leaves.
+pub fn leader_exited(pid: i32) {
+    let threads = || std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    eventually(Duration::from_secs(10), || {
+        (thread_state(pid, pid) == Some('Z') && threads() >= 2).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the main thread of {pid} did not exit alone: state {:?}, {} threads",
+            thread_state(pid, pid),
+            threads()
+        )
+    });
+}
+
+/// A thread of `pid` other than its main one that has not exited: where the process's cgroup
+/// is read once its main thread exited (the kernel shows a zombie thread's as the root, `/`).
+pub fn other_live_thread(pid: i32) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .find(|&tid| tid != pid && thread_state(pid, tid).is_some_and(|s| s != 'Z'))
+}
+
 /// All pids descending from `root` (a /proc scan), root excluded.
 pub fn descendants(root: i32) -> Vec<i32> {
     let mut parent = std::collections::HashMap::new();
