@@ -640,3 +640,40 @@ fn gzip_scrapes_are_whole_for_curl_too() {
     w.go();
     assert!(w.wait().success());
 }
+
+/// A launcher whose main thread exited before it connected (a user can make a trusted
+/// launcher do so, e.g. with LD_PRELOAD): its `/proc/<pid>/exe` no longer resolves, so it is
+/// refused (`vanished`); and were it admitted, its cgroup is its live thread's, so its
+/// container would be inside it, never at a hierarchy's root (where its leader's `/proc`
+/// cgroup file points), out of the job's limits.
+#[test]
+fn a_launcher_without_its_main_thread_never_gets_a_container_at_the_root() {
+    let trust = format!("--trust.path={}", common::workload_bin().display());
+    let d = Daemon::start_with_trust(&[&trust, "--monitor.interval=200ms"]);
+    let connect = format!("connect:{}", d.socket.display());
+    let mut w = common::Workload::spawn(&["leader-exit", &connect, "ready", "wait"]);
+    w.ready();
+    let id = format!("workload_{}", w.pid());
+    let line = eventually(Duration::from_secs(10), || {
+        d.log_text()
+            .lines()
+            .find(|l| {
+                (l.contains("container started") && l.contains(&id))
+                    || (l.contains("refused") && l.contains(&format!("pid={} ", w.pid())))
+            })
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no decision on {id}:\n{}", d.log_text()));
+    if line.contains("container started") {
+        let ours = cgroup_of(std::process::id() as i32, "memory").expect("this test's cgroup");
+        let cg = line.split("cgroup=").nth(1).unwrap_or_default();
+        assert!(
+            ours == "/" || cg.starts_with(&format!("{}/", ours.trim_end_matches('/'))),
+            "the container's cgroup {cg} is not inside its launcher's {ours}"
+        );
+    } else {
+        assert!(line.contains("reason=vanished"), "{line}");
+    }
+    w.go();
+    w.wait();
+}

@@ -241,7 +241,7 @@ impl Layout {
     /// The cgroups of process `pid` (read from /proc by number: the caller checks afterwards
     /// that its pidfd still shows the same process alive).
     pub fn launcher(&self, pid: i32) -> Result<Launcher, Error> {
-        let entries = read_proc_cgroup(pid)?;
+        let entries = read_cgroup_file(&cgroup_file_of_live_thread(pid))?;
         check_launcher_paths(&entries)?;
         Ok(Launcher { entries })
     }
@@ -343,12 +343,41 @@ pub(super) fn check_name(name: &str) -> Result<(), Error> {
 
 /// The cgroups of process `pid`, as /proc/<pid>/cgroup lists them.
 pub(super) fn read_proc_cgroup(pid: i32) -> Result<Vec<parse::ProcCgroup>, Error> {
+    read_cgroup_file(Path::new(&format!("/proc/{pid}/cgroup")))
+}
+
+/// The /proc cgroup file of a live thread of `pid`: its leader's, unless the leader has exited
+/// while other threads run on. An exited leader shows `/` in v1 hierarchies, which would put
+/// the container at the hierarchy's root, out of its job's limits.
+fn cgroup_file_of_live_thread(pid: i32) -> PathBuf {
+    let leader = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let exited = |tid: &str| {
+        fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|at| stat[at..].chars().nth(2))
+                .is_some_and(|state| matches!(state, 'Z' | 'X'))
+        })
+    };
+    if !exited(&pid.to_string()) {
+        return leader;
+    }
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|tid| !exited(tid))
+        .map_or(leader, |tid| {
+            PathBuf::from(format!("/proc/{pid}/task/{tid}/cgroup"))
+        })
+}
+
+fn read_cgroup_file(path: &Path) -> Result<Vec<parse::ProcCgroup>, Error> {
     use std::io::Read as _;
-    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
     let mut text = String::new();
-    fs::File::open(&path)
+    fs::File::open(path)
         .and_then(|f| f.take(MAX_PROC_CGROUP).read_to_string(&mut text))
-        .map_err(|e| Error::io("reading", &path, e))?;
+        .map_err(|e| Error::io("reading", path, e))?;
     parse::parse_proc_cgroup(&text)
         .map_err(|e| Error::Invalid(format!("parsing {}: {e:#}", path.display())))
 }
