@@ -23,7 +23,7 @@ use crate::{
     collectors::Collectors,
     container::unix_seconds,
     history::{History, Reading},
-    metrics::{ContainerSeries, Metrics},
+    metrics::{ContainerSeries, Metrics, Output},
     registry::{Entry, Registry},
     state::StateDir,
     summary::{Allowance, Summaries},
@@ -177,6 +177,9 @@ pub struct Sampler {
     last_full_generation: Option<u64>,
     /// The last minutes of each container, for the web page; none in tests of the sampler alone.
     history: Option<Arc<History>>,
+    /// Failed saves of the state file since the start; whether the last one failed.
+    state_errors: std::cell::Cell<u64>,
+    state_failing: std::cell::Cell<bool>,
 }
 
 impl Sampler {
@@ -196,6 +199,8 @@ impl Sampler {
             trimmed: None,
             last_full_generation: None,
             history: None,
+            state_errors: Default::default(),
+            state_failing: Default::default(),
         }
     }
 
@@ -328,6 +333,9 @@ impl Sampler {
             .observe(start.elapsed().as_secs_f64());
         self.reap();
         self.persist();
+        self.summaries.retry();
+        self.metrics
+            .set_write_errors(Output::SummaryFile, self.summaries.write_errors());
         self.release_freed_memory(start);
     }
 
@@ -398,10 +406,25 @@ impl Sampler {
         let Some(saved) = self.registry.unsaved() else {
             return;
         };
-        if let Err(e) = dir.save(&saved) {
-            tracing::warn!(error = %format!("{e:#}"), "cannot save the containers for a restart; will retry");
-            self.registry.unsaved_again();
+        let (failed, failing) = (&self.state_errors, &self.state_failing);
+        match dir.save(&saved) {
+            Ok(()) => {
+                if failing.replace(false) {
+                    tracing::info!("containers saved for a restart again");
+                }
+            }
+            Err(e) => {
+                failed.set(failed.get() + 1);
+                if failing.replace(true) {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot save the containers for a restart");
+                } else {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot save the containers for a restart; will retry every pass");
+                }
+                self.registry.unsaved_again();
+            }
         }
+        self.metrics
+            .set_write_errors(Output::StateFile, failed.get());
     }
 }
 

@@ -281,7 +281,12 @@ impl StateDir {
             fs::rename(&tmp, &path)?;
             File::open(&self.dir)?.sync_all()
         };
-        write().with_context(|| format!("writing the state file {}", path.display()))
+        write()
+            .with_context(|| format!("writing the state file {}", path.display()))
+            .inspect_err(|_| {
+                // What a full filesystem let through of it: its space back; the old file stands.
+                let _ = fs::remove_file(&tmp);
+            })
     }
 }
 

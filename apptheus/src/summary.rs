@@ -383,8 +383,9 @@ impl Summaries {
         })
     }
 
-    /// The summary of a container whose final values `series` holds. A failed append is
-    /// logged (a warning for the first of a run of failures) and the next record tries again.
+    /// The summary of a container whose final values `series` holds. A record the file
+    /// cannot take now (a full filesystem) is kept, in order, and written with the next ones
+    /// (see `SummaryFile::write`).
     pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) {
         let now = crate::container::unix_seconds(std::time::SystemTime::now());
         let summary = Summary::of(series, allowance, self.host_cpus, now);
@@ -398,18 +399,25 @@ impl Summaries {
             }
         };
         line.push(b'\n');
-        match file.append(&line) {
-            Ok(()) => file.failing = false,
-            Err(e) if !file.failing => {
-                file.failing = true;
-                tracing::warn!(container = summary.container.as_str(), error = %e, "cannot write the container summary file; will retry at the next container's end");
-            }
-            Err(e) => {
-                tracing::debug!(container = summary.container.as_str(), error = %e, "cannot write the container summary file")
-            }
+        file.write(line);
+    }
+
+    /// Write the records kept after a failure, if any (once a pass).
+    pub fn retry(&mut self) {
+        if let Some(file) = &mut self.file {
+            file.flush();
         }
     }
+
+    /// Failed writes of the summary file since the start.
+    pub fn write_errors(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.errors)
+    }
 }
+
+/// Records kept while the summary file cannot take them, at most: about a day of a busy
+/// node's containers, a few MiB. Past it the oldest kept is dropped (counted and logged).
+const MAX_PENDING: usize = 16_384;
 
 /// The host's online CPUs (at least 1).
 fn host_cpus() -> u32 {
@@ -427,7 +435,12 @@ struct SummaryFile {
     file: File,
     /// (device, inode) of `file`: the path names another file, or none, once rotated.
     id: (u64, u64),
-    /// The last append failed (so the next failure is not worth another warning).
+    /// Records not written yet, oldest first: the file failed (a full filesystem).
+    pending: std::collections::VecDeque<Vec<u8>>,
+    /// Failed writes, and records dropped past `MAX_PENDING`, since the start.
+    errors: u64,
+    dropped: u64,
+    /// The last write failed: a run of failures is on (one warning for it).
     failing: bool,
 }
 
@@ -438,13 +451,54 @@ impl SummaryFile {
             path: path.to_path_buf(),
             file,
             id,
+            pending: Default::default(),
+            errors: 0,
+            dropped: 0,
             failing: false,
         })
     }
 
-    /// Appends `line` in one write(2) on an O_APPEND descriptor: whole, at the end, whatever
-    /// else appends to the file. Reopens first when the path no longer names the open file
-    /// (logrotate's rename-and-create, or the file removed): one stat per record.
+    /// Write `line` after the records kept before it; keep what the file does not take. The
+    /// first failure of a run is a warning, the rest debug lines; the end of the run is said.
+    fn write(&mut self, line: Vec<u8>) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.dropped += 1;
+            tracing::warn!(
+                dropped = self.dropped,
+                "container summary records dropped: the summary file has failed for {MAX_PENDING} records"
+            );
+        }
+        self.pending.push_back(line);
+        self.flush();
+    }
+
+    /// Write the kept records, in order, until one fails.
+    fn flush(&mut self) {
+        while let Some(line) = self.pending.pop_front() {
+            match self.append(&line) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.pending.push_front(line);
+                    self.errors += 1;
+                    if std::mem::replace(&mut self.failing, true) {
+                        tracing::debug!(error = %e, kept = self.pending.len(), "cannot write the container summary file");
+                    } else {
+                        tracing::warn!(error = %e, kept = self.pending.len(), "cannot write the container summary file; its records are kept and written when it can take them");
+                    }
+                    return;
+                }
+            }
+        }
+        if std::mem::take(&mut self.failing) {
+            tracing::info!(path = %self.path.display(), "container summary file written again");
+        }
+    }
+
+    /// Appends `line` on an O_APPEND descriptor: at the end, whatever else appends to the
+    /// file, and whole or not at all (what a failed write left of it is cut off again).
+    /// Reopens first when the path no longer names the open file (logrotate's
+    /// rename-and-create, or the file removed): one stat per record.
     fn append(&mut self, line: &[u8]) -> Result<(), Error> {
         let current = fs::symlink_metadata(&self.path)
             .map(|m| (m.dev(), m.ino()))
@@ -458,10 +512,27 @@ impl SummaryFile {
             self.file = file;
             self.id = id;
         }
-        self.file.write_all(line).map_err(|err| Error::Write {
+        let write_error = |err| Error::Write {
             path: self.path.clone(),
             err,
-        })
+        };
+        let mut written = 0;
+        while written < line.len() {
+            match self.file.write(&line[written..]) {
+                Ok(0) => return Err(write_error(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if written > 0
+                        && let Ok(m) = self.file.metadata()
+                    {
+                        let _ = self.file.set_len(m.len().saturating_sub(written as u64));
+                    }
+                    return Err(write_error(e));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -479,6 +550,7 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64)), Error> {
     let file = loop {
         attempt += 1;
         let created = OpenOptions::new()
+            .read(true)
             .append(true)
             .create_new(true)
             .mode(FILE_MODE)
@@ -495,6 +567,7 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64)), Error> {
             Err(e) => return Err(open_error(e)),
         }
         match OpenOptions::new()
+            .read(true)
             .append(true)
             .custom_flags(flags)
             .open(path)
@@ -510,6 +583,15 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64)), Error> {
         return Err(Error::NotAFile {
             path: path.to_path_buf(),
         });
+    }
+    // A line left torn (a crash in a write, a failed cut) ends here, so that the next record
+    // starts a line of its own.
+    let mut last = [0u8];
+    if meta.len() > 0
+        && std::os::unix::fs::FileExt::read_at(&file, &mut last, meta.len() - 1).is_ok()
+        && last[0] != b'\n'
+    {
+        (&file).write_all(b"\n").map_err(open_error)?;
     }
     Ok((file, (meta.dev(), meta.ino())))
 }

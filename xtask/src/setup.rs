@@ -49,6 +49,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     ("/usr/bin/chromedriver", "chromium-driver"),
     ("/usr/bin/tmux", "tmux"),
+    // tests/faults.rs: the summary file rotated as sites rotate it.
+    ("/usr/sbin/logrotate", "logrotate"),
 ];
 
 /// Daemons the test packages ship. Their packages may start them (a host with systemd, or

@@ -25,6 +25,24 @@ use crate::{
     tracker::ProcessCounters,
 };
 
+/// The files the daemon writes: the `file` label of `apptheus_write_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    SummaryFile,
+    StateFile,
+}
+
+impl Output {
+    pub const ALL: [Output; 2] = [Output::SummaryFile, Output::StateFile];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::SummaryFile => "summary",
+            Output::StateFile => "state",
+        }
+    }
+}
+
 /// The daemon's own metrics.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +51,7 @@ pub struct Metrics {
     rejections: IntCounterVec,
     pub sample_duration: Histogram,
     admission_wait: Histogram,
+    write_errors: IntCounterVec,
     events_lost: IntCounter,
     walks_cut_short: IntCounter,
     snapshot: Mutex<Arc<Snapshot>>,
@@ -93,6 +112,13 @@ impl Metrics {
             )
             .buckets(vec![0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         )?;
+        let write_errors = IntCounterVec::new(
+            Opts::new(
+                "apptheus_write_errors_total",
+                "Failed writes of the daemon's files (a full filesystem, say), by file: the summary file's records are kept and written later, the state file is saved again at the next pass.",
+            ),
+            &["file"],
+        )?;
         let events_lost = IntCounter::new(
             "apptheus_ebpf_events_lost_total",
             "Process events the eBPF programs could not hand to userspace (ring buffer full).",
@@ -108,12 +134,16 @@ impl Metrics {
         for r in Rejection::ALL {
             rejections.with_label_values(&[r.as_str()]);
         }
+        for f in Output::ALL {
+            write_errors.with_label_values(&[f.as_str()]);
+        }
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(containers.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(sample_duration.clone()))?;
         registry.register(Box::new(admission_wait.clone()))?;
+        registry.register(Box::new(write_errors.clone()))?;
         registry.register(Box::new(events_lost.clone()))?;
         registry.register(Box::new(walks_cut_short.clone()))?;
         registry.register(Box::new(
@@ -126,6 +156,7 @@ impl Metrics {
             rejections,
             sample_duration,
             admission_wait,
+            write_errors,
             events_lost,
             walks_cut_short,
             snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new(), collectors))),
@@ -145,6 +176,15 @@ impl Metrics {
     /// A trusted launcher waited `wait` for its user's admission turn.
     pub fn admission_waited(&self, wait: std::time::Duration) {
         self.admission_wait.observe(wait.as_secs_f64());
+    }
+
+    /// `file`'s running total of failed writes.
+    pub fn set_write_errors(&self, file: Output, total: u64) {
+        let counter = self.write_errors.with_label_values(&[file.as_str()]);
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
     }
 
     /// The kernel's running total of lost events.

@@ -42,7 +42,7 @@ impl Registry {
                 return Err(e);
             }
         };
-        let res = self.admit_reserved(peer, key, id, exe);
+        let res = self.admit_reserved(peer, key, id, exe, SystemTime::now());
         let mut st = self.state();
         st.admitting.remove(&key);
         // Shown from now on (see `entries`).
@@ -105,6 +105,7 @@ impl Registry {
         key: u64,
         id: String,
         exe: String,
+        started: SystemTime,
     ) -> Result<Admitted, AdmitError> {
         let launcher = match self.layout.launcher(peer.pid) {
             Ok(l) => l,
@@ -122,10 +123,11 @@ impl Registry {
             return Err(tracker::Error::Exited { pid: peer.pid }.into());
         }
         // In before the tracker: a fork event may come as soon as the launcher is tracked.
-        self.insert(
-            key,
-            Identity::pending(id.clone(), self.cfg.privacy.uid(peer.uid)),
-        );
+        // Its start is when its admission began: a launcher whose processes all exit during
+        // the walk ends after it started, not before.
+        let mut pending = Identity::pending(id.clone(), self.cfg.privacy.uid(peer.uid));
+        pending.start_time = unix_seconds(started);
+        self.insert(key, pending);
         let tracked = match self.tracker.register(root, key) {
             Ok(t) => t,
             Err(e) => {
@@ -193,7 +195,7 @@ impl Registry {
             pid: peer.pid,
             exe,
             exe_path: published.exe_path,
-            start_time: unix_seconds(SystemTime::now()),
+            start_time: unix_seconds(started),
             job,
         });
         let early = self.placed(key, identity.clone(), cgroup.clone());

@@ -329,19 +329,24 @@ impl Daemon {
             .find_map(|a| a.strip_prefix("--cgroup.parent="))
             .map_or_else(|| unique("apptheus-test"), str::to_string);
         let log = dir.path().join("daemon.log");
+        // A test may name the state directory too; else one in the test's directory.
+        let state = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--state.dir="))
+            .map_or_else(|| dir.path().join("state"), PathBuf::from);
         let args: Vec<String> = [
             // Port 0: the kernel picks a free port as the daemon binds, so no other test can
             // take it in between; the daemon's log says which.
             "--web.listen-address=127.0.0.1:0".to_string(),
             format!("--socket.path={}", socket.display()),
             format!("--cgroup.parent={parent}"),
-            format!("--state.dir={}", dir.path().join("state").display()),
+            format!("--state.dir={}", state.display()),
             "--log.level=debug".to_string(),
         ]
         .into_iter()
         .chain(
             args.iter()
-                .filter(|a| !a.starts_with("--cgroup.parent="))
+                .filter(|a| !a.starts_with("--cgroup.parent=") && !a.starts_with("--state.dir="))
                 .map(|a| a.to_string()),
         )
         .collect();
@@ -422,7 +427,10 @@ impl Daemon {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.args
+            .iter()
+            .find_map(|a| a.strip_prefix("--state.dir="))
+            .map_or_else(|| self.dir.path().join("state"), PathBuf::from)
     }
 
     pub fn url(&self, path: &str) -> String {
