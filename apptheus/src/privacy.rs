@@ -62,6 +62,22 @@ pub enum SaltError {
     TooShort { path: PathBuf, len: usize },
 }
 
+/// The values from a launcher's environment that `Privacy::chosen` hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chosen {
+    Account,
+    Image,
+}
+
+impl Chosen {
+    fn prefix(self) -> &'static str {
+        match self {
+            Chosen::Account => "a-",
+            Chosen::Image => PATH_PREFIX,
+        }
+    }
+}
+
 /// A container's person-naming fields as they are published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -159,6 +175,18 @@ impl Privacy {
         }
         self.hashed(PATH_PREFIX, path)
             .unwrap_or_else(|| path.to_string())
+    }
+
+    /// A value a user chose in their environment that may name them or their project (a Slurm
+    /// account, an Apptainer image's path): hashed whole when on, wherever it lies. (Job ids and
+    /// partitions stay in clear: a job id is what joins the scheduler's own accounting, and a
+    /// partition is the site's name.)
+    pub fn chosen(&self, kind: Chosen, value: &str) -> String {
+        if value.is_empty() || is_published(kind.prefix(), value) {
+            return value.to_string();
+        }
+        self.hashed(kind.prefix(), value)
+            .unwrap_or_else(|| value.to_string())
     }
 
     /// A cgroup path as published: the uid of a systemd user slice or manager
@@ -506,5 +534,19 @@ mod tests {
             read_salt(dir.path()),
             Err(SaltError::NotAFile { .. }) | Err(SaltError::NotRootOwned { .. })
         ));
+    }
+
+    #[test]
+    fn accounts_and_images_are_hashed_wherever_they_are() {
+        let on = Privacy::with_salt(b"0123456789abcdef0123", vec![]);
+        let image = on.chosen(Chosen::Image, "/srv/images/lolcow.sif");
+        assert!(image.starts_with("p-") && image.len() == 18, "{image}");
+        let account = on.chosen(Chosen::Account, "proj-secret");
+        assert!(account.starts_with("a-"), "{account}");
+        // Published once: the same value is not hashed again (a restart republishes).
+        assert_eq!(on.chosen(Chosen::Image, &image), image);
+        assert_eq!(on.chosen(Chosen::Account, ""), "");
+        let off = Privacy::off();
+        assert_eq!(off.chosen(Chosen::Account, "proj"), "proj");
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     cgroup::ContainerCgroup,
     container::{Identity, from_unix_seconds, pid_of_id, unix_seconds, user_name},
     pidfd::{Pidfd, Process},
-    privacy::Privacy,
+    privacy::{Chosen, Privacy},
     registry::Registry,
     state::SavedContainer,
     testhook,
@@ -196,8 +196,7 @@ fn republish(privacy: &Privacy, mut identity: Identity) -> Identity {
     identity.uid = published.uid;
     identity.exe_path = published.exe_path;
     identity.cgroup_label = published.cgroup_label;
-    if !identity.job.image.starts_with("p-") {
-        identity.job.image = privacy.path(&identity.job.image, identity.uid.parse().ok());
-    }
+    identity.job.image = privacy.chosen(Chosen::Image, &identity.job.image);
+    identity.job.account = privacy.chosen(Chosen::Account, &identity.job.account);
     identity
 }

@@ -12,6 +12,7 @@ use crate::{
     gateway::Peer,
     job::{self, Job},
     pidfd::Process,
+    privacy::Chosen,
     testhook, tracker,
 };
 
@@ -184,8 +185,9 @@ impl Registry {
             cgroup.rel_path(),
         );
         let mut job = Job::find(&launcher_dirs, &environs, (peer.uid, peer.gid));
-        // An image in a user's home names them.
-        job.image = privacy.path(&job.image, Some(peer.uid));
+        // Values the user chose that may name them or their project.
+        job.image = privacy.chosen(Chosen::Image, &job.image);
+        job.account = privacy.chosen(Chosen::Account, &job.account);
         let identity = Arc::new(Identity {
             id,
             cgroup: cgroup.rel_path().to_string(),
