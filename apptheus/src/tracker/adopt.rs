@@ -27,6 +27,10 @@ const BPF_NOEXIST: u64 = 1;
 const MAX_SCANS: usize = 16;
 /// Time for one walk, at most.
 const MAX_WALK: Duration = Duration::from_millis(250);
+/// Processes one walk holds (a pidfd each until the caller moved them), at most: a launcher
+/// with a tree of many thousands is adopted over several turns, not with thousands of
+/// descriptors at once (16 admissions may walk at a time).
+const MAX_HELD: usize = 2048;
 
 /// The processes a registration tracked.
 #[derive(Debug)]
@@ -118,7 +122,7 @@ impl Tracker {
                 }
                 // Within a scan too: a tree of many thousands costs a pidfd, a stat and a map
                 // insert each; what is left is adopted at the walk's next turn.
-                if start.elapsed() > MAX_WALK {
+                if start.elapsed() > MAX_WALK || members.len() >= MAX_HELD {
                     return Ok(false);
                 }
                 let Some(process) = open_as_found(pid, ino)? else {
