@@ -20,6 +20,8 @@
 //! - `connect:PATH`: connect to the unix socket PATH and hold the connection (as a launcher does).
 //! - `sleeper`: fork a child that sleeps until killed; print "sleeper <pid>". Children that die
 //!   are reaped at once (a thread waits for them), so their pids are free again.
+//! - `sleeper-at:PID`: like `sleeper`, the child with exactly that pid (clone3's `set_tid`:
+//!   root, Linux 5.5+); fails (exit 4) if the pid is taken.
 //! - `chain`: fork a child subreaper that runs a fork chain (each link forks its successor and
 //!   exits at once) until killed; print "chain <pid>".
 //! - `serve:MIB`: serve HTTP on 127.0.0.1 (a port the kernel picks) from a thread: every
@@ -130,6 +132,16 @@ fn run(steps: Vec<String>) {
                 }
                 // After the fork: a new thread takes a pid too, and a test may have chosen the
                 // child's.
+                start_reaper();
+            }
+            "sleeper-at" => {
+                // The child takes exactly pid ARG (or the step fails): no race with whatever
+                // else forks on the machine, as setting the kernel's last pid has.
+                let child = fork_at(a as i32).unwrap_or_else(|e| {
+                    eprintln!("workload: clone3 with pid {a}: {e}");
+                    std::process::exit(4)
+                });
+                say(&format!("sleeper {child}"));
                 start_reaper();
             }
             "chain" => {
@@ -417,4 +429,46 @@ fn env_bomb() {
         .unwrap();
     mem.write_all_at(&bytes, start).unwrap();
     say(&format!("env-bomb {len}"));
+}
+
+/// Fork a child with pid `pid` that pauses until it is killed: clone3 with `set_tid`.
+fn fork_at(pid: i32) -> std::io::Result<i32> {
+    /// `struct clone_args` of <linux/sched.h> (version 2: with set_tid).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+    }
+    let tids: [libc::pid_t; 1] = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: without CLONE_VM, clone3 is a fork: the child has a copy of this address space
+    // and only pauses until it is killed; `args` and `tids` outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        0 => loop {
+            nix::unistd::pause();
+        },
+        -1 => Err(std::io::Error::last_os_error()),
+        child => Ok(child as i32),
+    }
 }

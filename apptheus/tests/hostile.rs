@@ -10,7 +10,7 @@ use std::{
     io::Read as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -62,30 +62,6 @@ fn in_pids(pid: i32) -> String {
     format!("{pid}")
 }
 
-/// A process of this test (`sleep 600`) made to get `pid` by setting the kernel's last pid
-/// just before it is forked. Other processes fork too, so it is tried until it lands.
-fn reuse_pid(pid: i32) -> Child {
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "pid {pid} is still taken"
-    );
-    for _ in 0..500 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-            .expect("write /proc/sys/kernel/ns_last_pid");
-        let mut child = Command::new("sleep")
-            .arg("600")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sleep");
-        if child.id() as i32 == pid {
-            return child;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("could not make a process take pid {pid} (the machine forks too much)");
-}
-
 /// Held by every test of this binary for its whole run: the tests that steer a pid (set the
 /// kernel's last pid, then fork) lose it to any process forked meanwhile, and the others fork a
 /// lot (launchers by the hundred, a fork chain). In a slow guest, a steering test missed its
@@ -115,20 +91,28 @@ fn kill_and_wait_reaped(pid: i32) {
 /// The foreign process took `victim`'s pid while the daemon was paused before moving it:
 /// it must stay where it is.
 struct Foreign {
-    child: Child,
+    /// The workload that forked it (with exactly the victim's pid: clone3's set_tid).
+    parent: Workload,
+    pid: i32,
     cgroups: String,
 }
 
 impl Foreign {
     fn take(victim: i32) -> Foreign {
         kill_and_wait_reaped(victim);
-        let child = reuse_pid(victim);
+        let mut parent = Workload::spawn(&[&format!("sleeper-at:{victim}"), "wait"]);
+        let pid = printed_pid(&mut parent, "sleeper");
+        assert_eq!(pid, victim);
         let cgroups = cgroups(victim);
-        Foreign { child, cgroups }
+        Foreign {
+            parent,
+            pid,
+            cgroups,
+        }
     }
 
     fn assert_not_moved(&self, d: &Daemon, container: &str) {
-        let now = cgroups(self.child.id() as i32);
+        let now = cgroups(self.pid);
         assert_eq!(
             now,
             self.cgroups,
@@ -147,8 +131,9 @@ impl Foreign {
 
 impl Drop for Foreign {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The workload's Drop ends it and the foreign child, by pid.
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = self.parent.child.try_wait();
     }
 }
 
@@ -250,19 +235,12 @@ fn a_stale_parent_link_adopts_nothing() {
     // X exits (F is orphaned), and a launcher's child takes X's pid.
     x.go();
     x.wait();
-    // (Other processes of the machine fork too: a launcher whose child missed the pid is
-    // ended before it connects, and another tried.)
-    let mut launcher = None;
-    for _ in 0..500 {
-        let mut l = Workload::spawn(&["wait", "sleeper", "wait", &connect(&d), "ready", "wait"]);
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (x_pid - 1).to_string()).unwrap();
-        l.go();
-        if printed_pid(&mut l, "sleeper") == x_pid {
-            launcher = Some(l);
-            break;
-        }
-    }
-    let mut launcher = launcher.expect("a launcher's child never got the pid of F's old parent");
+    // The child is forked with exactly that pid (clone3's set_tid): nothing else that forks on
+    // the machine meanwhile can take it first.
+    let at = format!("sleeper-at:{x_pid}");
+    let mut launcher = Workload::spawn(&["wait", &at, "wait", &connect(&d), "ready", "wait"]);
+    launcher.go();
+    assert_eq!(printed_pid(&mut launcher, "sleeper"), x_pid);
     launcher.go();
     launcher.ready();
     let id = format!("workload_{}", launcher.pid());

@@ -70,12 +70,37 @@ fn kill9_and_restart_readopts_live_containers_and_cleans_up_ended_ones() {
         w.go();
         w.ready();
     }
-    let before = eventually(Duration::from_secs(5), || {
+    let before = eventually(Duration::from_secs(10), || {
         let m = d.metrics();
         let cpu = values(&m, "apptheus_container_cpu_usage_seconds_total", &live)?;
         cpu.iter().all(|&c| c >= 0.09).then_some(m)
     })
-    .unwrap_or_else(|| panic!("CPU not attributed before the restart:\n{}", d.metrics()));
+    .unwrap_or_else(|| {
+        // Where each container's processes are, to tell a process left outside from a
+        // reading that missed its CPU.
+        let wheres: Vec<String> = live
+            .iter()
+            .map(|w| {
+                let mut pids = vec![w.pid()];
+                pids.extend(descendants(w.pid()));
+                let cgs: Vec<String> = pids
+                    .iter()
+                    .map(|p| {
+                        let cg = std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                            .unwrap_or_default();
+                        format!("{p}: {}", cg.replace('\n', " "))
+                    })
+                    .collect();
+                cgs.join("\n  ")
+            })
+            .collect();
+        panic!(
+            "CPU not attributed before the restart:\n{}\nprocesses:\n  {}\nlog:\n{}",
+            d.metrics(),
+            wheres.join("\n  "),
+            d.log_text()
+        )
+    });
     let cpu_before = values(&before, "apptheus_container_cpu_usage_seconds_total", &live)
         .expect("cpu of every container");
     let start_before = values(&before, "apptheus_container_start_time_seconds", &live).unwrap();
