@@ -22,6 +22,9 @@
 //!   are reaped at once (a thread waits for them), so their pids are free again.
 //! - `sleeper-at:PID`: like `sleeper`, the child with exactly that pid (clone3's `set_tid`:
 //!   root, Linux 5.5+); fails (exit 4) if the pid is taken.
+//! - `as-pid:PID`: the steps after this one run in a child with exactly that pid (as
+//!   `sleeper-at`); this process waits for it and exits with its code.
+//! - `as-user:UID`: become uid and gid UID, with no groups (root's workload only).
 //! - `chain`: fork a child subreaper that runs a fork chain (each link forks its successor and
 //!   exits at once) until killed; print "chain <pid>".
 //! - `serve:MIB`: serve HTTP on 127.0.0.1 (a port the kernel picks) from a thread: every
@@ -137,13 +140,39 @@ fn run(steps: Vec<String>) {
             "sleeper-at" => {
                 // The child takes exactly pid ARG (or the step fails): no race with whatever
                 // else forks on the machine, as setting the kernel's last pid has.
-                let child = fork_at(a as i32).unwrap_or_else(|e| {
-                    eprintln!("workload: clone3 with pid {a}: {e}");
-                    std::process::exit(4)
-                });
-                say(&format!("sleeper {child}"));
+                match fork_at(a as i32) {
+                    None => loop {
+                        nix::unistd::pause();
+                    },
+                    Some(child) => say(&format!("sleeper {child}")),
+                }
                 start_reaper();
             }
+            "as-user" => {
+                // Root's workload becomes user ARG (real, effective and saved ids; no groups).
+                let (uid, gid) = (
+                    nix::unistd::Uid::from_raw(a as u32),
+                    nix::unistd::Gid::from_raw(a as u32),
+                );
+                nix::unistd::setgroups(&[]).expect("setgroups");
+                nix::unistd::setresgid(gid, gid, gid).expect("setresgid");
+                nix::unistd::setresuid(uid, uid, uid).expect("setresuid");
+            }
+            "as-pid" => match fork_at(a as i32) {
+                // The child, with pid ARG, runs the steps after this one; this process waits
+                // for it and exits as it did.
+                None => {
+                    run(steps[i + 1..].to_vec());
+                    std::process::exit(0)
+                }
+                Some(child) => {
+                    let code = match waitpid(Pid::from_raw(child), None) {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                        _ => 1,
+                    };
+                    std::process::exit(code)
+                }
+            },
             "chain" => {
                 start_reaper();
                 // SAFETY: the child is single-threaded: it forks and exits only.
@@ -431,8 +460,9 @@ fn env_bomb() {
     say(&format!("env-bomb {len}"));
 }
 
-/// Fork a child with pid `pid` that pauses until it is killed: clone3 with `set_tid`.
-fn fork_at(pid: i32) -> std::io::Result<i32> {
+/// Fork a child with pid `pid` (clone3 with `set_tid`): None in the child, the child's pid in
+/// the parent; exits 4 if the pid is taken.
+fn fork_at(pid: i32) -> Option<i32> {
     /// `struct clone_args` of <linux/sched.h> (version 2: with set_tid).
     #[repr(C)]
     #[derive(Default)]
@@ -456,7 +486,8 @@ fn fork_at(pid: i32) -> std::io::Result<i32> {
         ..CloneArgs::default()
     };
     // SAFETY: without CLONE_VM, clone3 is a fork: the child has a copy of this address space
-    // and only pauses until it is killed; `args` and `tids` outlive the call.
+    // (its callers fork only while single-threaded, or the child only pauses); `args` and
+    // `tids` outlive the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -465,10 +496,12 @@ fn fork_at(pid: i32) -> std::io::Result<i32> {
         )
     };
     match r {
-        0 => loop {
-            nix::unistd::pause();
-        },
-        -1 => Err(std::io::Error::last_os_error()),
-        child => Ok(child as i32),
+        0 => None,
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            eprintln!("workload: clone3 with pid {pid}: {e}");
+            std::process::exit(4)
+        }
+        child => Some(child as i32),
     }
 }

@@ -18,7 +18,8 @@
 //! - `restart`, `security`, `hostile`, `telemetry`, `prometheus` on 6.1 only: 6.1 has no
 //!   `SO_PEERPIDFD`, so `security` and `hostile` there cover the `pidfd_open` fallback (5.10
 //!   takes the same path) while the host (6.18) covers `SO_PEERPIDFD`; recovery, PSI, memory
-//!   events and the Prometheus side read the same v2 files on every kernel.
+//!   events and the Prometheus side read the same v2 files on every kernel;
+//! - `fresh_host` on 5.10 and 6.1: the daemon started where tracefs is not mounted mounts it.
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -30,7 +31,7 @@ use crate::tally::{Tally, minutes};
 pub const MATRIX: &[(Kernel, &[&str])] = &[
     (
         Kernel::V5_10,
-        &["tracker", "daemon", "field", "ends", "slurm"],
+        &["tracker", "daemon", "field", "ends", "slurm", "fresh_host"],
     ),
     (
         Kernel::V6_1,
@@ -45,6 +46,7 @@ pub const MATRIX: &[(Kernel, &[&str])] = &[
             "telemetry",
             "prometheus",
             "slurm",
+            "fresh_host",
         ],
     ),
     (Kernel::V6_12, &["tracker", "daemon", "field", "ends"]),
