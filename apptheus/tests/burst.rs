@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, Workload, eventually, sample, workload_bin};
+use common::{Daemon, Workload, containers_of, eventually, rejections, sample, workload_bin};
 
 fn daemon() -> Daemon {
     let trust = format!("--trust.path={}", workload_bin().display());
@@ -32,35 +32,6 @@ fn user_launcher(d: &Daemon, uid: u32) -> Workload {
     ]))
 }
 
-fn containers_of(m: &str, uid: u32) -> usize {
-    m.lines()
-        .filter(|l| {
-            l.starts_with("apptheus_container_info{") && l.contains(&format!("uid=\"{uid}\""))
-        })
-        .count()
-}
-
-fn rejections(m: &str, reason: &str) -> f64 {
-    sample(
-        m,
-        "apptheus_gateway_rejections_total",
-        &format!("reason=\"{reason}\""),
-    )
-    .unwrap_or(0.0)
-}
-
-/// The daemon's log line, after byte `from`, that contains every one of `needles`.
-fn wait_log(d: &Daemon, from: usize, needles: &[&str]) -> String {
-    eventually(Duration::from_secs(30), || {
-        let log = d.log_text();
-        log.get(from..)?
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-    })
-    .unwrap_or_else(|| panic!("no log line with {needles:?}:\n{}", d.log_text()))
-}
-
 #[test]
 fn a_job_array_of_600_is_delayed_not_dropped_and_others_go_by() {
     // Default admission limits: a burst of 256, then 50 a second, waiting up to 30 s.
@@ -75,8 +46,7 @@ fn a_job_array_of_600_is_delayed_not_dropped_and_others_go_by() {
     let from = d.log_text().len();
     let t = Instant::now();
     theirs.go();
-    wait_log(
-        &d,
+    d.wait_log(
         from,
         &["container started", &format!("workload_{}", theirs.pid())],
     );

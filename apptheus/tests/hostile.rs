@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, Workload, bin, eventually, sample, workload_bin};
+use common::{Daemon, Workload, bin, containers_of, eventually, rejections, sample, workload_bin};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -43,18 +43,6 @@ fn printed_pid(w: &mut Workload, what: &str) -> i32 {
     line.strip_prefix(&format!("{what} "))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("expected \"{what} <pid>\", got {line:?}"))
-}
-
-/// The daemon's log line, after byte `from`, that contains every one of `needles`.
-fn wait_log(d: &Daemon, from: usize, needles: &[&str]) -> String {
-    eventually(Duration::from_secs(30), || {
-        let log = d.log_text();
-        log.get(from..)?
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-    })
-    .unwrap_or_else(|| panic!("no log line with {needles:?}:\n{}", d.log_text()))
 }
 
 /// `pids=[..]` as the test hook writes it, containing `pid`.
@@ -146,9 +134,9 @@ fn a_recycled_pid_is_never_moved_at_admission() {
     w.ready();
     let id = format!("workload_{}", w.pid());
     // Tracked, and about to be moved: now its pid goes to another process.
-    wait_log(&d, 0, &["test hook: pausing", &in_pids(victim)]);
+    d.wait_log(0, &["test hook: pausing", &in_pids(victim)]);
     let foreign = Foreign::take(victim);
-    wait_log(&d, 0, &["container started", &id]);
+    d.wait_log(0, &["container started", &id]);
     foreign.assert_not_moved(&d, &id);
     // The container itself is whole: the launcher was moved in.
     assert!(cgroups(w.pid()).contains(&id), "{}", cgroups(w.pid()));
@@ -162,13 +150,13 @@ fn a_recycled_pid_is_never_moved_after_a_fork_event() {
     w.ready();
     // While the admission pauses before its moves, the launcher forks: that child must be
     // moved explicitly (its parent is not moved yet), by the event loop.
-    wait_log(&d, 0, &["test hook: pausing", &in_pids(w.pid())]);
+    d.wait_log(0, &["test hook: pausing", &in_pids(w.pid())]);
     w.go();
     let victim = printed_pid(&mut w, "sleeper");
-    wait_log(&d, 0, &["test hook: pausing", &format!("[{victim}]")]);
+    d.wait_log(0, &["test hook: pausing", &format!("[{victim}]")]);
     let foreign = Foreign::take(victim);
-    wait_log(&d, 0, &["test hook: resumed", &format!("[{victim}]")]);
-    wait_log(&d, 0, &["members moved", &format!("[{victim}]")]);
+    d.wait_log(0, &["test hook: resumed", &format!("[{victim}]")]);
+    d.wait_log(0, &["members moved", &format!("[{victim}]")]);
     foreign.assert_not_moved(&d, &format!("workload_{}", w.pid()));
 }
 
@@ -188,28 +176,35 @@ fn move_to_roots(pid: i32) {
     }
 }
 
-#[test]
-fn a_recycled_pid_is_never_moved_at_a_restart() {
-    let _alone = alone();
-    let mut d = daemon(&[], &[]);
-    let mut w = Workload::spawn(&["sleeper", &connect(&d), "ready", "wait"]);
+/// A launcher of `d`'s admitted, with a child (the sleeper) in its container: the launcher,
+/// the sleeper's pid, the container's id.
+fn with_a_sleeper(d: &Daemon) -> (Workload, i32, String) {
+    let mut w = Workload::spawn(&["sleeper", &connect(d), "ready", "wait"]);
     let victim = printed_pid(&mut w, "sleeper");
     w.ready();
     let id = format!("workload_{}", w.pid());
-    wait_log(&d, 0, &["container started", &id]);
+    d.wait_log(0, &["container started", &id]);
     eventually(Duration::from_secs(5), || {
         cgroups(victim).contains(&id).then_some(())
     })
     .expect("the sleeper is in the container");
+    (w, victim, id)
+}
+
+#[test]
+fn a_recycled_pid_is_never_moved_at_a_restart() {
+    let _alone = alone();
+    let mut d = daemon(&[], &[]);
+    let (_w, victim, id) = with_a_sleeper(&d);
     d.kill9();
     // The daemon is down: the sleeper leaves the container (its user can do that with a cgroup
     // of theirs); at the restart it comes back, unless its pid is another's by then.
     move_to_roots(victim);
     let from = d.respawn_env(&[("APPTHEUS_TEST_MOVE_DELAY_MS", "3000")]);
-    wait_log(&d, from, &["test hook: pausing", &format!("[{victim}]")]);
+    d.wait_log(from, &["test hook: pausing", &format!("[{victim}]")]);
     let foreign = Foreign::take(victim);
     d.wait_ready(from);
-    wait_log(&d, from, &["container re-adopted", &id]);
+    d.wait_log(from, &["container re-adopted", &id]);
     foreign.assert_not_moved(&d, &id);
 }
 
@@ -227,8 +222,7 @@ fn a_stale_parent_link_adopts_nothing() {
     let x_pid = x.pid();
     let mut first = Workload::spawn(&[&connect(&d), "ready", "wait"]);
     first.ready();
-    wait_log(
-        &d,
+    d.wait_log(
         0,
         &["container started", &format!("workload_{}", first.pid())],
     );
@@ -244,7 +238,7 @@ fn a_stale_parent_link_adopts_nothing() {
     launcher.go();
     launcher.ready();
     let id = format!("workload_{}", launcher.pid());
-    wait_log(&d, 0, &["container started", &id]);
+    d.wait_log(0, &["container started", &id]);
     let before = cgroups(f);
     let label = format!("container=\"{id}\"");
     let settled = eventually(Duration::from_secs(30), || {
@@ -284,7 +278,7 @@ fn a_duplicated_connection_is_closed_when_its_container_ends() {
     let mut w = Workload::spawn(&[&connect(&d), "ready", "wait", "exit:0"]);
     w.ready();
     let id = format!("workload_{}", w.pid());
-    wait_log(&d, 0, &["container started", &id]);
+    d.wait_log(0, &["container started", &id]);
     // A copy of the launcher's connection, taken out of it into this test (outside the
     // container), as pidfd_getfd or fd passing would.
     let socket_fd = std::fs::read_dir(format!("/proc/{}/fd", w.pid()))
@@ -307,7 +301,7 @@ fn a_duplicated_connection_is_closed_when_its_container_ends() {
     // The container ends: the daemon closes the connection, so the copy reads end of file.
     w.go();
     assert!(w.wait().success());
-    wait_log(&d, 0, &["container ended", &id]);
+    d.wait_log(0, &["container ended", &id]);
     copy.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut buf = [0u8; 16];
@@ -342,23 +336,6 @@ fn exec_as(d: &Daemon, uid: u32) -> Workload {
             .arg(format!("--socket={}", d.socket.display()))
             .args(["--", "sleep", "600"]),
     )
-}
-
-fn containers_of(m: &str, uid: u32) -> usize {
-    m.lines()
-        .filter(|l| {
-            l.starts_with("apptheus_container_info{") && l.contains(&format!("uid=\"{uid}\""))
-        })
-        .count()
-}
-
-fn rejections(m: &str, reason: &str) -> f64 {
-    sample(
-        m,
-        "apptheus_gateway_rejections_total",
-        &format!("reason=\"{reason}\""),
-    )
-    .unwrap_or(0.0)
 }
 
 #[test]
@@ -414,12 +391,11 @@ fn one_user_at_the_limits_leaves_room_for_the_others() {
     // while the other user's still go through.
     let started = |w: &Workload| format!("container=apptheus-exec_{}", w.pid());
     let mut fifth = exec_as(&d, greedy);
-    wait_log(&d, 0, &["container started", &started(&fifth)]);
+    d.wait_log(0, &["container started", &started(&fifth)]);
     let mut sixth = exec_as(&d, greedy);
-    wait_log(&d, 0, &["container started", &started(&sixth)]);
+    d.wait_log(0, &["container started", &started(&sixth)]);
     let mut seventh = exec_as(&d, greedy);
-    wait_log(
-        &d,
+    d.wait_log(
         0,
         &[
             "--gateway.admission-rate-per-user reached",
@@ -461,7 +437,7 @@ fn a_fork_chain_stalls_neither_admission_nor_sampling() {
     w.ready();
     let id = format!("workload_{}", w.pid());
     let started = Instant::now();
-    wait_log(&d, 0, &["container started", &id]);
+    d.wait_log(0, &["container started", &id]);
     println!(
         "the chain's launcher admitted after {:?}",
         started.elapsed()
@@ -470,7 +446,7 @@ fn a_fork_chain_stalls_neither_admission_nor_sampling() {
     let t0 = Instant::now();
     let mut other = exec_as(&d, 64_003);
     let other_id = format!("apptheus-exec_{}", other.pid());
-    wait_log(&d, 0, &["container started", &other_id]);
+    d.wait_log(0, &["container started", &other_id]);
     let took = t0.elapsed();
     assert!(
         took < Duration::from_secs(1),
@@ -663,15 +639,14 @@ fn a_recycled_container_id_leaks_no_kernel_map_entry() {
         );
         l.go();
         l.wait();
-        wait_log(&d, from, &["container ended", &id]);
+        d.wait_log(from, &["container ended", &id]);
         kill_and_wait_reaped(launcher);
         pid = Some(launcher);
     }
     // Root's launcher is still admitted.
     let mut root = Workload::spawn(&[&connect(&d), "ready", "wait"]);
     root.ready();
-    wait_log(
-        &d,
+    d.wait_log(
         0,
         &["container started", &format!("workload_{}", root.pid())],
     );
@@ -681,28 +656,19 @@ fn a_recycled_container_id_leaks_no_kernel_map_entry() {
 fn a_recycled_pid_is_never_held_at_a_restart() {
     let _alone = alone();
     let mut d = daemon(&[], &[]);
-    let mut w = Workload::spawn(&["sleeper", &connect(&d), "ready", "wait"]);
-    let victim = printed_pid(&mut w, "sleeper");
-    w.ready();
-    let id = format!("workload_{}", w.pid());
-    wait_log(&d, 0, &["container started", &id]);
-    eventually(Duration::from_secs(5), || {
-        cgroups(victim).contains(&id).then_some(())
-    })
-    .expect("the sleeper is in the container");
+    let (_w, victim, id) = with_a_sleeper(&d);
     d.kill9();
     // At the restart the daemon lists the container's processes, and before it holds them the
     // sleeper dies and a process outside the container takes its pid.
     let from = d.respawn_env(&[("APPTHEUS_TEST_HOLD_DELAY_MS", "3000")]);
-    wait_log(
-        &d,
+    d.wait_log(
         from,
         &["test hook: pausing", "point=Hold", &format!("{victim}")],
     );
     let foreign = Foreign::take(victim);
     d.wait_ready(from);
     // The launcher alone is the container's: the foreign process is neither tracked nor moved.
-    let readopted = wait_log(&d, from, &["container re-adopted", &id]);
+    let readopted = d.wait_log(from, &["container re-adopted", &id]);
     assert!(readopted.contains("processes=1"), "{readopted}");
     foreign.assert_not_moved(&d, &id);
 }

@@ -16,18 +16,6 @@ use std::{
 
 use common::{Daemon, Workload, bin, eventually, workload_bin};
 
-/// The daemon's log line, after byte `from`, that contains every one of `needles`.
-fn wait_log(d: &Daemon, from: usize, needles: &[&str]) -> String {
-    eventually(Duration::from_secs(30), || {
-        let log = d.log_text();
-        log.get(from..)?
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-    })
-    .unwrap_or_else(|| panic!("no log line with {needles:?}:\n{}", d.log_text()))
-}
-
 /// The daemon's socket directory opened to other users (the daemon's own is `/run/apptheus`,
 /// 0755).
 fn open_socket_dir(d: &Daemon) {
@@ -85,8 +73,7 @@ fn a_terminal_a_user_names_never_becomes_the_daemons() {
         "touch /mnt/.job.ad && mount --bind {} /mnt/.job.ad",
         slave.display()
     ));
-    wait_log(
-        &d,
+    d.wait_log(
         0,
         &[
             "container started",
@@ -130,7 +117,7 @@ fn terminal_signals_are_logged_and_only_roots_stop_the_daemon() {
         nix::sys::signal::Signal::SIGTSTP,
     ] {
         nix::sys::signal::kill(pid, s).unwrap();
-        wait_log(&d, 0, &["signal ignored", s.as_str()]);
+        d.wait_log(0, &["signal ignored", s.as_str()]);
     }
     assert!(!d.exited(), "{}", d.log_text());
     assert_eq!(d.get("/-/ready").0, 200);
@@ -192,11 +179,7 @@ fn environments_of_tiny_entries_cost_bounded_memory() {
     }
     for w in &mut launchers {
         w.ready();
-        wait_log(
-            &d,
-            0,
-            &["container started", &format!("workload_{}", w.pid())],
-        );
+        d.wait_log(0, &["container started", &format!("workload_{}", w.pid())]);
     }
     let grown = peak_rss(d.child.id()).saturating_sub(before);
     println!(
@@ -277,7 +260,7 @@ os.execv(sys.argv[2], [sys.argv[2], "--socket=" + sys.argv[3], "--", "sleep", "6
         .arg(user.get_program())
         .args(user.get_args());
     let nested = Workload::spawn_cmd(&mut shell);
-    let refused = wait_log(&d, 0, &["refused", &format!("pid={}", nested.pid())]);
+    let refused = d.wait_log(0, &["refused", &format!("pid={}", nested.pid())]);
     assert!(refused.contains("cgroup"), "{refused}");
     let state = d.state_dir().join("containers.json");
     let size = std::fs::metadata(&state).unwrap().len();

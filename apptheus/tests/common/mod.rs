@@ -471,6 +471,19 @@ impl Daemon {
         body
     }
 
+    /// The daemon's log line, after byte `from`, that contains every one of `needles`,
+    /// waiting up to 30 s; fails with the log.
+    pub fn wait_log(&self, from: usize, needles: &[&str]) -> String {
+        eventually(Duration::from_secs(30), || {
+            let log = self.log_text();
+            log.get(from..)?
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no log line with {needles:?}:\n{}", self.log_text()))
+    }
+
     /// /metrics once it shows `label` (a container admitted: shown once its processes are
     /// moved), waiting up to 10 s; fails with the daemon's log.
     pub fn metrics_showing(&self, label: &str) -> String {
@@ -662,6 +675,26 @@ pub fn other_live_thread(pid: i32) -> Option<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .find(|&tid| tid != pid && thread_state(pid, tid).is_some_and(|s| s != 'Z'))
+}
+
+/// The containers of `uid` (as published) in `metrics`.
+pub fn containers_of(metrics: &str, uid: u32) -> usize {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apptheus_container_info{") && l.contains(&format!("uid=\"{uid}\""))
+        })
+        .count()
+}
+
+/// Launcher connections refused for `reason` in `metrics`.
+pub fn rejections(metrics: &str, reason: &str) -> f64 {
+    sample(
+        metrics,
+        "apptheus_gateway_rejections_total",
+        &format!("reason=\"{reason}\""),
+    )
+    .unwrap_or(0.0)
 }
 
 /// All pids descending from `root` (a /proc scan), root excluded.
