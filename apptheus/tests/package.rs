@@ -374,7 +374,7 @@ fn check_installed_files() {
 
 const UNIT: &str = "/usr/lib/systemd/system/apptheus.service";
 
-/// The highest `systemd-analyze security` exposure the unit may have: 3.5 measured on
+/// The highest `systemd-analyze security` exposure the unit may have: 3.6 measured on
 /// systemd 252 (6.3 before the hardening of issue 21), with room for a newer systemd that
 /// rates the same options a little differently.
 const MAX_EXPOSURE: f64 = 4.0;
@@ -517,18 +517,28 @@ fn capability_names(mask: u64) -> Vec<&'static str> {
 
 /// A script that runs /usr/bin/apptheus confined as the unit confines it where that needs no
 /// systemd: the unit's bounding set (root's capabilities after exec are that set), no new
-/// privileges, a session of its own (no controlling terminal), stdin /dev/null. It execs all
+/// privileges, a session of its own (no controlling terminal), stdin /dev/null, and the unit's
+/// LimitMEMLOCK= and LimitNOFILE= where this host lets them be raised (the daemon cannot raise
+/// them itself without CAP_SYS_RESOURCE; 5.10 charges eBPF maps to locked memory). It execs all
 /// the way (setsid does not fork a process that leads no group), so the daemon keeps its pid.
 fn confined_daemon(dir: &Path, caps: u64) -> PathBuf {
     let set: String = capability_names(caps)
         .iter()
         .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let limit = |key: &str| match unit_value(&unit, key) {
+        Some("infinity") => "unlimited".to_string(),
+        Some(v) => v.to_string(),
+        None => panic!("no {key}= in {UNIT}"),
+    };
+    let (memlock, nofile) = (limit("LimitMEMLOCK"), limit("LimitNOFILE"));
     let script = dir.join("apptheus-confined");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nexec setsid setpriv --bounding-set=-all{set} --inh-caps=-all \
+            "#!/bin/sh\nulimit -l {memlock} 2>/dev/null; ulimit -n {nofile} 2>/dev/null\n\
+             exec setsid setpriv --bounding-set=-all{set} --inh-caps=-all \
              --no-new-privs -- /usr/bin/apptheus \"$@\" </dev/null\n"
         ),
     )
