@@ -9,13 +9,20 @@
 //! already installed: it would not be ours to purge (a hand-run daemon's state directory is set
 //! aside and put back). A host-wide lock keeps two runs of it (two
 //! work trees) from installing at the same time; everything else it starts has unique names.
+//!
+//! The installed unit is rated by `systemd-analyze security --offline=true` (its exposure must
+//! stay at most `MAX_EXPOSURE`), and the installed daemon runs confined as the unit confines it
+//! where no systemd is needed for that: the unit's capability bounding set, no new privileges,
+//! a session of its own without a terminal, stdin /dev/null, with a launcher of another user.
+//! The mount sandboxing (ProtectSystem=, PrivateDevices=, ...) needs systemd as PID 1 and is
+//! only rated here, not run.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::{
     collections::BTreeSet,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -360,7 +367,195 @@ fn check_installed_files() {
     );
     // With its binary in place, the installed unit verifies as it is.
     let analyze = tool("systemd-analyze", "systemd");
-    ok(Command::new(analyze).args(["verify", "/usr/lib/systemd/system/apptheus.service"]));
+    ok(Command::new(&analyze).args(["verify", UNIT]));
+    check_unit_bounds(&unit);
+    check_exposure(&analyze);
+}
+
+const UNIT: &str = "/usr/lib/systemd/system/apptheus.service";
+
+/// The highest `systemd-analyze security` exposure the unit may have: 3.6 measured on
+/// systemd 252 (6.3 before the hardening of issue 21), with room for a newer systemd that
+/// rates the same options a little differently.
+const MAX_EXPOSURE: f64 = 4.0;
+
+/// The last value `key` is given in `unit` (as systemd reads it), if any.
+fn unit_value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+        .map(str::trim)
+}
+
+/// The unit restarts the daemon after every exit but `systemctl stop`, never gives up, gives it
+/// no terminal and bounds what a user can make it consume.
+fn check_unit_bounds(unit: &str) {
+    let want = |key: &str, value: &str| {
+        assert_eq!(
+            unit_value(unit, key),
+            Some(value),
+            "{key}= in {UNIT}:\n{unit}"
+        );
+    };
+    want("Restart", "always");
+    want("StartLimitIntervalSec", "0");
+    want("StandardInput", "null");
+    want("PrivateDevices", "yes");
+    assert!(
+        unit_value(unit, "TTYPath").is_none(),
+        "{UNIT} names a TTYPath"
+    );
+    assert!(
+        unit_value(unit, "RestartSec").is_some(),
+        "no RestartSec= in {UNIT}"
+    );
+    for key in ["MemoryMax", "TasksMax"] {
+        let v = unit_value(unit, key).unwrap_or_else(|| panic!("no {key}= in {UNIT}"));
+        assert!(v != "infinity", "{key}={v} in {UNIT}");
+    }
+    let oom: i32 = unit_value(unit, "OOMScoreAdjust")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric OOMScoreAdjust= in {UNIT}"));
+    assert!(
+        (-999..0).contains(&oom),
+        "OOMScoreAdjust={oom}: negative, but not -1000 (never killed)"
+    );
+}
+
+/// `systemd-analyze security --offline=true` of the installed unit (systemd 250+): its overall
+/// exposure, printed, at most `MAX_EXPOSURE`.
+fn check_exposure(analyze: &Path) {
+    let out = run(Command::new(analyze).args(["security", "--offline=true", UNIT]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "systemd-analyze security --offline=true failed ({}; it needs systemd 250 or later):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "→ Overall exposure level for apptheus.service: 3.5 OK 🙂"
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for apptheus.service:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
+    println!(
+        "systemd-analyze security: the unit's exposure is {exposure} (at most {MAX_EXPOSURE})"
+    );
+    assert!(
+        exposure <= MAX_EXPOSURE,
+        "the unit's exposure is {exposure}, above {MAX_EXPOSURE}: a hardening option was lost"
+    );
+}
+
+/// Capability names in bit order (linux/capability.h), as the unit and /proc name them.
+const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The installed unit's CapabilityBoundingSet=, as a mask of capability bits.
+fn unit_capabilities() -> u64 {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let set = unit_value(&unit, "CapabilityBoundingSet")
+        .unwrap_or_else(|| panic!("no CapabilityBoundingSet= in {UNIT}"));
+    set.split_whitespace().fold(0, |mask, name| {
+        let bit = CAPS
+            .iter()
+            .position(|c| *c == name)
+            .unwrap_or_else(|| panic!("unknown capability {name} in {UNIT}"));
+        mask | (1 << bit)
+    })
+}
+
+/// Capability names of `mask`.
+fn capability_names(mask: u64) -> Vec<&'static str> {
+    (0..CAPS.len())
+        .filter(|b| mask & (1 << b) != 0)
+        .map(|b| CAPS[b])
+        .collect()
+}
+
+/// A script that runs /usr/bin/apptheus confined as the unit confines it where that needs no
+/// systemd: the unit's bounding set (root's capabilities after exec are that set), no new
+/// privileges, a session of its own (no controlling terminal), stdin /dev/null, and the unit's
+/// LimitMEMLOCK= and LimitNOFILE= where this host lets them be raised (the daemon cannot raise
+/// them itself without CAP_SYS_RESOURCE; 5.10 charges eBPF maps to locked memory). It execs all
+/// the way (setsid does not fork a process that leads no group), so the daemon keeps its pid.
+fn confined_daemon(dir: &Path, caps: u64) -> PathBuf {
+    let set: String = capability_names(caps)
+        .iter()
+        .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let limit = |key: &str| match unit_value(&unit, key) {
+        Some("infinity") => "unlimited".to_string(),
+        Some(v) => v.to_string(),
+        None => panic!("no {key}= in {UNIT}"),
+    };
+    let (memlock, nofile) = (limit("LimitMEMLOCK"), limit("LimitNOFILE"));
+    let script = dir.join("apptheus-confined");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nulimit -l {memlock} 2>/dev/null; ulimit -n {nofile} 2>/dev/null\n\
+             exec setsid setpriv --bounding-set=-all{set} --inh-caps=-all \
+             --no-new-privs -- /usr/bin/apptheus \"$@\" </dev/null\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// One line of /proc/<pid>/status, e.g. `CapEff`.
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
 }
 
 /// The installed apptheus-exec running the workload (`ready wait`) through the daemon at
@@ -398,17 +593,63 @@ fn accepted(n: f64, metrics: impl Fn() -> String, log: impl Fn() -> String) {
     });
 }
 
-/// The installed daemon, with its own socket, port, cgroup parent and state directory: a
-/// launcher through it becomes a container, and `apptheus-exec -- true` runs its command.
+/// The installed daemon, confined as the unit confines it (`confined_daemon`), with its own
+/// socket, port, cgroup parent and state directory: a launcher through it becomes a container,
+/// another user's launcher too (its /proc/<pid>/exe is readable only with CAP_SYS_PTRACE), and
+/// `apptheus-exec -- true` runs its command.
 fn run_installed_daemon() {
+    let caps = unit_capabilities();
+    let scripts = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_exe(
-        Path::new("/usr/bin/apptheus"),
+        &confined_daemon(scripts.path(), caps),
         &["--trust.path=/usr/bin/apptheus-exec"],
         &[],
         Client::plain(),
     );
+    let pid = d.child.id();
+    let eff = u64::from_str_radix(&status_field(pid, "CapEff"), 16).unwrap();
+    println!(
+        "the installed daemon runs with {:?}, no new privileges, in a session of its own",
+        capability_names(eff)
+    );
+    assert_eq!(
+        eff,
+        caps,
+        "the daemon's capabilities are not the unit's: {:?}",
+        capability_names(eff)
+    );
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
+    assert_eq!(
+        sid.as_raw(),
+        pid as i32,
+        "the daemon leads no session of its own"
+    );
     let mut w = held_launcher(&d.socket);
     accepted(1.0, || d.metrics(), || d.log_text());
+    // Another user's launcher (nobody): the trust check reads its /proc/<pid>/exe.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut other = Workload::spawn_cmd(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg("/usr/bin/apptheus-exec")
+            .arg(format!("--socket={}", d.socket.display()))
+            .args(["--", "sleep", "600"]),
+    );
+    accepted(2.0, || d.metrics(), || d.log_text());
+    let theirs = format!("container=\"apptheus-exec_{}\"", other.pid());
+    let m = d.metrics_showing(&theirs);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("apptheus_container_info{") && l.contains(&theirs)),
+        "nobody's container is not shown:\n{m}"
+    );
+    // apptheus-exec passes SIGTERM on to its sleep, and both end.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(other.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = other.child.wait();
     // Accepted first, shown from the sampling pass that follows.
     let shown = format!("container=\"apptheus-exec_{}\"", w.pid());
     let m = d.metrics_showing(&shown);

@@ -35,7 +35,10 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the test suite drives: binary that proves presence -> package.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/promtool", "prometheus"),
+    // tests/package.rs: `systemd-analyze verify` and `security --offline=true` (systemd 250+)
+    // of the unit, and the installed daemon run confined as the unit confines it (setpriv).
     ("/usr/bin/systemd-analyze", "systemd"),
+    ("/usr/bin/setpriv", "util-linux"),
     // tests/web.rs: certificates made at test time, a TLS client that can be held to TLS 1.2.
     ("/usr/bin/openssl", "openssl"),
     ("/usr/bin/curl", "curl"),
