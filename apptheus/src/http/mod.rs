@@ -75,22 +75,13 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     pub fn new(web: Option<&Web>) -> ServeOptions {
-        let test_timeout = test_hook_timeout();
+        let test_timeout = crate::testhook::http_timeout();
         ServeOptions {
             tls: web.and_then(|w| w.tls.clone()).map(TlsAcceptor::from),
             header_read_timeout: test_timeout.unwrap_or(HEADER_READ_TIMEOUT),
             handshake_timeout: test_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT),
         }
     }
-}
-
-/// Test hook: `APPTHEUS_TEST_HTTP_TIMEOUT_MS` shortens the header read and TLS handshake
-/// timeouts, so a test of slow clients does not wait the full 10 s.
-fn test_hook_timeout() -> Option<Duration> {
-    std::env::var("APPTHEUS_TEST_HTTP_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
 }
 
 /// Serve until `shutdown` is cancelled, then give in-flight requests SHUTDOWN_GRACE to finish.
