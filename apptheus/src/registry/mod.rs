@@ -16,7 +16,7 @@ use foldhash::{HashMap, HashSet};
 mod admit;
 mod events;
 
-pub use self::{admit::Admitted, events::Move};
+pub use self::admit::Admitted;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
