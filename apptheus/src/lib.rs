@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod history;
 pub mod http;
 pub(crate) mod job;
+pub(crate) mod launcher;
 pub(crate) mod memory;
 pub(crate) mod metrics;
 pub mod pidfd;
