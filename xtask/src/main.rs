@@ -3,6 +3,9 @@
 //! everything is present.
 mod bench;
 mod fuzz;
+// The check that apptheus's module graph has no cycle: a test of this crate.
+#[cfg(test)]
+mod modgraph;
 mod package;
 mod setup;
 mod tally;
