@@ -116,7 +116,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let refusals = Refusals::new(registry.config().privacy.clone());
+        let refusals = Refusals::new(registry.privacy().clone());
         let admission = Arc::new(Admission {
             trust,
             registry,
