@@ -85,7 +85,6 @@ pub struct Slot {
 /// An accepted connection and its slot.
 pub struct Accepted<L: Listen> {
     pub stream: L::Stream,
-    pub peer: L::Peer,
     pub slot: Slot,
 }
 
@@ -108,11 +107,8 @@ impl<L: Listen> Acceptor<L> {
         }
     }
 
-    pub fn listener(&self) -> &L {
-        &self.listener
-    }
-
     /// Slots free now.
+    #[cfg(test)]
     pub fn free_slots(&self) -> usize {
         self.slots.available_permits()
     }
@@ -123,10 +119,10 @@ impl<L: Listen> Acceptor<L> {
             _ = self.shutdown.cancelled() => return None,
             p = self.slots.clone().acquire_owned() => p.ok()?,
         };
-        let (stream, peer) = self.accept().await?;
+        // The peer's address: the gateway identifies its peers by their credentials instead.
+        let (stream, _) = self.accept().await?;
         Some(Accepted {
             stream,
-            peer,
             slot: Slot { _permit: permit },
         })
     }

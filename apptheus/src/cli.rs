@@ -12,7 +12,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{collectors::Collectors, duration::parse_duration};
+use crate::{
+    collectors::Collectors,
+    duration::parse_duration,
+    telemetry::{LogFormat, LogLevel},
+};
 
 const ABOUT: &str = "apptheus: per-container telemetry for HPC and batch hosts";
 
@@ -252,47 +256,6 @@ pub enum Placement {
     Nested,
     /// Under each hierarchy's root, as the Go Apptheus did: outside the launcher's limits.
     Dedicated,
-}
-
-/// `--log.level`.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-impl LogLevel {
-    /// The filter that lets this level and the more severe ones through.
-    pub fn level_filter(self) -> tracing::level_filters::LevelFilter {
-        use tracing::level_filters::LevelFilter;
-        match self {
-            LogLevel::Debug => LevelFilter::DEBUG,
-            LogLevel::Info => LevelFilter::INFO,
-            LogLevel::Warn => LevelFilter::WARN,
-            LogLevel::Error => LevelFilter::ERROR,
-        }
-    }
-
-    /// The same filter for records of crates that log through `log` (aya).
-    pub fn log_filter(self) -> log::LevelFilter {
-        match self {
-            LogLevel::Debug => log::LevelFilter::Debug,
-            LogLevel::Info => log::LevelFilter::Info,
-            LogLevel::Warn => log::LevelFilter::Warn,
-            LogLevel::Error => log::LevelFilter::Error,
-        }
-    }
-}
-
-/// `--log.format`.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// key=value pairs, one record a line.
-    Logfmt,
-    /// One JSON object a line.
-    Json,
 }
 
 /// `--web.listen-address`: `[host]:port`. The host is kept unresolved (a name may resolve

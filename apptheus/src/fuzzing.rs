@@ -46,7 +46,7 @@ pub const HARNESSES: &[(&str, Harness)] = &[
 
 /// The daemon reads its text files with `read_to_string`: bytes that are not UTF-8 are an error
 /// before any parser sees them.
-pub(crate) fn text(data: &[u8]) -> Option<&str> {
+fn text(data: &[u8]) -> Option<&str> {
     std::str::from_utf8(data).ok()
 }
 

@@ -29,7 +29,7 @@ pub struct Recovery {
 /// Put back into `registry` the containers of a previous run (blocking: cgroup files, /proc).
 pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
     let mut recovery = Recovery::default();
-    let parent = registry.config().parent.as_str();
+    let parent = registry.parent();
     let ours = |rel: &str| {
         let mut parts = rel.rsplit('/');
         let id = parts.next().unwrap_or("");
@@ -42,7 +42,7 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         .filter(|c| !c.adopted.is_empty() || ours(&c.identity.cgroup))
         .map(|c| (c.identity.cgroup.clone(), Some(c)))
         .collect();
-    for rel in registry.layout().list(parent) {
+    for rel in registry.left_cgroups() {
         if ours(&rel) {
             candidates.entry(rel).or_insert(None);
         }
@@ -50,7 +50,7 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
     for (rel, saved) in candidates {
         let made = saved.as_ref().map_or(&[][..], |s| &s.made_parents[..]);
         let adopted = saved.as_ref().map_or(&[][..], |s| &s.adopted[..]);
-        let Some(cgroup) = registry.layout().open(&rel, made, adopted) else {
+        let Some(cgroup) = registry.reopen(&rel, made, adopted) else {
             // Removed after the state file was written.
             continue;
         };
@@ -58,7 +58,7 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         // in a cgroup delegated to them; those are never taken, nor removed).
         if saved.is_none() && !cgroup.adopted().is_empty() {
             tracing::warn!(
-                cgroup = registry.config().privacy.cgroup(&rel).as_str(),
+                cgroup = registry.privacy().cgroup(&rel).as_str(),
                 "a directory shaped like a container's is not root's: left alone"
             );
             continue;
@@ -67,7 +67,7 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         testhook::pause(testhook::Point::Hold, &listed);
         let roots = hold(&cgroup, &listed);
         let procs: Vec<i32> = roots.iter().map(Process::pid).collect();
-        let privacy = &registry.config().privacy;
+        let privacy = registry.privacy();
         let (identity, end_time) = match saved {
             // A state file written with --privacy.hash-salt-file off holds clear values.
             Some(s) => (republish(privacy, s.identity), s.end_time),
@@ -77,11 +77,11 @@ pub fn recover(registry: &Registry, saved: Vec<SavedContainer>) -> Recovery {
         let members = if roots.is_empty() {
             Vec::new()
         } else {
-            match registry.tracker().readopt(roots, key) {
-                Ok(t) => t.members,
+            match registry.readopt(roots, key) {
+                Ok(members) => members,
                 Err(e) => {
                     tracing::error!(container = identity.id.as_str(), error = %e, "cannot track a re-adopted container's processes");
-                    let _ = registry.tracker().unregister(key);
+                    let _ = registry.untrack(key);
                     Vec::new()
                 }
             }

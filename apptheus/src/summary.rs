@@ -603,10 +603,9 @@ mod tests {
     use super::*;
     use crate::{
         cgroup::{MemoryEvents, Pressure, Stats, Throttling},
-        cli::LogFormat,
         container::Identity,
         job::Job,
-        telemetry::Line,
+        telemetry::{Line, LogFormat},
     };
 
     fn series() -> ContainerSeries {

@@ -14,8 +14,6 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::cli::{LogFormat, LogLevel};
-
 /// The daemon's own target (its crate name); its events need no `source` key.
 const OWN_TARGET: &str = "apptheus";
 
@@ -23,6 +21,47 @@ const OWN_TARGET: &str = "apptheus";
 /// [`RENAMED_KEY_PREFIX`] rather than dropped or allowed to shadow ours.
 const RESERVED_KEYS: [&str; 4] = ["ts", "level", "msg", "source"];
 const RENAMED_KEY_PREFIX: &str = "fields.";
+
+/// How much is logged (`--log.level`, which `cli` parses into it).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The filter that lets this level and the more severe ones through.
+    pub fn level_filter(self) -> tracing::level_filters::LevelFilter {
+        use tracing::level_filters::LevelFilter;
+        match self {
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Error => LevelFilter::ERROR,
+        }
+    }
+
+    /// The same filter for records of crates that log through `log` (aya).
+    pub fn log_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Error => log::LevelFilter::Error,
+        }
+    }
+}
+
+/// How a log line is written (`--log.format`, which `cli` parses into it).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// key=value pairs, one record a line.
+    Logfmt,
+    /// One JSON object a line.
+    Json,
+}
 
 /// Install the stderr subscriber for `level` and the more severe levels, and the bridge that
 /// turns `log` records into events. Fails if either is installed already.

@@ -1,7 +1,9 @@
-//! Pauses the tests use to reach a race on purpose: with `APPTHEUS_TEST_<NAME>_DELAY_MS` set in
-//! the daemon's environment, `pause` logs what it waits for (the tests wait for that line), then
-//! sleeps. Unset (always, outside the tests), it does nothing.
-use std::{collections::HashMap, sync::OnceLock, time::Duration};
+//! Pauses and timeouts the tests use to reach a race on purpose, set by environment variables
+//! (`APPTHEUS_TEST_*`) in the daemon's environment.
+//!
+//! Real only with the `test-hooks` cargo feature, which `cargo xtask test` turns on: without it
+//! (any release build, every package) each hook is an empty function, so the shipped daemon
+//! reads no such variable and holds not even their names (`cargo xtask package` checks).
 
 /// The points the tests can pause at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -14,34 +16,73 @@ pub enum Point {
     Hold,
 }
 
-impl Point {
-    fn var(self) -> &'static str {
-        match self {
-            Point::Decision => "APPTHEUS_TEST_DECISION_DELAY_MS",
-            Point::Move => "APPTHEUS_TEST_MOVE_DELAY_MS",
-            Point::Hold => "APPTHEUS_TEST_HOLD_DELAY_MS",
+#[cfg(feature = "test-hooks")]
+pub use on::{http_timeout, pause};
+
+#[cfg(not(feature = "test-hooks"))]
+pub use off::{http_timeout, pause};
+
+#[cfg(feature = "test-hooks")]
+mod on {
+    use std::{collections::HashMap, sync::OnceLock, time::Duration};
+
+    use super::Point;
+
+    impl Point {
+        fn var(self) -> &'static str {
+            match self {
+                Point::Decision => "APPTHEUS_TEST_DECISION_DELAY_MS",
+                Point::Move => "APPTHEUS_TEST_MOVE_DELAY_MS",
+                Point::Hold => "APPTHEUS_TEST_HOLD_DELAY_MS",
+            }
         }
+    }
+
+    fn millis(var: &str) -> Option<Duration> {
+        let ms: u64 = std::env::var(var).ok()?.parse().ok()?;
+        Some(Duration::from_millis(ms))
+    }
+
+    fn delays() -> &'static HashMap<Point, Duration> {
+        static DELAYS: OnceLock<HashMap<Point, Duration>> = OnceLock::new();
+        DELAYS.get_or_init(|| {
+            [Point::Decision, Point::Move, Point::Hold]
+                .into_iter()
+                .filter_map(|p| Some((p, millis(p.var())?)))
+                .collect()
+        })
+    }
+
+    /// Pause at `point` if a test asked for it, saying which processes are at stake (the tests
+    /// wait for the first line).
+    pub fn pause(point: Point, pids: &[i32]) {
+        if let Some(d) = delays().get(&point) {
+            tracing::info!(point = ?point, pids = ?pids, delay_ms = d.as_millis() as u64, "test hook: pausing");
+            std::thread::sleep(*d);
+            tracing::info!(point = ?point, pids = ?pids, "test hook: resumed");
+        }
+    }
+
+    /// `APPTHEUS_TEST_HTTP_TIMEOUT_MS`: shorter header read and TLS handshake timeouts, so a
+    /// test of slow clients does not wait the full 10 s.
+    pub fn http_timeout() -> Option<Duration> {
+        millis("APPTHEUS_TEST_HTTP_TIMEOUT_MS")
     }
 }
 
-fn delays() -> &'static HashMap<Point, Duration> {
-    static DELAYS: OnceLock<HashMap<Point, Duration>> = OnceLock::new();
-    DELAYS.get_or_init(|| {
-        [Point::Decision, Point::Move, Point::Hold]
-            .into_iter()
-            .filter_map(|p| {
-                let ms: u64 = std::env::var(p.var()).ok()?.parse().ok()?;
-                Some((p, Duration::from_millis(ms)))
-            })
-            .collect()
-    })
-}
+#[cfg(not(feature = "test-hooks"))]
+mod off {
+    use std::time::Duration;
 
-/// Pause at `point` if a test asked for it, saying which processes are at stake.
-pub fn pause(point: Point, pids: &[i32]) {
-    if let Some(d) = delays().get(&point) {
-        tracing::info!(point = ?point, pids = ?pids, delay_ms = d.as_millis() as u64, "test hook: pausing");
-        std::thread::sleep(*d);
-        tracing::info!(point = ?point, pids = ?pids, "test hook: resumed");
+    use super::Point;
+
+    /// No pause outside the tests.
+    #[inline(always)]
+    pub fn pause(_point: Point, _pids: &[i32]) {}
+
+    /// The daemon's own timeouts outside the tests.
+    #[inline(always)]
+    pub fn http_timeout() -> Option<Duration> {
+        None
     }
 }

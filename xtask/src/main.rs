@@ -3,6 +3,9 @@
 //! everything is present.
 mod bench;
 mod fuzz;
+// The check that apptheus's module graph has no cycle: a test of this crate.
+#[cfg(test)]
+mod modgraph;
 mod package;
 mod setup;
 mod tally;
@@ -162,6 +165,10 @@ fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's test hooks (`apptheus::testhook`): on in every build the integration tests
+/// run, here and in the kernel matrix's guests; never in `build`, `run`, `package` or `bench`.
+const TEST_FEATURES: &str = "apptheus/test-hooks";
+
 fn build(release: bool) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["build", "--package", "apptheus", "--bins"]);
@@ -266,9 +273,18 @@ fn test(args: Vec<String>, vm: bool) -> Result<()> {
     status(cargo().args(["fmt", "--all", "--", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
     status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // Build the binaries the integration tests start, and those tests/package.rs packs (it runs
-    // `xtask package --no-build` itself, twice, for an install and an upgrade).
-    build(false)?;
+    // Build the binaries the integration tests start (with the test hooks, as `cargo test`
+    // below builds them), and those tests/package.rs packs (it runs `xtask package --no-build`
+    // itself, twice, for an install and an upgrade; the package's build checks that its daemon
+    // holds no test hook).
+    status(cargo().args([
+        "build",
+        "--package",
+        "apptheus",
+        "--bins",
+        "--features",
+        TEST_FEATURES,
+    ]))?;
     let packaged = std::time::Instant::now();
     package::build()?;
     println!(
@@ -283,6 +299,8 @@ fn test(args: Vec<String>, vm: bool) -> Result<()> {
         "--workspace",
         "--exclude",
         "apptheus-ebpf",
+        "--features",
+        TEST_FEATURES,
     ]);
     if !args.is_empty() {
         cmd.arg("--").args(&args);

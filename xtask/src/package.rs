@@ -47,6 +47,7 @@ pub fn run(args: PackageArgs) -> Result<()> {
                 );
             }
         }
+        check_no_test_hooks()?;
     } else {
         build()?;
     }
@@ -78,7 +79,33 @@ pub fn build() -> Result<()> {
         "--bins",
         "--profile",
         PROFILE,
-    ]))
+    ]))?;
+    check_no_test_hooks()
+}
+
+/// What every test hook's environment variable starts with (apptheus/src/testhook.rs).
+const TEST_HOOK_PREFIX: &[u8] = b"APPTHEUS_TEST_";
+
+/// The packaged daemon must hold no test hook: built without the `test-hooks` feature, it does
+/// not even name their variables, so setting one cannot change what it does.
+fn check_no_test_hooks() -> Result<()> {
+    let bin = profile_dir().join("apptheus");
+    let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    if names_a_test_hook(&bytes) {
+        bail!(
+            "{} names a test hook ({}*): it was built with the `test-hooks` feature",
+            bin.display(),
+            String::from_utf8_lossy(TEST_HOOK_PREFIX)
+        );
+    }
+    println!("xtask package: {} holds no test hook", bin.display());
+    Ok(())
+}
+
+fn names_a_test_hook(binary: &[u8]) -> bool {
+    binary
+        .windows(TEST_HOOK_PREFIX.len())
+        .any(|w| w == TEST_HOOK_PREFIX)
 }
 
 /// Run both packagers on the built binaries; `out` defaults to each tool's own directory.
@@ -132,4 +159,18 @@ fn newest(dir: &Path, suffix: &str) -> Result<PathBuf> {
         .max()
         .map(|(_, p)| p)
         .with_context(|| format!("no *{suffix} in {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_name_anywhere_is_found() {
+        assert!(names_a_test_hook(
+            b"\0\x7fELF..APPTHEUS_TEST_MOVE_DELAY_MS\0"
+        ));
+        assert!(!names_a_test_hook(b"APPTHEUS_TES"));
+        assert!(!names_a_test_hook(b"APPTHEUS_LOG"));
+    }
 }

@@ -6,7 +6,12 @@
 use std::path::Component;
 
 use super::{Layout, layout::Hierarchy, parse};
-use crate::fuzzing::text;
+
+/// As `crate::fuzzing::text` (not imported: `crate::fuzzing` re-exports this module, and the
+/// module graph stays one way): the daemon reads its text files with `read_to_string`.
+fn text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok()
+}
 
 /// Flat keyed files (v1 memory.stat, cpuacct.stat, cpu.stat; v2 cpu.stat, memory.stat,
 /// memory.events): the pairs rendered again parse to the same pairs, and each file's reader

@@ -23,7 +23,9 @@ mod parse;
 mod probe;
 mod stats;
 
-// The fuzz targets' harnesses (re-exported as `crate::fuzzing`).
+// The fuzz targets' harnesses (re-exported as `crate::fuzzing`): for fuzz/ and the seeds' unit
+// tests only.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzzing;
 
 #[cfg(test)]
@@ -32,8 +34,13 @@ mod host_tests;
 use std::{io, path::Path};
 
 pub use container::{ContainerCgroup, Moved};
-pub use layout::{Launcher, Layout, MAX_CGROUP_PATH, Mode, Version};
-pub use stats::{MemoryEvents, Pressure, Probe, Reader, Stats, Throttling};
+pub use layout::{Layout, MAX_CGROUP_PATH};
+pub use stats::{Pressure, Reader, Stats};
+// What the tests (here and in the modules that read `Stats`) build their fixtures from.
+#[cfg(test)]
+pub use layout::{Mode, Version};
+#[cfg(test)]
+pub use stats::{MemoryEvents, Throttling};
 
 /// Where a container's cgroup is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

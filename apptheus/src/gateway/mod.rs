@@ -19,10 +19,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use self::refusals::Refusals;
-pub use self::{peer::Peer, trust::Trust};
+pub use self::trust::Trust;
 use crate::{
     accept::{Accepted, Acceptor, Listen, Slot},
     fsperm::writable_by_others,
+    launcher::{Peer, Rejection},
     metrics::Metrics,
     registry::{AdmitError, Admitted, Registry},
     tracker,
@@ -31,45 +32,6 @@ use crate::{
 /// Connections being identified at once; more wait in the kernel's listen backlog, so a flood
 /// costs bounded memory.
 const MAX_PENDING_CONNECTIONS: usize = 16;
-
-/// Why a connection was refused; the `reason` label of `apptheus_gateway_rejections_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rejection {
-    /// The peer's executable is not one of `--trust.path`.
-    Untrusted,
-    /// The peer runs a trusted path, but not the file now at that path (replaced or deleted).
-    Replaced,
-    /// The peer exited before the decision.
-    Vanished,
-    /// The peer already belongs to a monitored container.
-    Nested,
-    /// `--gateway.max-containers` live containers exist already.
-    Limit,
-    /// The daemon failed to set the container up (see its log).
-    Error,
-}
-
-impl Rejection {
-    pub const ALL: [Rejection; 6] = [
-        Rejection::Untrusted,
-        Rejection::Replaced,
-        Rejection::Vanished,
-        Rejection::Nested,
-        Rejection::Limit,
-        Rejection::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Untrusted => "untrusted",
-            Rejection::Replaced => "replaced",
-            Rejection::Vanished => "vanished",
-            Rejection::Nested => "nested",
-            Rejection::Limit => "limit",
-            Rejection::Error => "error",
-        }
-    }
-}
 
 impl From<AdmitError> for Rejection {
     fn from(e: AdmitError) -> Rejection {
@@ -154,7 +116,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let refusals = Refusals::new(registry.config().privacy.clone());
+        let refusals = Refusals::new(registry.privacy().clone());
         let admission = Arc::new(Admission {
             trust,
             registry,

@@ -1,31 +1,19 @@
-//! Who is at the other end of a launcher's connection.
+//! Who is at the other end of a launcher's connection: the gateway's identification of a
+//! [`Peer`] (the type is `crate::launcher`'s, shared with the registry that admits it).
 //!
 //! The peer is identified by SO_PEERCRED and held by a pidfd taken at once (SO_PEERPIDFD names
 //! the very process that connected; older kernels fall back to pidfd_open on its pid). It is
 //! trusted only when its executable is a trusted file now, and the pidfd still shows it alive
 //! after that decision, so a pid reused in between is never trusted.
-use std::path::PathBuf;
-
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::UnixStream;
 
-use super::{Rejection, refusals::Refusals, trust::Trust};
-use crate::{pidfd::Pidfd, testhook};
-
-/// A connected launcher, identified.
-#[derive(Debug)]
-pub struct Peer {
-    pub pid: i32,
-    /// Its real uid: the user who ran it. A set-uid launcher (Apptainer's `starter-suid`)
-    /// runs with an effective uid of 0, which SO_PEERCRED reports.
-    pub uid: u32,
-    /// Its real gid (with `uid`, what a file its environment names is read as).
-    pub gid: u32,
-    /// What `/proc/<pid>/exe` resolved to (" (deleted)" included, if so).
-    pub exe_path: PathBuf,
-    /// Holds the peer process: valid as long as we keep it, whatever happens to the pid.
-    pub pidfd: Pidfd,
-}
+use super::{refusals::Refusals, trust::Trust};
+use crate::{
+    launcher::{Peer, Rejection},
+    pidfd::Pidfd,
+    testhook,
+};
 
 impl Peer {
     /// Identify the process at the other end of `stream` (blocking: reads /proc). A peer that

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Rejection;
+use crate::launcher::Rejection;
 use crate::privacy::Privacy;
 
 /// Lines per reason and window, at most.

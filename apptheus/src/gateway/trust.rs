@@ -8,8 +8,8 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use super::Rejection;
 use crate::fsperm::writable_by_others;
+use crate::launcher::Rejection;
 
 /// The trusted launcher executables.
 #[derive(Clone, Debug, Default)]

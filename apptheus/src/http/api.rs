@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{handlers::AppState, views};
+use super::{state::AppState, views};
 use crate::{
     container::unix_seconds,
     history::{History, Track},

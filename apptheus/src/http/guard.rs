@@ -19,7 +19,7 @@ use lru::LruCache;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::{conns::Client, handlers::busy};
+use super::{conns::Client, reply::busy};
 use crate::webconfig::{RateLimit, Web};
 
 /// Clients whose rate-limit state is kept; past it, the one seen least recently is forgotten

@@ -1,12 +1,6 @@
 //! The routes: the metrics endpoint, /-/healthy, /-/ready, the page (`/`, `/containers`) and
 //! its JSON (`/api/containers`), and 404 for everything else.
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::sync::atomic::Ordering;
 
 use axum::{
     Router,
@@ -17,53 +11,15 @@ use axum::{
     routing::get,
 };
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
-use super::{api, guard, page, views::MAX_CONCURRENT_VIEWS};
-use crate::{
-    history::History,
-    metrics::{Metrics, gzip_response},
-    webconfig::Web,
+use super::{
+    api, guard, page,
+    reply::{accepts_gzip, busy},
+    state::{AppState, SCRAPE_QUEUE_TIMEOUT},
 };
+use crate::{metrics::gzip_response, webconfig::Web};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Metrics responses being built at once: each takes a blocking thread (the pool is shared with
-/// the sampler and the gateway), so a scrape storm must not occupy them all.
-pub const MAX_CONCURRENT_SCRAPES: usize = 4;
-/// How long a scrape waits for its turn before a 503 with Retry-After.
-pub const SCRAPE_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Clone)]
-pub struct AppState {
-    pub metrics: Arc<Metrics>,
-    /// Set once the socket listens and the eBPF programs are attached.
-    pub ready: Arc<AtomicBool>,
-    /// Bounds concurrent metrics encodes (MAX_CONCURRENT_SCRAPES).
-    pub scrapes: Arc<Semaphore>,
-    /// The containers' last minutes, which the sampler keeps (empty until `with_history`).
-    pub history: Arc<History>,
-    /// Bounds concurrent page and JSON builds (MAX_CONCURRENT_VIEWS).
-    pub views: Arc<Semaphore>,
-}
-
-impl AppState {
-    pub fn new(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> AppState {
-        AppState {
-            metrics,
-            ready,
-            scrapes: Arc::new(Semaphore::new(MAX_CONCURRENT_SCRAPES)),
-            history: Arc::new(History::new(Duration::from_millis(500))),
-            views: Arc::new(Semaphore::new(MAX_CONCURRENT_VIEWS)),
-        }
-    }
-
-    /// Show `history`, the one the sampler keeps.
-    pub fn with_history(mut self, history: Arc<History>) -> AppState {
-        self.history = history;
-        self
-    }
-}
 
 /// The routes, wrapped in the web configuration's guard when there is one.
 pub fn router(telemetry_path: &str, state: AppState, web: Option<&Web>) -> Router {
@@ -90,39 +46,12 @@ pub fn router(telemetry_path: &str, state: AppState, web: Option<&Web>) -> Route
     guard::wrap(app, web)
 }
 
-/// `503` with `Retry-After: 1`: come back in a second.
-pub(super) fn busy(message: &'static str) -> Response {
-    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
 async fn ready(State(state): State<AppState>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "Ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "Not ready: starting\n").into_response()
     }
-}
-
-pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|enc| {
-            let mut parts = enc.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| {
-                matches!(
-                    p.trim().replace(' ', "").as_str(),
-                    "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
-                )
-            });
-            name.eq_ignore_ascii_case("gzip") && !refused
-        })
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -171,7 +100,12 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 
 #[cfg(test)]
 pub(super) mod tests {
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    use tokio::sync::Semaphore;
+
     use super::*;
+    use crate::metrics::Metrics;
     use axum::extract::Request;
     use tower::ServiceExt as _;
 

@@ -6,13 +6,17 @@
 //! handshake timeout; hyper's header read timeout (slow or half-open clients are cut); graceful
 //! shutdown. The routes are in `handlers`, the `--web.config.file` guard (rate limit, response
 //! headers, basic auth) that wraps them in `guard`; the page in `page` (its style and script
-//! beside it), its JSON in `api`, both built by `views`; `format` spells the units.
+//! beside it), its JSON in `api`, both built by `views`; `format` spells the units. What they
+//! all share (the router's state, the 503 and gzip answers) is in `state` and `reply`, which
+//! import none of them.
 pub mod api;
 mod conns;
 pub mod format;
 mod guard;
 mod handlers;
 mod page;
+mod reply;
+mod state;
 mod views;
 
 use std::{
@@ -39,10 +43,12 @@ use tower::ServiceExt as _;
 use crate::{accept::Acceptor, webconfig::Web};
 use conns::{Busy, Client, Conn, Connections};
 
+pub use self::{
+    handlers::router,
+    state::{AppState, MAX_CONCURRENT_SCRAPES, MAX_CONCURRENT_VIEWS, SCRAPE_QUEUE_TIMEOUT},
+};
 pub use conns::{MAX_CONNECTIONS_PER_CLIENT, NEW_CONNECTION_GRACE};
 pub use guard::{AUTH_CACHE_SIZE, BCRYPT_QUEUE_TIMEOUT, RATE_LIMITED_CLIENTS};
-pub use handlers::{AppState, MAX_CONCURRENT_SCRAPES, SCRAPE_QUEUE_TIMEOUT, router};
-pub use views::MAX_CONCURRENT_VIEWS;
 
 /// A client must send a request's whole header within this time, also on an idle keep-alive
 /// connection (hyper starts the timer when it waits for a request head).
@@ -75,22 +81,13 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     pub fn new(web: Option<&Web>) -> ServeOptions {
-        let test_timeout = test_hook_timeout();
+        let test_timeout = crate::testhook::http_timeout();
         ServeOptions {
             tls: web.and_then(|w| w.tls.clone()).map(TlsAcceptor::from),
             header_read_timeout: test_timeout.unwrap_or(HEADER_READ_TIMEOUT),
             handshake_timeout: test_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT),
         }
     }
-}
-
-/// Test hook: `APPTHEUS_TEST_HTTP_TIMEOUT_MS` shortens the header read and TLS handshake
-/// timeouts, so a test of slow clients does not wait the full 10 s.
-fn test_hook_timeout() -> Option<Duration> {
-    std::env::var("APPTHEUS_TEST_HTTP_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
 }
 
 /// Serve until `shutdown` is cancelled, then give in-flight requests SHUTDOWN_GRACE to finish.

@@ -20,7 +20,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use super::{
     api::{self, Container, Containers, State as Liveness},
     format::{self, NONE},
-    handlers::AppState,
+    state::AppState,
     views,
 };
 use crate::history::POINTS;

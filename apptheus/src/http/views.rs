@@ -19,10 +19,10 @@ use bytes::Bytes;
 use flate2::{Compression, write::GzEncoder};
 use http_body::{Frame, SizeHint};
 
-use super::handlers::{AppState, SCRAPE_QUEUE_TIMEOUT, accepts_gzip, busy};
-
-/// Views built at once (each takes a blocking thread, shared with scrapes and the sampler).
-pub const MAX_CONCURRENT_VIEWS: usize = 2;
+use super::{
+    reply::{accepts_gzip, busy},
+    state::{AppState, SCRAPE_QUEUE_TIMEOUT},
+};
 
 pub const JSON: &str = "application/json";
 pub const HTML: &str = "text/html; charset=utf-8";

@@ -21,7 +21,7 @@ use prometheus::{
 };
 
 use crate::{
-    cgroup::Stats, collectors::Collectors, container::Identity, gateway::Rejection,
+    cgroup::Stats, collectors::Collectors, container::Identity, launcher::Rejection,
     tracker::ProcessCounters,
 };
 

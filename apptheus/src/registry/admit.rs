@@ -9,8 +9,8 @@ use super::{AdmitError, Registry, monotonic_ns};
 use crate::{
     cgroup::{ContainerCgroup, Moved, Placement},
     container::{Identity, unix_seconds, user_name},
-    gateway::Peer,
     job::{self, Job},
+    launcher::Peer,
     pidfd::Process,
     privacy::Chosen,
     testhook, tracker,

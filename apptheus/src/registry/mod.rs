@@ -15,8 +15,9 @@ use foldhash::{HashMap, HashSet};
 
 mod admit;
 mod events;
+mod restart;
 
-pub use self::{admit::Admitted, events::Move};
+pub use self::admit::Admitted;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -284,14 +285,14 @@ impl Registry {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    /// How the values naming a person are published (the gateway's refusals and a restart's
+    /// recovery publish with it too).
+    pub fn privacy(&self) -> &Arc<Privacy> {
+        &self.cfg.privacy
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
+    /// The tracker, whose counters the sampler reads each pass (the one reach into the
+    /// registry's parts left; recovery asks through `restart`'s methods).
     pub fn tracker(&self) -> &Tracker {
         &self.tracker
     }

@@ -230,6 +230,7 @@ pub fn member(data: &[u8], name: &str, member: &str) -> Result<Option<Member>, B
 
 /// A BTF blob with the given types, for tests and fuzz seeds: `structs` are (name, members),
 /// each member (name, byte offset) of type `int` (4 bytes) behind a typedef.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn build(structs: &[(&str, &[(&str, u32)])]) -> Vec<u8> {
     let mut strings = vec![0u8];
     let mut add = |s: &str| {

@@ -7,14 +7,14 @@
 //! process live, so each process is counted once.
 mod adopt;
 mod batch;
-pub mod btf;
+pub(crate) mod btf;
 mod error;
 mod events;
-pub mod format;
+pub(crate) mod format;
 mod limits;
 mod load;
-pub mod network;
-pub mod proctable;
+pub(crate) mod network;
+pub(crate) mod proctable;
 mod tracefs;
 mod tracked;
 

@@ -16,7 +16,7 @@
     deprecated,
     reason = "BPF_MAP_TYPE_CGRP_STORAGE, the storage's successor, needs 6.2; the field kernels start at 5.10"
 )]
-use std::{os::unix::fs::MetadataExt as _, path::Path};
+use std::os::unix::fs::MetadataExt as _;
 
 use aya::{
     maps::{CgroupStorage, CgroupStorageKey, Map, MapData, MapError},
@@ -136,9 +136,4 @@ impl Tracker {
             a.links.clear();
         }
     }
-}
-
-/// Whether `dir` is a cgroup directory (for tests).
-pub fn is_cgroup(dir: &Path) -> bool {
-    dir.join("cgroup.procs").exists()
 }

@@ -7,7 +7,15 @@ use anyhow::{Context as _, Result, bail};
 /// Build what the integration tests start (the daemon, apptheus-exec, the workload example)
 /// and the test binaries of `suites` (`apptheus/tests/<suite>.rs`); each suite's executable.
 pub fn build(suites: &[String]) -> Result<Vec<(String, PathBuf)>> {
-    crate::status(crate::cargo().args(["build", "--package", "apptheus", "--bins", "--examples"]))?;
+    crate::status(crate::cargo().args([
+        "build",
+        "--package",
+        "apptheus",
+        "--bins",
+        "--examples",
+        "--features",
+        crate::TEST_FEATURES,
+    ]))?;
     let mut cmd = crate::cargo();
     cmd.args([
         "test",
@@ -15,6 +23,8 @@ pub fn build(suites: &[String]) -> Result<Vec<(String, PathBuf)>> {
         "--message-format=json",
         "--package",
         "apptheus",
+        "--features",
+        crate::TEST_FEATURES,
     ]);
     for s in suites {
         cmd.args(["--test", s]);

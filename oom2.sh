@@ -1,3 +1,0 @@
-#!/bin/sh
-srun /work/wt-slurm/target/debug/examples/workload alloc:200
-echo srun exit $?
