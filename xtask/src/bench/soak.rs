@@ -50,6 +50,10 @@ pub struct SoakArgs {
     /// Write the figures to target/soak instead of docs/.
     #[arg(long)]
     quick: bool,
+    /// Only redraw docs/soak.png from a soak's output (its readings every 30 s), e.g. of a run
+    /// that stopped before writing its figures.
+    #[arg(long, value_name = "LOG")]
+    plot_from: Option<PathBuf>,
 }
 
 /// How each container ends, and the launcher's exit code for it.
@@ -133,6 +137,8 @@ struct Figures {
     fds_max: usize,
     leftover_cgroups: usize,
     parents_left: usize,
+    /// Containers still exported after the drain (never marked ended).
+    never_ended: Vec<String>,
     records: usize,
     torn: usize,
     missing: usize,
@@ -154,6 +160,9 @@ pub fn run(args: SoakArgs) -> Result<()> {
         bail!(
             "the soak loads eBPF programs, creates cgroups and moves processes: run `cargo xtask soak` as root"
         );
+    }
+    if let Some(log) = &args.plot_from {
+        return replot(log);
     }
     if args.containers == 0 || args.alive == 0 {
         bail!("--containers and --alive must be at least 1");
@@ -481,7 +490,15 @@ fn soak(ctx: &Ctx, args: &SoakArgs, jobs: &Jobs, f: &mut Figures) -> Result<Vec<
 
     // Drained: every series gone after the retention, then a few passes.
     let t_drain = Instant::now();
-    lifecycle::wait_removed(ctx, &daemon)?;
+    // A container never marked ended keeps its series: a finding, counted; the checks go on.
+    if let Err(e) = lifecycle::wait_removed(ctx, &daemon) {
+        let text = daemon.metrics()?;
+        f.never_ended = sys::samples(&text, "apptheus_container_info")
+            .iter()
+            .filter_map(|(l, _)| sys::label(l, "container").map(str::to_string))
+            .collect();
+        ctx.say(format!("{e:#}: {:?}", f.never_ended));
+    }
     f.drain_s = t_drain.elapsed().as_secs_f64();
     f.rss_end = sys::rss_mib(daemon.pid())?;
     // Launcher connections close as the daemon notices: wait for the idle count a while.
@@ -651,7 +668,14 @@ fn records(path: &Path, launches: &[Launch], f: &mut Figures) -> Result<()> {
 
 fn bounds(args: &SoakArgs, f: &Figures) -> Vec<Bound> {
     let b = |name: String, value: String, met: bool| Bound { name, value, met };
-    let maps_back = f.maps_end == f.maps_idle && !f.maps_idle.is_empty();
+    // OOM_VICTIM_TIDS is left out: it takes every OOM victim on the host (an LRU map, whose
+    // entries for processes the daemon does not track are evicted, never removed).
+    let tracked = |m: &BTreeMap<String, u64>| {
+        let mut m = m.clone();
+        m.remove("OOM_VICTIM_TIDS");
+        m
+    };
+    let maps_back = tracked(&f.maps_end) == tracked(&f.maps_idle) && !f.maps_idle.is_empty();
     vec![
         b(
             format!("at least {} containers", args.containers),
@@ -682,7 +706,19 @@ fn bounds(args: &SoakArgs, f: &Figures) -> Vec<Bound> {
                 "{:.1} MiB after {}, {:.1} at the churn's end, {:.1} drained (max {:.1} after the first {})",
                 f.rss_ref, f.ref_at, f.rss_churn_end, f.rss_end, f.rss_max, f.ref_at
             ),
-            f.rss_churn_end <= f.rss_ref + 2.0 && f.rss_end <= f.rss_ref + 2.0,
+            // After the soak, as the issue asks: at the churn's end the containers held (alive,
+            // being admitted, retained) depend on the rate of the moment, so that reading is
+            // shown, not bounded.
+            f.rss_end <= f.rss_ref + 2.0,
+        ),
+        b(
+            "every container marked ended".into(),
+            format!(
+                "{} still live after the drain {:?}",
+                f.never_ended.len(),
+                f.never_ended
+            ),
+            f.never_ended.is_empty(),
         ),
         b(
             "descriptors back to their baseline".into(),
@@ -730,30 +766,52 @@ fn bounds(args: &SoakArgs, f: &Figures) -> Vec<Bound> {
         ),
         b(
             "eBPF maps back to their idle occupancy".into(),
-            format!("{:?} drained, {:?} idle", f.maps_end, f.maps_idle),
+            format!(
+                "{:?} drained, {:?} idle (OOM_VICTIM_TIDS: host-wide, not compared)",
+                f.maps_end, f.maps_idle
+            ),
             maps_back,
         ),
     ]
 }
 
-/// The soak's section of benchmarks.md (between the soak markers, which the bench keeps) and
-/// its plot.
-fn write(
-    ctx: &Ctx,
-    out: &Path,
-    args: &SoakArgs,
-    f: &Figures,
-    bounds: &[Bound],
-    points: &[Point],
-) -> Result<()> {
-    use std::fmt::Write as _;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let png = out.join("soak.png");
+/// The readings of a soak's output (`  N ended, ... RSS X MiB, Y descriptors`), drawn.
+fn replot(log: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let points: Vec<Point> = text
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("] ")?;
+            let ended = rest.trim().split_once(" ended,")?.0.parse().ok()?;
+            let (_, rss) = rest.split_once("RSS ")?;
+            let (rss, fds) = rss.split_once(" MiB, ")?;
+            Some(Point {
+                ended,
+                rss_mib: rss.parse().ok()?,
+                fds: fds.split_whitespace().next()?.parse().ok()?,
+            })
+        })
+        .collect();
+    if points.is_empty() {
+        bail!("no readings in {}", log.display());
+    }
+    let png = crate::workspace_root().join("docs/soak.png");
+    draw(&png, &points)?;
+    println!(
+        "soak: drew {} readings into {}",
+        points.len(),
+        png.display()
+    );
+    Ok(())
+}
+
+fn draw(png: &Path, points: &[Point]) -> Result<()> {
     let series = |g: fn(&Point) -> f64| -> Vec<(f64, f64)> {
         points.iter().map(|p| (p.ended as f64, g(p))).collect()
     };
     plot::timeline(
-        &png,
+        png,
         "containers ended",
         &[
             plot::Panel {
@@ -769,7 +827,23 @@ fn write(
                 linear: false,
             },
         ],
-    )?;
+    )
+}
+
+/// The soak's section of benchmarks.md (between the soak markers, which the bench keeps) and
+/// its plot.
+fn write(
+    ctx: &Ctx,
+    out: &Path,
+    args: &SoakArgs,
+    f: &Figures,
+    bounds: &[Bound],
+    points: &[Point],
+) -> Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let png = out.join("soak.png");
+    draw(&png, points)?;
     let machine = super::machine();
     let mut md = format!(
         "{BEGIN}\n## Soak\n\nWritten by `cargo xtask soak{}` on {}, {} build.\n\n**Machine:** {machine}\n\n\
