@@ -85,6 +85,11 @@ enum Cmd {
     /// Measure the daemon side by side with Pushgateway and with C floors (as root); writes
     /// docs/benchmarks.md and the README summary. Not part of `test`.
     Bench(bench::BenchArgs),
+    /// Soak: 100,000 short containers (exits, failures, signals, OOM kills, fork bursts), 200
+    /// alive at once, through one daemon scraped by a real Prometheus; checks that nothing
+    /// grows and nothing is lost, writes its section of docs/benchmarks.md (as root; up to
+    /// 30 minutes). Not part of `test` (tests/soak.rs is its short version).
+    Soak(bench::soak::SoakArgs),
 }
 
 fn main() -> Result<()> {
@@ -133,6 +138,7 @@ fn main() -> Result<()> {
             package::run(args)
         }
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Soak(args) => bench::soak::run(args),
         Cmd::Vm(args) => {
             let code = vm::main(args)?;
             std::process::exit(code)

@@ -21,6 +21,7 @@ mod plot;
 mod report;
 mod sampling;
 mod scrape;
+pub mod soak;
 mod sys;
 
 use std::{
@@ -189,6 +190,11 @@ impl Daemon {
     /// Without `network`, the network collector is off (its programs are not attached: two
     /// descriptors less per container).
     fn start_for(ctx: &Ctx, containers: usize, network: bool) -> Result<Daemon> {
+        Daemon::start_with(ctx, containers, network, &[])
+    }
+
+    /// `start_for` with `extra` flags (the soak's summary file).
+    fn start_with(ctx: &Ctx, containers: usize, network: bool, extra: &[String]) -> Result<Daemon> {
         let port = sys::free_port()?;
         let socket = ctx.tmp.join("gateway.sock");
         let log = ctx.tmp.join("apptheus.log");
@@ -219,6 +225,7 @@ impl Daemon {
                 (4 * room).max(131_072)
             ))
             .args((!network).then_some("--collector.disable=network"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).context("creating the daemon's log")?);
@@ -516,6 +523,13 @@ fn admit_with(ctx: &Ctx, d: &Daemon, n: usize, light: bool) -> Result<(Vec<Conta
             host_processes,
         },
     ))
+}
+
+/// Now, as the reports date their runs.
+fn report_date() -> String {
+    crate::setup::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|d| d.trim().to_string())
+        .unwrap_or_else(|_| "unknown date".into())
 }
 
 /// The machine line: CPU model, cores, memory, kernel, cgroup mode, load when the bench began.

@@ -139,3 +139,61 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// Draws `panels` two per row into `path` on linear axes against `x` (the soak's readings over
+/// its run), each from 0 so that growth shows at its true scale.
+pub fn timeline(path: &Path, x: &str, panels: &[Panel]) -> Result<()> {
+    font()?;
+    let rows = panels.len().div_ceil(2).max(1);
+    let root = BitMapBackend::new(path, (1400, 420 * rows as u32)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Debug| anyhow!("drawing {}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let areas = root.split_evenly((rows, 2));
+    for (area, panel) in areas.iter().zip(panels) {
+        let points: Vec<(f64, f64)> = panel
+            .series
+            .iter()
+            .flat_map(|(_, p)| p.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        let x1 = points.iter().map(|p| p.0).fold(1.0, f64::max);
+        let y1 = points.iter().map(|p| p.1).fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x1 * 1.02, 0.0..y1 * 1.15)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x)
+            .y_desc(&panel.y)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| short(*y))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (i, (name, pts)) in panel.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

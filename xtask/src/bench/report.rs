@@ -1119,6 +1119,15 @@ impl Report {
             let _ = writeln!(md, "- {n}");
         }
         let md_path = out.join("benchmarks.md");
+        // The soak's section (`cargo xtask soak`) is its own: kept as it is.
+        let old = std::fs::read_to_string(&md_path).unwrap_or_default();
+        if let (Some(b), Some(e)) = (old.find(super::soak::BEGIN), old.find(super::soak::END))
+            && e > b
+        {
+            md.push('\n');
+            md.push_str(&old[b..e + super::soak::END.len()]);
+            md.push('\n');
+        }
         std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
         self.raw.insert(
             "rows".into(),
