@@ -519,8 +519,9 @@ fn capability_names(mask: u64) -> Vec<&'static str> {
 /// systemd: the unit's bounding set (root's capabilities after exec are that set), no new
 /// privileges, a session of its own (no controlling terminal), stdin /dev/null, and the unit's
 /// LimitMEMLOCK= and LimitNOFILE= where this host lets them be raised (the daemon cannot raise
-/// them itself without CAP_SYS_RESOURCE; 5.10 charges eBPF maps to locked memory). It execs all
-/// the way (setsid does not fork a process that leads no group), so the daemon keeps its pid.
+/// them itself without CAP_SYS_RESOURCE; 5.10 charges eBPF maps to locked memory). Its session
+/// is the one the tests give every daemon they start (`common::spawn_daemon`: setsid before
+/// exec, as systemd does); it execs all the way, so the daemon keeps its pid.
 fn confined_daemon(dir: &Path, caps: u64) -> PathBuf {
     let set: String = capability_names(caps)
         .iter()
@@ -538,7 +539,7 @@ fn confined_daemon(dir: &Path, caps: u64) -> PathBuf {
         &script,
         format!(
             "#!/bin/sh\nulimit -l {memlock} 2>/dev/null; ulimit -n {nofile} 2>/dev/null\n\
-             exec setsid setpriv --bounding-set=-all{set} --inh-caps=-all \
+             exec setpriv --bounding-set=-all{set} --inh-caps=-all \
              --no-new-privs -- /usr/bin/apptheus \"$@\" </dev/null\n"
         ),
     )
