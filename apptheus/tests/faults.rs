@@ -177,6 +177,15 @@ fn files_a_killed_daemon_left_half_written_are_read_at_the_next_start() {
         &format!("--container.summary-file={}", summary.display()),
     ]);
     let first = one_container(&d);
+    // Killed once the ended container is let go of (its cgroup removed): a daemon killed
+    // before that finds it again at the restart and sums it up once more (README, Container
+    // summary), which is not what this test is about.
+    eventually(Duration::from_secs(10), || {
+        common::find_dirs(Path::new("/sys/fs/cgroup"), &first)
+            .is_empty()
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{first}'s cgroup was not removed:\n{}", d.log_text()));
     d.kill9();
     // As a kill in the middle of each write would leave them: half a record, half a state
     // file beside the whole one.
