@@ -12,9 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use apptheus_api::duration::parse_duration;
+
 use crate::{
     collectors::Collectors,
-    duration::parse_duration,
     telemetry::{LogFormat, LogLevel},
 };
 

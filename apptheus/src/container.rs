@@ -1,6 +1,6 @@
 //! Who a container is: fixed at admission, then the same everywhere: the labels of its series,
 //! the fields of its log lines, and its entry in the state file.
-use std::{path::Path, time::SystemTime};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -90,18 +90,7 @@ pub fn user_name(uid: u32) -> String {
     }
 }
 
-/// Seconds since the Unix epoch (0 for a time before it).
-pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
-/// The inverse of `unix_seconds`; a value no `SystemTime` can hold gives `None`.
-pub fn from_unix_seconds(secs: f64) -> Option<SystemTime> {
-    let since = std::time::Duration::try_from_secs_f64(secs).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(since)
-}
+pub use apptheus_api::time::{from_unix_seconds, unix_seconds};
 
 fn exe_basename(path: &Path) -> String {
     let name = path
@@ -175,14 +164,5 @@ mod tests {
                 .unwrap()
                 .contains(r#""uid":"1000""#)
         );
-    }
-
-    #[test]
-    fn unix_times_round_trip_and_refuse_what_no_clock_holds() {
-        let t = from_unix_seconds(1_700_000_000.25).unwrap();
-        assert_eq!(unix_seconds(t), 1_700_000_000.25);
-        assert_eq!(from_unix_seconds(f64::MAX), None);
-        assert_eq!(from_unix_seconds(-1.0), None);
-        assert_eq!(from_unix_seconds(f64::NAN), None);
     }
 }

@@ -16,6 +16,7 @@ use std::{
 use foldhash::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
+use apptheus_api::PeakSource;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -143,10 +144,10 @@ impl Sampled {
     fn series(&self) -> ContainerSeries {
         let mut stats = self.stats.clone();
         let peak_source = match stats.memory_max_usage_bytes {
-            Some(_) => "kernel",
+            Some(_) => PeakSource::Kernel,
             None => {
                 stats.memory_max_usage_bytes = self.sampled_peak;
-                "sampled"
+                PeakSource::Sampled
             }
         };
         ContainerSeries {

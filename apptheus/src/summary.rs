@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+pub use apptheus_api::summary::{CpusSource, PeakSource, Summary};
 
 use crate::{
     cgroup::{ContainerCgroup, Reader},
@@ -70,14 +70,14 @@ impl Allowance {
     /// The number of CPUs the container could use at most, and where it comes from: the
     /// quota when it is below the cpuset, else the cpuset when it is below the host, else the
     /// host's online CPUs.
-    fn cpus(self, host_cpus: u32) -> (f64, &'static str) {
+    fn cpus(self, host_cpus: u32) -> (f64, CpusSource) {
         let host = f64::from(host_cpus.max(1));
         let (cpuset, cpuset_source) = match self.cpuset_cpus {
-            Some(n) if n < host_cpus => (f64::from(n), "cpuset"),
-            _ => (host, "host"),
+            Some(n) if n < host_cpus => (f64::from(n), CpusSource::Cpuset),
+            _ => (host, CpusSource::Host),
         };
         match self.quota_cpus {
-            Some(quota) if quota > 0.0 && quota < cpuset => (quota, "quota"),
+            Some(quota) if quota > 0.0 && quota < cpuset => (quota, CpusSource::Quota),
             _ => (cpuset, cpuset_source),
         }
     }
@@ -111,99 +111,6 @@ impl Fate {
     }
 }
 
-/// One container's summary. Field names are the record's keys, in this order, in the log and
-/// in the file; `None` fields are left out of both.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Summary {
-    pub container: String,
-    pub user: String,
-    /// The launcher's real uid (hashed under `--privacy.hash-salt-file`, as the labels are).
-    pub uid: String,
-    /// The launcher's pid.
-    pub pid: i32,
-    pub exe: String,
-    pub exe_path: String,
-    pub cgroup: String,
-    /// `slurm`, `pbs`, `lsf`, `htcondor`, `flux`, or `none`.
-    pub job_scheduler: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_source: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_partition: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_image: Option<String>,
-    /// RFC 3339, UTC, milliseconds.
-    pub start_time: String,
-    pub end_time: String,
-    /// Unix seconds, the values of the start and end time series.
-    pub start_time_seconds: f64,
-    pub end_time_seconds: f64,
-    pub duration_seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_user_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_system_seconds: Option<f64>,
-    /// The CPUs it could use at most (see `Allowance`), and whence: `cpuset`, `quota`, `host`.
-    pub cpus_allowed: f64,
-    pub cpus_allowed_source: &'static str,
-    /// CPU time over wall time times `cpus_allowed`: 1 used every CPU it was allowed all along.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_efficiency: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_peak_bytes: Option<u64>,
-    /// `kernel` (the cgroup's own peak) or `sampled` (the highest usage the sampler read).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_peak_source: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_limit_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom_kills: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_exits: Option<u64>,
-    pub forks: u64,
-    pub execs: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub io_read_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub io_write_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network_receive_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network_transmit_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_cfs_periods: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_cfs_throttled_periods: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_cfs_throttled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_cpu_waiting_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_cpu_stalled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_memory_waiting_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_memory_stalled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_io_waiting_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_io_stalled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_events_high: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_events_max: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_events_oom: Option<u64>,
-}
-
 /// `x` rounded to `digits` decimals (the record's readers want no float noise).
 fn round(x: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
@@ -222,143 +129,140 @@ fn known(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
-impl Summary {
-    /// The summary of a container from its final series (`end_time` set), what it was
-    /// allowed, and the host's online CPUs. `now` stands for the end of a series without one.
-    pub fn of(series: &ContainerSeries, allowance: Allowance, host_cpus: u32, now: f64) -> Summary {
-        let identity = &series.identity;
-        let job = &identity.job;
-        let stats = &series.stats;
-        let fate = Fate::of(&series.procs);
-        let start = identity.start_time;
-        let end = series.end_time.unwrap_or(now);
-        let duration = (end - start).max(0.0);
-        let (cpus_allowed, cpus_allowed_source) = allowance.cpus(host_cpus);
-        let cpu_efficiency = stats
-            .cpu_usage_seconds
-            .filter(|_| duration > 0.0)
-            .map(|cpu| round(cpu / (duration * cpus_allowed), 4));
-        let pressure = |p: Option<crate::cgroup::Pressure>| {
-            (
-                p.map(|p| p.waiting_seconds),
-                p.and_then(|p| p.stalled_seconds),
-            )
-        };
-        let (cpu_waiting, cpu_stalled) = pressure(stats.cpu_pressure);
-        let (memory_waiting, memory_stalled) = pressure(stats.memory_pressure);
-        let (io_waiting, io_stalled) = pressure(stats.io_pressure);
-        let throttling = stats.cpu_throttling;
-        Summary {
-            container: identity.id.clone(),
-            user: identity.user.clone(),
-            uid: identity.uid.clone(),
-            pid: identity.pid,
-            exe: identity.exe.clone(),
-            exe_path: identity.exe_path.clone(),
-            cgroup: identity.cgroup_label.clone(),
-            job_scheduler: job.scheduler_label().to_string(),
-            job_id: known(&job.id),
-            job_source: known(&job.source),
-            job_account: known(&job.account),
-            job_partition: known(&job.partition),
-            job_image: known(&job.image),
-            start_time: rfc3339(start),
-            end_time: rfc3339(end),
-            start_time_seconds: start,
-            end_time_seconds: end,
-            duration_seconds: round(duration, 3),
-            exit_code: fate.exit_code,
-            cpu_seconds: stats.cpu_usage_seconds,
-            cpu_user_seconds: stats.cpu_user_seconds,
-            cpu_system_seconds: stats.cpu_system_seconds,
-            cpus_allowed,
-            cpus_allowed_source,
-            cpu_efficiency,
-            memory_peak_bytes: stats.memory_max_usage_bytes,
-            memory_peak_source: stats
-                .memory_max_usage_bytes
-                .map(|_| series.memory_peak_source),
-            memory_limit_bytes: stats.memory_limit_bytes,
-            oom_kills: fate.oom_kills,
-            failed_exits: fate.failed_exits,
-            forks: series.procs.forks,
-            execs: series.procs.execs,
-            io_read_bytes: stats.blkio_read_bytes,
-            io_write_bytes: stats.blkio_write_bytes,
-            network_receive_bytes: fate.network_receive_bytes,
-            network_transmit_bytes: fate.network_transmit_bytes,
-            cpu_cfs_periods: throttling.map(|t| t.periods),
-            cpu_cfs_throttled_periods: throttling.map(|t| t.throttled_periods),
-            cpu_cfs_throttled_seconds: throttling.map(|t| t.throttled_seconds),
-            pressure_cpu_waiting_seconds: cpu_waiting,
-            pressure_cpu_stalled_seconds: cpu_stalled,
-            pressure_memory_waiting_seconds: memory_waiting,
-            pressure_memory_stalled_seconds: memory_stalled,
-            pressure_io_waiting_seconds: io_waiting,
-            pressure_io_stalled_seconds: io_stalled,
-            memory_events_high: stats.memory_events.high,
-            memory_events_max: stats.memory_events.max,
-            memory_events_oom: stats.memory_events.oom,
-        }
-    }
-
-    /// The `container summary` log record: the same fields as the file's line, in the same
-    /// order (a `None` is left out of the event by tracing itself).
-    fn log(&self) {
-        tracing::info!(
-            container = self.container.as_str(),
-            user = self.user.as_str(),
-            uid = self.uid.as_str(),
-            pid = self.pid,
-            exe = self.exe.as_str(),
-            exe_path = self.exe_path.as_str(),
-            cgroup = self.cgroup.as_str(),
-            job_scheduler = self.job_scheduler.as_str(),
-            job_id = self.job_id.as_deref(),
-            job_source = self.job_source.as_deref(),
-            job_account = self.job_account.as_deref(),
-            job_partition = self.job_partition.as_deref(),
-            job_image = self.job_image.as_deref(),
-            start_time = self.start_time.as_str(),
-            end_time = self.end_time.as_str(),
-            start_time_seconds = self.start_time_seconds,
-            end_time_seconds = self.end_time_seconds,
-            duration_seconds = self.duration_seconds,
-            exit_code = self.exit_code,
-            cpu_seconds = self.cpu_seconds,
-            cpu_user_seconds = self.cpu_user_seconds,
-            cpu_system_seconds = self.cpu_system_seconds,
-            cpus_allowed = self.cpus_allowed,
-            cpus_allowed_source = self.cpus_allowed_source,
-            cpu_efficiency = self.cpu_efficiency,
-            memory_peak_bytes = self.memory_peak_bytes,
-            memory_peak_source = self.memory_peak_source,
-            memory_limit_bytes = self.memory_limit_bytes,
-            oom_kills = self.oom_kills,
-            failed_exits = self.failed_exits,
-            forks = self.forks,
-            execs = self.execs,
-            io_read_bytes = self.io_read_bytes,
-            io_write_bytes = self.io_write_bytes,
-            network_receive_bytes = self.network_receive_bytes,
-            network_transmit_bytes = self.network_transmit_bytes,
-            cpu_cfs_periods = self.cpu_cfs_periods,
-            cpu_cfs_throttled_periods = self.cpu_cfs_throttled_periods,
-            cpu_cfs_throttled_seconds = self.cpu_cfs_throttled_seconds,
-            pressure_cpu_waiting_seconds = self.pressure_cpu_waiting_seconds,
-            pressure_cpu_stalled_seconds = self.pressure_cpu_stalled_seconds,
-            pressure_memory_waiting_seconds = self.pressure_memory_waiting_seconds,
-            pressure_memory_stalled_seconds = self.pressure_memory_stalled_seconds,
-            pressure_io_waiting_seconds = self.pressure_io_waiting_seconds,
-            pressure_io_stalled_seconds = self.pressure_io_stalled_seconds,
-            memory_events_high = self.memory_events_high,
-            memory_events_max = self.memory_events_max,
-            memory_events_oom = self.memory_events_oom,
-            "container summary"
-        );
+/// The summary of a container from its final series (`end_time` set), what it was
+/// allowed, and the host's online CPUs. `now` stands for the end of a series without one.
+pub fn of(series: &ContainerSeries, allowance: Allowance, host_cpus: u32, now: f64) -> Summary {
+    let identity = &series.identity;
+    let job = &identity.job;
+    let stats = &series.stats;
+    let fate = Fate::of(&series.procs);
+    let start = identity.start_time;
+    let end = series.end_time.unwrap_or(now);
+    let duration = (end - start).max(0.0);
+    let (cpus_allowed, cpus_allowed_source) = allowance.cpus(host_cpus);
+    let cpu_efficiency = stats
+        .cpu_usage_seconds
+        .filter(|_| duration > 0.0)
+        .map(|cpu| round(cpu / (duration * cpus_allowed), 4));
+    let pressure = |p: Option<crate::cgroup::Pressure>| {
+        (
+            p.map(|p| p.waiting_seconds),
+            p.and_then(|p| p.stalled_seconds),
+        )
+    };
+    let (cpu_waiting, cpu_stalled) = pressure(stats.cpu_pressure);
+    let (memory_waiting, memory_stalled) = pressure(stats.memory_pressure);
+    let (io_waiting, io_stalled) = pressure(stats.io_pressure);
+    let throttling = stats.cpu_throttling;
+    Summary {
+        container: identity.id.clone(),
+        user: identity.user.clone(),
+        uid: identity.uid.clone(),
+        pid: identity.pid,
+        exe: identity.exe.clone(),
+        exe_path: identity.exe_path.clone(),
+        cgroup: identity.cgroup_label.clone(),
+        job_scheduler: job.scheduler_label().to_string(),
+        job_id: known(&job.id),
+        job_source: known(&job.source),
+        job_account: known(&job.account),
+        job_partition: known(&job.partition),
+        job_image: known(&job.image),
+        start_time: rfc3339(start),
+        end_time: rfc3339(end),
+        start_time_seconds: start,
+        end_time_seconds: end,
+        duration_seconds: round(duration, 3),
+        exit_code: fate.exit_code,
+        cpu_seconds: stats.cpu_usage_seconds,
+        cpu_user_seconds: stats.cpu_user_seconds,
+        cpu_system_seconds: stats.cpu_system_seconds,
+        cpus_allowed,
+        cpus_allowed_source,
+        cpu_efficiency,
+        memory_peak_bytes: stats.memory_max_usage_bytes,
+        memory_peak_source: stats
+            .memory_max_usage_bytes
+            .map(|_| series.memory_peak_source),
+        memory_limit_bytes: stats.memory_limit_bytes,
+        oom_kills: fate.oom_kills,
+        failed_exits: fate.failed_exits,
+        forks: series.procs.forks,
+        execs: series.procs.execs,
+        io_read_bytes: stats.blkio_read_bytes,
+        io_write_bytes: stats.blkio_write_bytes,
+        network_receive_bytes: fate.network_receive_bytes,
+        network_transmit_bytes: fate.network_transmit_bytes,
+        cpu_cfs_periods: throttling.map(|t| t.periods),
+        cpu_cfs_throttled_periods: throttling.map(|t| t.throttled_periods),
+        cpu_cfs_throttled_seconds: throttling.map(|t| t.throttled_seconds),
+        pressure_cpu_waiting_seconds: cpu_waiting,
+        pressure_cpu_stalled_seconds: cpu_stalled,
+        pressure_memory_waiting_seconds: memory_waiting,
+        pressure_memory_stalled_seconds: memory_stalled,
+        pressure_io_waiting_seconds: io_waiting,
+        pressure_io_stalled_seconds: io_stalled,
+        memory_events_high: stats.memory_events.high,
+        memory_events_max: stats.memory_events.max,
+        memory_events_oom: stats.memory_events.oom,
     }
 }
 
+/// The `container summary` log record: the same fields as the file's line, in the same
+/// order (a `None` is left out of the event by tracing itself).
+fn log(summary: &Summary) {
+    tracing::info!(
+        container = summary.container.as_str(),
+        user = summary.user.as_str(),
+        uid = summary.uid.as_str(),
+        pid = summary.pid,
+        exe = summary.exe.as_str(),
+        exe_path = summary.exe_path.as_str(),
+        cgroup = summary.cgroup.as_str(),
+        job_scheduler = summary.job_scheduler.as_str(),
+        job_id = summary.job_id.as_deref(),
+        job_source = summary.job_source.as_deref(),
+        job_account = summary.job_account.as_deref(),
+        job_partition = summary.job_partition.as_deref(),
+        job_image = summary.job_image.as_deref(),
+        start_time = summary.start_time.as_str(),
+        end_time = summary.end_time.as_str(),
+        start_time_seconds = summary.start_time_seconds,
+        end_time_seconds = summary.end_time_seconds,
+        duration_seconds = summary.duration_seconds,
+        exit_code = summary.exit_code,
+        cpu_seconds = summary.cpu_seconds,
+        cpu_user_seconds = summary.cpu_user_seconds,
+        cpu_system_seconds = summary.cpu_system_seconds,
+        cpus_allowed = summary.cpus_allowed,
+        cpus_allowed_source = summary.cpus_allowed_source.as_str(),
+        cpu_efficiency = summary.cpu_efficiency,
+        memory_peak_bytes = summary.memory_peak_bytes,
+        memory_peak_source = summary.memory_peak_source.map(PeakSource::as_str),
+        memory_limit_bytes = summary.memory_limit_bytes,
+        oom_kills = summary.oom_kills,
+        failed_exits = summary.failed_exits,
+        forks = summary.forks,
+        execs = summary.execs,
+        io_read_bytes = summary.io_read_bytes,
+        io_write_bytes = summary.io_write_bytes,
+        network_receive_bytes = summary.network_receive_bytes,
+        network_transmit_bytes = summary.network_transmit_bytes,
+        cpu_cfs_periods = summary.cpu_cfs_periods,
+        cpu_cfs_throttled_periods = summary.cpu_cfs_throttled_periods,
+        cpu_cfs_throttled_seconds = summary.cpu_cfs_throttled_seconds,
+        pressure_cpu_waiting_seconds = summary.pressure_cpu_waiting_seconds,
+        pressure_cpu_stalled_seconds = summary.pressure_cpu_stalled_seconds,
+        pressure_memory_waiting_seconds = summary.pressure_memory_waiting_seconds,
+        pressure_memory_stalled_seconds = summary.pressure_memory_stalled_seconds,
+        pressure_io_waiting_seconds = summary.pressure_io_waiting_seconds,
+        pressure_io_stalled_seconds = summary.pressure_io_stalled_seconds,
+        memory_events_high = summary.memory_events_high,
+        memory_events_max = summary.memory_events_max,
+        memory_events_oom = summary.memory_events_oom,
+        "container summary"
+    );
+}
 /// Writes the summaries: the log record, and the file's line when there is a file.
 pub struct Summaries {
     file: Option<SummaryFile>,
@@ -388,8 +292,8 @@ impl Summaries {
     /// (see `SummaryFile::write`).
     pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) {
         let now = crate::container::unix_seconds(std::time::SystemTime::now());
-        let summary = Summary::of(series, allowance, self.host_cpus, now);
-        summary.log();
+        let summary = of(series, allowance, self.host_cpus, now);
+        log(&summary);
         let Some(file) = &mut self.file else { return };
         let mut line = match serde_json::to_vec(&summary) {
             Ok(line) => line,
@@ -629,7 +533,7 @@ mod tests {
                 },
             }),
             memory_source: "cgroup",
-            memory_peak_source: "kernel",
+            memory_peak_source: PeakSource::Kernel,
             end_time: Some(1_700_000_010.0),
             stats: Stats {
                 cpu_usage_seconds: Some(5.0),
@@ -669,15 +573,15 @@ mod tests {
             cpuset_cpus: cpuset,
             quota_cpus: quota,
         };
-        assert_eq!(a(None, None).cpus(64), (64.0, "host"));
-        assert_eq!(a(Some(64), None).cpus(64), (64.0, "host"));
-        assert_eq!(a(Some(4), None).cpus(64), (4.0, "cpuset"));
-        assert_eq!(a(Some(4), Some(2.5)).cpus(64), (2.5, "quota"));
-        assert_eq!(a(Some(4), Some(8.0)).cpus(64), (4.0, "cpuset"));
-        assert_eq!(a(None, Some(0.5)).cpus(64), (0.5, "quota"));
-        assert_eq!(a(None, Some(128.0)).cpus(64), (64.0, "host"));
+        assert_eq!(a(None, None).cpus(64), (64.0, CpusSource::Host));
+        assert_eq!(a(Some(64), None).cpus(64), (64.0, CpusSource::Host));
+        assert_eq!(a(Some(4), None).cpus(64), (4.0, CpusSource::Cpuset));
+        assert_eq!(a(Some(4), Some(2.5)).cpus(64), (2.5, CpusSource::Quota));
+        assert_eq!(a(Some(4), Some(8.0)).cpus(64), (4.0, CpusSource::Cpuset));
+        assert_eq!(a(None, Some(0.5)).cpus(64), (0.5, CpusSource::Quota));
+        assert_eq!(a(None, Some(128.0)).cpus(64), (64.0, CpusSource::Host));
         // Never a division by zero.
-        assert_eq!(a(None, Some(0.0)).cpus(0), (1.0, "host"));
+        assert_eq!(a(None, Some(0.0)).cpus(0), (1.0, CpusSource::Host));
     }
 
     #[test]
@@ -686,7 +590,7 @@ mod tests {
             cpuset_cpus: Some(4),
             quota_cpus: None,
         };
-        let s = Summary::of(&series(), allowance, 64, 0.0);
+        let s = of(&series(), allowance, 64, 0.0);
         assert_eq!(s.container, "starter_42");
         assert_eq!(s.job_scheduler, "slurm");
         assert_eq!(s.job_id.as_deref(), Some("7"));
@@ -694,10 +598,13 @@ mod tests {
         assert_eq!(s.start_time, "2023-11-14T22:13:20.000Z");
         assert_eq!(s.end_time, "2023-11-14T22:13:30.000Z");
         assert_eq!(s.duration_seconds, 10.0);
-        assert_eq!((s.cpus_allowed, s.cpus_allowed_source), (4.0, "cpuset"));
+        assert_eq!(
+            (s.cpus_allowed, s.cpus_allowed_source),
+            (4.0, CpusSource::Cpuset)
+        );
         // 5 s of CPU in 10 s on 4 CPUs.
         assert_eq!(s.cpu_efficiency, Some(0.125));
-        assert_eq!(s.memory_peak_source, Some("kernel"));
+        assert_eq!(s.memory_peak_source, Some(PeakSource::Kernel));
         assert_eq!(s.memory_limit_bytes, None);
         assert_eq!((s.forks, s.execs), (12, 3));
         assert_eq!(s.cpu_cfs_throttled_periods, Some(40));
@@ -732,18 +639,18 @@ mod tests {
     fn no_time_passed_no_efficiency() {
         let mut c = series();
         c.end_time = Some(c.identity.start_time);
-        let s = Summary::of(&c, Allowance::default(), 2, 0.0);
+        let s = of(&c, Allowance::default(), 2, 0.0);
         assert_eq!(s.duration_seconds, 0.0);
         assert_eq!(s.cpu_efficiency, None);
         // A sampled peak says so; no peak, no source.
-        c.memory_peak_source = "sampled";
+        c.memory_peak_source = PeakSource::Sampled;
         assert_eq!(
-            Summary::of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
-            Some("sampled")
+            of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
+            Some(PeakSource::Sampled)
         );
         c.stats.memory_max_usage_bytes = None;
         assert_eq!(
-            Summary::of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
+            of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
             None
         );
     }
@@ -771,8 +678,8 @@ mod tests {
                 format: LogFormat::Json,
             })
             .finish();
-        let s = Summary::of(&series(), Allowance::default(), 8, 0.0);
-        tracing::subscriber::with_default(subscriber, || s.log());
+        let s = of(&series(), Allowance::default(), 8, 0.0);
+        tracing::subscriber::with_default(subscriber, || log(&s));
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let log: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(log["level"], "info");

@@ -482,9 +482,8 @@ fn parse_headers(
 fn parse_rate_limit(r: RawRateLimit) -> Result<Option<RateLimit>> {
     let interval = match non_empty(r.interval) {
         None => Duration::ZERO,
-        Some(s) => {
-            crate::duration::parse_duration(&s).map_err(|e| anyhow!("rate_limit.interval: {e}"))?
-        }
+        Some(s) => apptheus_api::duration::parse_duration(&s)
+            .map_err(|e| anyhow!("rate_limit.interval: {e}"))?,
     };
     // Go: an interval of 0 disables the limiter.
     if interval.is_zero() {

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use apptheus::http::api::{Container, Containers, State};
+use apptheus_api::{Container, Containers, State};
 use common::{Client, Daemon, Workload, bin, eventually, pki::Pki, target_dir, unique};
 use fantoccini::{Locator, wd::Capabilities};
 use serde_json::{Value, json};

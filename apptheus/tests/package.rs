@@ -38,6 +38,7 @@ const DEB_FILES: &[(&str, u32)] = &[
     ("/usr/bin/apptheus", 0o755),
     ("/usr/bin/apptheus-exec", 0o755),
     ("/usr/bin/apptheus-top", 0o755),
+    ("/usr/bin/apptheus-report", 0o755),
     ("/usr/lib/systemd/system/apptheus.service", 0o644),
     ("/etc/default/apptheus", 0o644),
     ("/usr/share/apptheus/grafana/apptheus.json", 0o644),

@@ -40,7 +40,8 @@ enum Cmd {
         #[arg(long)]
         refresh_kernels: bool,
     },
-    /// Build the daemon (with its embedded eBPF object) and apptheus-exec.
+    /// Build the daemon (with its embedded eBPF object), apptheus-exec, apptheus-top and
+    /// apptheus-report.
     Build {
         #[arg(long)]
         release: bool,
@@ -175,9 +176,20 @@ fn status(cmd: &mut Command) -> Result<()> {
 /// run, here and in the kernel matrix's guests; never in `build`, `run`, `package` or `bench`.
 const TEST_FEATURES: &str = "apptheus/test-hooks";
 
+/// `cargo build` of every shipped binary: the daemon and apptheus-exec (package apptheus),
+/// apptheus-top and apptheus-report (package apptheus-client).
+const CLIENT_AND_DAEMON: [&str; 6] = [
+    "build",
+    "--package",
+    "apptheus",
+    "--package",
+    "apptheus-client",
+    "--bins",
+];
+
 fn build(release: bool) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "apptheus", "--bins"]);
+    cmd.args(CLIENT_AND_DAEMON);
     if release {
         cmd.arg("--release");
     }
@@ -283,14 +295,11 @@ fn test(args: Vec<String>, vm: bool) -> Result<()> {
     // below builds them), and those tests/package.rs packs (it runs `xtask package --no-build`
     // itself, twice, for an install and an upgrade; the package's build checks that its daemon
     // holds no test hook).
-    status(cargo().args([
-        "build",
-        "--package",
-        "apptheus",
-        "--bins",
-        "--features",
-        TEST_FEATURES,
-    ]))?;
+    status(
+        cargo()
+            .args(CLIENT_AND_DAEMON)
+            .args(["--features", TEST_FEATURES]),
+    )?;
     let packaged = std::time::Instant::now();
     package::build()?;
     println!(

@@ -38,7 +38,12 @@ pub fn run(args: PackageArgs) -> Result<()> {
     let root = crate::workspace_root();
     let start = Instant::now();
     if args.no_build {
-        for bin in ["apptheus", "apptheus-exec"] {
+        for bin in [
+            "apptheus",
+            "apptheus-exec",
+            "apptheus-top",
+            "apptheus-report",
+        ] {
             let p = profile_dir().join(bin);
             if !p.is_file() {
                 bail!(
@@ -72,14 +77,11 @@ fn profile_dir() -> PathBuf {
 }
 
 pub fn build() -> Result<()> {
-    crate::status(crate::cargo().args([
-        "build",
-        "--package",
-        "apptheus",
-        "--bins",
-        "--profile",
-        PROFILE,
-    ]))?;
+    crate::status(
+        crate::cargo()
+            .args(crate::CLIENT_AND_DAEMON)
+            .args(["--profile", PROFILE]),
+    )?;
     check_no_test_hooks()
 }
 

@@ -11,7 +11,6 @@
 //! import none of them.
 pub mod api;
 mod conns;
-pub mod format;
 mod guard;
 mod handlers;
 mod page;

@@ -17,12 +17,12 @@ use axum::{
 };
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::{
-    api::{self, Container, Containers, State as Liveness},
+use apptheus_api::{
+    Container, Containers, State as Liveness,
     format::{self, NONE},
-    state::AppState,
-    views,
 };
+
+use super::{api, state::AppState, views};
 use crate::history::POINTS;
 
 const SCRIPT: &str = include_str!("page.js");
@@ -314,7 +314,7 @@ fn polylines(values: &[Option<f64>], last: f64, top: f64, view: &Containers) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::api::{State as Liveness, Trend};
+    use apptheus_api::{State as Liveness, Trend};
 
     fn view(containers: Vec<Container>) -> Containers {
         Containers {
@@ -350,6 +350,7 @@ mod tests {
                 cpu_cores: vec![Some(1.0), Some(2.0), None, Some(0.0)],
                 memory_bytes: vec![Some(1 << 20); 4],
             }),
+            summary: None,
         }
     }
 

@@ -14,6 +14,7 @@ use render::render_into;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
+use apptheus_api::PeakSource;
 use bytes::Bytes;
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -231,8 +232,7 @@ impl Metrics {
 pub struct ContainerSeries {
     pub identity: Arc<Identity>,
     pub memory_source: &'static str,
-    /// `kernel` (the cgroup's own peak) or `sampled` (the highest usage the sampler read).
-    pub memory_peak_source: &'static str,
+    pub memory_peak_source: PeakSource,
     /// Unix time the last process exited; none while the container lives.
     pub end_time: Option<f64>,
     pub stats: Stats,

@@ -559,7 +559,7 @@ mod tests {
                 job: Default::default(),
             }),
             memory_source: "cgroup",
-            memory_peak_source: "kernel",
+            memory_peak_source: apptheus_api::PeakSource::Kernel,
             end_time: None,
             stats: Stats {
                 cpu_usage_seconds: Some(1.25),

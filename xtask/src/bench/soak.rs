@@ -181,7 +181,11 @@ pub fn run(args: SoakArgs) -> Result<()> {
     } else {
         // The build the tests use (their examples' dev-dependencies unify features), so that
         // neither undoes the other's.
-        crate::status(crate::cargo().args(["build", "-p", "apptheus", "--bins", "--examples"]))?;
+        crate::status(
+            crate::cargo()
+                .args(crate::CLIENT_AND_DAEMON)
+                .arg("--examples"),
+        )?;
     }
     let root = crate::workspace_root();
     let tmp = PathBuf::from(format!("/tmp/apptheus-soak-{}", std::process::id()));

@@ -7,11 +7,7 @@ use anyhow::{Context as _, Result, bail};
 /// Build what the integration tests start (the daemon, apptheus-exec, the workload example)
 /// and the test binaries of `suites` (`apptheus/tests/<suite>.rs`); each suite's executable.
 pub fn build(suites: &[String]) -> Result<Vec<(String, PathBuf)>> {
-    crate::status(crate::cargo().args([
-        "build",
-        "--package",
-        "apptheus",
-        "--bins",
+    crate::status(crate::cargo().args(crate::CLIENT_AND_DAEMON).args([
         "--examples",
         "--features",
         crate::TEST_FEATURES,

@@ -1,15 +1,20 @@
 //! `apptheus-top`: the containers of the local daemon in the terminal, busiest first, refreshed
 //! every second; or, with `--once`, the table once as plain text, for scripts.
 //!
-//! It reads the daemon's `/api/containers` (see the README), with the TLS and basic auth of its
-//! `--web.config.file` when given, and needs no privilege.
-mod client;
+//! It asks the daemon's query socket on this node, which shows a user their own containers
+//! (root and `--query.admin-group`, every one), and needs no privilege; with `--url`, the
+//! daemon's `/api/containers` over HTTP (remote use), with the TLS and basic auth of its
+//! `--web.config.file` when given.
 mod screen;
+mod source;
 mod table;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+use apptheus_client::{http, query};
 use clap::Parser as _;
+
+use crate::source::Source;
 
 /// The containers of the local apptheus daemon, busiest first.
 ///
@@ -17,9 +22,14 @@ use clap::Parser as _;
 #[derive(clap::Parser, Debug)]
 #[command(name = "apptheus-top", version)]
 struct Args {
-    /// The daemon's HTTP address (https:// when its web config has TLS).
-    #[arg(long, value_name = "URL", default_value = "http://localhost:9091")]
-    address: String,
+    /// The daemon's query socket on this node (the default source).
+    #[arg(long, value_name = "PATH", default_value = query::DEFAULT_SOCKET)]
+    socket: PathBuf,
+
+    /// Ask the daemon's HTTP API at this address instead (https:// when its web config has
+    /// TLS): every container, for the monitoring system and administrators.
+    #[arg(long, visible_alias = "address", value_name = "URL")]
+    url: Option<String>,
 
     /// Print the table once, as plain text, and exit.
     #[arg(long)]
@@ -52,7 +62,7 @@ struct Args {
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = apptheus::duration::parse_duration(s).map_err(|e| e.to_string())?;
+    let d = apptheus_api::duration::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_millis(100) {
         return Err("at least 100ms".into());
     }
@@ -71,13 +81,16 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let client = client::Client::new(&client::Options {
-        address: &args.address,
-        ca_file: args.ca_file.as_deref(),
-        insecure_skip_verify: args.insecure_skip_verify,
-        user: args.user.as_deref(),
-        password_file: args.password_file.as_deref(),
-    })?;
+    let client = match &args.url {
+        Some(url) => Source::Http(http::Client::new(&http::Options {
+            address: url,
+            ca_file: args.ca_file.as_deref(),
+            insecure_skip_verify: args.insecure_skip_verify,
+            user: args.user.as_deref(),
+            password_file: args.password_file.as_deref(),
+        })?),
+        None => Source::Query(query::Client::new(&args.socket)),
+    };
     // Read once before taking the terminal: a wrong address or password is a plain error.
     let first = client.fetch()?;
     if args.once {

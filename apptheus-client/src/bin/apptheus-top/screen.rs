@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use apptheus::http::api::{Containers, State};
+use apptheus_api::{Containers, State};
 use ratatui::{
     DefaultTerminal, Frame,
     crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
@@ -23,7 +23,7 @@ use ratatui::{
 };
 
 use crate::{
-    client::{Client, Error},
+    source::Source,
     table::{self, HEADERS, NUMERIC, Sort},
 };
 
@@ -66,7 +66,7 @@ struct View {
 
 /// Run the live view until the user quits; `first` is the answer already read.
 pub fn run(
-    client: Client,
+    client: Source,
     first: Containers,
     sort: Sort,
     interval: Duration,
@@ -76,7 +76,7 @@ pub fn run(
         signal_hook::flag::register(signal, stop.clone())?;
     }
     let mut view = View {
-        address: client.url().to_string(),
+        address: client.describe(),
         sort,
         last: first,
         error: None,
@@ -111,7 +111,7 @@ pub fn run(
 
 /// Ask the daemon every `interval` on a thread of its own (a slow answer does not hold up the
 /// keys); the answers come through the channel. The thread ends with the program.
-fn fetch_every(client: Client, interval: Duration) -> mpsc::Receiver<Result<Containers, Error>> {
+fn fetch_every(client: Source, interval: Duration) -> mpsc::Receiver<anyhow::Result<Containers>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         loop {
@@ -137,7 +137,7 @@ fn draw(f: &mut Frame<'_>, view: &View) {
         .iter()
         .filter(|c| c.state == State::Live)
         .count();
-    let updated = apptheus::container::from_unix_seconds(c.time)
+    let updated = apptheus_api::time::from_unix_seconds(c.time)
         .map(|t| humantime::format_rfc3339_seconds(t).to_string())
         .unwrap_or_default();
     let title = format!(

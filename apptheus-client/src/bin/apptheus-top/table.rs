@@ -1,8 +1,5 @@
 //! The table both views show: the order, the cells, and the plain text of `--once`.
-use apptheus::http::{
-    api::{Container, Containers, State},
-    format,
-};
+use apptheus_api::{Container, Containers, State, format};
 
 /// What the rows are sorted by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -172,6 +169,7 @@ mod tests {
             processes: 1,
             exit_code: None,
             history: None,
+            summary: None,
         }
     }
 

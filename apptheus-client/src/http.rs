@@ -1,7 +1,7 @@
 //! Reading the daemon's `/api/containers`, over HTTP or HTTPS, with basic auth when given.
 use std::{path::Path, time::Duration};
 
-use apptheus::http::api::Containers;
+use apptheus_api::Containers;
 use ureq::tls::{PemItem, RootCerts, TlsConfig};
 
 /// A request that takes longer than this has failed (the daemon answers in milliseconds).
