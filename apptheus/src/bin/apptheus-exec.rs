@@ -301,6 +301,8 @@ impl Connection {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let mut chunk = [0u8; 256];
+            // After `end` the close is the daemon's, whenever CMD's exit is seen here.
+            let mut ended = false;
             loop {
                 match stream.read(&mut chunk) {
                     Ok(0) => break,
@@ -311,6 +313,7 @@ impl Connection {
                 while let Some(at) = buf.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=at).collect();
                     let kind = if line.starts_with(b"end ") {
+                        ended = true;
                         Line::End
                     } else {
                         Line::Other
@@ -322,7 +325,7 @@ impl Connection {
                     break;
                 }
             }
-            if !exiting.load(Ordering::SeqCst) {
+            if !ended && !exiting.load(Ordering::SeqCst) {
                 eprintln!(
                     "apptheus-exec: warning: apptheus closed the connection (it stopped); this command is not monitored from here on"
                 );
