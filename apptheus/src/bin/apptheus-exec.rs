@@ -151,7 +151,7 @@ fn main() -> ExitCode {
         }
         (Ok(_), Some(Outcome::Closed)) => {
             eprintln!(
-                "apptheus-exec: warning: apptheus refused this launcher (is this apptheus-exec in --trust.path? see the daemon's log); running unmonitored"
+                "apptheus-exec: warning: apptheus refused this launcher (not in --trust.path, inside another container, or over a limit: see the daemon's log); running unmonitored"
             );
             None
         }
