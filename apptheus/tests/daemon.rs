@@ -28,16 +28,17 @@ fn cgroup_label(metrics: &str, container: &str) -> Option<String> {
 #[test]
 fn workload_forked_before_connecting_is_measured_whole() {
     let d = Daemon::start(&["--monitor.interval=200ms"]);
-    // apptheus-exec forks the workload first, then connects; the workload has its own tree.
+    // apptheus-exec's child connects, then becomes the workload, which makes its own tree.
     let mut w = d.exec_workload(&[
         "tree:2:1", "ready", "wait", "forks:5", "burn:1", "alloc:64", "ready", "wait",
     ]);
     w.ready();
     let label = exec_label(w.pid());
-    // Visible, with the whole tree sampled: apptheus-exec, the workload and its 4 descendants.
+    // Visible, with the whole tree sampled: the workload and its 4 descendants (apptheus-exec
+    // itself waits outside the container).
     let m = eventually(Duration::from_secs(2), || {
         let m = d.metrics();
-        (sample(&m, "apptheus_container_processes", &label) == Some(6.0)).then_some(m)
+        (sample(&m, "apptheus_container_processes", &label) == Some(5.0)).then_some(m)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -53,8 +54,8 @@ fn workload_forked_before_connecting_is_measured_whole() {
     let tree = descendants(w.pid());
     assert_eq!(
         tree.len(),
-        1 + 2 + 2,
-        "workload, 2 children, 2 grandchildren: {tree:?}"
+        2 + 2,
+        "the workload's 2 children, 2 grandchildren: {tree:?}"
     );
     let suffix = format!("/{}/apptheus-exec_{}", d.parent, w.pid());
     for pid in tree.iter().copied().chain([w.pid()]) {
@@ -96,8 +97,8 @@ fn workload_forked_before_connecting_is_measured_whole() {
     );
     assert_eq!(
         sample(&m, "apptheus_container_processes", &label),
-        Some(6.0),
-        "exec, workload, tree of 4"
+        Some(5.0),
+        "workload, tree of 4"
     );
     assert!(m.contains(&format!("{label},user=\"root\"")));
     w.go();
@@ -131,7 +132,7 @@ fn a_process_whose_main_thread_exited_keeps_its_container() {
     let processes = |m: &str| sample(m, "apptheus_container_processes", &label);
     let m = eventually(Duration::from_secs(10), || {
         let m = d.metrics();
-        (processes(&m) == Some(2.0)).then_some(m)
+        (processes(&m) == Some(1.0)).then_some(m)
     })
     .unwrap_or_else(|| panic!("container {label} not shown:\n{}", d.log_text()));
     let cg = cgroup_label(&m, &label).expect("cgroup label");
@@ -141,10 +142,10 @@ fn a_process_whose_main_thread_exited_keeps_its_container() {
     let _guard = KillOnDrop(vec![child]);
     w.ready();
     common::leader_exited(pid);
-    // apptheus-exec, the process without its main thread, and the child that forked.
+    // The process without its main thread, and the child that forked.
     let m = eventually(Duration::from_secs(10), || {
         let m = d.metrics();
-        (processes(&m) == Some(3.0)).then_some(m)
+        (processes(&m) == Some(2.0)).then_some(m)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -162,9 +163,10 @@ fn a_process_whose_main_thread_exited_keeps_its_container() {
     for p in [thread, child] {
         assert_eq!(cgroup_of(p, "memory").as_deref(), Some(cg.as_str()), "{p}");
     }
-    // The launcher goes: the container lives on in the process and its child.
+    // apptheus-exec goes, and the connection with it: the container lives on in the process
+    // and its child.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(w.pid()),
+        nix::unistd::Pid::from_raw(w.exec_pid()),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -182,7 +184,7 @@ fn a_process_whose_main_thread_exited_keeps_its_container() {
             d.log_text()
         );
     };
-    live_with(2.0, "without its launcher");
+    live_with(2.0, "without apptheus-exec");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child),
         nix::sys::signal::Signal::SIGKILL,
@@ -212,7 +214,7 @@ fn untrusted_launcher_is_refused_and_counted() {
     let out = out.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success());
-    assert!(stderr.contains("closed the connection"), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
     let m = d.metrics();
     assert_eq!(
         sample(
@@ -351,7 +353,7 @@ fn fifty_launchers_each_get_their_own_tree() {
     for w in &ws {
         let cg = cgroup_label(&all, &exec_label(w.pid())).unwrap();
         let tree = descendants(w.pid());
-        assert_eq!(tree.len(), 3);
+        assert_eq!(tree.len(), 2, "the workload's child and grandchild");
         for pid in tree.into_iter().chain([w.pid()]) {
             let moved = eventually(Duration::from_secs(5), || {
                 (cgroup_of(pid, "memory").as_deref() == Some(cg.as_str())).then_some(())
@@ -593,7 +595,7 @@ fn a_new_container_shows_without_waiting_for_the_next_pass() {
     let label = exec_label(w.pid());
     let shown = eventually(Duration::from_secs(5), || {
         let m = d.metrics();
-        (sample(&m, "apptheus_container_processes", &label) == Some(2.0)
+        (sample(&m, "apptheus_container_processes", &label) == Some(1.0)
             && sample(&m, "apptheus_container_memory_usage_bytes", &label).is_some())
         .then_some(())
     });

@@ -12,6 +12,7 @@ use std::{
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -209,7 +210,7 @@ impl Admission {
                     uid = id.uid.as_str(),
                     "launcher connection accepted"
                 );
-                if hold(stream, &admitted.gone, &shutdown).await {
+                if hold(stream, &admitted, &shutdown).await {
                     self.registry.disconnected(admitted.key);
                 }
             }
@@ -282,22 +283,30 @@ impl Admission {
 /// What a launcher may send on its connection, at most (launchers send nothing).
 const MAX_LAUNCHER_BYTES: usize = 4096;
 
+/// How long an ended container's launcher may wait for the daemon to let go of its cgroup
+/// before it is told `end` anyway (a pass that takes the final values, then `release`).
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// Hold an accepted launcher's connection until it closes (true), its container ends, the
 /// launcher sends more than `MAX_LAUNCHER_BYTES`, or the daemon stops. Closing it when the
 /// container ends also closes any copy of it (passed on, or taken with pidfd_getfd): a
 /// connection never outlives its container.
-async fn hold(
-    mut stream: UnixStream,
-    gone: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> bool {
+///
+/// A launcher that reads (apptheus-exec) is told `ok <id>` once admitted and, once its
+/// container ended and the daemon let go of its cgroup (bounded by `RELEASE_WAIT`),
+/// `end <id>` just before the close: it exits only then, so that whatever removes the job's
+/// cgroups after it (slurmstepd) finds them empty. One that never reads (Apptainer's starter)
+/// is unaffected: the writes never block and their errors are ignored.
+async fn hold(mut stream: UnixStream, admitted: &Admitted, shutdown: &CancellationToken) -> bool {
     use tokio::io::AsyncReadExt as _;
+    let id = &admitted.identity.id;
+    tell(&stream, "ok", id);
     let mut buf = [0u8; 512];
     let mut received = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = gone.cancelled() => return true,
+            _ = admitted.gone.cancelled() => break,
             n = stream.read(&mut buf) => match n {
                 // Whatever launchers send is ignored, up to a bound.
                 Ok(n) if n > 0 && received + n <= MAX_LAUNCHER_BYTES => received += n,
@@ -305,6 +314,28 @@ async fn hold(
             },
         }
     }
+    tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        _ = admitted.released.cancelled() => {}
+        _ = tokio::time::sleep(RELEASE_WAIT) => {
+            tracing::debug!(container = id.as_str(), "the container's cgroup was not let go of in time; its launcher is told it ended anyway");
+        }
+    }
+    tell(&stream, "end", id);
+    true
+}
+
+/// Write `<word> <id>\n` to a launcher without waiting: a few bytes into a socket buffer no
+/// one else writes to; a launcher that never reads, or has gone, loses them.
+fn tell(stream: &UnixStream, word: &str, id: &str) {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd as _;
+    let line = format!("{word} {id}\n");
+    let _ = send(
+        stream.as_raw_fd(),
+        line.as_bytes(),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
 }
 
 #[cfg(test)]

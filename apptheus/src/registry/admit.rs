@@ -22,6 +22,8 @@ pub struct Admitted {
     pub identity: Arc<Identity>,
     /// Cancelled when the container ends.
     pub gone: tokio_util::sync::CancellationToken,
+    /// Cancelled once the daemon has let go of its cgroup (see `Registry::released`).
+    pub released: tokio_util::sync::CancellationToken,
 }
 
 impl Registry {
@@ -149,7 +151,13 @@ impl Registry {
         }
         let pids: Vec<i32> = tracked.members.iter().map(Process::pid).collect();
         let nested = (self.cfg.placement == Placement::Nested).then_some(&launcher);
-        let cgroup = match self.layout.create(nested, &self.cfg.parent, &id, &pids) {
+        // apptheus-exec's parent waits beside its child (the peer) for the container's end: a
+        // leaf that holds nothing else is still the job's own (an `srun apptheus-exec` task
+        // cgroup), so it counts as the tree's for the choice of the container's cgroup. It is
+        // not tracked, and not moved.
+        let mut in_leaf = pids.clone();
+        in_leaf.extend(waiting_launcher(peer));
+        let cgroup = match self.layout.create(nested, &self.cfg.parent, &id, &in_leaf) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 self.state().containers.remove(&key);
@@ -238,6 +246,7 @@ impl Registry {
         Ok(Admitted {
             key,
             gone: self.gone(key),
+            released: self.released(key),
             identity,
         })
     }
@@ -282,6 +291,19 @@ impl Registry {
         st.changed();
         early
     }
+}
+
+/// The peer's parent, if it runs the very executable the peer was trusted for (apptheus-exec's
+/// parent, which connected first through its child and waits for it). Read by pid: at worst
+/// the parent exited and its pid went to another process of the same trusted executable,
+/// which then stays in an adopted leaf, as that parent would have.
+fn waiting_launcher(peer: &Peer) -> Option<i32> {
+    let ppid = procfs::process::Process::new(peer.pid)
+        .and_then(|p| p.stat())
+        .ok()?
+        .ppid;
+    let exe = std::fs::read_link(format!("/proc/{ppid}/exe")).ok()?;
+    (ppid > 1 && exe == peer.exe_path).then_some(ppid)
 }
 
 impl Registry {

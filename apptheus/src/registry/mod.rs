@@ -112,6 +112,19 @@ struct Container {
     walking: bool,
     /// Cancelled when it ends: its launcher's connection closes then.
     gone: CancellationToken,
+    /// Cancelled once the daemon has let go of its cgroup (see `release`), or when it is
+    /// forgotten: its launcher's connection is told `end` then.
+    released: Released,
+}
+
+/// A container's "let go" signal, also given when the container is dropped from the registry
+/// by any path (forgotten, recycled, a failed admission), so that no launcher waits for it.
+struct Released(CancellationToken);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl Container {
@@ -125,6 +138,7 @@ impl Container {
             ended: None,
             walking: false,
             gone: CancellationToken::new(),
+            released: Released(CancellationToken::new()),
         }
     }
 }
@@ -418,6 +432,20 @@ impl Registry {
         }
     }
 
+    /// Cancelled once the daemon has let go of ended container `key`'s cgroup (its final values
+    /// taken, its own directories removed or left to `reap` when busy, its network programs
+    /// detached), or when it is forgotten (already, if it is unknown).
+    pub fn released(&self, key: u64) -> CancellationToken {
+        match self.state().containers.get(&key) {
+            Some(c) => c.released.0.clone(),
+            None => {
+                let token = CancellationToken::new();
+                token.cancel();
+                token
+            }
+        }
+    }
+
     /// The walk of `key`'s tree stopped at its bound: `finish_walks` goes on with it.
     fn walk_cut_short(&self, key: u64, id: &str) {
         let mut st = self.state();
@@ -514,6 +542,11 @@ impl Registry {
                 tracing::debug!(cgroup = cgroup.rel_path(), error = %e, "cgroup still busy; will retry");
                 st.remove_later(cgroup, Instant::now());
             }
+        }
+        // Let go of, as far as it can be now: a busy directory is `reap`'s, and a launcher
+        // that waits for it would wait for a process that outlived its container.
+        if let Some(c) = st.containers.get(&key) {
+            c.released.0.cancel();
         }
     }
 

@@ -53,6 +53,10 @@ pub struct Workload {
     pub child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
+    /// Started as (or through a shell that execs) `apptheus-exec`: the container's launcher
+    /// is then apptheus-exec's child, which connected and became CMD (see `pid`).
+    via_exec: bool,
+    launcher: std::cell::OnceCell<i32>,
 }
 
 impl Workload {
@@ -77,14 +81,50 @@ impl Workload {
         };
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let via_exec = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .any(|a| a.to_string_lossy().contains("apptheus-exec"));
         Workload {
             child,
             stdin,
             stdout,
+            via_exec,
+            launcher: std::cell::OnceCell::new(),
         }
     }
 
+    /// The container's launcher: the process spawned, or for `apptheus-exec` its child (the
+    /// one that connected, now CMD), found once apptheus-exec runs and has forked it. An
+    /// apptheus-exec that exited first names itself.
     pub fn pid(&self) -> i32 {
+        let top = self.child.id() as i32;
+        if !self.via_exec {
+            return top;
+        }
+        *self.launcher.get_or_init(|| {
+            eventually(Duration::from_secs(10), || {
+                let proc = procfs::process::Process::new(top).ok()?;
+                let stat = proc.stat().ok()?;
+                if stat.state == 'Z' || stat.state == 'X' {
+                    return Some(top);
+                }
+                let exe = proc.exe().ok()?;
+                if !exe
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("apptheus-exec"))
+                {
+                    return None;
+                }
+                let children =
+                    std::fs::read_to_string(format!("/proc/{top}/task/{top}/children")).ok()?;
+                children.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or(top)
+        })
+    }
+
+    /// The process spawned (apptheus-exec itself, outside its container).
+    pub fn exec_pid(&self) -> i32 {
         self.child.id() as i32
     }
 
@@ -92,7 +132,11 @@ impl Workload {
     pub fn line(&mut self) -> String {
         let mut s = String::new();
         self.stdout.read_line(&mut s).expect("read workload stdout");
-        assert!(!s.is_empty(), "workload {} closed its stdout", self.pid());
+        assert!(
+            !s.is_empty(),
+            "workload {} closed its stdout",
+            self.exec_pid()
+        );
         s.trim().to_string()
     }
 
@@ -122,7 +166,7 @@ impl Drop for Workload {
         // End only what this test started, by pid: the process and the tree it forked (a test
         // that failed half-way leaves them running).
         if self.child.try_wait().ok().flatten().is_none() {
-            for pid in descendants(self.pid()) {
+            for pid in descendants(self.exec_pid()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

@@ -19,7 +19,9 @@
 //!   `SO_PEERPIDFD`, so `security` and `hostile` there cover the `pidfd_open` fallback (5.10
 //!   takes the same path) while the host (6.18) covers `SO_PEERPIDFD`; recovery, PSI, memory
 //!   events and the Prometheus side read the same v2 files on every kernel;
-//! - `fresh_host` on 5.10 and 6.1: the daemon started where tracefs is not mounted mounts it.
+//! - `fresh_host` on 5.10 and 6.1: the daemon started where tracefs is not mounted mounts it;
+//! - `exec` on 6.1: apptheus-exec's connect-first start and its wait for `end` on pure v2 (CMD
+//!   in the container's cgroup from its first instruction, its pages charged there).
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -47,6 +49,7 @@ pub const MATRIX: &[(Kernel, &[&str])] = &[
             "prometheus",
             "slurm",
             "fresh_host",
+            "exec",
         ],
     ),
     (Kernel::V6_12, &["tracker", "daemon", "field", "ends"]),
