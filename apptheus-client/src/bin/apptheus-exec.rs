@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use apptheus_client::{query, report, terminal};
 use clap::Parser;
 use nix::{
     errno::Errno,
@@ -62,13 +63,21 @@ struct Args {
     /// and let go of its cgroup.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     end_wait: Duration,
+    /// When CMD has ended, print the container's efficiency report on stderr (as
+    /// apptheus-report does). `APPTHEUS_REPORT=1` in the environment does the same, so a site
+    /// can turn it on for every job in a prolog.
+    #[arg(long, env = "APPTHEUS_REPORT")]
+    report: bool,
+    /// The daemon's query socket, which --report asks.
+    #[arg(long, value_name = "PATH", default_value = query::DEFAULT_SOCKET)]
+    query_socket: PathBuf,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    apptheus::duration::parse_duration(s).map_err(|e| e.to_string())
+    apptheus_api::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Signals passed on to CMD, so that stopping the launcher (scancel, kill, Ctrl-C) stops the job.
@@ -174,11 +183,18 @@ fn main() -> ExitCode {
         }
     };
     exiting.store(true, Ordering::SeqCst);
+    let mut container = None;
+    let mut ended = false;
     if let Some(lines) = lines {
         let deadline = Instant::now() + args.end_wait;
         loop {
             match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Line::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Line::End) => {
+                    ended = true;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Line::Ok(id)) => container = Some(id),
                 Ok(Line::Other) => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     eprintln!(
@@ -190,12 +206,42 @@ fn main() -> ExitCode {
             }
         }
     }
+    if args.report {
+        print_report(&args.query_socket, container.as_deref(), ended);
+    }
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(sig)) => 128 + sig,
         _ => 1,
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// `--report`: the container's report on stderr, from the query socket (as its user: the
+/// daemon shows a user their own containers).
+fn print_report(socket: &std::path::Path, container: Option<&str>, ended: bool) {
+    let Some(id) = container else {
+        eprintln!("apptheus-exec: no report: this command was not monitored");
+        return;
+    };
+    if !ended {
+        eprintln!("apptheus-exec: the report may lack the container's final values");
+    }
+    let now = apptheus_api::time::unix_seconds(std::time::SystemTime::now());
+    match query::Client::new(socket).container(id) {
+        Ok(c) => {
+            let figures = report::Figures::of_container(&c, now, 0.0)
+                .with_notes(&report::Thresholds::default());
+            let style = report::Style {
+                colour: terminal::colour(std::io::stderr()),
+            };
+            eprint!("{}", report::text(&figures, style));
+        }
+        Err(e) => eprintln!(
+            "apptheus-exec: no report: {}",
+            terminal::safe(&e.to_string())
+        ),
+    }
 }
 
 fn humantime(d: Duration) -> String {
@@ -250,8 +296,10 @@ impl Early {
     }
 }
 
-/// A line the daemon sent after `ok`.
+/// A line the daemon sent.
 enum Line {
+    /// `ok <id>`: the container's id.
+    Ok(String),
     End,
     Other,
 }
@@ -315,6 +363,8 @@ impl Connection {
                     let kind = if line.starts_with(b"end ") {
                         ended = true;
                         Line::End
+                    } else if let Some(id) = line.strip_prefix(b"ok ") {
+                        Line::Ok(String::from_utf8_lossy(id).trim_end().to_string())
                     } else {
                         Line::Other
                     };
