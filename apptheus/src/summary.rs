@@ -16,12 +16,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
-
 use crate::{
     cgroup::{ContainerCgroup, Reader},
     container::from_unix_seconds,
     metrics::ContainerSeries,
+    record::{CpusSource, PeakSource, Summary},
     tracker::ProcessCounters,
 };
 
@@ -70,14 +69,14 @@ impl Allowance {
     /// The number of CPUs the container could use at most, and where it comes from: the
     /// quota when it is below the cpuset, else the cpuset when it is below the host, else the
     /// host's online CPUs.
-    fn cpus(self, host_cpus: u32) -> (f64, &'static str) {
+    fn cpus(self, host_cpus: u32) -> (f64, CpusSource) {
         let host = f64::from(host_cpus.max(1));
         let (cpuset, cpuset_source) = match self.cpuset_cpus {
-            Some(n) if n < host_cpus => (f64::from(n), "cpuset"),
-            _ => (host, "host"),
+            Some(n) if n < host_cpus => (f64::from(n), CpusSource::Cpuset),
+            _ => (host, CpusSource::Host),
         };
         match self.quota_cpus {
-            Some(quota) if quota > 0.0 && quota < cpuset => (quota, "quota"),
+            Some(quota) if quota > 0.0 && quota < cpuset => (quota, CpusSource::Quota),
             _ => (cpuset, cpuset_source),
         }
     }
@@ -109,99 +108,6 @@ impl Fate {
             network_transmit_bytes: counters.network.map(|n| n.transmit_bytes),
         }
     }
-}
-
-/// One container's summary. Field names are the record's keys, in this order, in the log and
-/// in the file; `None` fields are left out of both.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Summary {
-    pub container: String,
-    pub user: String,
-    /// The launcher's real uid (hashed under `--privacy.hash-salt-file`, as the labels are).
-    pub uid: String,
-    /// The launcher's pid.
-    pub pid: i32,
-    pub exe: String,
-    pub exe_path: String,
-    pub cgroup: String,
-    /// `slurm`, `pbs`, `lsf`, `htcondor`, `flux`, or `none`.
-    pub job_scheduler: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_source: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_partition: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_image: Option<String>,
-    /// RFC 3339, UTC, milliseconds.
-    pub start_time: String,
-    pub end_time: String,
-    /// Unix seconds, the values of the start and end time series.
-    pub start_time_seconds: f64,
-    pub end_time_seconds: f64,
-    pub duration_seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_user_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_system_seconds: Option<f64>,
-    /// The CPUs it could use at most (see `Allowance`), and whence: `cpuset`, `quota`, `host`.
-    pub cpus_allowed: f64,
-    pub cpus_allowed_source: &'static str,
-    /// CPU time over wall time times `cpus_allowed`: 1 used every CPU it was allowed all along.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_efficiency: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_peak_bytes: Option<u64>,
-    /// `kernel` (the cgroup's own peak) or `sampled` (the highest usage the sampler read).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_peak_source: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_limit_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom_kills: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_exits: Option<u64>,
-    pub forks: u64,
-    pub execs: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub io_read_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub io_write_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network_receive_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network_transmit_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_cfs_periods: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_cfs_throttled_periods: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_cfs_throttled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_cpu_waiting_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_cpu_stalled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_memory_waiting_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_memory_stalled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_io_waiting_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure_io_stalled_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_events_high: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_events_max: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_events_oom: Option<u64>,
 }
 
 /// `x` rounded to `digits` decimals (the record's readers want no float noise).
@@ -329,10 +235,10 @@ impl Summary {
             cpu_user_seconds = self.cpu_user_seconds,
             cpu_system_seconds = self.cpu_system_seconds,
             cpus_allowed = self.cpus_allowed,
-            cpus_allowed_source = self.cpus_allowed_source,
+            cpus_allowed_source = self.cpus_allowed_source.as_str(),
             cpu_efficiency = self.cpu_efficiency,
             memory_peak_bytes = self.memory_peak_bytes,
-            memory_peak_source = self.memory_peak_source,
+            memory_peak_source = self.memory_peak_source.map(PeakSource::as_str),
             memory_limit_bytes = self.memory_limit_bytes,
             oom_kills = self.oom_kills,
             failed_exits = self.failed_exits,
@@ -385,21 +291,23 @@ impl Summaries {
 
     /// The summary of a container whose final values `series` holds. A record the file
     /// cannot take now (a full filesystem) is kept, in order, and written with the next ones
-    /// (see `SummaryFile::write`).
-    pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) {
+    /// (see `SummaryFile::write`). Returns the record: the sampler keeps it with the
+    /// container's values while it is retained.
+    pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) -> Summary {
         let now = crate::container::unix_seconds(std::time::SystemTime::now());
         let summary = Summary::of(series, allowance, self.host_cpus, now);
         summary.log();
-        let Some(file) = &mut self.file else { return };
-        let mut line = match serde_json::to_vec(&summary) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialize a container summary");
-                return;
-            }
+        let Some(file) = &mut self.file else {
+            return summary;
         };
-        line.push(b'\n');
-        file.write(line);
+        match serde_json::to_vec(&summary) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                file.write(line);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serialize a container summary"),
+        }
+        summary
     }
 
     /// Write the records kept after a failure, if any (once a pass).
@@ -627,9 +535,10 @@ mod tests {
                     account: "proj".into(),
                     ..Job::default()
                 },
+                owner: Some(1000),
             }),
             memory_source: "cgroup",
-            memory_peak_source: "kernel",
+            memory_peak_source: PeakSource::Kernel,
             end_time: Some(1_700_000_010.0),
             stats: Stats {
                 cpu_usage_seconds: Some(5.0),
@@ -660,6 +569,7 @@ mod tests {
                 live: 0,
                 ..ProcessCounters::default()
             },
+            summary: None,
         }
     }
 
@@ -669,15 +579,15 @@ mod tests {
             cpuset_cpus: cpuset,
             quota_cpus: quota,
         };
-        assert_eq!(a(None, None).cpus(64), (64.0, "host"));
-        assert_eq!(a(Some(64), None).cpus(64), (64.0, "host"));
-        assert_eq!(a(Some(4), None).cpus(64), (4.0, "cpuset"));
-        assert_eq!(a(Some(4), Some(2.5)).cpus(64), (2.5, "quota"));
-        assert_eq!(a(Some(4), Some(8.0)).cpus(64), (4.0, "cpuset"));
-        assert_eq!(a(None, Some(0.5)).cpus(64), (0.5, "quota"));
-        assert_eq!(a(None, Some(128.0)).cpus(64), (64.0, "host"));
+        assert_eq!(a(None, None).cpus(64), (64.0, CpusSource::Host));
+        assert_eq!(a(Some(64), None).cpus(64), (64.0, CpusSource::Host));
+        assert_eq!(a(Some(4), None).cpus(64), (4.0, CpusSource::Cpuset));
+        assert_eq!(a(Some(4), Some(2.5)).cpus(64), (2.5, CpusSource::Quota));
+        assert_eq!(a(Some(4), Some(8.0)).cpus(64), (4.0, CpusSource::Cpuset));
+        assert_eq!(a(None, Some(0.5)).cpus(64), (0.5, CpusSource::Quota));
+        assert_eq!(a(None, Some(128.0)).cpus(64), (64.0, CpusSource::Host));
         // Never a division by zero.
-        assert_eq!(a(None, Some(0.0)).cpus(0), (1.0, "host"));
+        assert_eq!(a(None, Some(0.0)).cpus(0), (1.0, CpusSource::Host));
     }
 
     #[test]
@@ -694,10 +604,13 @@ mod tests {
         assert_eq!(s.start_time, "2023-11-14T22:13:20.000Z");
         assert_eq!(s.end_time, "2023-11-14T22:13:30.000Z");
         assert_eq!(s.duration_seconds, 10.0);
-        assert_eq!((s.cpus_allowed, s.cpus_allowed_source), (4.0, "cpuset"));
+        assert_eq!(
+            (s.cpus_allowed, s.cpus_allowed_source),
+            (4.0, CpusSource::Cpuset)
+        );
         // 5 s of CPU in 10 s on 4 CPUs.
         assert_eq!(s.cpu_efficiency, Some(0.125));
-        assert_eq!(s.memory_peak_source, Some("kernel"));
+        assert_eq!(s.memory_peak_source, Some(PeakSource::Kernel));
         assert_eq!(s.memory_limit_bytes, None);
         assert_eq!((s.forks, s.execs), (12, 3));
         assert_eq!(s.cpu_cfs_throttled_periods, Some(40));
@@ -736,10 +649,10 @@ mod tests {
         assert_eq!(s.duration_seconds, 0.0);
         assert_eq!(s.cpu_efficiency, None);
         // A sampled peak says so; no peak, no source.
-        c.memory_peak_source = "sampled";
+        c.memory_peak_source = PeakSource::Sampled;
         assert_eq!(
             Summary::of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
-            Some("sampled")
+            Some(PeakSource::Sampled)
         );
         c.stats.memory_max_usage_bytes = None;
         assert_eq!(

@@ -222,7 +222,7 @@ mod tests {
         ContainerSeries {
             identity: Arc::new(identity),
             memory_source: "cgroup",
-            memory_peak_source: "kernel",
+            memory_peak_source: crate::record::PeakSource::Kernel,
             end_time,
             stats: Stats {
                 cpu_usage_seconds: Some(12.5),
@@ -234,6 +234,7 @@ mod tests {
                 live: 3,
                 ..Default::default()
             },
+            summary: None,
         }
     }
 

@@ -21,7 +21,11 @@ use prometheus::{
 };
 
 use crate::{
-    cgroup::Stats, collectors::Collectors, container::Identity, launcher::Rejection,
+    cgroup::Stats,
+    collectors::Collectors,
+    container::Identity,
+    launcher::Rejection,
+    record::{PeakSource, Summary},
     tracker::ProcessCounters,
 };
 
@@ -231,12 +235,13 @@ impl Metrics {
 pub struct ContainerSeries {
     pub identity: Arc<Identity>,
     pub memory_source: &'static str,
-    /// `kernel` (the cgroup's own peak) or `sampled` (the highest usage the sampler read).
-    pub memory_peak_source: &'static str,
+    pub memory_peak_source: PeakSource,
     /// Unix time the last process exited; none while the container lives.
     pub end_time: Option<f64>,
     pub stats: Stats,
     pub procs: ProcessCounters,
+    /// Its summary record, once its final values were taken (an ended container's).
+    pub summary: Option<Arc<Summary>>,
 }
 
 /// The containers' series of one sampling pass, rendered on first use.
