@@ -13,6 +13,7 @@ use crate::{
     container::unix_seconds,
     history::{History, Track},
     metrics::ContainerSeries,
+    record::Summary,
 };
 
 /// The answer of `GET /api/containers`.
@@ -72,6 +73,10 @@ pub struct Container {
     /// The last minutes; left out when asked for with `?history=0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Trend>,
+    /// Once ended: its summary record (the line of `--container.summary-file`). Only the
+    /// query socket's answers carry it; `/api/containers` leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
 }
 
 /// A container's points, oldest first, one per `step_seconds`.
@@ -93,14 +98,31 @@ pub fn build(
     with_history: bool,
     now: f64,
 ) -> Containers {
+    build_for(series, history, with_history, now, |_| true, false)
+}
+
+/// As `build`, of the containers `shown` keeps only, each ended one with its summary record
+/// when `with_summary` (the query socket's answers).
+pub fn build_for(
+    series: &[ContainerSeries],
+    history: &History,
+    with_history: bool,
+    now: f64,
+    shown: impl Fn(&ContainerSeries) -> bool,
+    with_summary: bool,
+) -> Containers {
     let mut containers: Vec<Container> = history.read(|tracks| {
         series
             .iter()
+            .filter(|s| shown(s))
             .map(|s| {
                 let track = tracks.get(&s.identity);
                 let mut c = container(s, track);
                 if with_history {
                     c.history = Some(track.map(|t| trend(t, history)).unwrap_or_default());
+                }
+                if with_summary && s.end_time.is_some() {
+                    c.summary = s.summary.as_deref().cloned();
                 }
                 c
             })
@@ -149,6 +171,7 @@ fn container(s: &ContainerSeries, track: Option<&Track>) -> Container {
         // (its launcher may exit before its last process does).
         exit_code: s.procs.exit_code.filter(|_| !live),
         history: None,
+        summary: None,
     }
 }
 
@@ -202,7 +225,7 @@ pub(super) async fn containers(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         sync::Arc,
         time::{Duration, Instant},

@@ -350,6 +350,7 @@ mod tests {
                 cpu_cores: vec![Some(1.0), Some(2.0), None, Some(0.0)],
                 memory_bytes: vec![Some(1 << 20); 4],
             }),
+            summary: None,
         }
     }
 

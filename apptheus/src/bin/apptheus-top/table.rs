@@ -172,6 +172,7 @@ mod tests {
             processes: 1,
             exit_code: None,
             history: None,
+            summary: None,
         }
     }
 
