@@ -20,6 +20,8 @@
 //!   takes the same path) while the host (6.18) covers `SO_PEERPIDFD`; recovery, PSI, memory
 //!   events and the Prometheus side read the same v2 files on every kernel;
 //! - `fresh_host` on 5.10 and 6.1: the daemon started where tracefs is not mounted mounts it.
+//! - `query` on 6.1: the query socket's callers named by the kernel (SO_PEERCRED and
+//!   SO_PEERGROUPS, 4.13+) with real users and groups, on a pure v2 guest.
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -47,6 +49,7 @@ pub const MATRIX: &[(Kernel, &[&str])] = &[
             "prometheus",
             "slurm",
             "fresh_host",
+            "query",
         ],
     ),
     (Kernel::V6_12, &["tracker", "daemon", "field", "ends"]),
