@@ -247,3 +247,36 @@ fn a_bad_admin_group_stops_the_daemon_and_an_empty_path_turns_the_socket_off() {
     assert!(d.log_text().contains("gateway listening"));
     assert!(!d.log_text().contains("query socket listening"));
 }
+
+/// The owner is kept across a restart: a container taken back from the state file is still
+/// shown to its user (and only to them).
+#[test]
+fn a_restart_keeps_who_owns_what() {
+    common::require_root();
+    let alice = TestUser::new("r");
+    let bob = TestUser::new("s");
+    let mut d = Daemon::start(&[]);
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_wa, id_a) = alice.launch(&d, &["wait"]);
+    let state = d.state_dir().join("containers.json");
+    let saved = eventually(Duration::from_secs(10), || {
+        let s = std::fs::read_to_string(&state).ok()?;
+        s.contains(&id_a).then_some(s)
+    })
+    .expect("the state file holds alice's container");
+    assert!(
+        saved.contains(&format!("\"owner\":{}", alice.uid)),
+        "{saved}"
+    );
+    d.kill9();
+    d.respawn();
+    // Shown once the first pass after the restart published it.
+    let mine = eventually(Duration::from_secs(10), || {
+        let (mine, _) = query_as(&alice, &d.query, "containers\n");
+        (!ids(&mine).is_empty()).then_some(mine)
+    })
+    .unwrap_or_else(|| panic!("alice sees nothing after the restart:\n{}", d.log_text()));
+    assert_eq!(ids(&mine), std::slice::from_ref(&id_a), "after the restart");
+    let (theirs, _) = query_as(&bob, &d.query, "containers\n");
+    assert!(ids(&theirs).is_empty(), "{theirs}");
+}
