@@ -78,3 +78,9 @@ pub struct Trend {
     /// Memory in use at the end of each step.
     pub memory_bytes: Vec<Option<u64>>,
 }
+
+/// The query socket's answer to `container <ID>`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct One {
+    pub container: Container,
+}

@@ -8,5 +8,5 @@ pub mod format;
 pub mod summary;
 pub mod time;
 
-pub use containers::{Container, Containers, State, Trend};
+pub use containers::{Container, Containers, One, State, Trend};
 pub use summary::{CpusSource, PeakSource, Summary};

@@ -8,8 +8,7 @@ use std::{
     time::Duration,
 };
 
-use apptheus_api::{Container, Containers};
-use serde::Deserialize;
+use apptheus_api::{Container, Containers, One};
 
 /// Where the packaged daemon listens.
 pub const DEFAULT_SOCKET: &str = "/run/apptheus/query.sock";
@@ -36,12 +35,6 @@ pub enum Error {
         "the answer of {path} is not what this client reads ({reason}): is the daemon another version?"
     )]
     Format { path: String, reason: String },
-}
-
-/// One container with its summary, as `container <ID>` answers.
-#[derive(Debug, Deserialize)]
-struct One {
-    container: Container,
 }
 
 pub struct Client {

@@ -34,10 +34,23 @@
 //! Ok(()) // None: shutdown was cancelled
 //! ```
 //! (`Gateway` may keep its own type: implementing [`Listen`] for it is three lines.)
-use std::{future::Future, io, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    net::UnixListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::sync::CancellationToken;
+
+use crate::fsperm::writable_by_others;
 
 /// How long to pause after an accept error that a retry would meet again at once (out of file
 /// descriptors or memory): long enough not to spin, short enough to go unnoticed.
@@ -63,6 +76,87 @@ impl Listen for tokio::net::UnixListener {
     type Peer = tokio::net::unix::SocketAddr;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send {
         tokio::net::UnixListener::accept(self)
+    }
+}
+
+/// A listening unix socket of the daemon's (the gateway's, the query socket): bound safely,
+/// its file removed when dropped (if it is still this socket's).
+pub struct SocketFile {
+    listener: UnixListener,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Listen on `path` (the value of `flag`, named in errors) with file mode `mode`: create
+    /// its directory (0755) if missing (an existing one must be root's alone: whoever can
+    /// write it could swap the socket), replace a stale socket there (never a regular file or
+    /// a symlink). The mode is set at creation, through the umask (no chmod by path
+    /// afterwards, which a link could redirect).
+    pub fn bind(path: &Path, flag: &str, mode: u32) -> Result<SocketFile> {
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            if let Some(bad) = writable_by_others(dir) {
+                bail!(
+                    "{flag} {} is unsafe: {} is writable by a user other than root",
+                    path.display(),
+                    bad.display()
+                );
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?,
+            Ok(m) => bail!(
+                "{} exists and is not a socket ({}); refusing to replace it",
+                path.display(),
+                if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "a file or directory"
+                }
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+        }
+        // The daemon creates no other file while it starts: the umask is its own to set.
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777));
+        let listener = UnixListener::bind(path);
+        nix::sys::stat::umask(umask);
+        let listener = listener.with_context(|| format!("listening on {}", path.display()))?;
+        let ino = std::fs::symlink_metadata(path)?.ino();
+        Ok(SocketFile {
+            listener,
+            path: path.to_path_buf(),
+            ino,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Listen for SocketFile {
+    type Stream = tokio::net::UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send {
+        self.listener.accept()
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        // Remove the file only if it is still ours (another daemon may have replaced it).
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -125,6 +219,13 @@ impl<L: Listen> Acceptor<L> {
             stream,
             slot: Slot { _permit: permit },
         })
+    }
+
+    /// A free slot now, or none: for a server that refuses a connection at once when all its
+    /// slots are taken (the query socket) rather than leaving it in the backlog.
+    pub fn try_slot(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit })
     }
 
     /// The next connection, without a slot; None once shutdown is cancelled. Errors that

@@ -65,6 +65,25 @@ pub struct Args {
     )]
     pub socket_path: PathBuf,
 
+    /// Unix socket of read-only queries (each user sees their own containers; root and
+    /// --query.admin-group see all); an empty value turns it off.
+    #[arg(
+        long = "query.socket-path",
+        value_name = "PATH",
+        default_value = "/run/apptheus/query.sock",
+        value_parser = parse_query_socket_path
+    )]
+    pub query_socket_path: QuerySocket,
+
+    /// A group whose members see every container through the query socket, as root does
+    /// [default: none]
+    #[arg(
+        long = "query.admin-group",
+        value_name = "NAME",
+        value_parser = parse_group_name
+    )]
+    pub query_admin_group: Option<String>,
+
     /// Trusted launcher executables: absolute paths separated by ';' [default: none, trust nothing]
     #[arg(
         long = "trust.path",
@@ -478,6 +497,29 @@ fn parse_socket_path(s: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(path)
+}
+
+/// `--query.socket-path`: where the query socket listens, or nowhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuerySocket(pub Option<PathBuf>);
+
+/// `--query.socket-path`: empty (off), or a socket path as `--socket.path`.
+fn parse_query_socket_path(s: &str) -> Result<QuerySocket, String> {
+    if s.is_empty() {
+        return Ok(QuerySocket(None));
+    }
+    parse_socket_path(s).map(|p| QuerySocket(Some(p)))
+}
+
+/// `--query.admin-group`: a group name (looked up at start): no control characters, no ':'.
+fn parse_group_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 256 {
+        return Err("a group name of 1 to 256 bytes".into());
+    }
+    if s.chars().any(|c| c.is_control() || c == ':' || c == '/') {
+        return Err(format!("{s:?} is not a group name"));
+    }
+    Ok(s.to_string())
 }
 
 /// `--trust.path`: `;`-separated; entries are trimmed and empty ones ignored, so that
@@ -913,6 +955,27 @@ mod tests {
         let err = parse(&["--web.listen-addr", ":1"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnknownArgument);
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_query_socket_is_on_by_default_and_an_empty_path_turns_it_off() {
+        let args = parse_ok(&[]);
+        assert_eq!(
+            args.query_socket_path,
+            QuerySocket(Some("/run/apptheus/query.sock".into()))
+        );
+        assert_eq!(args.query_admin_group, None);
+        assert_eq!(
+            parse_ok(&["--query.socket-path="]).query_socket_path,
+            QuerySocket(None)
+        );
+        assert_eq!(
+            parse_ok(&["--query.admin-group=hpcadmin"]).query_admin_group,
+            Some("hpcadmin".into())
+        );
+        assert_bad_value("--query.socket-path", "query.sock");
+        assert_bad_value("--query.admin-group", "a:b");
+        assert_bad_value("--query.admin-group", "a\nb");
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub struct Identity {
     /// The batch job it belongs to (state files of earlier versions have none).
     #[serde(default)]
     pub job: Job,
+    /// The launcher's real uid, as a number even under `--privacy.hash-salt-file`: who may see
+    /// the container through the query socket. Never published (no label, log field or
+    /// answer shows it); kept in the state file (root's) so a restart keeps it. `None` in
+    /// state files of earlier versions: such a container is shown to root and admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
 }
 
 impl Identity {
@@ -50,6 +56,7 @@ impl Identity {
             exe_path: String::new(),
             start_time: 0.0,
             job: Job::default(),
+            owner: None,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::{
     http,
     metrics::Metrics,
     privacy::Privacy,
+    query::Query,
     recovery,
     registry::{self, Registry},
     sampler::Sampler,
@@ -27,9 +28,26 @@ use crate::{
     webconfig::Web,
 };
 
-/// Run the daemon; `web` is the loaded `--web.config.file`, if given, `privacy` what
-/// `--privacy.hash-salt-file` asks.
-pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -> Result<()> {
+/// What the daemon was given at start beyond its flags: each read and checked by `main`
+/// before anything starts.
+pub struct Given {
+    pub trust: Trust,
+    /// The loaded `--web.config.file`, if given.
+    pub web: Option<Web>,
+    /// What `--privacy.hash-salt-file` asks.
+    pub privacy: Privacy,
+    /// `--query.admin-group`'s gid.
+    pub admin_gid: Option<u32>,
+}
+
+/// Run the daemon with its flags and what `main` read for them.
+pub async fn run(args: Args, given: Given) -> Result<()> {
+    let Given {
+        trust,
+        web,
+        privacy,
+        admin_gid,
+    } = given;
     let shutdown = CancellationToken::new();
     let stop = signals::stop_requested().context("installing signal handlers")?;
     let metrics =
@@ -93,7 +111,7 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
     let sampler = Sampler::new(registry.clone(), metrics.clone(), Some(state_dir))
         .with_collectors(args.collector_disable)
         .with_summaries(summaries)
-        .with_history(history);
+        .with_history(history.clone());
     let r = registry.clone();
     let (sampler, found) = tokio::task::spawn_blocking(move || {
         let found = recovery::recover(&r, saved);
@@ -116,7 +134,23 @@ pub async fn run(args: Args, trust: Trust, web: Option<Web>, privacy: Privacy) -
         trusted = trust.paths().len(),
         "gateway listening"
     );
+    // Root's read-only door for users: each sees their own containers.
+    let query = match &args.query_socket_path.0 {
+        Some(path) => {
+            let query = Query::bind(path)?;
+            tracing::info!(
+                socket = path.display().to_string().as_str(),
+                admin_gid,
+                "query socket listening"
+            );
+            Some(query)
+        }
+        None => None,
+    };
     ready.store(true, Ordering::Release);
+    if let Some(query) = query {
+        tasks.spawn(query.serve(admin_gid, metrics.clone(), history, shutdown.clone()));
+    }
 
     let serve = gateway.serve(trust, registry.clone(), metrics.clone(), shutdown.clone());
     tasks.spawn(serve);

@@ -2,7 +2,12 @@
 use std::process::ExitCode;
 
 use apptheus::{
-    cli::Args, daemon, gateway::Trust, privacy::Privacy, signals, telemetry, webconfig::Web,
+    cli::Args,
+    daemon::{self, Given},
+    gateway::Trust,
+    privacy::Privacy,
+    signals, telemetry,
+    webconfig::Web,
 };
 use clap::Parser as _;
 
@@ -38,6 +43,22 @@ fn main() -> ExitCode {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("apptheus: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    // The admin group's name is resolved once, now: membership is then the kernel's word on
+    // each caller (SO_PEERGROUPS), never the group database's.
+    let admin_gid = match args.query_admin_group.as_deref() {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(group)) => Some(group.gid.as_raw()),
+            Ok(None) => {
+                eprintln!("apptheus: --query.admin-group {name}: no such group");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("apptheus: --query.admin-group {name}: {e}");
                 return ExitCode::from(2);
             }
         },
@@ -86,7 +107,13 @@ fn main() -> ExitCode {
             "--privacy.hash-salt-file: user names, uids (also in cgroup paths) and home paths are published as keyed hashes"
         );
     }
-    match runtime.block_on(daemon::run(args, trust, web, privacy)) {
+    let given = Given {
+        trust,
+        web,
+        privacy,
+        admin_gid,
+    };
+    match runtime.block_on(daemon::run(args, given)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "apptheus failed");

@@ -181,6 +181,8 @@ fn guess(rel: &str, procs: &[i32], privacy: &Privacy) -> Identity {
         exe_path: published.exe_path,
         start_time,
         job: Default::default(),
+        // The uid of its processes now: the user who runs them.
+        owner: (uid != u32::MAX).then_some(uid),
     }
 }
 

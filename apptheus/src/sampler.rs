@@ -16,7 +16,7 @@ use std::{
 use foldhash::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
-use apptheus_api::PeakSource;
+use apptheus_api::{PeakSource, Summary};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -64,6 +64,9 @@ struct Sampled {
     finished: bool,
     /// The CPUs it may use, read at its first pass (for its summary).
     allowance: Option<Allowance>,
+    /// Its summary record, once its final values were taken: published with its values for
+    /// as long as it is retained (the query socket shows it).
+    summary: Option<Arc<Summary>>,
 }
 
 impl Sampled {
@@ -77,6 +80,7 @@ impl Sampled {
             sampled_peak: None,
             finished: false,
             allowance: None,
+            summary: None,
         }
     }
 
@@ -157,6 +161,7 @@ impl Sampled {
             end_time: self.entry.end_time.map(unix_seconds),
             stats,
             procs: self.procs,
+            summary: self.summary.clone(),
         }
     }
 }
@@ -294,8 +299,12 @@ impl Sampler {
             if s.entry.end_time.is_some() {
                 s.finished = true;
                 finished.push(*key);
-                self.summaries
+                let summary = self
+                    .summaries
                     .ended(&s.series(), s.allowance.unwrap_or_default());
+                s.summary = Some(Arc::new(summary));
+                // Published with its final values even if none of them moved.
+                changed = true;
             } else if procs.is_some_and(|p| p.live == 0) {
                 ended.push(*key);
             }
@@ -464,6 +473,7 @@ mod tests {
                 exe_path: "/bin/c".into(),
                 start_time: 0.0,
                 job: Default::default(),
+                owner: None,
             }),
             cgroup: Arc::new(cgroup),
             end_time: None,

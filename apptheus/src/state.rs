@@ -333,6 +333,7 @@ mod tests {
                 exe_path: "/usr/libexec/apptainer/bin/starter-suid".into(),
                 start_time: 1_700_000_000.25,
                 job: Default::default(),
+                owner: None,
             },
             end_time: None,
             made_parents: vec!["/sys/fs/cgroup/memory/slurm/job_1/apptheus".into()],

@@ -289,21 +289,23 @@ impl Summaries {
 
     /// The summary of a container whose final values `series` holds. A record the file
     /// cannot take now (a full filesystem) is kept, in order, and written with the next ones
-    /// (see `SummaryFile::write`).
-    pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) {
+    /// (see `SummaryFile::write`). Returns the record: the sampler keeps it with the
+    /// container's values while it is retained.
+    pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) -> Summary {
         let now = crate::container::unix_seconds(std::time::SystemTime::now());
         let summary = of(series, allowance, self.host_cpus, now);
         log(&summary);
-        let Some(file) = &mut self.file else { return };
-        let mut line = match serde_json::to_vec(&summary) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialize a container summary");
-                return;
-            }
+        let Some(file) = &mut self.file else {
+            return summary;
         };
-        line.push(b'\n');
-        file.write(line);
+        match serde_json::to_vec(&summary) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                file.write(line);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serialize a container summary"),
+        }
+        summary
     }
 
     /// Write the records kept after a failure, if any (once a pass).
@@ -531,6 +533,7 @@ mod tests {
                     account: "proj".into(),
                     ..Job::default()
                 },
+                owner: Some(1000),
             }),
             memory_source: "cgroup",
             memory_peak_source: PeakSource::Kernel,
@@ -564,6 +567,7 @@ mod tests {
                 live: 0,
                 ..ProcessCounters::default()
             },
+            summary: None,
         }
     }
 

@@ -15,71 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Workload, bin, eventually, prometheus::tool, workload_bin};
-
-/// A user made for this test with `useradd` (a home with a copy of apptheus-exec in it, which
-/// the daemon does not trust); `userdel -r` when dropped.
-struct TestUser {
-    name: String,
-    uid: u32,
-    home: PathBuf,
-}
-
-impl TestUser {
-    fn new(tag: &str) -> TestUser {
-        // useradd: at most 32 characters, lowercase letters and digits.
-        let name = format!("apppriv{}{tag}", std::process::id());
-        let out = Command::new(tool("useradd", "passwd"))
-            .args([
-                "--create-home",
-                "--user-group",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg(&name)
-            .output()
-            .expect("run useradd");
-        assert!(
-            out.status.success(),
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let user = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{name} was made but is not in the passwd database"));
-        TestUser {
-            name,
-            uid: user.uid.as_raw(),
-            home: user.dir,
-        }
-    }
-
-    /// `setpriv` to this user, then `cmd`: the launcher runs with the user's uid and groups.
-    fn command(&self, cmd: &Path) -> Command {
-        let mut c = Command::new(tool("setpriv", "util-linux"));
-        c.args(self.setpriv_args()).arg(cmd);
-        c
-    }
-
-    fn setpriv_args(&self) -> [String; 4] {
-        [
-            format!("--reuid={}", self.name),
-            format!("--regid={}", self.name),
-            "--init-groups".into(),
-            "--".into(),
-        ]
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        // Its processes were ended by the Workloads' drops; remove the user, group and home.
-        let _ = Command::new("userdel")
-            .args(["--remove", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+use common::{Daemon, Workload, bin, eventually, prometheus::tool, users::TestUser, workload_bin};
 
 /// A salt file as the flag wants it: root's, 0600.
 fn salt_file(dir: &Path, salt: &str) -> PathBuf {
@@ -236,11 +172,13 @@ fn names_and_uids_never_leave_the_node_in_clear() {
     // alice's first launcher starts in a cgroup named like her systemd slice: the `cgroup` label
     // must not show her uid either. Declared before the daemon and the launchers: dropped last.
     let slice = UserSlice::new(alice.uid);
-    let d = Daemon::start(&[&flag]);
+    let summaries = dir.path().join("summary.jsonl");
+    let summary_flag = format!("--container.summary-file={}", summaries.display());
+    let d = Daemon::start(&[&flag, &summary_flag]);
     // The launchers run as the users: they must reach the socket in the daemon's own directory.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (_wa, id_a) = user_launcher(&d, &alice, Some(&slice));
-    let (_wb, id_b) = user_launcher(&d, &bob, None);
+    let (mut wb, id_b) = user_launcher(&d, &bob, None);
     // bob also runs a copy of apptheus-exec from his home: refused (untrusted), and logged at
     // warn with his uid and the path in his home, both hashed.
     let copy = bob.home.join("apptheus-exec");
@@ -296,6 +234,44 @@ fn names_and_uids_never_leave_the_node_in_clear() {
         }
     }
 
+    // /api/containers, /containers and the query socket show the same hashes as the labels.
+    let (status, api) = d.get("/api/containers?history=0");
+    assert_eq!(status, 200, "{api}");
+    let (status, page) = d.get("/containers");
+    assert_eq!(status, 200, "{page}");
+    let answer = common::users::query(&d.query, b"containers\n");
+    for user in [&alice, &bob] {
+        let (hash, uid_hash) = (
+            expected_hash(&salt, &user.name),
+            expected_hash(&salt, &user.uid.to_string()),
+        );
+        for (what, text) in [("/api/containers", &api), ("the query socket", &answer)] {
+            let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+            let shown: Vec<_> = doc["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["user"] == hash.as_str())
+                .collect();
+            assert!(!shown.is_empty(), "{what} lacks {hash}: {text}");
+            for c in shown {
+                assert_eq!(c["uid"], uid_hash.as_str(), "{what}: {c}");
+            }
+            assert!(
+                !text.contains(&user.name),
+                "{} in {what}: {text}",
+                user.name
+            );
+            assert!(
+                !text.contains(&format!("\"uid\":\"{}\"", user.uid)),
+                "{}'s uid in {what}: {text}",
+                user.name
+            );
+        }
+        assert!(page.contains(&hash), "/containers lacks {hash}");
+        assert!(!page.contains(&user.name), "{} in /containers", user.name);
+    }
+
     let alice_uid = expected_hash(&salt, &alice.uid.to_string());
     assert!(
         metrics.contains(&format!("/user-{alice_uid}.slice")),
@@ -310,9 +286,10 @@ fn names_and_uids_never_leave_the_node_in_clear() {
         (s.contains(&id_a) && s.contains(&id_b)).then_some(s)
     })
     .expect("containers.json holds both containers");
-    // Every value but the cgroup paths (cgroup, made_parents, adopted): the state file keeps the
-    // real paths (a restarted daemon finds the cgroups by them; the file is root's, 0600, and
-    // never leaves the node), so alice's slice shows there, and only there.
+    // Every value but the cgroup paths (cgroup, made_parents, adopted) and the owner: the state
+    // file keeps the real paths (a restarted daemon finds the cgroups by them; the file is
+    // root's, 0600, and never leaves the node), so alice's slice shows there, and only there;
+    // and the launcher's raw uid (`owner`: whom the query socket shows the container to).
     let doc: serde_json::Value = serde_json::from_str(&saved).unwrap();
     let mut values = Vec::new();
     fn strings(v: &serde_json::Value, key: &str, out: &mut Vec<(String, String)>) {
@@ -331,7 +308,7 @@ fn names_and_uids_never_leave_the_node_in_clear() {
         );
         for (key, v) in values
             .iter()
-            .filter(|(k, _)| !["cgroup", "made_parents", "adopted"].contains(&k.as_str()))
+            .filter(|(k, _)| !["cgroup", "made_parents", "adopted", "owner"].contains(&k.as_str()))
         {
             assert!(
                 !has_number(v, user.uid),
@@ -382,6 +359,34 @@ fn names_and_uids_never_leave_the_node_in_clear() {
                 && l.contains(&format!("uid={bob_uid}"))),
         "no accepted line with bob's hashed uid:\n{log}"
     );
+
+    // bob's container ends: its summary (file, log, and the query socket's answer) shows the
+    // same hashes as the labels.
+    wb.go();
+    assert!(wb.wait().success());
+    let line = eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&summaries).ok()?;
+        let line = text.lines().find(|l| l.contains(&format!("\"{id_b}\"")))?;
+        Some(line.to_string())
+    })
+    .unwrap_or_else(|| panic!("no summary of {id_b}:\n{}", d.log_text()));
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let (bob_hash, bob_uid) = (
+        expected_hash(&salt, &bob.name),
+        expected_hash(&salt, &bob.uid.to_string()),
+    );
+    assert_eq!(record["user"], bob_hash.as_str(), "{line}");
+    assert_eq!(record["uid"], bob_uid.as_str(), "{line}");
+    let logged = d.wait_log(0, &["container summary", &id_b]);
+    assert!(
+        logged.contains(&format!("user={bob_hash}")) && logged.contains(&format!("uid={bob_uid}")),
+        "{logged}"
+    );
+    assert!(!logged.contains(&bob.name), "{logged}");
+    let answer = common::users::query(&d.query, format!("container {id_b}\n").as_bytes());
+    let one: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(one["container"]["summary"], record, "{answer}");
+    assert_eq!(one["container"]["user"], bob_hash.as_str());
 
     // Another daemon ("node") with the same salt: the same hash for the same user.
     let d2 = Daemon::start(&[&flag]);

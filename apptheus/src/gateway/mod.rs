@@ -7,23 +7,16 @@ mod peer;
 mod refusals;
 mod trust;
 
-use std::{
-    io,
-    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _},
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
-use tokio::net::{UnixListener, UnixStream};
+use anyhow::Result;
+use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use self::refusals::Refusals;
 pub use self::trust::Trust;
 use crate::{
-    accept::{Accepted, Acceptor, Listen, Slot},
-    fsperm::writable_by_others,
+    accept::{Accepted, Acceptor, Slot, SocketFile},
     launcher::{Peer, Rejection},
     metrics::Metrics,
     registry::{AdmitError, Admitted, Registry},
@@ -47,64 +40,20 @@ impl From<AdmitError> for Rejection {
 
 /// The listening socket. Removes its file when dropped.
 pub struct Gateway {
-    listener: UnixListener,
-    path: PathBuf,
-    ino: u64,
+    socket: SocketFile,
 }
 
 impl Gateway {
-    /// Listen on `path`: create its directory (0755) if missing (an existing one must be
-    /// root's alone: whoever can write it could swap the socket), replace a stale socket there
-    /// (never a regular file or a symlink), and open it to everyone (0777) as Apptainer's
-    /// unprivileged side needs. The mode is set at creation (no chmod by path afterwards,
-    /// which a link could redirect).
+    /// Listen on `path` (see `SocketFile::bind`), open to everyone as Apptainer's
+    /// unprivileged side needs.
     pub fn bind(path: &Path) -> Result<Gateway> {
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            if let Some(bad) = writable_by_others(dir) {
-                bail!(
-                    "--socket.path {} is unsafe: {} is writable by a user other than root",
-                    path.display(),
-                    bad.display()
-                );
-            }
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-                .with_context(|| format!("removing stale socket {}", path.display()))?,
-            Ok(m) => bail!(
-                "{} exists and is not a socket ({}); refusing to replace it",
-                path.display(),
-                if m.file_type().is_symlink() {
-                    "a symlink"
-                } else {
-                    "a file or directory"
-                }
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
-        }
-        // The daemon creates no other file while it starts: the umask is its own to clear.
-        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        let listener = UnixListener::bind(path);
-        nix::sys::stat::umask(umask);
-        let listener = listener.with_context(|| format!("listening on {}", path.display()))?;
-        let ino = std::fs::symlink_metadata(path)?.ino();
         Ok(Gateway {
-            listener,
-            path: path.to_path_buf(),
-            ino,
+            socket: SocketFile::bind(path, "--socket.path", 0o777)?,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.socket.path()
     }
 
     /// Serve launchers until `shutdown`, then remove the socket: each connection is
@@ -127,7 +76,7 @@ impl Gateway {
             per_user: Default::default(),
         });
         let acceptor = Acceptor::new(
-            self,
+            self.socket,
             MAX_PENDING_CONNECTIONS,
             shutdown.clone(),
             "a launcher connection",
@@ -136,25 +85,6 @@ impl Gateway {
             tokio::spawn(admission.clone().connection(stream, slot, shutdown.clone()));
         }
         Ok(())
-    }
-}
-
-impl Listen for Gateway {
-    type Stream = UnixStream;
-    type Peer = tokio::net::unix::SocketAddr;
-    fn accept(
-        &self,
-    ) -> impl std::future::Future<Output = io::Result<(UnixStream, Self::Peer)>> + Send {
-        self.listener.accept()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // Remove the file only if it is still ours (another daemon may have replaced it).
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 

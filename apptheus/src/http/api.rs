@@ -22,14 +22,31 @@ pub fn build(
     with_history: bool,
     now: f64,
 ) -> Containers {
+    build_for(series, history, with_history, now, |_| true, false)
+}
+
+/// As `build`, of the containers `shown` keeps only, each ended one with its summary record
+/// when `with_summary` (the query socket's answers).
+pub fn build_for(
+    series: &[ContainerSeries],
+    history: &History,
+    with_history: bool,
+    now: f64,
+    shown: impl Fn(&ContainerSeries) -> bool,
+    with_summary: bool,
+) -> Containers {
     let mut containers: Vec<Container> = history.read(|tracks| {
         series
             .iter()
+            .filter(|s| shown(s))
             .map(|s| {
                 let track = tracks.get(&s.identity);
                 let mut c = container(s, track);
                 if with_history {
                     c.history = Some(track.map(|t| trend(t, history)).unwrap_or_default());
+                }
+                if with_summary && s.end_time.is_some() {
+                    c.summary = s.summary.as_deref().cloned().map(Box::new);
                 }
                 c
             })
@@ -132,7 +149,7 @@ pub(super) async fn containers(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         sync::Arc,
         time::{Duration, Instant},
@@ -164,6 +181,7 @@ mod tests {
                 live: 3,
                 ..Default::default()
             },
+            summary: None,
         }
     }
 

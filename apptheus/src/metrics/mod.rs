@@ -14,7 +14,7 @@ use render::render_into;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
-use apptheus_api::PeakSource;
+use apptheus_api::{PeakSource, Summary};
 use bytes::Bytes;
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -44,6 +44,35 @@ impl Output {
     }
 }
 
+/// How a query socket connection ended: the `outcome` label of
+/// `apptheus_query_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryOutcome {
+    /// Its request was answered (a container not found included).
+    Answered,
+    /// Closed at once, over the bounds (connections in all or of its user, or the answers'
+    /// turns taken until its deadline).
+    Refused,
+    /// Its request was not one (too long, not UTF-8, control characters, unknown, too late).
+    BadRequest,
+}
+
+impl QueryOutcome {
+    pub const ALL: [QueryOutcome; 3] = [
+        QueryOutcome::Answered,
+        QueryOutcome::Refused,
+        QueryOutcome::BadRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryOutcome::Answered => "answered",
+            QueryOutcome::Refused => "refused",
+            QueryOutcome::BadRequest => "bad_request",
+        }
+    }
+}
+
 /// The daemon's own metrics.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +84,7 @@ pub struct Metrics {
     write_errors: IntCounterVec,
     events_lost: IntCounter,
     walks_cut_short: IntCounter,
+    queries: IntCounterVec,
     snapshot: Mutex<Arc<Snapshot>>,
     /// The containers' groups that are rendered.
     collectors: Collectors,
@@ -128,6 +158,16 @@ impl Metrics {
             "apptheus_adoption_walks_cut_short_total",
             "Walks of a launcher's process tree stopped at their bound (a tree that forks faster than it can be walked); each goes on at the next passes.",
         )?;
+        let queries = IntCounterVec::new(
+            Opts::new(
+                "apptheus_query_requests_total",
+                "Connections to the query socket, by outcome: answered, refused (over its bounds), bad_request.",
+            ),
+            &["outcome"],
+        )?;
+        for o in QueryOutcome::ALL {
+            queries.with_label_values(&[o.as_str()]);
+        }
         // Every label value that can occur, from zero, so rates work from the first scrape.
         for outcome in ["accepted", "rejected"] {
             connections.with_label_values(&[outcome]);
@@ -147,6 +187,7 @@ impl Metrics {
         registry.register(Box::new(write_errors.clone()))?;
         registry.register(Box::new(events_lost.clone()))?;
         registry.register(Box::new(walks_cut_short.clone()))?;
+        registry.register(Box::new(queries.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -160,6 +201,7 @@ impl Metrics {
             write_errors,
             events_lost,
             walks_cut_short,
+            queries,
             snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new(), collectors))),
             collectors,
         })
@@ -177,6 +219,11 @@ impl Metrics {
     /// A trusted launcher waited `wait` for its user's admission turn.
     pub fn admission_waited(&self, wait: std::time::Duration) {
         self.admission_wait.observe(wait.as_secs_f64());
+    }
+
+    /// A query socket connection ended so.
+    pub fn query(&self, outcome: QueryOutcome) {
+        self.queries.with_label_values(&[outcome.as_str()]).inc();
     }
 
     /// `file`'s running total of failed writes.
@@ -237,6 +284,8 @@ pub struct ContainerSeries {
     pub end_time: Option<f64>,
     pub stats: Stats,
     pub procs: ProcessCounters,
+    /// Its summary record, once its final values were taken (an ended container's).
+    pub summary: Option<Arc<Summary>>,
 }
 
 /// The containers' series of one sampling pass, rendered on first use.

@@ -419,7 +419,7 @@ pub fn render_into(series: &[ContainerSeries], collectors: Collectors, out: &mut
                 escape(&c.identity.uid),
                 escape(&c.identity.cgroup_label),
                 c.memory_source,
-                c.memory_peak_source,
+                c.memory_peak_source.as_str(),
             );
         }
         let _ = out.write_str("# HELP apptheus_container_job_info The batch job a container belongs to (constant 1).\n# TYPE apptheus_container_job_info gauge\n");
@@ -557,6 +557,7 @@ mod tests {
                 cgroup_label: "/apptheus/starter_42".into(),
                 start_time: 1_700_000_000.5,
                 job: Default::default(),
+                owner: None,
             }),
             memory_source: "cgroup",
             memory_peak_source: apptheus_api::PeakSource::Kernel,
@@ -573,6 +574,7 @@ mod tests {
                 live: 2,
                 ..Default::default()
             },
+            summary: None,
         }
     }
 

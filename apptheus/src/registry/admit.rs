@@ -207,6 +207,7 @@ impl Registry {
             exe_path: published.exe_path,
             start_time: unix_seconds(started),
             job,
+            owner: Some(peer.uid),
         });
         let early = self.placed(key, identity.clone(), cgroup.clone());
         self.count_network(key, &identity.id, &cgroup);

@@ -5,6 +5,7 @@ pub mod cgroups;
 pub mod pki;
 pub mod prometheus;
 pub mod slurm;
+pub mod users;
 
 #[allow(unused_imports)]
 pub use cgroups::cgroup_of;
@@ -322,6 +323,8 @@ pub struct Daemon {
     pub child: Child,
     pub port: u16,
     pub socket: PathBuf,
+    /// Its query socket (in its own directory unless the test names one).
+    pub query: PathBuf,
     pub parent: String,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
@@ -367,6 +370,11 @@ impl Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("gateway.sock");
+        // Never the default (/run/apptheus/query.sock): tests' daemons run side by side.
+        let query = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--query.socket-path="))
+            .map_or_else(|| dir.path().join("query.sock"), PathBuf::from);
         // A test may name the parent (a --cgroup.parent among its args); else a unique one.
         let parent = args
             .iter()
@@ -383,6 +391,7 @@ impl Daemon {
             // take it in between; the daemon's log says which.
             "--web.listen-address=127.0.0.1:0".to_string(),
             format!("--socket.path={}", socket.display()),
+            format!("--query.socket-path={}", query.display()),
             format!("--cgroup.parent={parent}"),
             format!("--state.dir={}", state.display()),
             "--log.level=debug".to_string(),
@@ -390,7 +399,11 @@ impl Daemon {
         .into_iter()
         .chain(
             args.iter()
-                .filter(|a| !a.starts_with("--cgroup.parent=") && !a.starts_with("--state.dir="))
+                .filter(|a| {
+                    !a.starts_with("--cgroup.parent=")
+                        && !a.starts_with("--state.dir=")
+                        && !a.starts_with("--query.socket-path=")
+                })
                 .map(|a| a.to_string()),
         )
         .collect();
@@ -404,6 +417,7 @@ impl Daemon {
             exe: exe.to_path_buf(),
             port: 0,
             socket,
+            query,
             parent,
             dir,
             log,

@@ -21,7 +21,9 @@
 //!   events and the Prometheus side read the same v2 files on every kernel;
 //! - `fresh_host` on 5.10 and 6.1: the daemon started where tracefs is not mounted mounts it;
 //! - `exec` on 6.1: apptheus-exec's connect-first start and its wait for `end` on pure v2 (CMD
-//!   in the container's cgroup from its first instruction, its pages charged there).
+//!   in the container's cgroup from its first instruction, its pages charged there);
+//! - `query` on 6.1: the query socket's callers named by the kernel (SO_PEERCRED and
+//!   SO_PEERGROUPS, 4.13+) with real users and groups, on a pure v2 guest.
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -50,6 +52,7 @@ pub const MATRIX: &[(Kernel, &[&str])] = &[
             "slurm",
             "fresh_host",
             "exec",
+            "query",
         ],
     ),
     (Kernel::V6_12, &["tracker", "daemon", "field", "ends"]),
