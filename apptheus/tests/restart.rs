@@ -59,7 +59,7 @@ fn kill9_and_restart_readopts_live_containers_and_cleans_up_ended_ones() {
     let visible = eventually(Duration::from_secs(5), || {
         let m = d.metrics();
         let procs = values(&m, "apptheus_container_processes", &live)?;
-        (procs.iter().all(|&p| p == 2.0) && m.contains(&label(&gone))).then_some(())
+        (procs.iter().all(|&p| p == 1.0) && m.contains(&label(&gone))).then_some(())
     });
     assert!(
         visible.is_some(),
@@ -119,7 +119,7 @@ fn kill9_and_restart_readopts_live_containers_and_cleans_up_ended_ones() {
     let after = eventually(Duration::from_secs(5), || {
         let m = d.metrics();
         let procs = values(&m, "apptheus_container_processes", &live)?;
-        procs.iter().all(|&p| p == 2.0).then_some(m)
+        procs.iter().all(|&p| p == 1.0).then_some(m)
     })
     .unwrap_or_else(|| panic!("containers not re-adopted:\n{}", d.log_text()));
     let log = d.log_text();
@@ -225,7 +225,7 @@ fn corrupt_state_file_is_set_aside_and_containers_are_still_found() {
     let mut live = waiting(&d, 3);
     let visible = eventually(Duration::from_secs(5), || {
         values(&d.metrics(), "apptheus_container_processes", &live)
-            .filter(|p| p.iter().all(|&p| p == 2.0))
+            .filter(|p| p.iter().all(|&p| p == 1.0))
     });
     assert!(visible.is_some());
     std::thread::sleep(Duration::from_millis(300));
@@ -239,7 +239,7 @@ fn corrupt_state_file_is_set_aside_and_containers_are_still_found() {
     let m = eventually(Duration::from_secs(5), || {
         let m = d.metrics();
         values(&m, "apptheus_container_processes", &live)
-            .filter(|p| p.iter().all(|&p| p == 2.0))
+            .filter(|p| p.iter().all(|&p| p == 1.0))
             .map(|_| m)
     })
     .unwrap_or_else(|| panic!("containers not re-adopted:\n{}", d.log_text()));
@@ -307,7 +307,7 @@ fn a_clean_restart_keeps_containers_too() {
     let after = eventually(Duration::from_secs(5), || {
         let m = d.metrics();
         values(&m, "apptheus_container_processes", &live)
-            .filter(|p| p.iter().all(|&p| p == 2.0))
+            .filter(|p| p.iter().all(|&p| p == 1.0))
             .and_then(|_| values(&m, "apptheus_container_start_time_seconds", &live))
     })
     .unwrap_or_else(|| panic!("not re-adopted after SIGTERM:\n{}", d.log_text()));
