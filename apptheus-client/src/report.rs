@@ -409,7 +409,7 @@ pub fn text(f: &Figures, style: Style) -> String {
     let mut row = |name: &str, value: String| {
         let _ = writeln!(out, "  {name:<17} {value}");
     };
-    row("Wall time", format::duration(f.wall_seconds));
+    row("Wall time", format::cpu_time(f.wall_seconds));
     let efficiency = match (f.cpu_efficiency, f.cpus_allowed, f.cpus_allowed_source) {
         (Some(e), Some(n), Some(src)) => format!(
             "   {} of {} CPU{} allowed ({})",
@@ -442,6 +442,7 @@ pub fn text(f: &Figures, style: Style) -> String {
     row(
         "Throttled",
         match (f.throttled_seconds, f.throttled_periods, f.periods) {
+            (_, _, Some(0)) => "never (no CPU quota)".to_string(),
             (Some(s), Some(t), Some(p)) => {
                 format!("{} ({t} of {p} periods)", format::cpu_time(s))
             }
