@@ -69,11 +69,13 @@ impl Client {
         if id.is_empty() || id.len() > 255 || id.chars().any(|c| c.is_control() || c == ' ') {
             return Err(Error::NoSuchContainer(crate::terminal::safe(id)));
         }
-        let answer = self.ask(&format!("container {id}"))?;
-        if answer.starts_with(b"error: no such container") {
-            return Err(Error::NoSuchContainer(crate::terminal::safe(id)));
+        match self.ask(&format!("container {id}")) {
+            Ok(answer) => self.parse::<One>(&answer).map(|one| one.container),
+            Err(Error::Refused(reason)) if reason == "no such container" => {
+                Err(Error::NoSuchContainer(crate::terminal::safe(id)))
+            }
+            Err(e) => Err(e),
         }
-        self.parse::<One>(&answer).map(|one| one.container)
     }
 
     fn ask(&self, request: &str) -> Result<Vec<u8>, Error> {

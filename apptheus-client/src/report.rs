@@ -249,7 +249,7 @@ fn notes(f: &Figures, t: &Thresholds) -> Vec<Note> {
     }
     if let Some(code) = f.exit_code.filter(|c| *c != 0) {
         let how = if code > 128 && code < 128 + 65 {
-            format!("killed by signal {} (exit status {code})", code - 128)
+            format!("was killed by signal {} (exit status {code})", code - 128)
         } else {
             format!("ended with exit status {code}")
         };
@@ -334,11 +334,11 @@ fn notes(f: &Figures, t: &Thresholds) -> Vec<Note> {
             ),
         );
     }
+    // A container that used no CPU at all was idle all along; else the history's tail says
+    // for how long at its end.
     let idle = match (f.idle_seconds, f.cpu_seconds) {
-        (Some(idle), _) => Some(idle),
-        // No points: a container that used no CPU at all was idle all along.
-        (None, Some(cpu)) if cpu < 0.01 => Some(f.wall_seconds),
-        _ => None,
+        (_, Some(cpu)) if cpu < 0.01 => Some(f.wall_seconds),
+        (idle, _) => idle,
     };
     if let Some(idle) = idle.filter(|i| *i >= t.idle_seconds && *i > 0.0) {
         note(

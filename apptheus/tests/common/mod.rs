@@ -251,7 +251,7 @@ pub fn bin(name: &str) -> PathBuf {
     );
     match name {
         // Run by the tests' unprivileged users too.
-        "apptheus-exec" | "apptheus-top" => for_users(&p),
+        "apptheus-exec" | "apptheus-top" | "apptheus-report" => for_users(&p),
         _ => p,
     }
 }
