@@ -25,6 +25,16 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// `apptheus-exec --report -- workload steps...` in a job cgroup of its own limited by `setup`:
 /// its output, the report on its stderr, and the wall time the test measured.
 fn job(d: &Daemon, setup: impl FnOnce(&TestCgroup), steps: &[&str]) -> (Output, Duration) {
+    job_env(d, setup, steps, &[])
+}
+
+/// As `job`, with `env` in the launcher's environment.
+fn job_env(
+    d: &Daemon,
+    setup: impl FnOnce(&TestCgroup),
+    steps: &[&str],
+    env: &[(&str, &str)],
+) -> (Output, Duration) {
     let job = TestCgroup::new("apptheus-rjob", &JOB_CONTROLLERS);
     setup(&job);
     let script = format!(
@@ -41,6 +51,7 @@ fn job(d: &Daemon, setup: impl FnOnce(&TestCgroup), steps: &[&str]) -> (Output, 
         .args(["-c", &script])
         // The report is plain text off a terminal; NO_COLOR set or not.
         .env_remove("APPTHEUS_REPORT")
+        .envs(env.iter().copied())
         .output()
         .expect("run apptheus-exec");
     (out, start.elapsed())
@@ -80,10 +91,18 @@ fn kinds(f: &Value) -> Vec<String> {
 
 #[test]
 fn the_report_matches_ground_truth_and_says_what_to_change() {
-    let d = Daemon::start(&["--monitor.interval=200ms", "--container.retention=5m"]);
+    let summaries = std::env::temp_dir().join(common::unique("apptheus-rsummaries"));
+    let file = format!("--container.summary-file={}", summaries.display());
+    let d = Daemon::start(&[
+        "--monitor.interval=200ms",
+        "--container.retention=5m",
+        &file,
+    ]);
+    // The first two are steps of one batch job (named from the environment here).
+    let job_id = [("SLURM_JOB_ID", "4242")];
 
     // 2 s of CPU time in one thread, 2 CPUs allowed (a quota of 2, or the host's 2).
-    let (out, wall) = job(&d, |j| j.limit_cpu(200_000), &["burn:2"]);
+    let (out, wall) = job_env(&d, |j| j.limit_cpu(200_000), &["burn:2"], &job_id);
     let report = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{report}");
     let id = container_of(&report);
@@ -112,7 +131,12 @@ fn the_report_matches_ground_truth_and_says_what_to_change() {
 
     // 200 MiB under a 1 GiB job limit, held a moment (a job shorter than a second gets no
     // efficiency notes).
-    let (out, _) = job(&d, |j| j.limit_memory(1 << 30), &["alloc:200", "sleep:1.5"]);
+    let (out, _) = job_env(
+        &d,
+        |j| j.limit_memory(1 << 30),
+        &["alloc:200", "sleep:1.5"],
+        &job_id,
+    );
     let report = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{report}");
     let f = figures(&d, &[&container_of(&report)]);
@@ -158,6 +182,35 @@ fn the_report_matches_ground_truth_and_says_what_to_change() {
     let f = figures(&d, &["--note.idle-after=2s", &id]);
     assert!(kinds(&f).contains(&"idle".into()), "{f}");
     println!("idle: {}", f["notes"]);
+
+    // The administrator's view of job 4242 from the summary file: its two containers and
+    // their total.
+    let records = common::eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&summaries).ok()?;
+        (text.lines().count() >= 4).then_some(())
+    });
+    assert!(records.is_some(), "the summary file has not every record");
+    let from = format!("--from={}", summaries.display());
+    let out = Command::new(bin("apptheus-report"))
+        .args([&from, "--job", "4242", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["job"]["containers"], 2, "{v}");
+    let total = v["job"]["cpu_seconds"].as_f64().unwrap();
+    assert!(total >= cpu && total < cpu + 0.5, "{v}");
+    let text = Command::new(bin("apptheus-report"))
+        .args([&from, "--job", "4242"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with("Job 4242: 2 containers on this node"),
+        "{text}"
+    );
+    println!("{text}");
+    let _ = std::fs::remove_file(&summaries);
 }
 
 /// Two users each see their own containers through the query socket (`apptheus-top --once`,

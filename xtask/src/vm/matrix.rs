@@ -23,7 +23,8 @@
 //! - `exec` on 6.1: apptheus-exec's connect-first start and its wait for `end` on pure v2 (CMD
 //!   in the container's cgroup from its first instruction, its pages charged there);
 //! - `query` on 6.1: the query socket's callers named by the kernel (SO_PEERCRED and
-//!   SO_PEERGROUPS, 4.13+) with real users and groups, on a pure v2 guest.
+//!   SO_PEERGROUPS, 4.13+) with real users and groups, on a pure v2 guest;
+//! - `report` on 6.1: the report's figures from v2's files (cpu.stat, memory.peak, cpu.max).
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -53,6 +54,7 @@ pub const MATRIX: &[(Kernel, &[&str])] = &[
             "fresh_host",
             "exec",
             "query",
+            "report",
         ],
     ),
     (Kernel::V6_12, &["tracker", "daemon", "field", "ends"]),
