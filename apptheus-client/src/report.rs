@@ -334,28 +334,36 @@ fn notes(f: &Figures, t: &Thresholds) -> Vec<Note> {
             ),
         );
     }
-    // A container that used no CPU at all was idle all along; else the history's tail says
-    // for how long at its end.
-    let idle = match (f.idle_seconds, f.cpu_seconds) {
-        (_, Some(cpu)) if cpu < 0.01 => Some(f.wall_seconds),
-        (idle, _) => idle,
-    };
-    if let Some(idle) = idle.filter(|i| *i >= t.idle_seconds && *i > 0.0) {
+    // The history's tail says how long it used no CPU at its end; a container that used
+    // next to none all its life (less than 5% of one CPU: its start) was idle all along.
+    let hardly = f
+        .cpu_seconds
+        .filter(|cpu| f.wall_seconds > 0.0 && *cpu < IDLE_SHARE * f.wall_seconds);
+    let tail = f.idle_seconds.filter(|i| *i >= t.idle_seconds && *i > 0.0);
+    if let Some(cpu) = hardly.filter(|_| f.wall_seconds >= t.idle_seconds) {
         note(
             NoteKind::Idle,
             format!(
-                "used no CPU for its last {}{}: a job that waits ends sooner, or holds its node for nothing",
-                format::duration(idle),
-                if idle >= f.wall_seconds - 0.5 {
-                    " (all its life)"
-                } else {
-                    ""
-                }
+                "used almost no CPU all its life ({} in {}): a job that waits ends sooner, or holds its node for nothing",
+                format::cpu_time(cpu),
+                format::cpu_time(f.wall_seconds)
+            ),
+        );
+    } else if let Some(idle) = tail {
+        note(
+            NoteKind::Idle,
+            format!(
+                "used no CPU for its last {}: a job that waits ends sooner, or holds its node for nothing",
+                format::duration(idle)
             ),
         );
     }
     notes
 }
+
+/// Below this share of one CPU over its whole life, a container was idle (what it used was
+/// its start).
+const IDLE_SHARE: f64 = 0.05;
 
 /// `2`, `0.5`: a CPU count without a useless fraction.
 fn trim(x: f64) -> String {

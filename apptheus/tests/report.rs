@@ -175,8 +175,9 @@ fn the_report_matches_ground_truth_and_says_what_to_change() {
     );
     println!("OOM:\n{report}");
 
-    // An idle sleep: no CPU for all its life (a threshold of 2 s, a flag of apptheus-report).
-    let (out, _) = job(&d, |_| {}, &["sleep:3"]);
+    // An idle sleep: no CPU all its life but its start (a threshold of 2 s, a flag of
+    // apptheus-report).
+    let (out, _) = job(&d, |_| {}, &["sleep:6"]);
     let report = String::from_utf8_lossy(&out.stderr).to_string();
     let id = container_of(&report);
     let f = figures(&d, &["--note.idle-after=2s", &id]);
