@@ -200,7 +200,13 @@ fn the_report_matches_ground_truth_and_says_what_to_change() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["job"]["containers"], 2, "{v}");
     let total = v["job"]["cpu_seconds"].as_f64().unwrap();
-    assert!(total >= cpu && total < cpu + 0.5, "{v}");
+    let each: f64 = v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cpu_seconds"].as_f64().unwrap())
+        .sum();
+    assert!((total - each).abs() < 1e-6 && total >= cpu, "{v}");
     let text = Command::new(bin("apptheus-report"))
         .args([&from, "--job", "4242"])
         .output()
