@@ -450,23 +450,28 @@ impl Reader {
         Some(micro as f64 / 1e6)
     }
 
-    /// v1 cpuacct: all three times from cpuacct.usage_all (ns, Linux 4.7+: one file instead
-    /// of three, and the kernel walks the CPUs once); else cpuacct.usage (ns) with user and
-    /// system from cpuacct.usage_user/usage_sys (ns) or cpuacct.stat (USER_HZ ticks).
+    /// v1 cpuacct: the total from cpuacct.usage (ns: the scheduler's own runtime); user and
+    /// system from cpuacct.usage_all (ns, Linux 4.7+: one file instead of two, and the
+    /// kernel walks the CPUs once), else cpuacct.usage_user/usage_sys (ns) or cpuacct.stat
+    /// (USER_HZ ticks). The split is sampled at each timer tick on current kernels (a 0.1 s
+    /// burst can show as 0.08 s), so it never stands for the total, which the probe also
+    /// reads.
     fn sample_cpu_v1(&mut self, dir: &Path, stats: &mut Stats) {
+        let usage = self.read(&dir.join("cpuacct.usage"), parse::parse_u64);
+        stats.cpu_usage_seconds = usage.map(nanoseconds_to_seconds);
         if let Some((user, system)) = self.read(
             &dir.join("cpuacct.usage_all"),
             parse::parse_v1_cpuacct_usage_all,
         ) {
-            stats.cpu_usage_seconds = Some(nanoseconds_to_seconds(user.saturating_add(system)));
+            stats.cpu_usage_seconds = stats
+                .cpu_usage_seconds
+                .or(Some(nanoseconds_to_seconds(user.saturating_add(system))));
             stats.cpu_user_seconds = Some(nanoseconds_to_seconds(user));
             stats.cpu_system_seconds = Some(nanoseconds_to_seconds(system));
             return;
         }
-        let usage = self.read(&dir.join("cpuacct.usage"), parse::parse_u64);
         let user = self.read(&dir.join("cpuacct.usage_user"), parse::parse_u64);
         let system = self.read(&dir.join("cpuacct.usage_sys"), parse::parse_u64);
-        stats.cpu_usage_seconds = usage.map(nanoseconds_to_seconds);
         stats.cpu_user_seconds = user.map(nanoseconds_to_seconds);
         stats.cpu_system_seconds = system.map(nanoseconds_to_seconds);
         if user.is_some() && system.is_some() {

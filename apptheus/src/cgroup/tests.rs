@@ -478,7 +478,8 @@ fn v1_sample_from_fake_tree() {
 fn v1_cpu_from_usage_all() {
     let tree = FakeTree::new();
     fake_v1_container(&tree);
-    // One file for all three times; it wins over the other files.
+    // One file for user and system; it wins over the other files. The total is
+    // cpuacct.usage's (the scheduler's runtime: the split is sampled at each tick).
     tree.write(
         "cpu,cpuacct/job/apptheus/c_1/cpuacct.usage_all",
         "cpu user system\n0 1000000000 250000000\n1 500000000 0\n",
@@ -489,7 +490,7 @@ fn v1_cpu_from_usage_all() {
             .open("/job/apptheus/c_1", &[], &[])
             .unwrap(),
     );
-    assert_eq!(stats.cpu_usage_seconds, Some(1.75));
+    assert_eq!(stats.cpu_usage_seconds, Some(0.962461725));
     assert_eq!(stats.cpu_user_seconds, Some(1.5));
     assert_eq!(stats.cpu_system_seconds, Some(0.25));
 }
