@@ -1,5 +1,5 @@
 //! `GET /api/containers` and the query socket's `containers`: every container, live and
-//! retained, as JSON (README, "The containers as JSON"). The daemon builds these; the page's
+//! retained, as JSON (docs/glance.md, "As JSON: `GET /api/containers`"). The daemon builds these; the page's
 //! script, `apptheus-top` and `apptheus-report` read them.
 use serde::{Deserialize, Serialize};
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::terminal::safe;
 
-/// When a note is written. Each is a flag of `apptheus-report` (README, docs/users.md).
+/// When a note is written. Each is a flag of `apptheus-report` (docs/glance.md, docs/users.md).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
     /// CPU efficiency below this (0..1) is low.

@@ -103,7 +103,7 @@ struct RawRateLimit {
 pub struct WebConfig {
     /// None: plain HTTP (exporter-toolkit too serves plain HTTP when no TLS field is set).
     pub tls: Option<TlsSettings>,
-    /// Accepted for compatibility; the daemon serves HTTP/1.1 only (see README).
+    /// Accepted for compatibility; the daemon serves HTTP/1.1 only (see docs/http.md).
     pub http2: bool,
     /// Extra response headers, from exporter-toolkit's fixed list: ready to insert, checked
     /// once here.

@@ -17,7 +17,7 @@ use common::{
     prometheus::{Answer, Prometheus},
 };
 
-/// The daemon's limits (`apptheus::http`), as the README states them.
+/// The daemon's limits (`apptheus::http`), as docs/http.md states them.
 const MAX_CONNECTIONS: usize = 512;
 const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 

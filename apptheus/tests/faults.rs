@@ -178,8 +178,8 @@ fn files_a_killed_daemon_left_half_written_are_read_at_the_next_start() {
     ]);
     let first = one_container(&d);
     // Killed once the ended container is let go of (its cgroup removed): a daemon killed
-    // before that finds it again at the restart and sums it up once more (README, Container
-    // summary), which is not what this test is about.
+    // before that finds it again at the restart and sums it up once more (docs/metrics.md,
+    // Container summary), which is not what this test is about.
     eventually(Duration::from_secs(10), || {
         common::find_dirs(Path::new("/sys/fs/cgroup"), &first)
             .is_empty()

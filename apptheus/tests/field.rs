@@ -12,7 +12,7 @@
 //! - dedicated: the container's cgroup is under the root, out of the job.
 //!
 //! Each prints what it measured (`cargo xtask test` and `cargo xtask vm` show it): the numbers
-//! behind README's "Supported platforms" table.
+//! behind the "Supported platforms" table of docs/platforms.md.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;

@@ -1,6 +1,6 @@
 //! What the containers' history costs in resident memory: 1,000 containers with full
 //! histories, in a process of their own (this test binary holds this one test, so nothing
-//! else allocates meanwhile). README, "What it costs", quotes the number it prints.
+//! else allocates meanwhile). docs/glance.md, "What it costs", quotes the number it prints.
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -49,6 +49,13 @@ const DEB_FILES: &[(&str, u32)] = &[
     ("/usr/share/apptheus/prometheus/central.yml", 0o644),
     ("/usr/share/doc/apptheus/README.md", 0o644),
     ("/usr/share/doc/apptheus/guide.md", 0o644),
+    ("/usr/share/doc/apptheus/users.md", 0o644),
+    ("/usr/share/doc/apptheus/flags.md", 0o644),
+    ("/usr/share/doc/apptheus/metrics.md", 0o644),
+    ("/usr/share/doc/apptheus/platforms.md", 0o644),
+    ("/usr/share/doc/apptheus/http.md", 0o644),
+    ("/usr/share/doc/apptheus/glance.md", 0o644),
+    ("/usr/share/doc/apptheus/security.md", 0o644),
     ("/usr/share/doc/apptheus/copyright", 0o644),
 ];
 

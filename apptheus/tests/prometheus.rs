@@ -1,6 +1,6 @@
 //! apptheus against the real Prometheus tools: `promtool` lints its output and the deployment
 //! files, a real `prometheus` server scrapes a live daemon and answers every query of the Grafana
-//! dashboard, `systemd-analyze` verifies the unit, and README.md's metric table is compared with
+//! dashboard, `systemd-analyze` verifies the unit, and docs/metrics.md's metric table is compared with
 //! what the daemon really exposes.
 //!
 //! Every test runs as root on the real kernel and fails (never skips) when a tool is missing:
@@ -44,7 +44,7 @@ const CPU_QUOTA_US: u64 = 50_000;
 
 // ------------------------------------------------------------------------------------- helpers
 
-/// The workspace root (deploy/ and README.md live there).
+/// The workspace root (deploy/ and docs/metrics.md live there).
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -381,7 +381,7 @@ fn label_names(mut s: &str) -> Vec<String> {
     }
 }
 
-/// One row of README.md's metric table: | `name` | type | labels | meaning |.
+/// One row of docs/metrics.md's metric table: | `name` | type | labels | meaning |.
 #[derive(Debug)]
 struct Row {
     name: String,
@@ -392,10 +392,10 @@ struct Row {
 fn readme_table(readme: &str) -> Vec<Row> {
     let begin = readme
         .find("<!-- metrics:begin -->")
-        .expect("README.md has no <!-- metrics:begin --> line");
+        .expect("docs/metrics.md has no <!-- metrics:begin --> line");
     let end = readme
         .find("<!-- metrics:end -->")
-        .expect("README.md has no <!-- metrics:end --> line");
+        .expect("docs/metrics.md has no <!-- metrics:end --> line");
     assert!(begin < end, "metrics:end before metrics:begin");
     let mut rows = Vec::new();
     for line in readme[begin..end].lines().filter(|l| l.starts_with('|')) {
@@ -409,7 +409,10 @@ fn readme_table(readme: &str) -> Vec<Row> {
         let Some(name) = cells[0].strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
             continue;
         };
-        assert!(cells.len() >= 4, "README row without 4 cells: {line}");
+        assert!(
+            cells.len() >= 4,
+            "docs/metrics.md row without 4 cells: {line}"
+        );
         let labels = cells[2]
             .split(',')
             .map(str::trim)
@@ -694,11 +697,12 @@ fn systemd_unit_verifies() {
     );
 }
 
-/// README.md's metric table lists exactly the families a live daemon exposes (with containers
+/// docs/metrics.md's metric table lists exactly the families a live daemon exposes (with containers
 /// whose limits make the optional series appear), with the same types and label names.
 #[test]
 fn readme_metric_table_matches_the_daemon() {
-    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("read README.md");
+    let readme =
+        std::fs::read_to_string(workspace().join("docs/metrics.md")).expect("read docs/metrics.md");
     let rows = readme_table(&readme);
     let live = Live::start(0.2);
     // A third container that ended, with a non-zero status: the families only an ended
@@ -823,14 +827,14 @@ fn readme_metric_table_matches_the_daemon() {
         }
     }
     println!(
-        "README table: {} rows; daemon: {} families ({} process_*)",
+        "docs/metrics.md table: {} rows; daemon: {} families ({} process_*)",
         rows.len(),
         exposed.len(),
         exposed.keys().filter(|n| is_process(n)).count()
     );
     assert!(
         problems.is_empty(),
-        "README.md's metric table and the daemon disagree:\n  {}\n--- /metrics:\n{text}",
+        "docs/metrics.md's metric table and the daemon disagree:\n  {}\n--- /metrics:\n{text}",
         problems.join("\n  ")
     );
 }

@@ -688,9 +688,9 @@ fn apptheus_exec_in_srun_cpu_is_measured_and_cgroups_go() {
 /// or Slurm's rmdir fails once and for all. The script goes on for 2 s after apptheus-exec (a job
 /// that does more after its container). A script that ends right after it races the daemon:
 /// both react to the same exit, and slurmstepd's rmdir comes a few ms later; the daemon loses
-/// that race when it is starved (README, "Supported platforms"; docs/notes/slurm-cgroups.md).
+/// that race when it is starved (docs/platforms.md, "Supported platforms"; docs/notes/slurm-cgroups.md).
 /// CMD burns once it is in the container's cgroup: what a process used before its move stays with
-/// the cgroup it was in (README), and admission takes a few hundred ms in a slow guest.
+/// the cgroup it was in (docs/platforms.md), and admission takes a few hundred ms in a slow guest.
 #[test]
 fn apptheus_exec_in_a_batch_script_is_measured_and_cgroups_go() {
     let slurm = Slurm::start();

@@ -660,7 +660,7 @@ fn common_unix_now() -> f64 {
 /// A cgroup made by the test with a memory limit, for a launcher to start in alone: the daemon
 /// takes it as the container's own cgroup. v1 memory hierarchy (no memory+swap limit: with one
 /// at or below the memory limit the charge fails against memsw, whose failcnt Linux 6.18 no
-/// longer keeps; see README), else below the v2 root (whose cgroup.subtree_control must enable
+/// longer keeps; see docs/metrics.md), else below the v2 root (whose cgroup.subtree_control must enable
 /// memory). Removed when dropped.
 struct MemoryCgroup(PathBuf);
 

@@ -1,6 +1,6 @@
 //! `GET /api/containers`: every container, live and retained, as JSON: what `/containers`
-//! shows and `apptheus-top` reads. These types are the format (README, "The containers as
-//! JSON"); the page's script and `apptheus-top` read them, nothing else shapes them.
+//! shows and `apptheus-top` reads. These types are the format (docs/glance.md, "As JSON:
+//! `GET /api/containers`"); the page's script and `apptheus-top` read them, nothing else shapes them.
 use apptheus_api::{Container, Containers, State, Trend};
 use axum::{
     extract,

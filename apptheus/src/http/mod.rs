@@ -270,8 +270,8 @@ impl http_body::Body for Tracked {
 mod tests {
     use super::*;
 
-    /// The README states these numbers (HTTP: TLS and basic auth, Security): a change here
-    /// must be a change there too.
+    /// docs/http.md (HTTP: TLS and basic auth) and docs/security.md state these numbers: a
+    /// change here must be a change there too.
     #[test]
     fn the_documented_limits() {
         assert_eq!(MAX_CONNECTIONS, 512);
