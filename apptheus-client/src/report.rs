@@ -99,6 +99,39 @@ fn known(v: &str) -> Option<String> {
 }
 
 impl Figures {
+    /// A container's figures with nothing known but who and how long.
+    pub fn bare(container: &str, user: &str, state: State, wall_seconds: f64) -> Figures {
+        Figures {
+            container: container.to_string(),
+            user: user.to_string(),
+            job_scheduler: None,
+            job_id: None,
+            state,
+            wall_seconds,
+            cpu_seconds: None,
+            cpus_allowed: None,
+            cpus_allowed_source: None,
+            cpu_efficiency: None,
+            memory_peak_bytes: None,
+            memory_limit_bytes: None,
+            oom_kills: None,
+            exit_code: None,
+            failed_exits: None,
+            throttled_periods: None,
+            periods: None,
+            throttled_seconds: None,
+            cpu_waiting_seconds: None,
+            memory_stalled_seconds: None,
+            io_stalled_seconds: None,
+            io_read_bytes: None,
+            io_write_bytes: None,
+            network_receive_bytes: None,
+            network_transmit_bytes: None,
+            idle_seconds: None,
+            notes: Vec::new(),
+        }
+    }
+
     /// From an ended container's summary record.
     pub fn of_summary(s: &Summary) -> Figures {
         Figures {
@@ -139,33 +172,18 @@ impl Figures {
         let mut f = match &c.summary {
             Some(s) => Figures::of_summary(s),
             None => Figures {
-                container: c.id.clone(),
-                user: c.user.clone(),
                 job_scheduler: c.scheduler.clone(),
                 job_id: c.job_id.clone(),
-                state: c.state,
-                wall_seconds: (c.end_time.unwrap_or(now) - c.start_time).max(0.0),
                 cpu_seconds: c.cpu_seconds,
-                cpus_allowed: None,
-                cpus_allowed_source: None,
-                cpu_efficiency: None,
                 memory_peak_bytes: c.memory_peak_bytes,
                 memory_limit_bytes: c.memory_limit_bytes,
-                oom_kills: None,
                 exit_code: c.exit_code,
-                failed_exits: None,
-                throttled_periods: None,
-                periods: None,
-                throttled_seconds: None,
-                cpu_waiting_seconds: None,
-                memory_stalled_seconds: None,
-                io_stalled_seconds: None,
-                io_read_bytes: None,
-                io_write_bytes: None,
-                network_receive_bytes: None,
-                network_transmit_bytes: None,
-                idle_seconds: None,
-                notes: Vec::new(),
+                ..Figures::bare(
+                    &c.id,
+                    &c.user,
+                    c.state,
+                    (c.end_time.unwrap_or(now) - c.start_time).max(0.0),
+                )
             },
         };
         f.idle_seconds = idle_tail(c).map(|points| points as f64 * step);
@@ -562,12 +580,6 @@ mod tests {
 
     fn ended(cpu: f64, wall: f64, allowed: f64) -> Figures {
         Figures {
-            container: "apptheus-exec_7".into(),
-            user: "alice".into(),
-            job_scheduler: None,
-            job_id: None,
-            state: State::Ended,
-            wall_seconds: wall,
             cpu_seconds: Some(cpu),
             cpus_allowed: Some(allowed),
             cpus_allowed_source: Some(CpusSource::Cpuset),
@@ -577,18 +589,7 @@ mod tests {
             oom_kills: Some(0),
             exit_code: Some(0),
             failed_exits: Some(0),
-            throttled_periods: None,
-            periods: None,
-            throttled_seconds: None,
-            cpu_waiting_seconds: None,
-            memory_stalled_seconds: None,
-            io_stalled_seconds: None,
-            io_read_bytes: None,
-            io_write_bytes: None,
-            network_receive_bytes: None,
-            network_transmit_bytes: None,
-            idle_seconds: None,
-            notes: vec![],
+            ..Figures::bare("apptheus-exec_7", "alice", State::Ended, wall)
         }
     }
 
