@@ -819,6 +819,11 @@ impl Starved {
         (field("nr_periods"), field("nr_throttled"), throttled)
     }
 
+    /// Another quota (µs per 100 ms period).
+    fn set_quota(&self, quota_us: u64) {
+        self.cg.limit_cpu(quota_us);
+    }
+
     /// Move the daemon back where it was.
     fn release(&mut self) {
         if self.released {
@@ -897,11 +902,27 @@ fn any_rmdir_failure(slurm: &Slurm, job: u32) -> Vec<String> {
 
 /// How many batch jobs the starved-daemon test runs.
 const STARVED_JOBS: usize = 20;
-/// The starved daemon's CPU: this many µs per 100 ms period (1% of one CPU).
-const STARVED_QUOTA_US: u64 = 1000;
+/// The starved daemon's CPU, µs per 100 ms period: 1% of one CPU first, more (5%, 25%) only on
+/// a machine where a probe job's admission takes longer than `SLOW_NOT_DEAD` at the lower quota
+/// (a slow guest: at 1% there, admission took 28 s, beyond --wait's 40 s for some).
+const STARVED_QUOTAS_US: [u64; 3] = [1000, 5000, 25_000];
+/// The longest admission a probe job may wait at a quota for the test to keep it: a quarter of
+/// apptheus-exec's --wait, so that the daemon is slow, not dead.
+const SLOW_NOT_DEAD: f64 = 10.0;
+
+/// The seconds from a job output's `t0 <time>` line (the script's start) to its `cmd <time>`
+/// line (CMD's start, right after the daemon's `ok`): the admission's wait.
+fn admission_wait(out: &str) -> Option<f64> {
+    let time = |tag: &str| -> Option<f64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(tag)?.trim().parse().ok())
+    };
+    Some(time("cmd ")? - time("t0 ")?)
+}
 
 /// The race of README's slurmstepd paragraph, made deterministic: the daemon gets 1% of one
-/// CPU, and 20 batch jobs whose script's last command is `apptheus-exec -- CMD` (a 0.1 s CPU
+/// CPU (more on a machine where that leaves it dead rather than slow: `STARVED_QUOTAS_US`,
+/// chosen by a probe job each), and 20 batch jobs whose script's last command is `apptheus-exec -- CMD` (a 0.1 s CPU
 /// loop) run, two at a time (the node's two CPUs). slurmstepd removes each job's cgroups once,
 /// right after the script (so apptheus-exec) exits; apptheus-exec exits only once the daemon
 /// has told it `end` (the container's own directories gone). Every job must complete, be
@@ -917,7 +938,7 @@ fn starved_daemon_apptheus_exec_last_in_batch_scripts_leaves_no_cgroup() {
         "--monitor.interval=200ms",
         &format!("--container.summary-file={}", s(&summary)),
     ]);
-    let mut starved = Starved::new(d.child.id() as i32, STARVED_QUOTA_US);
+    let mut starved = Starved::new(d.child.id() as i32, STARVED_QUOTAS_US[0]);
     let script = dir.path().join("job.sh");
     // CMD prints when it starts (right after the daemon's `ok`): the admission's wait, from
     // the script's own `t0`. apptheus-exec is the script's last command.
@@ -931,6 +952,36 @@ fn starved_daemon_apptheus_exec_last_in_batch_scripts_leaves_no_cgroup() {
         ),
     )
     .expect("script");
+    // The quota: the lowest at which a probe job is admitted within SLOW_NOT_DEAD.
+    let mut quota = None;
+    let mut probes = Vec::new();
+    for (n, &q) in STARVED_QUOTAS_US.iter().enumerate() {
+        starved.set_quota(q);
+        let out = dir.path().join(format!("probe-{n}.out"));
+        let probe = slurm.sbatch(&script, &["--mem=64M", &format!("--output={}", s(&out))]);
+        let ended = eventually(Duration::from_secs(120), || {
+            slurm
+                .job_state(probe)
+                .filter(|st| !NOT_ENDED.contains(&st.as_str()))
+        });
+        let wait = admission_wait(&std::fs::read_to_string(&out).unwrap_or_default());
+        eprintln!(
+            "probe job {probe} with the daemon at {q} us per 100 ms: {ended:?}, admission {wait:?} s"
+        );
+        probes.push(format!("{q} us: {wait:?} s"));
+        if ended.is_some() && wait.is_some_and(|w| w <= SLOW_NOT_DEAD) {
+            quota = Some(q);
+            break;
+        }
+    }
+    let quota = quota.unwrap_or_else(|| {
+        panic!(
+            "the daemon is too slow to be admitted within {SLOW_NOT_DEAD} s even at {} us of CPU per 100 ms (probe admissions: {probes:?}): the test cannot show a slow daemon here\n{}",
+            STARVED_QUOTAS_US[STARVED_QUOTAS_US.len() - 1],
+            d.log_text()
+        )
+    });
+    let (periods0, throttled0, throttled_s0) = starved.throttling();
     let started = Instant::now();
     let jobs: Vec<u32> = (0..STARVED_JOBS)
         .map(|i| {
@@ -957,6 +1008,11 @@ fn starved_daemon_apptheus_exec_last_in_batch_scripts_leaves_no_cgroup() {
     });
     let took = started.elapsed();
     let (periods, throttled, throttled_s) = starved.throttling();
+    let (periods, throttled, throttled_s) = (
+        periods - periods0,
+        throttled - throttled0,
+        throttled_s - throttled_s0,
+    );
     starved.release();
     let mut problems = Vec::new();
     let states = ended.unwrap_or_else(|| {
@@ -992,13 +1048,9 @@ fn starved_daemon_apptheus_exec_last_in_batch_scripts_leaves_no_cgroup() {
             ));
         }
         let out = out_of(i).unwrap_or_default();
-        let time = |tag: &str| -> Option<f64> {
-            out.lines()
-                .find_map(|l| l.strip_prefix(tag)?.trim().parse().ok())
-        };
-        match (time("t0 "), time("cmd ")) {
-            (Some(t0), Some(cmd)) => waits.push(cmd - t0),
-            _ => problems.push(format!("job {job}: no t0/cmd times in its output:\n{out}")),
+        match admission_wait(&out) {
+            Some(w) => waits.push(w),
+            None => problems.push(format!("job {job}: no t0/cmd times in its output:\n{out}")),
         }
         if out.contains("apptheus-exec:") {
             problems.push(format!("job {job}: apptheus-exec warned:\n{out}"));
@@ -1023,17 +1075,25 @@ fn starved_daemon_apptheus_exec_last_in_batch_scripts_leaves_no_cgroup() {
             summary.display()
         ));
     }
+    // The daemon's `end` sent after RELEASE_WAIT without the cgroup let go of, for these
+    // jobs' containers (not the probes').
+    let containers: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| summaries.get(&j.to_string())?.get("container")?.as_str())
+        .map(|c| format!("container={c}"))
+        .collect();
     let late: Vec<String> = d
         .log_text()
         .lines()
         .filter(|l| l.contains("not let go of in time"))
+        .filter(|l| containers.iter().any(|c| l.ends_with(c.as_str())))
         .map(str::to_owned)
         .collect();
     waits.sort_by(f64::total_cmp);
     let median = waits.get(waits.len() / 2).copied().unwrap_or(f64::NAN);
     let max = waits.last().copied().unwrap_or(f64::NAN);
     eprintln!(
-        "{} jobs with the daemon at {STARVED_QUOTA_US} us of CPU per 100 ms: ended in {:.1} s; \
+        "{} jobs with the daemon at {quota} us of CPU per 100 ms (probes: {probes:?}): ended in {:.1} s; \
          daemon throttled in {throttled} of {periods} periods ({throttled_s:.1} s); admission \
          (script's t0 to CMD's start) median {median:.2} s, max {max:.2} s; {measured} measured; \
          {left_total} cgroup directories left; {failures_total} failed rmdirs; {} launchers told \
