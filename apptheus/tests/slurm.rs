@@ -16,7 +16,9 @@ use std::{
 };
 
 use common::{
-    Daemon, bin, cgroup_of, eventually, sample,
+    Daemon, bin, cgroup_of,
+    cgroups::{self, TestCgroup},
+    eventually, sample,
     slurm::{Layout, Slurm},
     workload_bin,
 };
@@ -768,5 +770,456 @@ fn apptheus_exec_in_a_batch_script_is_measured_and_cgroups_go() {
         problems.is_empty(),
         "{}",
         report(&problems, &slurm, &d, job, &out)
+    );
+}
+
+/// The apptheus daemon starved of CPU: its process moved into a cgroup of the test's whose CFS
+/// quota is `quota_us` per 100 ms period; moved back to the cgroup it came from, and the test's
+/// cgroup removed, when this is dropped (a failed test too).
+struct Starved {
+    pid: i32,
+    /// Its cgroup directory in the cpu controller's hierarchy before.
+    home: PathBuf,
+    cg: TestCgroup,
+    released: bool,
+}
+
+impl Starved {
+    fn new(pid: i32, quota_us: u64) -> Starved {
+        let rel = cgroup_of(pid, "cpu").expect("the daemon's cpu cgroup");
+        let home = cgroups::dir_of("cpu", &rel);
+        let cg = TestCgroup::new("apptheus-starved", &["cpu"]);
+        cg.limit_cpu(quota_us);
+        let starved = Starved {
+            pid,
+            home,
+            cg,
+            released: false,
+        };
+        std::fs::write(starved.cg.dir("cpu").join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving the daemon {pid} into the starved cgroup: {e}"));
+        assert_eq!(cgroup_of(pid, "cpu"), Some(starved.cg.rel()));
+        starved
+    }
+
+    /// `nr_periods`, `nr_throttled` and the throttled time (s) of the starved cgroup so far.
+    fn throttling(&self) -> (u64, u64, f64) {
+        let stat = cgroups::read(&self.cg.dir("cpu"), "cpu.stat");
+        let field = |k: &str| -> u64 {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k} "))?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        // v1: throttled_time in ns; v2: throttled_usec.
+        let throttled = if stat.contains("throttled_usec") {
+            field("throttled_usec") as f64 / 1e6
+        } else {
+            field("throttled_time") as f64 / 1e9
+        };
+        (field("nr_periods"), field("nr_throttled"), throttled)
+    }
+
+    /// Another quota (µs per 100 ms period).
+    fn set_quota(&self, quota_us: u64) {
+        self.cg.limit_cpu(quota_us);
+    }
+
+    /// Move the daemon back where it was.
+    fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        if let Err(e) = std::fs::write(self.home.join("cgroup.procs"), self.pid.to_string()) {
+            // Gone already (a crashed daemon): nothing left to move.
+            eprintln!(
+                "moving the daemon {} back to {}: {e}",
+                self.pid,
+                self.home.display()
+            );
+        }
+    }
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        self.release();
+        // `self.cg` goes next, now empty.
+    }
+}
+
+/// The states of `jobs` in one squeue call (job id -> state).
+fn job_states(slurm: &Slurm, jobs: &[u32]) -> std::collections::HashMap<u32, String> {
+    let list: Vec<String> = jobs.iter().map(u32::to_string).collect();
+    let out = slurm
+        .command("squeue")
+        .args(["-h", "-t", "all", "-j", &list.join(","), "-o", "%i %T"])
+        .output()
+        .expect("squeue");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (id, st) = l.trim().split_once(' ')?;
+            Some((id.parse().ok()?, st.to_string()))
+        })
+        .collect()
+}
+
+const NOT_ENDED: [&str; 5] = [
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+];
+
+/// The summary file's lines (one JSON object per ended container) by job id.
+fn summaries_by_job(path: &Path) -> std::collections::HashMap<String, serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("job_id")?.as_str()?.to_string(), v)))
+        .collect()
+}
+
+/// slurmd's log lines about a cgroup of `job` that could not be removed: those of
+/// `Slurm::rmdir_failures` and, stricter, any `Cannot rmdir` or `not empty` line naming the
+/// job's own directory (a batch-only job has no other step to keep it).
+fn any_rmdir_failure(slurm: &Slurm, job: u32) -> Vec<String> {
+    let mut lines = slurm.rmdir_failures(job);
+    let dir = format!("job_{job}");
+    for l in slurm.slurmd_log().lines() {
+        if l.contains(&dir)
+            && (l.contains("Cannot rmdir") || l.contains("not empty"))
+            && !lines.iter().any(|x| x == l)
+        {
+            lines.push(l.to_string());
+        }
+    }
+    lines
+}
+
+/// How many batch jobs the starved-daemon test runs.
+const STARVED_JOBS: usize = 20;
+/// The starved daemon's CPU, µs per 100 ms period: 1% of one CPU first, more (5%, 25%) only on
+/// a machine where a probe job's admission takes longer than `SLOW_NOT_DEAD` at the lower quota
+/// (a slow guest: at 1% there, admission took 28 s, beyond --wait's 40 s for some).
+const STARVED_QUOTAS_US: [u64; 3] = [1000, 5000, 25_000];
+/// The longest admission a probe job may wait at a quota for the test to keep it: a quarter of
+/// apptheus-exec's --wait, so that the daemon is slow, not dead.
+const SLOW_NOT_DEAD: f64 = 10.0;
+
+/// The seconds from a job output's `t0 <time>` line (the script's start) to its `cmd <time>`
+/// line (CMD's start, right after the daemon's `ok`): the admission's wait.
+fn admission_wait(out: &str) -> Option<f64> {
+    let time = |tag: &str| -> Option<f64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(tag)?.trim().parse().ok())
+    };
+    Some(time("cmd ")? - time("t0 ")?)
+}
+
+/// The race of README's slurmstepd paragraph, made deterministic: the daemon gets 1% of one
+/// CPU (more on a machine where that leaves it dead rather than slow: `STARVED_QUOTAS_US`,
+/// chosen by a probe job each), and 20 batch jobs whose script's last command is `apptheus-exec -- CMD` (a 0.1 s CPU
+/// loop) run, two at a time (the node's two CPUs). slurmstepd removes each job's cgroups once,
+/// right after the script (so apptheus-exec) exits; apptheus-exec exits only once the daemon
+/// has told it `end` (the container's own directories gone). Every job must complete, be
+/// measured (its summary line, with its job id), leave no cgroup in any hierarchy, and leave
+/// no failed rmdir in slurmd's log; apptheus-exec must print no warning (admitted within
+/// --wait, end confirmed within --end-wait).
+#[test]
+fn starved_daemon_apptheus_exec_last_in_batch_scripts_leaves_no_cgroup() {
+    let slurm = Slurm::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.jsonl");
+    let d = Daemon::start(&[
+        "--monitor.interval=200ms",
+        &format!("--container.summary-file={}", s(&summary)),
+    ]);
+    let mut starved = Starved::new(d.child.id() as i32, STARVED_QUOTAS_US[0]);
+    let script = dir.path().join("job.sh");
+    // CMD prints when it starts (right after the daemon's `ok`): the admission's wait, from
+    // the script's own `t0`. apptheus-exec is the script's last command.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho t0 $(date +%s.%N)\n{} --socket={} -- sh -c 'echo cmd $(date +%s.%N); exec {} burn:0.1'\n",
+            s(&bin("apptheus-exec")),
+            d.socket.display(),
+            s(&workload_bin()),
+        ),
+    )
+    .expect("script");
+    // The quota: the lowest at which a probe job is admitted within SLOW_NOT_DEAD.
+    let mut quota = None;
+    let mut probes = Vec::new();
+    for (n, &q) in STARVED_QUOTAS_US.iter().enumerate() {
+        starved.set_quota(q);
+        let out = dir.path().join(format!("probe-{n}.out"));
+        let probe = slurm.sbatch(&script, &["--mem=64M", &format!("--output={}", s(&out))]);
+        let ended = eventually(Duration::from_secs(120), || {
+            slurm
+                .job_state(probe)
+                .filter(|st| !NOT_ENDED.contains(&st.as_str()))
+        });
+        let wait = admission_wait(&std::fs::read_to_string(&out).unwrap_or_default());
+        eprintln!(
+            "probe job {probe} with the daemon at {q} us per 100 ms: {ended:?}, admission {wait:?} s"
+        );
+        probes.push(format!("{q} us: {wait:?} s"));
+        if ended.is_some() && wait.is_some_and(|w| w <= SLOW_NOT_DEAD) {
+            quota = Some(q);
+            break;
+        }
+    }
+    let quota = quota.unwrap_or_else(|| {
+        panic!(
+            "the daemon is too slow to be admitted within {SLOW_NOT_DEAD} s even at {} us of CPU per 100 ms (probe admissions: {probes:?}): the test cannot show a slow daemon here\n{}",
+            STARVED_QUOTAS_US[STARVED_QUOTAS_US.len() - 1],
+            d.log_text()
+        )
+    });
+    let (periods0, throttled0, throttled_s0) = starved.throttling();
+    let started = Instant::now();
+    let jobs: Vec<u32> = (0..STARVED_JOBS)
+        .map(|i| {
+            slurm.sbatch(
+                &script,
+                &[
+                    "--mem=64M",
+                    &format!("--output={}", s(&dir.path().join(format!("{i}.out")))),
+                ],
+            )
+        })
+        .collect();
+    let out_of = |i: usize| std::fs::read_to_string(dir.path().join(format!("{i}.out")));
+    // All ended: a few minutes at most (two at a time, each waiting for its admission).
+    let ended = eventually(Duration::from_secs(300), || {
+        let states = job_states(&slurm, &jobs);
+        jobs.iter()
+            .all(|j| {
+                states
+                    .get(j)
+                    .is_some_and(|s| !NOT_ENDED.contains(&s.as_str()))
+            })
+            .then_some(states)
+    });
+    let took = started.elapsed();
+    let (periods, throttled, throttled_s) = starved.throttling();
+    let (periods, throttled, throttled_s) = (
+        periods - periods0,
+        throttled - throttled0,
+        throttled_s - throttled_s0,
+    );
+    starved.release();
+    let mut problems = Vec::new();
+    let states = ended.unwrap_or_else(|| {
+        problems.push(format!(
+            "not every job ended within 300 s: {:?}",
+            job_states(&slurm, &jobs)
+        ));
+        job_states(&slurm, &jobs)
+    });
+    let mut left_total = 0;
+    let mut failures_total = 0;
+    let mut waits = Vec::new();
+    for (i, &job) in jobs.iter().enumerate() {
+        let st = states.get(&job).map(String::as_str);
+        if st != Some("COMPLETED") {
+            problems.push(format!("job {job}: state {st:?}, not COMPLETED"));
+        }
+        if let Err(left) = slurm.wait_job_gone(job, GONE_WITHIN) {
+            left_total += left.len();
+            problems.push(format!(
+                "job {job}: {} cgroup directories left {GONE_WITHIN:?} after its end, e.g. {:?}",
+                left.len(),
+                left.iter().rev().take(3).collect::<Vec<_>>()
+            ));
+        }
+        let failures = any_rmdir_failure(&slurm, job);
+        if !failures.is_empty() {
+            failures_total += failures.len();
+            problems.push(format!(
+                "job {job}: slurmd logged {} failed rmdir(s), first: {}",
+                failures.len(),
+                failures[0]
+            ));
+        }
+        let out = out_of(i).unwrap_or_default();
+        match admission_wait(&out) {
+            Some(w) => waits.push(w),
+            None => problems.push(format!("job {job}: no t0/cmd times in its output:\n{out}")),
+        }
+        if out.contains("apptheus-exec:") {
+            problems.push(format!("job {job}: apptheus-exec warned:\n{out}"));
+        }
+    }
+    // Every job measured: one summary line each, with its job id.
+    let summaries = eventually(Duration::from_secs(10), || {
+        let by_job = summaries_by_job(&summary);
+        jobs.iter()
+            .all(|j| by_job.contains_key(&j.to_string()))
+            .then_some(by_job)
+    })
+    .unwrap_or_else(|| summaries_by_job(&summary));
+    let measured = jobs
+        .iter()
+        .filter(|j| summaries.contains_key(&j.to_string()))
+        .count();
+    if measured != jobs.len() {
+        problems.push(format!(
+            "{measured} of {} jobs have a summary line (job_id) in {}",
+            jobs.len(),
+            summary.display()
+        ));
+    }
+    // The daemon's `end` sent after RELEASE_WAIT without the cgroup let go of, for these
+    // jobs' containers (not the probes').
+    let containers: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| summaries.get(&j.to_string())?.get("container")?.as_str())
+        .map(|c| format!("container={c}"))
+        .collect();
+    let late: Vec<String> = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("not let go of in time"))
+        .filter(|l| containers.iter().any(|c| l.ends_with(c.as_str())))
+        .map(str::to_owned)
+        .collect();
+    waits.sort_by(f64::total_cmp);
+    let median = waits.get(waits.len() / 2).copied().unwrap_or(f64::NAN);
+    let max = waits.last().copied().unwrap_or(f64::NAN);
+    eprintln!(
+        "{} jobs with the daemon at {quota} us of CPU per 100 ms (probes: {probes:?}): ended in {:.1} s; \
+         daemon throttled in {throttled} of {periods} periods ({throttled_s:.1} s); admission \
+         (script's t0 to CMD's start) median {median:.2} s, max {max:.2} s; {measured} measured; \
+         {left_total} cgroup directories left; {failures_total} failed rmdirs; {} launchers told \
+         `end` before the cgroup was let go of",
+        jobs.len(),
+        took.as_secs_f64(),
+        late.len()
+    );
+    if !late.is_empty() {
+        problems.push(format!(
+            "the daemon told {} launchers `end` before it let go of their cgroups: {late:?}",
+            late.len()
+        ));
+    }
+    if throttled == 0 {
+        problems.push("the daemon was never throttled: not starved".to_string());
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n- {}\n\nslurmd's rmdir lines:\n{}\n\napptheus log:\n{}",
+        problems.len(),
+        problems.join("\n- "),
+        slurm
+            .slurmd_log()
+            .lines()
+            .filter(|l| l.contains("rmdir") || l.contains("not empty"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        d.log_text()
+            .lines()
+            .filter(|l| !l.contains("source=aya"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// `apptheus-exec --report -- CMD` in a batch job: the job's output file (its stderr) holds the
+/// container's report, whose first line names the container and the job (`job <id> (slurm)`,
+/// named from Slurm's cgroup), read from the daemon's query socket. CMD is a 2 s CPU loop.
+#[test]
+fn apptheus_exec_report_in_a_batch_job() {
+    let slurm = Slurm::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.jsonl");
+    let summary_arg = format!("--container.summary-file={}", s(&summary));
+    let d = Daemon::start(&["--monitor.interval=200ms", summary_arg.as_str()]);
+    let query = d.query.clone();
+    let script = dir.path().join("job.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{} --socket={} --query-socket={} --report -- {} burn:2\n",
+            s(&bin("apptheus-exec")),
+            d.socket.display(),
+            s(&query),
+            s(&workload_bin()),
+        ),
+    )
+    .expect("script");
+    let output = dir.path().join("out");
+    let job = slurm.sbatch(&script, &["--mem=64M", &format!("--output={}", s(&output))]);
+    let ended = eventually(Duration::from_secs(60), || {
+        slurm
+            .job_state(job)
+            .filter(|st| !NOT_ENDED.contains(&st.as_str()))
+    });
+    let mut problems = Vec::new();
+    if ended.as_deref() != Some("COMPLETED") {
+        problems.push(format!("job state {ended:?}, not COMPLETED"));
+    }
+    let gone = slurm.wait_job_gone(job, GONE_WITHIN);
+    if let Err(left) = &gone {
+        problems.push(format!("cgroups of job {job} left: {left:?}"));
+    }
+    let failures = any_rmdir_failure(&slurm, job);
+    if !failures.is_empty() {
+        problems.push(format!("slurmd logged failed rmdirs: {failures:?}"));
+    }
+    let text = std::fs::read_to_string(&output).unwrap_or_default();
+    let container = eventually(Duration::from_secs(10), || {
+        summaries_by_job(&summary)
+            .get(&job.to_string())?
+            .get("container")?
+            .as_str()
+            .map(str::to_owned)
+    });
+    eprintln!(
+        "sbatch job {job} running apptheus-exec --report -- workload burn:2, container {container:?}; its output:\n{text}"
+    );
+    match &container {
+        None => problems.push(format!("no summary line for job {job}")),
+        Some(id) => {
+            // The report: its first line names the container, the job and how it ended.
+            let first = text
+                .lines()
+                .find(|l| l.starts_with(id.as_str()))
+                .unwrap_or_default();
+            for want in [
+                format!("job {job} (slurm)"),
+                "ended, exit status 0".to_string(),
+            ] {
+                if !first.contains(&want) {
+                    problems.push(format!(
+                        "the report's first line has no {want:?}: {first:?}"
+                    ));
+                }
+            }
+            for row in ["Wall time", "CPU time", "Memory peak"] {
+                if !text.lines().any(|l| l.trim_start().starts_with(row)) {
+                    problems.push(format!("the report has no {row:?} row"));
+                }
+            }
+            if text.contains("apptheus-exec:") {
+                problems.push("apptheus-exec warned or had no report".to_string());
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n- {}\n\nthe job's output:\n{text}\n\napptheus log:\n{}",
+        problems.len(),
+        problems.join("\n- "),
+        d.log_text()
+            .lines()
+            .filter(|l| !l.contains("source=aya"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

@@ -61,7 +61,7 @@ struct Args {
     wait: Duration,
     /// How long, after CMD exited, to wait for the daemon to take the container's final values
     /// and let go of its cgroup.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "40s", value_parser = duration)]
     end_wait: Duration,
     /// When CMD has ended, print the container's efficiency report on stderr (as
     /// apptheus-report does). `APPTHEUS_REPORT=1` in the environment does the same, so a site

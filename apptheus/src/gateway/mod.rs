@@ -215,7 +215,10 @@ const MAX_LAUNCHER_BYTES: usize = 4096;
 
 /// How long an ended container's launcher may wait for the daemon to let go of its cgroup
 /// before it is told `end` anyway (a pass that takes the final values, then `release`).
-const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// Long enough for a daemon starved of CPU (a debug build at 5% of a slow guest's CPU took
+/// more than 5 s), so that a batch system's one rmdir after the launcher's exit still finds
+/// the job's cgroups empty; apptheus-exec's `--end-wait` (40 s) is longer.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// Hold an accepted launcher's connection until it closes (true), its container ends, the
 /// launcher sends more than `MAX_LAUNCHER_BYTES`, or the daemon stops. Closing it when the
