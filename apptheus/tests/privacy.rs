@@ -106,7 +106,7 @@ fn user_launcher(
     user: &TestUser,
     slice: Option<&UserSlice>,
 ) -> (Workload, String) {
-    let mut cmd = match slice {
+    let cmd = match slice {
         // Root moves the shell into the slice, then it becomes the user's launcher.
         Some(s) => {
             let mut c = Command::new("sh");
@@ -122,20 +122,7 @@ fn user_launcher(
         }
         None => user.command(&bin("apptheus-exec")),
     };
-    cmd.arg(format!("--socket={}", daemon.socket.display()))
-        .arg("--")
-        .arg(workload_bin())
-        .args(["ready", "wait"]);
-    let mut w = Workload::spawn_cmd(&mut cmd);
-    w.ready();
-    // setpriv execs apptheus-exec: the launcher keeps the pid.
-    let id = format!("apptheus-exec_{}", w.pid());
-    let label = format!("container=\"{id}\"");
-    eventually(Duration::from_secs(10), || {
-        daemon.metrics().contains(&label).then_some(())
-    })
-    .unwrap_or_else(|| panic!("{id} of {} not admitted:\n{}", user.name, daemon.log_text()));
-    (w, id)
+    user.launch_with(cmd, daemon, &["wait"])
 }
 
 /// The user label of container `id`.
@@ -364,12 +351,7 @@ fn names_and_uids_never_leave_the_node_in_clear() {
     // same hashes as the labels.
     wb.go();
     assert!(wb.wait().success());
-    let line = eventually(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&summaries).ok()?;
-        let line = text.lines().find(|l| l.contains(&format!("\"{id_b}\"")))?;
-        Some(line.to_string())
-    })
-    .unwrap_or_else(|| panic!("no summary of {id_b}:\n{}", d.log_text()));
+    let line = d.summary_line(&summaries, &id_b);
     let record: serde_json::Value = serde_json::from_str(&line).unwrap();
     let (bob_hash, bob_uid) = (
         expected_hash(&salt, &bob.name),

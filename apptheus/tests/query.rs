@@ -71,12 +71,7 @@ fn each_user_sees_their_own_root_and_admins_see_all() {
     // bob's container ends: its summary is written, and kept with its values.
     wb.go();
     assert!(wb.wait().success());
-    let line = eventually(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&summaries).ok()?;
-        let line = text.lines().find(|l| l.contains(&format!("\"{id_b}\"")))?;
-        Some(line.to_string())
-    })
-    .unwrap_or_else(|| panic!("no summary of {id_b}:\n{}", d.log_text()));
+    let line = d.summary_line(&summaries, &id_b);
 
     let (mine, took) = query_as(&alice, &d.query, "containers\n");
     assert_eq!(ids(&mine), std::slice::from_ref(&id_a), "alice's own only");

@@ -572,6 +572,17 @@ impl Daemon {
     }
 
     /// `apptheus-exec` running the workload with `steps`.
+    /// The line of `summaries` (its `--container.summary-file`) for container `id`, waiting
+    /// for it.
+    pub fn summary_line(&self, summaries: &std::path::Path, id: &str) -> String {
+        let quoted = format!("\"{id}\"");
+        eventually(Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(summaries).ok()?;
+            Some(text.lines().find(|l| l.contains(&quoted))?.to_string())
+        })
+        .unwrap_or_else(|| panic!("no summary of {id}:\n{}", self.log_text()))
+    }
+
     pub fn exec_workload(&self, steps: &[&str]) -> Workload {
         self.exec_workload_env(steps, &[])
     }

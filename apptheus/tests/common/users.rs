@@ -66,7 +66,16 @@ impl TestUser {
     /// A launcher (`apptheus-exec`) of this user on `daemon`, running the workload `ready`
     /// then `steps`; once it is admitted: it and its container id.
     pub fn launch(&self, daemon: &Daemon, steps: &[&str]) -> (Workload, String) {
-        let mut cmd = self.command(&bin("apptheus-exec"));
+        self.launch_with(self.command(&bin("apptheus-exec")), daemon, steps)
+    }
+
+    /// As `launch`, with `cmd` (which ends in this user's apptheus-exec) as the launcher.
+    pub fn launch_with(
+        &self,
+        mut cmd: Command,
+        daemon: &Daemon,
+        steps: &[&str],
+    ) -> (Workload, String) {
         cmd.arg(format!("--socket={}", daemon.socket.display()))
             .arg("--")
             .arg(workload_bin())
