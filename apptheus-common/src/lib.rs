@@ -40,16 +40,18 @@ pub const CLONE_THREAD: u64 = 0x0001_0000;
 /// Offset value meaning "this kernel's tracepoint has no such field".
 pub const NO_FIELD: u32 = u32::MAX;
 
-/// Field offsets of the tracepoints the programs read, parsed by userspace from
-/// `/sys/kernel/tracing/events/<category>/<event>/format` at load time: layouts differ between
-/// kernels, so nothing here is hard-coded.
+/// Field offsets the programs read, parsed by userspace at load time from the tracepoints'
+/// `/sys/kernel/tracing/events/<category>/<event>/format` and the kernel's BTF: layouts differ
+/// between kernels, so nothing here is hard-coded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    /// `task/task_newtask`: `pid_t pid` (the new task's id).
-    pub newtask_pid: u32,
-    /// `task/task_newtask`: `u64 clone_flags`.
-    pub newtask_clone_flags: u32,
+    /// `struct task_struct`: `pid_t tgid`, from the BTF (the fork hook's child is a task).
+    pub task_tgid: u32,
+    /// `struct task_struct`: `u64 start_time`, from the BTF: taken in copy_process while the
+    /// child's cgroups are being fixed (after cgroup_can_fork, before cgroup_post_fork), so a
+    /// child that a parent's move missed started before that move ended.
+    pub task_start_time: u32,
     /// `sched/sched_process_exit`: `bool group_dead`, or [`NO_FIELD`] on kernels without it.
     pub exit_group_dead: u32,
     /// `oom/mark_victim`: `int pid` (the chosen thread), or [`NO_FIELD`] (program not attached).
@@ -69,8 +71,8 @@ pub struct TracepointOffsets {
 impl TracepointOffsets {
     /// The value the object is built with; a program that sees it was not configured.
     pub const UNSET: Self = Self {
-        newtask_pid: NO_FIELD,
-        newtask_clone_flags: NO_FIELD,
+        task_tgid: NO_FIELD,
+        task_start_time: NO_FIELD,
         exit_group_dead: NO_FIELD,
         mark_victim_pid: NO_FIELD,
         task_exit_code: NO_FIELD,
@@ -134,7 +136,8 @@ pub enum EventKind {
 pub struct Event {
     /// The container key the process belongs to.
     pub key: u64,
-    /// `CLOCK_MONOTONIC` time of the event (`bpf_ktime_get_ns`).
+    /// `CLOCK_MONOTONIC` time of the event (`bpf_ktime_get_ns`); for a fork, the child's start
+    /// time ([`TracepointOffsets::task_start_time`]), which bounds when its cgroups were fixed.
     pub ts_ns: u64,
     /// An [`EventKind`] as u32 (a raw integer, so any value from the kernel is safe to read).
     pub kind: u32,

@@ -6,7 +6,10 @@
 //!   and before the child can run, and knows the clone flags: when a tracked process creates a
 //!   new *process* (not a thread) the child is tracked under the parent's key, the fork counted
 //!   and reported. (`sched_process_fork` comes right after, but it has no clone flags and its
-//!   pids are thread ids: one program here does what two did.)
+//!   pids are thread ids: one program here does what two did.) It is a raw tracepoint, to read
+//!   the child's start time: the event carries that time, not the hook's, because a parent's
+//!   move into the container can end between the child's cgroups being fixed and this hook
+//!   (a preempted fork), and userspace decides by time whether a child inherited the move.
 //! - `sched/sched_process_exec` counts execs of tracked processes.
 //! - `sched/sched_process_exit` removes a tracked process when its thread group is gone (not
 //!   when its main thread exits: the others may run on, and fork), and counts how it ended (its
@@ -54,9 +57,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
-    macros::{cgroup_skb, map, tracepoint},
+    macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, TracePointContext},
+    programs::{RawTracePointContext, SkBuffContext, TracePointContext},
 };
 
 /// Filled in by userspace at load time from the tracepoints' format files and the kernel's BTF.
@@ -219,14 +222,15 @@ fn count_in(c: *mut Counters, field: Field, live: i64) {
     }
 }
 
-/// Put an event into the ring; `now`: wake the reader at once (the container may have ended).
-fn emit(kind: EventKind, key: u64, pid: u32, ppid: u32, now: bool) {
+/// Put an event into the ring, at time `ts_ns` or now; `now`: wake the reader at once (the
+/// container may have ended).
+fn emit(kind: EventKind, key: u64, pid: u32, ppid: u32, ts_ns: Option<u64>, now: bool) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
                 key,
                 // SAFETY: helper without preconditions.
-                ts_ns: unsafe { bpf_ktime_get_ns() },
+                ts_ns: ts_ns.unwrap_or_else(|| unsafe { bpf_ktime_get_ns() }),
                 kind: kind as u32,
                 pid,
                 ppid,
@@ -252,26 +256,30 @@ fn wakeup(now: bool) -> u64 {
     }
 }
 
-#[tracepoint]
-pub fn task_newtask(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: its arguments are `TP_PROTO(struct task_struct *task, u64 clone_flags)`, so
+/// the child's start time can be read (the tracepoint's record has only its pid and flags).
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn task_newtask(ctx: RawTracePointContext) -> u32 {
     let parent = current_tgid();
     let Some(key) = tracked_key(parent) else {
         return 0;
     };
-    let (flags_at, pid_at) = (offset!(newtask_clone_flags), offset!(newtask_pid));
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let fields = unsafe {
-        (
-            ctx.read_at::<u64>(flags_at as usize),
-            ctx.read_at::<i32>(pid_at as usize),
-        )
-    };
-    let (Ok(flags), Ok(child)) = fields else {
-        return 0;
-    };
+    let task: *const u8 = ctx.arg(0);
+    let flags: u64 = ctx.arg(1);
     if flags & CLONE_THREAD != 0 {
         return 0;
     }
+    let (tgid_at, start_at) = (offset!(task_tgid), offset!(task_start_time));
+    // SAFETY: bpf_probe_read_kernel checks the addresses; the offsets are this kernel's (BTF).
+    let fields = unsafe {
+        (
+            bpf_probe_read_kernel(task.wrapping_add(tgid_at as usize).cast::<i32>()),
+            bpf_probe_read_kernel(task.wrapping_add(start_at as usize).cast::<u64>()),
+        )
+    };
+    let (Ok(child), Ok(started)) = fields else {
+        return 0;
+    };
     let Some(c) = COUNTERS.get_ptr_mut(&key) else {
         error(errors::NO_COUNTERS);
         return 0;
@@ -305,7 +313,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         }
     };
     count_in(c, Field::Forks, live);
-    emit(EventKind::Fork, key, child, parent, false);
+    emit(EventKind::Fork, key, child, parent, Some(started), false);
     0
 }
 
@@ -316,7 +324,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         return 0;
     };
     count(key, Field::Execs, 0);
-    emit(EventKind::Exec, key, tgid, 0, false);
+    emit(EventKind::Exec, key, tgid, 0, None, false);
     0
 }
 
@@ -351,7 +359,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         if let Some(code) = code {
             ended(key, tgid, code);
         }
-        emit(EventKind::Exit, key, tgid, 0, last_one(key));
+        emit(EventKind::Exit, key, tgid, 0, None, last_one(key));
     }
     0
 }

@@ -541,3 +541,74 @@ async fn the_batched_read_gives_every_containers_counters() {
         t.unregister(KEY + 10 + i).unwrap();
     }
 }
+
+/// A fork event tells the time the child's cgroups were fixed at the latest: userspace takes a
+/// child whose event is later than its parent's move for one that inherited the move. The
+/// kernel fixes them (cgroup_post_fork) before the fork hook runs, and a preempted fork can run
+/// it milliseconds later, after a move ended. Made certain here: a bpftrace program, attached
+/// first, spins 4 ms in the tracepoint before ours, and says when it began (after the child's
+/// cgroups were fixed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_event_is_no_later_than_the_childs_cgroups() {
+    let mut w = Workload::spawn(&["ready", "wait", "forks:3", "ready", "wait"]);
+    w.ready();
+    let script = format!(
+        "BEGIN {{ printf(\"ready\\n\"); }}
+tracepoint:task:task_newtask /pid == {}/ {{ $i = 0; $s = nsecs;
+  while ($i < 100000) {{ $i++; if (nsecs - $s > 4000000) {{ break; }} }}
+  printf(\"spun from %lld\\n\", $s); }}",
+        w.pid()
+    );
+    let mut spin = std::process::Command::new("bpftrace")
+        .args(["-e", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("bpftrace (run `cargo xtask setup --test`): {e}"));
+    let mut out = std::io::BufReader::new(spin.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut next_line = |line: &mut String| {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, line).unwrap();
+        line.trim().to_string()
+    };
+    // "Attaching 2 probes...", then BEGIN's line.
+    let started = (0..2).any(|_| next_line(&mut line) == "ready");
+    assert!(started, "bpftrace did not start: {line}");
+    // Ours attaches after bpftrace's, so it runs after the spin.
+    let (t, mut events) = load();
+    let key = KEY + 9;
+    register(&t, w.pid(), key).unwrap();
+    w.go();
+    w.ready();
+    let mut spun: Vec<u64> = (0..3)
+        .map(|_| {
+            next_line(&mut line)
+                .strip_prefix("spun from ")
+                .and_then(|s| s.parse().ok())
+                .expect("bpftrace's line")
+        })
+        .collect();
+    let _ = spin.kill();
+    let _ = spin.wait();
+    let mut got = Vec::new();
+    collect(&mut events, &mut got, EventKind::Fork, 3).await;
+    let mut forks: Vec<u64> = got
+        .iter()
+        .filter(|e| e.key == key && e.kind() == Some(EventKind::Fork))
+        .map(|e| e.ts_ns)
+        .collect();
+    assert_eq!(forks.len(), 3, "{got:?}");
+    forks.sort_unstable();
+    spun.sort_unstable();
+    for (fork, spin) in forks.iter().zip(&spun) {
+        assert!(
+            fork < spin,
+            "a fork event at {fork} ns, after the spin that began at {spin} ns: it is the hook's \
+             time, not the child's"
+        );
+    }
+    t.unregister(key).unwrap();
+    w.go();
+    w.wait();
+}

@@ -115,11 +115,9 @@ fn split_decl(decl: &str) -> Option<(String, String)> {
     name_ok.then(|| (format!("{}{array}", ty.trim()), name.to_string()))
 }
 
-/// The offsets the eBPF programs need, from the events' format texts.
-pub fn offsets(newtask: &Format, exit: &Format) -> Result<TracepointOffsets> {
+/// The offsets the eBPF programs need from the exit event's format text.
+pub fn offsets(exit: &Format) -> Result<TracepointOffsets> {
     Ok(TracepointOffsets {
-        newtask_pid: newtask.require("pid", 4)?,
-        newtask_clone_flags: newtask.require("clone_flags", 8)?,
         exit_group_dead: match exit.field("group_dead") {
             Some(f) if f.size == 1 => f.offset,
             Some(f) => bail!(
@@ -128,7 +126,9 @@ pub fn offsets(newtask: &Format, exit: &Format) -> Result<TracepointOffsets> {
             ),
             None => NO_FIELD,
         },
-        // Not from these formats: `tracefs::read_offsets` fills them where the kernel has them.
+        // Not from this format: `tracefs::read_offsets` fills them where the kernel has them.
+        task_tgid: NO_FIELD,
+        task_start_time: NO_FIELD,
         mark_victim_pid: NO_FIELD,
         task_exit_code: NO_FIELD,
         task_signal: NO_FIELD,
@@ -149,11 +149,7 @@ mod tests {
     }
 
     fn offsets_of(kernel: &str) -> TracepointOffsets {
-        offsets(
-            &fixture(kernel, "task_newtask"),
-            &fixture(kernel, "sched_process_exit"),
-        )
-        .unwrap()
+        offsets(&fixture(kernel, "sched_process_exit")).unwrap()
     }
 
     #[test]
@@ -169,8 +165,6 @@ mod tests {
         assert_eq!(
             offsets_of("6.18"),
             TracepointOffsets {
-                newtask_pid: 8,
-                newtask_clone_flags: 32,
                 exit_group_dead: 32,
                 ..TracepointOffsets::UNSET
             }
@@ -188,8 +182,6 @@ mod tests {
         assert_eq!(
             offsets_of("5.15"),
             TracepointOffsets {
-                newtask_pid: 8,
-                newtask_clone_flags: 32,
                 exit_group_dead: NO_FIELD,
                 ..TracepointOffsets::UNSET
             }

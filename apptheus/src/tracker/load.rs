@@ -4,7 +4,7 @@ use apptheus_common::NO_FIELD;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, PerCpuArray, RingBuf},
-    programs::{CgroupSkb, Program, ProgramError, TracePoint},
+    programs::{CgroupSkb, Program, ProgramError, RawTracePoint, TracePoint},
 };
 
 use super::{
@@ -17,9 +17,11 @@ use super::{
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apptheus"));
 
-/// The programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str, &str); 3] = [
-    ("task_newtask", "task", "task_newtask"),
+/// The fork hook, a raw tracepoint (it reads the new task), and the tracepoint it attaches to.
+const FORK_PROGRAM: (&str, &str) = ("task_newtask", "task_newtask");
+
+/// The other programs and the tracepoints they attach to.
+const PROGRAMS: [(&str, &str, &str); 2] = [
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
@@ -85,6 +87,12 @@ impl Tracker {
                 )
             })?;
         }
+        let (name, event) = FORK_PROGRAM;
+        let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
+        prog.load()
+            .map_err(|e| load(&format!("loading eBPF program {name}"), &e))?;
+        prog.attach(event)
+            .map_err(|e| load(&format!("attaching {name} to raw tracepoint {event}"), &e))?;
         for (name, _, _) in network::PROGRAMS {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load()

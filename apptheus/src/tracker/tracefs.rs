@@ -62,10 +62,7 @@ fn read_format(category: &str, event: &str) -> Result<format::Format> {
 /// live count are optional (what needs them is left out or approximated where they are missing,
 /// with a line in the log); the rest is required.
 pub fn read_offsets() -> Result<TracepointOffsets> {
-    let mut offsets = format::offsets(
-        &read_format("task", "task_newtask")?,
-        &read_format("sched", "sched_process_exit")?,
-    )?;
+    let mut offsets = format::offsets(&read_format("sched", "sched_process_exit")?)?;
     match read_format("oom", "mark_victim").and_then(|f| f.require("pid", 4)) {
         Ok(at) => offsets.mark_victim_pid = at,
         Err(e) => tracing::warn!(
@@ -78,6 +75,9 @@ pub fn read_offsets() -> Result<TracepointOffsets> {
         Ok(data) => member_at(data, strukt, member, size),
         Err(e) => Err(anyhow::anyhow!("reading {VMLINUX_BTF}: {e}")),
     };
+    // The fork hook's child is a task: where its process id and start time lie.
+    offsets.task_tgid = in_btf("task_struct", "tgid", 4)?;
+    offsets.task_start_time = in_btf("task_struct", "start_time", 8)?;
     match in_btf("task_struct", "exit_code", 4) {
         Ok(at) => offsets.task_exit_code = at,
         Err(e) => tracing::warn!(
