@@ -54,6 +54,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/tmux", "tmux"),
     // tests/faults.rs: the summary file rotated as sites rotate it.
     ("/usr/sbin/logrotate", "logrotate"),
+    // tests/tracker.rs: a program that holds a fork in its tracepoint before ours.
+    ("/usr/bin/bpftrace", "bpftrace"),
 ];
 
 /// Daemons the test packages ship. Their packages may start them (a host with systemd, or
