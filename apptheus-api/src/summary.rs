@@ -25,6 +25,13 @@ impl CpusSource {
     }
 }
 
+/// The CPUs a container may use at most, and where that number comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpusAllowed {
+    pub cpus: f64,
+    pub source: CpusSource,
+}
+
 /// Where a memory peak comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

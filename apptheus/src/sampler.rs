@@ -27,7 +27,7 @@ use crate::{
     metrics::{ContainerSeries, Metrics, Output},
     registry::{Entry, Registry},
     state::StateDir,
-    summary::{Allowance, Summaries},
+    summary::{self, Allowance, CpusAllowed, Summaries},
     tracker::ProcessCounters,
 };
 
@@ -62,8 +62,8 @@ struct Sampled {
     sampled_peak: Option<u64>,
     /// Sampled after its end: the values are final.
     finished: bool,
-    /// The CPUs it may use, read at its first pass (for its summary).
-    allowance: Option<Allowance>,
+    /// The CPUs it may use, read at its first pass.
+    allowance: Option<CpusAllowed>,
     /// Its summary record, once its final values were taken: published with its values for
     /// as long as it is retained (the query socket shows it).
     summary: Option<Arc<Summary>>,
@@ -158,6 +158,7 @@ impl Sampled {
             identity: self.entry.identity.clone(),
             memory_source: self.entry.cgroup.memory_source().as_str(),
             memory_peak_source: peak_source,
+            cpus_allowed: self.allowance,
             end_time: self.entry.end_time.map(unix_seconds),
             stats,
             procs: self.procs,
@@ -174,6 +175,8 @@ pub struct Sampler {
     reader: Reader,
     /// Where a container's summary goes when it is final.
     summaries: Summaries,
+    /// The host's online CPUs, at start: what a container without a cpuset or quota may use.
+    host_cpus: u32,
     containers: HashMap<u64, Sampled>,
     /// The registry's generation `containers` was last brought up to date with.
     generation: Option<u64>,
@@ -200,6 +203,7 @@ impl Sampler {
             state_dir,
             reader: Reader::new(),
             summaries: Summaries::log_only(),
+            host_cpus: summary::host_cpus(),
             containers: HashMap::default(),
             generation: None,
             trimmed: None,
@@ -265,6 +269,7 @@ impl Sampler {
         let mut changed = self.sync();
         let (mut ended, mut finished) = (Vec::new(), Vec::new());
         let tracker = self.registry.tracker();
+        let host_cpus = self.host_cpus;
         // Every container's counters in one batched map read (one lookup each if that fails).
         let counters = tracker.all_counters();
         for (key, s) in self.containers.iter_mut().filter(|(_, s)| s.wanted(pass)) {
@@ -288,20 +293,15 @@ impl Sampler {
                 let launcher = s.entry.identity.pid;
                 let ours = tracker.key_of(launcher).ok().flatten() == Some(*key);
                 let cgroup = &s.entry.cgroup;
-                s.allowance = Some(Allowance::read(
-                    &mut self.reader,
-                    cgroup,
-                    ours.then_some(launcher),
-                ));
+                let allowance = Allowance::read(&mut self.reader, cgroup, ours.then_some(launcher));
+                s.allowance = Some(allowance.cpus(host_cpus));
             }
             // Ended when the pass began: these values are the final ones. A container whose
             // counters show no live process has ended, even if its exit event was lost.
             if s.entry.end_time.is_some() {
                 s.finished = true;
                 finished.push(*key);
-                let summary = self
-                    .summaries
-                    .ended(&s.series(), s.allowance.unwrap_or_default());
+                let summary = self.summaries.ended(&s.series());
                 s.summary = Some(Arc::new(summary));
                 // Published with its final values even if none of them moved.
                 changed = true;

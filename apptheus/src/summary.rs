@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use apptheus_api::summary::{CpusSource, PeakSource, Summary};
+pub use apptheus_api::summary::{CpusAllowed, CpusSource, PeakSource, Summary};
 
 use crate::{
     cgroup::{ContainerCgroup, Reader},
@@ -70,16 +70,17 @@ impl Allowance {
     /// The number of CPUs the container could use at most, and where it comes from: the
     /// quota when it is below the cpuset, else the cpuset when it is below the host, else the
     /// host's online CPUs.
-    fn cpus(self, host_cpus: u32) -> (f64, CpusSource) {
+    pub fn cpus(self, host_cpus: u32) -> CpusAllowed {
         let host = f64::from(host_cpus.max(1));
         let (cpuset, cpuset_source) = match self.cpuset_cpus {
             Some(n) if n < host_cpus => (f64::from(n), CpusSource::Cpuset),
             _ => (host, CpusSource::Host),
         };
-        match self.quota_cpus {
+        let (cpus, source) = match self.quota_cpus {
             Some(quota) if quota > 0.0 && quota < cpuset => (quota, CpusSource::Quota),
             _ => (cpuset, cpuset_source),
-        }
+        };
+        CpusAllowed { cpus, source }
     }
 }
 
@@ -131,7 +132,7 @@ fn known(value: &str) -> Option<String> {
 
 /// The summary of a container from its final series (`end_time` set), what it was
 /// allowed, and the host's online CPUs. `now` stands for the end of a series without one.
-pub fn of(series: &ContainerSeries, allowance: Allowance, host_cpus: u32, now: f64) -> Summary {
+pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
     let identity = &series.identity;
     let job = &identity.job;
     let stats = &series.stats;
@@ -139,7 +140,13 @@ pub fn of(series: &ContainerSeries, allowance: Allowance, host_cpus: u32, now: f
     let start = identity.start_time;
     let end = series.end_time.unwrap_or(now);
     let duration = (end - start).max(0.0);
-    let (cpus_allowed, cpus_allowed_source) = allowance.cpus(host_cpus);
+    // Read at the container's first pass; a container never sampled may use the host.
+    let CpusAllowed {
+        cpus: cpus_allowed,
+        source: cpus_allowed_source,
+    } = series
+        .cpus_allowed
+        .unwrap_or_else(|| Allowance::default().cpus(host_cpus));
     let cpu_efficiency = stats
         .cpu_usage_seconds
         .filter(|_| duration > 0.0)
@@ -291,9 +298,9 @@ impl Summaries {
     /// cannot take now (a full filesystem) is kept, in order, and written with the next ones
     /// (see `SummaryFile::write`). Returns the record: the sampler keeps it with the
     /// container's values while it is retained.
-    pub fn ended(&mut self, series: &ContainerSeries, allowance: Allowance) -> Summary {
+    pub fn ended(&mut self, series: &ContainerSeries) -> Summary {
         let now = crate::container::unix_seconds(std::time::SystemTime::now());
-        let summary = of(series, allowance, self.host_cpus, now);
+        let summary = of(series, self.host_cpus, now);
         log(&summary);
         let Some(file) = &mut self.file else {
             return summary;
@@ -326,7 +333,7 @@ impl Summaries {
 const MAX_PENDING: usize = 16_384;
 
 /// The host's online CPUs (at least 1).
-fn host_cpus() -> u32 {
+pub fn host_cpus() -> u32 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
         .ok()
         .flatten()
@@ -537,6 +544,7 @@ mod tests {
             }),
             memory_source: "cgroup",
             memory_peak_source: PeakSource::Kernel,
+            cpus_allowed: None,
             end_time: Some(1_700_000_010.0),
             stats: Stats {
                 cpu_usage_seconds: Some(5.0),
@@ -577,24 +585,29 @@ mod tests {
             cpuset_cpus: cpuset,
             quota_cpus: quota,
         };
-        assert_eq!(a(None, None).cpus(64), (64.0, CpusSource::Host));
-        assert_eq!(a(Some(64), None).cpus(64), (64.0, CpusSource::Host));
-        assert_eq!(a(Some(4), None).cpus(64), (4.0, CpusSource::Cpuset));
-        assert_eq!(a(Some(4), Some(2.5)).cpus(64), (2.5, CpusSource::Quota));
-        assert_eq!(a(Some(4), Some(8.0)).cpus(64), (4.0, CpusSource::Cpuset));
-        assert_eq!(a(None, Some(0.5)).cpus(64), (0.5, CpusSource::Quota));
-        assert_eq!(a(None, Some(128.0)).cpus(64), (64.0, CpusSource::Host));
+        let ca = |cpus, source| CpusAllowed { cpus, source };
+        assert_eq!(a(None, None).cpus(64), ca(64.0, CpusSource::Host));
+        assert_eq!(a(Some(64), None).cpus(64), ca(64.0, CpusSource::Host));
+        assert_eq!(a(Some(4), None).cpus(64), ca(4.0, CpusSource::Cpuset));
+        assert_eq!(a(Some(4), Some(2.5)).cpus(64), ca(2.5, CpusSource::Quota));
+        assert_eq!(a(Some(4), Some(8.0)).cpus(64), ca(4.0, CpusSource::Cpuset));
+        assert_eq!(a(None, Some(0.5)).cpus(64), ca(0.5, CpusSource::Quota));
+        assert_eq!(a(None, Some(128.0)).cpus(64), ca(64.0, CpusSource::Host));
         // Never a division by zero.
-        assert_eq!(a(None, Some(0.0)).cpus(0), (1.0, CpusSource::Host));
+        assert_eq!(a(None, Some(0.0)).cpus(0), ca(1.0, CpusSource::Host));
     }
 
     #[test]
     fn summary_fields() {
-        let allowance = Allowance {
-            cpuset_cpus: Some(4),
-            quota_cpus: None,
-        };
-        let s = of(&series(), allowance, 64, 0.0);
+        let mut series = series();
+        series.cpus_allowed = Some(
+            Allowance {
+                cpuset_cpus: Some(4),
+                quota_cpus: None,
+            }
+            .cpus(64),
+        );
+        let s = of(&series, 64, 0.0);
         assert_eq!(s.container, "starter_42");
         assert_eq!(s.job_scheduler, "slurm");
         assert_eq!(s.job_id.as_deref(), Some("7"));
@@ -643,20 +656,14 @@ mod tests {
     fn no_time_passed_no_efficiency() {
         let mut c = series();
         c.end_time = Some(c.identity.start_time);
-        let s = of(&c, Allowance::default(), 2, 0.0);
+        let s = of(&c, 2, 0.0);
         assert_eq!(s.duration_seconds, 0.0);
         assert_eq!(s.cpu_efficiency, None);
         // A sampled peak says so; no peak, no source.
         c.memory_peak_source = PeakSource::Sampled;
-        assert_eq!(
-            of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
-            Some(PeakSource::Sampled)
-        );
+        assert_eq!(of(&c, 2, 0.0).memory_peak_source, Some(PeakSource::Sampled));
         c.stats.memory_max_usage_bytes = None;
-        assert_eq!(
-            of(&c, Allowance::default(), 2, 0.0).memory_peak_source,
-            None
-        );
+        assert_eq!(of(&c, 2, 0.0).memory_peak_source, None);
     }
 
     /// The log record and the file's line are the same record: the JSON log line, less its
@@ -682,7 +689,7 @@ mod tests {
                 format: LogFormat::Json,
             })
             .finish();
-        let s = of(&series(), Allowance::default(), 8, 0.0);
+        let s = of(&series(), 8, 0.0);
         tracing::subscriber::with_default(subscriber, || log(&s));
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let log: serde_json::Value = serde_json::from_str(text.trim()).unwrap();

@@ -344,6 +344,14 @@ fn a_cpu_quota_shows_throttled_periods() {
         "{periods} periods < {throttled} throttled"
     );
     assert!(throttled_seconds > 0.0);
+    // The allocation as a series, beside the memory limit.
+    assert_eq!(get("apptheus_container_spec_cpus"), 0.1);
+    assert!(
+        m.lines().any(|x| x.starts_with("apptheus_container_info{")
+            && x.contains(&l)
+            && x.contains("cpus_source=\"quota\"")),
+        "{m}"
+    );
     w.0.go();
     assert!(w.0.wait().success());
     let s = summary_line(&summaries, &exec_id(w.0.pid()), &d);
@@ -491,6 +499,7 @@ fn the_summary_of_a_container_that_ran_one_second() {
             "apptheus_container_cpu_usage_seconds_total",
             "",
         ),
+        ("cpus_allowed", "apptheus_container_spec_cpus", ""),
         (
             "cpu_user_seconds",
             "apptheus_container_cpu_user_seconds_total",
@@ -614,6 +623,7 @@ fn the_summary_of_a_container_that_ran_one_second() {
     };
     assert_eq!(file["cpus_allowed"], allowed);
     assert_eq!(file["cpus_allowed_source"], source);
+    assert_eq!(info("cpus_source").as_deref(), Some(source));
     let efficiency = file["cpu_efficiency"].as_f64().unwrap();
     let expected = cpu / (duration * allowed);
     assert!(

@@ -170,6 +170,7 @@ pub(crate) mod tests {
             identity: Arc::new(identity),
             memory_source: "cgroup",
             memory_peak_source: apptheus_api::PeakSource::Kernel,
+            cpus_allowed: None,
             end_time,
             stats: Stats {
                 cpu_usage_seconds: Some(12.5),

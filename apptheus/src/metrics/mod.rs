@@ -14,7 +14,7 @@ use render::render_into;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
-use apptheus_api::{PeakSource, Summary};
+use apptheus_api::{PeakSource, Summary, summary::CpusAllowed};
 use bytes::Bytes;
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -280,6 +280,8 @@ pub struct ContainerSeries {
     pub identity: Arc<Identity>,
     pub memory_source: &'static str,
     pub memory_peak_source: PeakSource,
+    /// The CPUs it may use, read at its first pass.
+    pub cpus_allowed: Option<CpusAllowed>,
     /// Unix time the last process exited; none while the container lives.
     pub end_time: Option<f64>,
     pub stats: Stats,

@@ -157,6 +157,12 @@ const CORE: &[Family] = &[
         value: |c| c.stats.memory_limit_bytes.map(Value::Int),
     },
     Family {
+        name: "apptheus_container_spec_cpus",
+        kind: Kind::Gauge,
+        help: "CPUs the container may use: the smallest of its cpuset, its CFS quota and the host's CPUs (which, in cpus_source of apptheus_container_info).",
+        value: |c| c.cpus_allowed.map(|a| Value::Float(a.cpus)),
+    },
+    Family {
         name: "apptheus_container_pids",
         kind: Kind::Gauge,
         help: "Tasks in the container's cgroup.",
@@ -412,7 +418,7 @@ pub fn render_into(series: &[ContainerSeries], collectors: Collectors, out: &mut
         for (c, l) in series.iter().zip(&labels) {
             let _ = writeln!(
                 out,
-                "apptheus_container_info{{{l},exe=\"{}\",exe_path=\"{}\",pid=\"{}\",uid=\"{}\",cgroup=\"{}\",memory_source=\"{}\",memory_peak_source=\"{}\"}} 1",
+                "apptheus_container_info{{{l},exe=\"{}\",exe_path=\"{}\",pid=\"{}\",uid=\"{}\",cgroup=\"{}\",memory_source=\"{}\",memory_peak_source=\"{}\",cpus_source=\"{}\"}} 1",
                 escape(&c.identity.exe),
                 escape(&c.identity.exe_path),
                 c.identity.pid,
@@ -420,6 +426,7 @@ pub fn render_into(series: &[ContainerSeries], collectors: Collectors, out: &mut
                 escape(&c.identity.cgroup_label),
                 c.memory_source,
                 c.memory_peak_source.as_str(),
+                c.cpus_allowed.map_or("", |a| a.source.as_str()),
             );
         }
         let _ = out.write_str("# HELP apptheus_container_job_info The batch job a container belongs to (constant 1).\n# TYPE apptheus_container_job_info gauge\n");
@@ -561,6 +568,10 @@ mod tests {
             }),
             memory_source: "cgroup",
             memory_peak_source: apptheus_api::PeakSource::Kernel,
+            cpus_allowed: Some(apptheus_api::summary::CpusAllowed {
+                cpus: 1.5,
+                source: apptheus_api::CpusSource::Quota,
+            }),
             end_time: None,
             stats: Stats {
                 cpu_usage_seconds: Some(1.25),
@@ -596,7 +607,12 @@ mod tests {
                 "apptheus_container_processes{container=\"starter_42\",user=\"alice\"} 2\n"
             )
         );
-        assert!(text.contains("memory_source=\"cgroup\",memory_peak_source=\"kernel\"} 1\n"));
+        assert!(text.contains(
+            "memory_source=\"cgroup\",memory_peak_source=\"kernel\",cpus_source=\"quota\"} 1\n"
+        ));
+        assert!(text.contains(
+            "apptheus_container_spec_cpus{container=\"starter_42\",user=\"alice\"} 1.5\n"
+        ));
         assert!(text.contains(
             "apptheus_container_job_info{container=\"starter_42\",user=\"alice\",scheduler=\"none\"} 1\n"
         ));
