@@ -68,6 +68,8 @@ pub struct Figures {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
     pub state: State,
+    /// Unix time it started.
+    pub start_seconds: f64,
     pub wall_seconds: f64,
     pub cpu_seconds: Option<f64>,
     pub cpus_allowed: Option<f64>,
@@ -100,13 +102,20 @@ fn known(v: &str) -> Option<String> {
 
 impl Figures {
     /// A container's figures with nothing known but who and how long.
-    pub fn bare(container: &str, user: &str, state: State, wall_seconds: f64) -> Figures {
+    pub fn bare(
+        container: &str,
+        user: &str,
+        state: State,
+        start_seconds: f64,
+        wall_seconds: f64,
+    ) -> Figures {
         Figures {
             container: container.to_string(),
             user: user.to_string(),
             job_scheduler: None,
             job_id: None,
             state,
+            start_seconds,
             wall_seconds,
             cpu_seconds: None,
             cpus_allowed: None,
@@ -140,6 +149,7 @@ impl Figures {
             job_scheduler: known(&s.job_scheduler),
             job_id: s.job_id.clone(),
             state: State::Ended,
+            start_seconds: s.start_time_seconds,
             wall_seconds: s.duration_seconds,
             cpu_seconds: s.cpu_seconds,
             cpus_allowed: Some(s.cpus_allowed),
@@ -182,6 +192,7 @@ impl Figures {
                     &c.id,
                     &c.user,
                     c.state,
+                    c.start_time,
                     (c.end_time.unwrap_or(now) - c.start_time).max(0.0),
                 )
             },
@@ -589,7 +600,7 @@ mod tests {
             oom_kills: Some(0),
             exit_code: Some(0),
             failed_exits: Some(0),
-            ..Figures::bare("apptheus-exec_7", "alice", State::Ended, wall)
+            ..Figures::bare("apptheus-exec_7", "alice", State::Ended, 1.7e9, wall)
         }
     }
 

@@ -217,6 +217,34 @@ fn the_report_matches_ground_truth_and_says_what_to_change() {
         "{text}"
     );
     println!("{text}");
+
+    // The same job as jobstats keeps it in Slurm's AdminComment, read back through jobstats'
+    // documented pipeline.
+    let pipeline = format!(
+        "{} {from} --job 4242 --jobstats --node node-a | sed 's/JS1://' | tr -d ' ' | base64 -d | gzip -d",
+        bin("apptheus-report").display()
+    );
+    let out = Command::new("sh").args(["-c", &pipeline]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let js: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    println!("JS1 record: {js}");
+    let node = &js["nodes"]["node-a"];
+    assert_eq!(js["nodes"].as_object().unwrap().len(), 1, "{js}");
+    assert_eq!(js["gpus"], 0, "{js}");
+    // CPU seconds to one decimal, as jobstats keeps them.
+    let time = node["total_time"].as_f64().unwrap();
+    assert!(
+        (time - total).abs() <= 0.05 + total * 0.02,
+        "{time} vs {total}: {js}"
+    );
+    assert_eq!(node["cpus"], 2, "{js}");
+    assert_eq!(node["total_memory"].as_f64(), Some(1024.0 * MIB), "{js}");
+    let used = node["used_memory"].as_f64().unwrap();
+    assert!((used - peak).abs() <= peak * 0.05, "{used} vs {peak}: {js}");
+    // The job's run time: from its first container's start to its last one's end.
+    let run = js["total_time"].as_u64().unwrap();
+    assert!((3..=30).contains(&run), "{js}");
     let _ = std::fs::remove_file(&summaries);
 }
 

@@ -1,6 +1,6 @@
-//! `apptheus-report [CONTAINER | --job ID | --user NAME] [--json] [--from FILE]`: how a
-//! container, or a job's containers on this node, used what it was allowed, with notes in
-//! plain words. From the daemon's query socket (a user sees their own containers), or from a
+//! `apptheus-report [CONTAINER | --job ID [--jobstats] | --user NAME] [--json] [--from FILE]`:
+//! how a container, or a job's containers on this node, used what it was allowed, with notes in
+//! plain words; or the job's record in jobstats' `JS1:` format. From the daemon's query socket (a user sees their own containers), or from a
 //! summary file (`--container.summary-file`, for administrators).
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use apptheus_api::Summary;
 use apptheus_client::{
-    query,
+    jobstats, query,
     report::{self, Figures, Style, Thresholds},
     terminal,
 };
@@ -32,9 +32,18 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
 
-    /// The figures and notes as JSON, for scripts.
+    /// The figures and notes as JSON, for scripts (with --jobstats: the record's JSON).
     #[arg(long)]
     json: bool,
+
+    /// Print the job's summary as jobstats keeps it in Slurm's AdminComment: `JS1:` and the
+    /// base64 of its gzipped JSON (this node's part, keyed by --node).
+    #[arg(long, requires = "job")]
+    jobstats: bool,
+
+    /// The node's name in the --jobstats record (jobstats keys nodes by host name).
+    #[arg(long, value_name = "NAME", requires = "jobstats")]
+    node: Option<String>,
 
     /// Read ended containers from this summary file (`--container.summary-file`) instead of
     /// asking the daemon.
@@ -123,6 +132,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         eprintln!("apptheus-report: {}", terminal::safe(&what));
         return Ok(false);
     }
+    if args.jobstats {
+        return jobstats_record(args, figures);
+    }
     let total = args.job.as_deref().map(|j| report::job_total(j, &figures));
     if args.json {
         let doc = serde_json::json!({ "containers": figures, "job": total });
@@ -144,6 +156,27 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         out.push_str(&report::text(f, style));
     }
     print!("{out}");
+    Ok(true)
+}
+
+/// The job's record in jobstats' format: its JSON with --json, else the `JS1:` text.
+fn jobstats_record(args: &Args, figures: Vec<Figures>) -> anyhow::Result<bool> {
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .context("this host's name (or give --node)")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let record = jobstats::record(&std::collections::BTreeMap::from([(node, figures)]));
+    if args.json {
+        println!("{}", serde_json::to_string(&record)?);
+    } else {
+        println!(
+            "{}",
+            jobstats::encode(&record).context("encoding the record")?
+        );
+    }
     Ok(true)
 }
 
