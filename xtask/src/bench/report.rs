@@ -1160,6 +1160,12 @@ impl Report {
         let path = crate::workspace_root().join("README.md");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
+        let new = self.readme_text(&text);
+        std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// README.md's `text` with this run's summary in it (apart from the write, for the tests).
+    fn readme_text(&self, text: &str) -> String {
         let block = format!(
             "{BEGIN}\nMeasured by `cargo xtask bench` on {} — {}. Details, method and the closing note: \
              [docs/benchmarks.md](docs/benchmarks.md).\n\n{}{END}",
@@ -1167,7 +1173,7 @@ impl Report {
             self.machine,
             self.table()
         );
-        let new = if let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) {
+        if let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) {
             format!("{}{block}{}", &text[..b], &text[e + END.len()..])
         } else if let Some(h) = text.find("\n## Benchmarks\n") {
             let body = h + "\n## Benchmarks\n".len();
@@ -1183,7 +1189,9 @@ impl Report {
             )
         } else {
             format!("{text}\n## Benchmarks\n\n{block}\n")
-        };
-        std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;
