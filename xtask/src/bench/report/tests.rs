@@ -194,12 +194,17 @@ fn point(n: usize, network: bool, k: f64) -> Point {
         admission: admission(n, n as f64 * 0.004 * k, 180 + n),
         rss_mib: 5.0 + n as f64 * 0.0071,
         rss_after_wrk_mib: 7.0 + n as f64 * 0.0093,
-        sampling: sampling(
-            n,
-            0.3 + n as f64 * 0.0013 * k,
-            0.05 + n as f64 * 0.0006,
-            false,
-        ),
+        sampling: Sampling {
+            // k² so that the pass grows faster than N at the largest N (a cost without a
+            // documented reason, and past a fifth of the interval).
+            pass_ms: n as f64 * 0.0043 * k * k + 0.2,
+            ..sampling(
+                n,
+                0.3 + n as f64 * 0.0013 * k,
+                0.05 + n as f64 * 0.0006,
+                false,
+            )
+        },
         gzip: wrk(120_000.0 / n as f64, 0.021 * n as f64 / 100.0),
         plain: wrk(90_000.0 / n as f64, 0.044 * n as f64 / 100.0),
         gzip_bytes: 180 * n,
@@ -231,7 +236,8 @@ fn full_run() {
         container_text_bytes: 3_050_000,
     });
     r.lifecycle(&life(200, 540.0), &ended(1000, 0));
-    r.memory([6.1, 28.4, 41.2, 30.0, 30.3], &ended(1000, 0));
+    // Past the 32 MiB target, and a cgroup left: both rows missed.
+    r.memory([6.1, 34.2, 41.2, 30.0, 30.3], &ended(1000, 1));
     r.note("The daemon did not stop cleanly (Some(ExitStatus(unix_wait_status(9)))); its log ends:\n\n```\nlevel=info msg=\"stopping\"\n```".into());
     let b = WithDaemon {
         loops: loops(53.1, 318.0),
