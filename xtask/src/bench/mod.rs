@@ -591,6 +591,6 @@ pub fn row(
         ratio,
         target: target.to_string(),
         met,
-        why: String::new(),
+        why: None,
     }
 }

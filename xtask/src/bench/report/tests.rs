@@ -286,7 +286,7 @@ fn full_run() {
         ),
         ("readme-none.md", "# apptheus\n\nA daemon.\n"),
     ] {
-        check(name, &r.readme_text(readme));
+        check(name, &r.readme_text(readme).unwrap());
     }
     let _ = std::fs::remove_dir_all(&out);
 }
