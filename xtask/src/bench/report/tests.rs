@@ -1,13 +1,14 @@
 //! The report rendered from fixed, plausible measurements, compared byte for byte with the
 //! files in `testdata/`: a change to the report's code or templates that changes what it writes
 //! shows here. `XTASK_BLESS=1 cargo test -p xtask report` writes the files anew (then read the
-//! diff).
+//! diff). The hand-written prose (profile.md, curve.md) is a stand-in and no plot is drawn, so
+//! that editing those texts or a machine without the plots' font changes nothing here.
 use std::{
     path::{Path, PathBuf},
     time::Instant,
 };
 
-use super::Report;
+use super::{Prose, Report};
 use crate::bench::{
     Admission, BenchArgs, Config, Ctx,
     curve::Point,
@@ -47,6 +48,14 @@ fn check(name: &str, actual: &str) {
             expected.lines().nth(line),
             actual.lines().nth(line)
         );
+    }
+}
+
+/// Stand-ins for xtask/src/bench/profile.md and curve.md.
+fn prose() -> Prose {
+    Prose {
+        profile: "(profile.md: what the profile showed, by hand)\n".into(),
+        curve: "(curve.md: how each figure grows, and why)\n".into(),
     }
 }
 
@@ -268,10 +277,41 @@ fn full_run() {
         point(1000, false, 1.1),
         point(10_000, false, 3.0),
     ];
-    r.curve(&points, &out);
-    r.write(&out, false).unwrap();
+    r.curve_drawn(&points, true);
+    r.write_with(&out, false, &prose()).unwrap();
     let md = std::fs::read_to_string(out.join("benchmarks.md")).unwrap();
     let json = std::fs::read_to_string(out.join("benchmarks.json")).unwrap();
+    let mut at = 0;
+    for key in [
+        "# Benchmarks\n\nWritten by `cargo xtask bench` on 2026-12-01 03:20 UTC.\n",
+        "| Admission of 1000 containers (s) | 12.3 | — | — | (reported) | — |\n",
+        "### Admission\n",
+        "### Sampling cost\n",
+        "| apptheus | 1.62% | 1.61 (1.57–1.70, n=6) |\n",
+        "(profile.md: what the profile showed, by hand)\n",
+        "This run's profile of the idle daemon",
+        "### Scrape at scale\n",
+        "### Lifecycle latency\n",
+        "### Memory\n",
+        "### eBPF hook cost\n",
+        "| `sched_process_exec` | 95 | — | — |\n",
+        "### Scale curve\n",
+        "**The network collector was off for the whole curve**",
+        "| figure | N = 100 | N = 1000 | N = 10000 | growth |\n",
+        "](benchmarks-curve.png)\n",
+        "(curve.md: how each figure grows, and why)\n",
+        "\nFaster than linear in this run: admission of all N, s; sampling pass",
+        "\n## Closing note\n\n- Missed: Sampling CPU",
+        "target ≤ 2×. The floor reads the probes and nothing else.",
+        "- The daemon did not stop cleanly",
+        "\n<!-- soak:begin -->\n## Soak\n\nkept as it is\n<!-- soak:end -->\n",
+    ] {
+        let found = md[at..]
+            .find(key)
+            .unwrap_or_else(|| panic!("{key:?} not found after byte {at} of:\n{md}"));
+        at += found + key.len();
+    }
+    assert!(json.contains("\"rows\": ["), "{json}");
     check("full.md", &md);
     check("full.json", &json);
 
@@ -286,7 +326,14 @@ fn full_run() {
         ),
         ("readme-none.md", "# apptheus\n\nA daemon.\n"),
     ] {
-        check(name, &r.readme_text(readme).unwrap());
+        let new = r.readme_text(readme).unwrap();
+        assert!(new.starts_with("# apptheus\n"), "{new}");
+        assert!(
+            new.contains("<!-- bench:begin -->\nMeasured by `cargo xtask bench` on 2026-12-01 03:20 UTC — Test CPU"),
+            "{new}"
+        );
+        assert_eq!(new.matches("<!-- bench:end -->").count(), 1, "{new}");
+        check(name, &new);
     }
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -297,8 +344,9 @@ fn curve_stopped() {
     let mut r = report(&args(false, true, None), 1 << 20);
     r.note("The scale curve stopped: not all 100 containers were registered within 80s (0 launchers exited); daemon log:".into());
     let out = out_dir("stopped");
-    r.curve(&[point(20, true, 1.0), point(50, true, 1.3)], &out);
-    r.write(&out, false).unwrap();
+    // The plots were not drawn: no image in the section.
+    r.curve_drawn(&[point(20, true, 1.0), point(50, true, 1.3)], false);
+    r.write_with(&out, false, &prose()).unwrap();
     check(
         "stopped.md",
         &std::fs::read_to_string(out.join("benchmarks.md")).unwrap(),
@@ -315,8 +363,8 @@ fn curve_stopped() {
 fn every_target_met() {
     let mut r = report(&args(false, true, Some("100")), 1 << 20);
     let out = out_dir("met");
-    r.curve(&[point(100, true, 1.0)], &out);
-    r.write(&out, false).unwrap();
+    r.curve_drawn(&[point(100, true, 1.0)], true);
+    r.write_with(&out, false, &prose()).unwrap();
     let md = std::fs::read_to_string(out.join("benchmarks.md")).unwrap();
     assert!(md.contains("Every target was met in this run."), "{md}");
     check("met.md", &md);
