@@ -300,6 +300,8 @@ struct Summary<'a> {
     intro: bool,
 }
 
+/// Built into xtask, so that a report is written the same from any checkout state; only the
+/// hand-written prose is read at run time (`Prose`).
 const TEMPLATES: [(&str, &str); 3] = [
     (
         "benchmarks.md.j2",
