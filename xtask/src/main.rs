@@ -28,13 +28,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the build's needs: nightly rust-src and bpf-linker (and, with --test, the test tools).
+    /// Install the build's needs: nightly's rust-src and bpf-linker; with --test or --bench,
+    /// also what the tests or the bench use.
     Setup {
-        /// Also install the Debian packages the test suite uses (promtool, prometheus, systemd).
-        #[arg(long)]
+        /// Also install what the test suite uses: Debian packages, the VM test bed (QEMU, the
+        /// matrix's kernels) and the packagers (--help lists them all).
+        // The long help is made from setup.rs's tables, so that it names every package.
+        #[arg(long, long_help = setup::test_help())]
         test: bool,
-        /// Also install what the bench uses (Pushgateway, wrk, strace, bpftool, gcc).
-        #[arg(long)]
+        /// Also install the Debian packages the bench and the soak use (--help lists them).
+        #[arg(long, long_help = setup::bench_help())]
         bench: bool,
         /// Fetch the newest kernels of the VM matrix again (5.10, 6.1, 6.12), even if cached.
         #[arg(long)]
