@@ -28,42 +28,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the build's needs: nightly rust-src and bpf-linker (and, with --test, the test tools).
+    /// Install the build's needs: nightly's rust-src and bpf-linker; with --test or --bench,
+    /// also what the tests or the bench use.
     Setup {
-        /// Also install the Debian packages the test suite uses (promtool, prometheus, systemd).
-        #[arg(long)]
+        /// Also install what the test suite uses: Debian packages, the VM test bed (QEMU, the
+        /// matrix's kernels) and the packagers (--help lists them all).
+        // The long help is made from setup.rs's tables, so that it names every package.
+        #[arg(long, long_help = setup::test_help())]
         test: bool,
-        /// Also install what the bench uses (Pushgateway, wrk, strace, bpftool, gcc).
-        #[arg(long)]
+        /// Also install the Debian packages the bench and the soak use (--help lists them).
+        #[arg(long, long_help = setup::bench_help())]
         bench: bool,
-        /// Fetch the newest kernels of the VM matrix again (5.10, 6.1, 6.12), even if cached.
+        /// Fetch the newest kernels of the VM matrix (5.10, 6.1, 6.12) again, even if cached;
+        /// installs the VM test bed's packages where missing too.
         #[arg(long)]
         refresh_kernels: bool,
     },
     /// Build the daemon (with its embedded eBPF object), apptheus-exec, apptheus-top and
     /// apptheus-report.
     Build {
+        /// The release profile (target/release) instead of the debug one.
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run the daemon as root. With no daemon flags it trusts this workspace's
-    /// apptheus-exec (and Apptainer's starters where installed).
+    /// Build, then run the daemon as root (through sudo when needed; ^C stops it). With no
+    /// daemon flags it trusts a root-owned copy of this workspace's apptheus-exec
+    /// (/run/apptheus/bin/apptheus-exec) and Apptainer's starters where installed.
     Run {
+        /// Build and run the release profile (target/release) instead of the debug one.
         #[arg(long)]
         release: bool,
         /// Flags for the daemon, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Format check, clippy, the whole test suite on the real kernel, then the kernel matrix:
-    /// the kernel-dependent suites in QEMU guests booting 5.10, 6.1 and 6.12 on pure cgroup v2
-    /// (needs root).
+    /// Install what `setup --test` does, then format check, clippy, the whole test suite on the
+    /// real kernel, then the kernel matrix: the kernel-dependent suites in QEMU guests booting
+    /// 5.10, 6.1 and 6.12 on pure cgroup v2 (needs root).
     Test {
         /// Skip the kernel matrix (for a quick run while developing; CI runs it).
         #[arg(long)]
         no_vm: bool,
-        /// Extra arguments for `cargo test` and the guests' test binaries (e.g. a test name
-        /// filter), after `--`.
+        /// Extra arguments for the test binaries, the host's (`cargo test -- ARGS`) and the
+        /// guests' (e.g. a test name filter), after `--`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -83,13 +90,16 @@ enum Cmd {
     /// booting Debian's 5.10, 6.1 or 6.12 kernel on pure cgroup v2, the host's / shared
     /// read-only under a tmpfs overlay; exits with the command's status.
     Vm(vm::VmArgs),
-    /// Measure the daemon side by side with Pushgateway and with C floors (as root); writes
-    /// docs/benchmarks.md and the README summary. Not part of `test`.
+    /// Measure the daemon side by side with Pushgateway, with C floors and with bpftrace (as
+    /// root); writes docs/benchmarks.md, benchmarks.json, benchmarks-curve.png and the README
+    /// summary (target/bench-quick, without the README, with --quick or --curve-only). Not
+    /// part of `test`.
     Bench(bench::BenchArgs),
     /// Soak: 100,000 short containers (exits, failures, signals, OOM kills, fork bursts), 200
     /// alive at once, through one daemon scraped by a real Prometheus; checks that nothing
-    /// grows and nothing is lost, writes its section of docs/benchmarks.md (as root; up to
-    /// 30 minutes). Not part of `test` (tests/soak.rs is its short version).
+    /// grows and nothing is lost, writes its section of docs/benchmarks.md and docs/soak.png
+    /// (as root; the churn up to 30 minutes; Prometheus from `setup --test`). Not part of
+    /// `test` (tests/soak.rs is its short version).
     Soak(bench::soak::SoakArgs),
 }
 

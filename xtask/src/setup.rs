@@ -2,13 +2,15 @@
 //!
 //! Build needs (see README): the nightly toolchain's `rust-src` (eBPF crates build `core` from
 //! source) and `bpf-linker`, built against nightly rustc's own libLLVM, which is the LLVM it must
-//! match. Test needs: Debian's `prometheus` (promtool, the server), `systemd`
-//! (systemd-analyze), `openssl` and `curl` (the TLS tests), a real Slurm (`slurmctld`,
-//! `slurmd`, `slurm-client`, `munge`: tests/slurm.rs runs a private cluster), `chromium`,
-//! `chromium-driver` and `tmux` (tests/glance.rs: the page in a browser, apptheus-top in a
-//! terminal), and the VM test bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils
-//! and the kernels of the matrix in /var/cache/apptheus/vm, see xtask/src/vm). Each step checks
-//! first, so a machine that has everything pays a few milliseconds.
+//! match. Test needs (`TEST_PACKAGES`, which says what each is for): Debian's `prometheus`
+//! (promtool, the server), `systemd` (systemd-analyze), `util-linux` (setpriv), `openssl` and
+//! `curl` (the TLS tests), a real Slurm (`slurmctld`, `slurmd`, `slurm-client`, `munge`:
+//! tests/slurm.rs runs a private cluster), `chromium`, `chromium-driver` and `tmux`
+//! (tests/glance.rs: the page in a browser, apptheus-top in a terminal), `logrotate`,
+//! `bpftrace`, and the VM test bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils
+//! and the kernels of the matrix in /var/cache/apptheus/vm, see xtask/src/vm). `setup --help`
+//! lists them from the tables. Each step checks first, so a machine that has everything pays a
+//! few milliseconds.
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
@@ -295,6 +297,8 @@ pub fn vm_deps(refresh: bool) -> Result<()> {
 }
 
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// The Debian package of `QEMU`.
+const QEMU_PACKAGE: &str = "qemu-system-x86";
 
 /// QEMU for x86. On Debian 12, from bookworm-backports (QEMU 10) through private apt lists:
 /// machines of this kind carry `qemu-utils` 10 from there, which Breaks the
@@ -307,16 +311,16 @@ fn ensure_qemu() -> Result<()> {
     let bookworm = std::fs::read_to_string("/etc/os-release")
         .is_ok_and(|t| t.lines().any(|l| l.trim() == "VERSION_CODENAME=bookworm"));
     if !bookworm {
-        return apt_install(&["qemu-system-x86"], "the VM test bed");
+        return apt_install(&[QEMU_PACKAGE], "the VM test bed");
     }
     let dir = crate::vm::kernels::cache_dir().join("apt-host");
     println!(
-        "xtask setup: installing qemu-system-x86 from bookworm-backports, through private apt lists in {}",
+        "xtask setup: installing {QEMU_PACKAGE} from bookworm-backports, through private apt lists in {}",
         dir.display()
     );
     let apt = crate::vm::apt::PrivateApt::bookworm_host(&dir)?;
     apt.update()?;
-    apt.install_from("bookworm-backports", &["qemu-system-x86"])
+    apt.install_from("bookworm-backports", &[QEMU_PACKAGE])
 }
 
 /// The bench's packages. Installing Pushgateway enables and, under systemd, starts its service
@@ -409,4 +413,88 @@ pub fn fuzz_deps() -> Result<()> {
     }
     println!("xtask setup: installing cargo-fuzz (a minute or two, once)");
     crate::status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// The packages of a table, comma-separated.
+fn names(packages: &[(&str, &str)]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for (_, pkg) in packages {
+        if !names.contains(pkg) {
+            names.push(pkg);
+        }
+    }
+    names.join(", ")
+}
+
+/// `setup --test`'s long help, from the tables `test_deps` and `package_deps` install, so
+/// that it names all of them.
+pub fn test_help() -> String {
+    let kernels: Vec<&str> = crate::vm::Kernel::ALL.iter().map(|k| k.series()).collect();
+    let packagers: Vec<String> = PACKAGERS.iter().map(|(c, v)| format!("{c} {v}")).collect();
+    format!(
+        "Also install what the test suite uses. Debian packages for the tests: {}. For the kernel \
+         matrix's VMs: {}, {QEMU_PACKAGE}, and Debian's {} kernels (fetched once into {}). For \
+         packaging: {}, and the pinned packagers (cargo install) {}.",
+        names(TEST_PACKAGES),
+        names(VM_PACKAGES),
+        kernels.join(", "),
+        crate::vm::kernels::cache_dir().display(),
+        names(PACKAGE_PACKAGES),
+        packagers.join(", ")
+    )
+}
+
+/// `setup --bench`'s long help, from the table `bench_deps` installs.
+pub fn bench_help() -> String {
+    format!(
+        "Also install the Debian packages the bench uses (the soak uses them too, and prometheus \
+         from --test): {}.",
+        names(BENCH_PACKAGES)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// The words of `setup`'s long help for `flag`, as `cargo xtask setup --help` shows it.
+    fn words(flag: &str) -> Vec<String> {
+        let cmd = crate::Cli::command();
+        let setup = cmd.find_subcommand("setup").unwrap();
+        let arg = setup.get_arguments().find(|a| a.get_id() == flag).unwrap();
+        let help = arg.get_long_help().unwrap().to_string();
+        // A package name is made of these: "rpm" is not a word of "cargo-generate-rpm".
+        help.split(|c: char| !(c.is_ascii_alphanumeric() || "-+.".contains(c)))
+            .map(|w| w.trim_end_matches('.').to_string())
+            .collect()
+    }
+
+    #[test]
+    fn setup_help_names_every_package() {
+        let test = words("test");
+        for (_, pkg) in TEST_PACKAGES
+            .iter()
+            .chain(VM_PACKAGES)
+            .chain(PACKAGE_PACKAGES)
+            .chain(&[("", QEMU_PACKAGE)])
+        {
+            assert!(test.iter().any(|w| w == pkg), "--test's help lacks {pkg}");
+        }
+        for (krate, version) in PACKAGERS {
+            assert!(
+                test.iter().any(|w| w == krate),
+                "--test's help lacks {krate}"
+            );
+            assert!(
+                test.iter().any(|w| w == version),
+                "--test's help lacks {version}"
+            );
+        }
+        let bench = words("bench");
+        for (_, pkg) in BENCH_PACKAGES {
+            assert!(bench.iter().any(|w| w == pkg), "--bench's help lacks {pkg}");
+        }
+    }
 }

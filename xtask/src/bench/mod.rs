@@ -37,7 +37,7 @@ use sys::{Container, Proc};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Live containers for the scale scenarios.
+    /// Live containers for the main scenarios (default 1000; 50 with --quick).
     #[arg(long)]
     containers: Option<usize>,
     /// A short run for development (50 containers, short phases); writes to target/bench-quick
@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// The scale curve's numbers of live containers, comma-separated (default 100,1000,10000;
-    /// 20,50,100 with --quick); `none` skips the curve.
+    /// 20,50,100 with --quick or --curve-only); `none` skips the curve.
     #[arg(long)]
     curve: Option<String>,
     /// Only the scale curve (no hook loops, Pushgateway or lifecycle phases at N): for
@@ -591,6 +591,6 @@ pub fn row(
         ratio,
         target: target.to_string(),
         met,
-        why: String::new(),
+        why: None,
     }
 }

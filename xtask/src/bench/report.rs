@@ -1,8 +1,15 @@
 //! The bench's output: docs/benchmarks.md (machine line, summary table, per-scenario details),
 //! docs/benchmarks.json (the raw numbers) and the summary between the bench markers of README.md.
-use std::{fmt::Write as _, path::Path, process::Command};
+//!
+//! The code here computes: the summary's rows, each phase's numbers (a typed section) and the
+//! raw JSON. The words are the templates' (`templates/`, MiniJinja, built into the binary):
+//! benchmarks.md.j2 for docs/benchmarks.md, readme.md.j2 for the README's summary, and
+//! table.md.j2, the summary table both show.
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, syntax::SyntaxConfig};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -16,6 +23,7 @@ use super::{
     sys::Spread,
 };
 
+#[derive(Serialize)]
 pub struct Row {
     pub scenario: String,
     pub ours: String,
@@ -24,14 +32,318 @@ pub struct Row {
     pub target: String,
     pub met: Option<bool>,
     /// For the closing note when missed: what the profile showed, what would close it.
-    pub why: String,
+    pub why: Option<Why>,
 }
 
 impl Row {
-    fn why(mut self, s: impl Into<String>) -> Row {
-        self.why = s.into();
+    fn why(mut self, why: Why) -> Row {
+        self.why = Some(why);
         self
     }
+}
+
+/// Why a row's target may be missed, with the numbers the closing note gives; the words are
+/// the `why` macro's in benchmarks.md.j2, by `kind`.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Why {
+    SamplingVsFloor {
+        files_per_pass: usize,
+        containers: usize,
+        files_floor_pct: f64,
+        files_ratio: f64,
+    },
+    SamplingAbsolute {
+        floor_pct: f64,
+        files_floor_pct: f64,
+        points_above: f64,
+    },
+    Rss,
+    Visible {
+        registered_median_ms: f64,
+        poll_scrape_ms: f64,
+    },
+    HostLoop {
+        a_drift_pct: f64,
+    },
+    Bpftrace,
+    CurveStopped,
+    CurvePass,
+    CurveRss,
+    CurveGrowth,
+}
+
+/// Median, p99 and max of some latencies, ms.
+#[derive(Serialize)]
+struct Quantiles {
+    median: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Quantiles {
+    fn of(values: &[f64]) -> Quantiles {
+        let s = Spread::of(values);
+        Quantiles {
+            median: s.median,
+            p99: pct_of(values, 0.99),
+            max: s.max,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AdmissionSection {
+    n: usize,
+    spawn_s: f64,
+    host_processes: usize,
+    /// The host's processes once every launcher and its child run.
+    processes_with_launchers: usize,
+    total_s: f64,
+    per_s: f64,
+    latency: Quantiles,
+}
+
+#[derive(Serialize)]
+struct SamplingSection {
+    containers: usize,
+    interval_ms: u64,
+    window_s: f64,
+    probes: usize,
+    files_per_pass: usize,
+    distinct: usize,
+    by_kind: Vec<(String, usize)>,
+    floor_failed: u64,
+    daemon_pct: f64,
+    daemon_slices: Spread,
+    floor_pct: f64,
+    floor_slices: Spread,
+    files_floor_pct: f64,
+    files_floor_slices: Spread,
+    pass_ms: f64,
+    profile: Option<String>,
+}
+
+/// One server and encoding of the scrape table.
+#[derive(Serialize)]
+struct ScrapeCase {
+    name: &'static str,
+    rps: Spread,
+    p50_ms: Spread,
+    p99_ms: Spread,
+    bytes: usize,
+    cpu_ms_per_scrape: Spread,
+}
+
+#[derive(Serialize)]
+struct ScrapeSection {
+    containers: usize,
+    groups: usize,
+    series_per_group: f64,
+    text_mb: f64,
+    pg_version: String,
+    load_s: f64,
+    cases: Vec<ScrapeCase>,
+}
+
+#[derive(Serialize)]
+struct LifecycleSection {
+    n: usize,
+    poll_scrape_ms: f64,
+    registered: Quantiles,
+    visible: Quantiles,
+    ended: Quantiles,
+    bulk_n: usize,
+    kill_s: f64,
+    bulk: Quantiles,
+}
+
+/// The daemon's VmRSS in MiB at each point of the run.
+#[derive(Serialize)]
+struct MemorySection {
+    idle: f64,
+    containers: usize,
+    full: f64,
+    stressed: f64,
+    after: f64,
+    lifecycle_n: usize,
+    after2: f64,
+    leftover_cgroups: usize,
+}
+
+/// One loop kind of the hook cost: A/B per iteration, and the programs' share of it.
+#[derive(Serialize)]
+struct HookLoop {
+    name: &'static str,
+    a_before_us: Spread,
+    b_us: Spread,
+    a_after_us: Spread,
+    slowdown_pct: f64,
+    bpf_ns: f64,
+    a_us: f64,
+    bpf_pct: f64,
+}
+
+#[derive(Serialize)]
+struct ProgRun {
+    name: String,
+    runs: u64,
+    ns_per_run: f64,
+}
+
+/// Ours against bpftrace's one lookup on one tracepoint, ns per run (none where not seen).
+#[derive(Serialize)]
+struct Reference {
+    tracepoint: &'static str,
+    ours: Option<f64>,
+    bpftrace: Option<f64>,
+    ratio: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct HooksSection {
+    iterations: u64,
+    containers: usize,
+    pinned: String,
+    loops: Vec<HookLoop>,
+    stats_iterations: u64,
+    progs: Vec<ProgRun>,
+    reference: Vec<Reference>,
+}
+
+/// One figure of the curve's table: its value at each N and the exponent of its growth.
+#[derive(Serialize)]
+struct FigureRow {
+    label: &'static str,
+    digits: usize,
+    values: Vec<f64>,
+    growth: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct CurveSection {
+    ns: Vec<usize>,
+    sampling_secs: u64,
+    wrk_secs: u64,
+    lifecycle_n: usize,
+    /// Whether the network collector was on; if not, for lack of descriptors: the largest N
+    /// asked for and the limit.
+    network: bool,
+    largest: usize,
+    nofile: u64,
+    figures: Vec<FigureRow>,
+    plotted: bool,
+    faster: Vec<&'static str>,
+}
+
+/// The details of benchmarks.md, one per phase, in the template's order; a phase that did not
+/// run (a failed run, `--curve-only`) has none.
+#[derive(Serialize, Default)]
+struct Sections {
+    admission: Option<AdmissionSection>,
+    sampling: Option<SamplingSection>,
+    scrape: Option<ScrapeSection>,
+    lifecycle: Option<LifecycleSection>,
+    memory: Option<MemorySection>,
+    hooks: Option<HooksSection>,
+    curve: Option<CurveSection>,
+}
+
+/// The texts of the report written by hand from the measurements (xtask/src/bench/profile.md
+/// and curve.md).
+#[derive(Serialize)]
+struct Prose {
+    profile: String,
+    curve: String,
+}
+
+impl Prose {
+    /// Read when the report is written, so that they can be brought up to date while a run
+    /// goes on.
+    fn read() -> Prose {
+        let read = |name: &str| {
+            let path = crate::workspace_root().join("xtask/src/bench").join(name);
+            std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
+        };
+        Prose {
+            profile: read("profile.md"),
+            curve: read("curve.md"),
+        }
+    }
+}
+
+/// benchmarks.md.j2's context.
+#[derive(Serialize)]
+struct Page<'a> {
+    date: &'a str,
+    machine: &'a str,
+    config: &'a str,
+    rows: &'a [Row],
+    missed: Vec<&'a Row>,
+    #[serde(flatten)]
+    sections: &'a Sections,
+    notes: &'a [String],
+    prose: &'a Prose,
+    /// The soak's section of the benchmarks.md before, markers included.
+    soak: Option<&'a str>,
+}
+
+/// readme.md.j2's context.
+#[derive(Serialize)]
+struct Summary<'a> {
+    date: &'a str,
+    machine: &'a str,
+    rows: &'a [Row],
+    begin: &'a str,
+    end: &'a str,
+    /// The sentence that opens the README's section the first time.
+    intro: bool,
+}
+
+/// Built into xtask, so that a report is written the same from any checkout state; only the
+/// hand-written prose is read at run time (`Prose`).
+const TEMPLATES: [(&str, &str); 3] = [
+    (
+        "benchmarks.md.j2",
+        include_str!("templates/benchmarks.md.j2"),
+    ),
+    ("readme.md.j2", include_str!("templates/readme.md.j2")),
+    ("table.md.j2", include_str!("templates/table.md.j2")),
+];
+
+/// `{{ x|fixed(d) }}`: x with d decimals, as `format!("{x:.d$}")` writes it.
+fn fixed(x: f64, digits: usize) -> String {
+    format!("{x:.digits$}")
+}
+
+/// `{{ x|signed(d) }}`: x with its sign and d decimals.
+fn signed(x: f64, digits: usize) -> String {
+    format!("{x:+.digits$}")
+}
+
+fn render(name: &str, ctx: impl Serialize) -> Result<String> {
+    let mut env = Environment::new();
+    // Markdown: the values go in as they are. Blocks take the newline after them, so that a
+    // line holding only a block tag leaves nothing.
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .context("the report templates' syntax")?,
+    );
+    // A name the context lacks is a mistake in the template, not an empty string.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.add_filter("fixed", fixed);
+    env.add_filter("signed", signed);
+    for (n, source) in TEMPLATES {
+        env.add_template(n, source)
+            .with_context(|| format!("xtask/src/bench/templates/{n}"))?;
+    }
+    env.get_template(name)
+        .and_then(|t| t.render(minijinja::value::Serde(ctx)))
+        .with_context(|| format!("rendering xtask/src/bench/templates/{name}"))
 }
 
 pub struct Report {
@@ -39,7 +351,7 @@ pub struct Report {
     date: String,
     config: String,
     rows: Vec<Row>,
-    details: Vec<String>,
+    sections: Sections,
     notes: Vec<String>,
     raw: Map<String, Value>,
     interval_ms: u64,
@@ -55,13 +367,8 @@ pub struct Report {
 
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
-
-/// A text of the report written by hand from the measurements (xtask/src/bench/<name>), read
-/// when the report is written, so that it can be brought up to date while a run goes on.
-fn prose(name: &str) -> String {
-    let path = crate::workspace_root().join("xtask/src/bench").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
-}
+/// The README's section the summary goes in when the README has no markers yet.
+const HEADING: &str = "\n## Benchmarks\n";
 
 fn sampling_json(s: &Sampling) -> Value {
     json!({"containers": s.containers, "window_s": s.window_s, "daemon_pct_of_core": s.daemon_pct,
@@ -116,7 +423,7 @@ impl Report {
             date,
             config,
             rows: Vec::new(),
-            details: Vec::new(),
+            sections: Sections::default(),
             notes: Vec::new(),
             raw,
             interval_ms: c.interval_ms,
@@ -154,25 +461,15 @@ impl Report {
             "(reported)",
             None,
         ));
-        self.details.push(format!(
-            "### Admission\n\n{} launchers (`apptheus-exec -- sleep infinity`) started back to back in {:.1} s \
-             on a host with {} other processes ({} once every launcher and its child run); the last container was \
-             registered {:.1} s after the first launcher started ({:.1} containers/s). Per container, from its \
-             launcher's start to its `apptheus_container_start_time_seconds`: median {:.1} ms, p99 {:.1} ms, max \
-             {:.1} ms (launchers wait in the socket's backlog while earlier ones are registered). Registration \
-             reads every process's /proc/<pid>/stat at least twice per container (to find the launcher's \
-             descendants), so admitting N containers costs N times the host's process count, which the \
-             launchers themselves raise.\n",
-            a.n,
-            a.spawn_s,
-            a.host_processes,
-            a.host_processes + 2 * a.n,
-            a.total_s,
-            a.n as f64 / a.total_s,
-            lat.median,
-            p99,
-            lat.max
-        ));
+        self.sections.admission = Some(AdmissionSection {
+            n: a.n,
+            spawn_s: a.spawn_s,
+            host_processes: a.host_processes,
+            processes_with_launchers: a.host_processes + 2 * a.n,
+            total_s: a.total_s,
+            per_s: a.n as f64 / a.total_s,
+            latency: Quantiles::of(&a.latency_ms),
+        });
     }
 
     pub fn sampling(&mut self, s: &Sampling) {
@@ -188,19 +485,12 @@ impl Report {
                 "≤ 2×",
                 Some(ratio <= 2.0),
             )
-            .why(format!(
-                "The floor reads the probes and nothing else. The daemon reads them the same way (kept \
-                 open, one pread each), and besides (a) reads again what can move in an idle container \
-                 every 30 s ({} opens per pass at {} containers; the same-files floor, which does that \
-                 too, costs {:.2}%, and the daemon is {files_ratio:.2}× of it), and (b) is a whole daemon: \
-                 its eBPF event ring is read every 250 ms when nothing happens (every 20 ms after an event), \
-                 each pass is handed to a blocking thread and back, the process counters come in one batched map \
-                 read. What the profile shows of each is in the Sampling section; the scale curve's \
-                 smallest N shows the part that does not grow with N.",
-                s.files_per_pass,
-                s.containers,
-                s.files_floor_pct,
-            )),
+            .why(Why::SamplingVsFloor {
+                files_per_pass: s.files_per_pass,
+                containers: s.containers,
+                files_floor_pct: s.files_floor_pct,
+                files_ratio,
+            }),
         );
         self.push(
             super::row(
@@ -211,14 +501,11 @@ impl Report {
                 "≤ 1.5%",
                 Some(s.daemon_pct <= 1.5),
             )
-            .why(format!(
-                "The probe floor costs {:.2}% of a core and the same-files floor {:.2}%; the daemon's \
-                 {:.2} points above the latter are its own work per container and pass (a profile is in \
-                 the Sampling section).",
-                s.floor_pct,
-                s.files_floor_pct,
-                s.daemon_pct - s.files_floor_pct
-            )),
+            .why(Why::SamplingAbsolute {
+                floor_pct: s.floor_pct,
+                files_floor_pct: s.files_floor_pct,
+                points_above: s.daemon_pct - s.files_floor_pct,
+            }),
         );
         self.push(super::row(
             "Sampling CPU, % of one core (vs the same-files floor)",
@@ -228,43 +515,24 @@ impl Report {
             "(reported)",
             None,
         ));
-        let kinds = s
-            .by_kind
-            .iter()
-            .map(|(k, n)| format!("`{k}` ×{n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.details.push(format!(
-            "### Sampling cost\n\n{} containers, `--monitor.interval={}ms`, no scrapes, {:.0} s. Two floors \
-             (`xtask/bench/floor.c`) run side by side with the daemon: **the floor** keeps every container's CPU \
-             probe ({} files: v1 `cpuacct.usage`, else v2 `cpu.stat`) open and reads each with one `pread` at \
-             offset 0 per pass, the least any reader of these files can do; **the same-files floor** does that \
-             and also opens, reads and closes every other file the daemon opened, at the daemon's rate — {} opens \
-             per pass, {} distinct paths, taken from `strace -f -e trace=openat` on the running daemon over 30 s: \
-             {kinds} ({} of its reads failed).\n\n\
-             | | % of one core, whole window | per 10 s slice: median (min–max) |\n| --- | --- | --- |\n\
-             | apptheus | {:.2}% | {} |\n| floor (probes, pread) | {:.2}% | {} |\n| same-files floor | {:.2}% | {} |\n\n\
-             One pass takes {:.1} ms of wall time (the daemon's `apptheus_sample_duration_seconds` over the window).\n\n{}\n{}",
-            s.containers,
-            self.interval_ms,
-            s.window_s,
-            s.probes,
-            s.files_per_pass,
-            s.distinct,
-            s.floor_failed,
-            s.daemon_pct,
-            s.daemon_slices.show(2),
-            s.floor_pct,
-            s.floor_slices.show(2),
-            s.files_floor_pct,
-            s.files_floor_slices.show(2),
-            s.pass_ms,
-            prose("profile.md"),
-            s.profile.as_ref().map_or(String::new(), |p| format!(
-                "\nThis run's profile of the idle daemon (`perf record -F 999 -g` for 20 s after the measured window; \
-                 self time by symbol, 1.5% and more):\n\n```\n{p}\n```\n"
-            )),
-        ));
+        self.sections.sampling = Some(SamplingSection {
+            containers: s.containers,
+            interval_ms: self.interval_ms,
+            window_s: s.window_s,
+            probes: s.probes,
+            files_per_pass: s.files_per_pass,
+            distinct: s.distinct,
+            by_kind: s.by_kind.clone(),
+            floor_failed: s.floor_failed,
+            daemon_pct: s.daemon_pct,
+            daemon_slices: s.daemon_slices,
+            floor_pct: s.floor_pct,
+            floor_slices: s.floor_slices,
+            files_floor_pct: s.files_floor_pct,
+            files_floor_slices: s.files_floor_slices,
+            pass_ms: s.pass_ms,
+            profile: s.profile.clone(),
+        });
     }
 
     pub fn scrape(&mut self, s: &Scrape) {
@@ -311,42 +579,31 @@ impl Report {
             "(reported)",
             None,
         ));
-        let mut t = String::new();
-        let _ = writeln!(
-            t,
-            "### Scrape at scale\n\n{} live containers; the same container series ({} groups of {:.1} series, {:.2} MB of \
-             text) pushed into Pushgateway {} in {:.2} s (one `PUT /metrics/job/<container id>` per container, \
-             sequentially over one connection). `wrk -t2 -c4 -d… --latency`, with and without \
-             `Accept-Encoding: gzip`, alternating between the two servers. Medians over the runs (min–max). \
-             CPU per scrape: the server's utime+stime over the run / requests.\n",
-            self.containers,
-            s.groups,
-            s.series_per_group,
-            s.container_text_bytes as f64 / 1e6,
-            s.pg_version,
-            s.load_s
-        );
-        let _ = writeln!(
-            t,
-            "| server, encoding | requests/s | p50 ms | p99 ms | bytes/response | CPU ms/scrape |\n| --- | --- | --- | --- | --- | --- |"
-        );
-        for (name, c) in [
+        let cases = [
             ("apptheus, gzip", &s.ours_gzip),
             ("Pushgateway, gzip", &s.pg_gzip),
             ("apptheus, plain", &s.ours_plain),
             ("Pushgateway, plain", &s.pg_plain),
-        ] {
-            let _ = writeln!(
-                t,
-                "| {name} | {} | {} | {} | {} | {} |",
-                c.spread(|w| w.rps).show(0),
-                c.spread(|w| w.p50_ms).show(2),
-                c.spread(|w| w.p99_ms).show(2),
-                c.bytes,
-                c.spread(|w| w.cpu_ms_per_scrape).show(3),
-            );
-        }
-        self.details.push(t);
+        ]
+        .into_iter()
+        .map(|(name, c)| ScrapeCase {
+            name,
+            rps: c.spread(|w| w.rps),
+            p50_ms: c.spread(|w| w.p50_ms),
+            p99_ms: c.spread(|w| w.p99_ms),
+            bytes: c.bytes,
+            cpu_ms_per_scrape: c.spread(|w| w.cpu_ms_per_scrape),
+        })
+        .collect();
+        self.sections.scrape = Some(ScrapeSection {
+            containers: self.containers,
+            groups: s.groups,
+            series_per_group: s.series_per_group,
+            text_mb: s.container_text_bytes as f64 / 1e6,
+            pg_version: s.pg_version.clone(),
+            load_s: s.load_s,
+            cases,
+        });
     }
 
     pub fn memory(&mut self, rss: [f64; 5], ended: &Ended) {
@@ -370,10 +627,7 @@ impl Report {
                 "≤ 32 MiB",
                 Some(full <= 32.0),
             )
-            .why(
-                "the container state itself is small; see the Memory section for what the scrape \
-                 buffers add",
-            ),
+            .why(Why::Rss),
         );
         self.push(super::row(
             "RSS after the wrk runs (4 connections, plain and gzip), MiB",
@@ -391,20 +645,16 @@ impl Report {
             "no growth left (≤ +1 MiB, no cgroup left)",
             Some(after2 <= after + 1.0 && ended.leftover_cgroups == 0),
         ));
-        self.details.push(format!(
-            "### Memory\n\nVmRSS of the daemon: idle {idle:.1} MiB (before any container or scrape); with {} \
-             containers, sampled and scraped once with gzip, {full:.1} MiB; after the wrk runs {stressed:.1} MiB; \
-             after all of them ended and their retention passed {after:.1} MiB; after the lifecycle phase's {} \
-             containers came and went too {after2:.1} MiB. Container cgroup directories left behind: {}.\n\n\
-             What the wrk runs add is scrape buffers the allocator keeps: a plain scrape copies the whole cached \
-             text into a new body (1.5 MB at 1,000 containers, up to 4 at a time), and each gzip scrape builds a \
-             fresh compressor for the daemon's own few KB; glibc keeps freed large blocks in per-thread arenas \
-             (`MALLOC_MMAP_THRESHOLD_=131072` cut it by about a third in a side experiment at 300 containers). \
-             Serving the cached snapshot as shared `Bytes` (no copy) and writing the daemon's part as a stored \
-             gzip member would remove both. The second cycle shows whether anything is left per container: \
-             memory kept from the peak is reused, state left behind would add.\n",
-            self.containers, self.lifecycle_n, ended.leftover_cgroups
-        ));
+        self.sections.memory = Some(MemorySection {
+            idle,
+            containers: self.containers,
+            full,
+            stressed,
+            after,
+            lifecycle_n: self.lifecycle_n,
+            after2,
+            leftover_cgroups: ended.leftover_cgroups,
+        });
     }
 
     pub fn lifecycle(&mut self, l: &Life, e: &Ended) {
@@ -431,13 +681,10 @@ impl Report {
                 "≤ 1 interval",
                 Some(vis.max <= interval),
             )
-            .why(format!(
-                "Registration itself takes {:.1} ms (median); the series appear with the next sampling pass, \
-                 so the worst case is one interval plus a pass plus the poll's own period ({:.1} ms per \
-                 scrape, every 10 ms). Publishing a snapshot right after a container is admitted (daemon and \
-                 registry, not changed here) would make it the registration time.",
-                reg.median, l.poll_scrape_ms
-            )),
+            .why(Why::Visible {
+                registered_median_ms: reg.median,
+                poll_scrape_ms: l.poll_scrape_ms,
+            }),
         );
         self.push(super::row(
             &format!("Last exit → ended, max of {} (ms)", l.n),
@@ -447,47 +694,21 @@ impl Report {
             "≤ 100 ms",
             Some(end.max <= 100.0),
         ));
-        self.details.push(format!(
-            "### Lifecycle latency\n\n{} containers started 20 ms apart while a poller scraped /metrics every 10 ms \
-             (a scrape took {:.1} ms on average); then ended (launcher and child killed by pid) 20 ms apart.\n\n\
-             | | median | p99 | max |\n| --- | --- | --- | --- |\n\
-             | launcher start → registered (start_time_seconds) | {:.1} | {:.1} | {:.1} |\n\
-             | launcher start → visible on /metrics (first poll showing it) | {:.1} | {:.1} | {:.1} |\n\
-             | kill → marked ended (end_time_seconds) | {:.1} | {:.1} | {:.1} |\n\
-             | all {} containers killed at once ({:.1} s to kill them): kill → ended | {:.1} | {:.1} | {:.1} |\n\n\
-             Visible waits for the next sampling pass by design (the series are rendered once per pass), so it is \
-             bounded by one interval plus a pass, plus the poll's period. Ended is taken from the daemon's own \
-             timestamp of the exit event, measured from just before the kill: it includes the processes' exit.\n",
-            l.n,
-            l.poll_scrape_ms,
-            reg.median,
-            q(&l.registered_ms),
-            reg.max,
-            vis.median,
-            q(&l.visible_ms),
-            vis.max,
-            end.median,
-            q(&l.ended_ms),
-            end.max,
-            e.n,
-            e.kill_s,
-            bulk.median,
-            q(&e.ended_ms),
-            bulk.max,
-        ));
+        self.sections.lifecycle = Some(LifecycleSection {
+            n: l.n,
+            poll_scrape_ms: l.poll_scrape_ms,
+            registered: Quantiles::of(&l.registered_ms),
+            visible: Quantiles::of(&l.visible_ms),
+            ended: Quantiles::of(&l.ended_ms),
+            bulk_n: e.n,
+            kill_s: e.kill_s,
+            bulk: Quantiles::of(&e.ended_ms),
+        });
     }
 
     pub fn hooks(&mut self, a1: &Loops, b: &WithDaemon, a2: &Loops) {
         let mut raw = Map::new();
-        let mut t = format!(
-            "### eBPF hook cost\n\nThe host's loops (`xtask/bench/forkloop.c`, untracked processes, each child \
-             waited for), {} iterations per run; A before the daemon started, B while it tracked {} containers, A \
-             again after it stopped. Pinning: {}. Slowdown: median of B against the median of both A phases.\n\n\
-             | loop | A before, us/iteration | B (daemon), us/iteration | A after, us/iteration | slowdown |\n\
-             | --- | --- | --- | --- | --- |\n",
-            self.fork_iterations, self.containers, b.pinned
-        );
-        let mut bpf_rows = Vec::new();
+        let mut loops = Vec::new();
         for (exec, name) in [(false, "fork+exit"), (true, "fork+execve(/bin/true)+exit")] {
             let (sa, sb, slow) = hooks::slowdown(a1, &b.loops, a2, exec);
             let ns = |l: &Loops| {
@@ -497,23 +718,22 @@ impl Report {
                     l.exit_ns.clone()
                 }
             };
-            let pick = |l: &Loops| {
+            let us = |l: &Loops| {
                 let v: Vec<f64> = ns(l).iter().map(|x| x / 1000.0).collect();
                 Spread::of(&v)
             };
-            let _ = writeln!(
-                t,
-                "| {name} | {} | {} | {} | {slow:+.2}% |",
-                pick(a1).show(1),
-                pick(&b.loops).show(1),
-                pick(a2).show(1)
-            );
             let bpf_ns = if exec { b.exec_bpf_ns } else { b.exit_bpf_ns };
             let bpf_pct = bpf_ns / sa.median * 100.0;
-            bpf_rows.push(format!(
-                "| {name} | {bpf_ns:.0} | {:.1} | {bpf_pct:.2}% |",
-                sa.median / 1000.0
-            ));
+            loops.push(HookLoop {
+                name,
+                a_before_us: us(a1),
+                b_us: us(&b.loops),
+                a_after_us: us(a2),
+                slowdown_pct: slow,
+                bpf_ns,
+                a_us: sa.median / 1000.0,
+                bpf_pct,
+            });
             raw.insert(
                 name.into(),
                 json!({"a_ns": sa.json(), "b_ns": sb.json(), "slowdown_pct": slow,
@@ -530,11 +750,9 @@ impl Report {
                     "≤ 1% slower",
                     Some(slow <= 1.0),
                 )
-                .why(format!(
-                    "The two A phases (no daemon) differ by {a_drift:+.1}% from each other, so the A/B timing \
-                     cannot resolve 1% on this machine in this run; the BPF run-time row below measures the \
-                     programs directly."
-                )),
+                .why(Why::HostLoop {
+                    a_drift_pct: a_drift,
+                }),
             );
             self.push(super::row(
                 &format!("Host {name}: BPF programs' run time per iteration (vs the iteration)"),
@@ -545,36 +763,20 @@ impl Report {
                 Some(bpf_pct <= 1.0),
             ));
         }
-        let _ = writeln!(
-            t,
-            "\nPer loop iteration (each loop run alone with the statistics on): the programs' total run time \
-             against the iteration's time without the daemon. The programs run for every task on the host, so \
-             other processes forking during the loop count too: an upper bound, and less noisy than the A/B \
-             timing on a shared machine.\n\n| loop | BPF ns per iteration | A us per iteration | share |\n\
-             | --- | --- | --- | --- |\n{}",
-            bpf_rows.join("\n")
-        );
-        let _ = writeln!(
-            t,
-            "\nThe programs' own run time, from `kernel.bpf_stats_enabled=1` (on only for one extra loop of each kind, \
-             {} iterations, then restored) and `bpftool prog show`:\n\n| program | runs | ns per run |\n| --- | --- | --- |",
-            b.stats_iterations
-        );
         let mut progs = Vec::new();
+        let mut prog_runs = Vec::new();
         for p in &b.progs {
             let per = p.run_time_ns as f64 / p.run_cnt.max(1) as f64;
-            let _ = writeln!(t, "| `{}` | {} | {per:.0} |", p.name, p.run_cnt);
+            prog_runs.push(ProgRun {
+                name: p.name.clone(),
+                runs: p.run_cnt,
+                ns_per_run: per,
+            });
             progs.push(json!({"name": p.name, "run_cnt": p.run_cnt, "run_time_ns": p.run_time_ns, "ns_per_run": per}));
         }
         raw.insert("bpf_stats".into(), json!(progs));
-        let _ = writeln!(
-            t,
-            "\nAgainst bpftrace in the same loops (its programs attached to the same tracepoints at the same \
-             time, each doing one lookup in a hash map keyed by the current tgid: the least a process tracker \
-             can do). The loops' processes are untracked, as almost every task on a host is:\n\n\
-             | tracepoint | ours, ns per run | bpftrace, ns per run | ratio |\n| --- | --- | --- | --- |"
-        );
         let mut reference = Vec::new();
+        let mut references = Vec::new();
         for (tracepoint, ours) in hooks::HOOKS {
             let (o, r) = (
                 hooks::ns_per_run(&b.progs, ours),
@@ -582,13 +784,12 @@ impl Report {
             );
             let show = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.0}"));
             let ratio = o.zip(r).map(|(o, r)| o / r);
-            let _ = writeln!(
-                t,
-                "| `{tracepoint}` | {} | {} | {} |",
-                show(o),
-                show(r),
-                ratio.map_or("—".to_string(), |x| format!("{x:.2}×"))
-            );
+            references.push(Reference {
+                tracepoint,
+                ours: o,
+                bpftrace: r,
+                ratio,
+            });
             reference.push(
                 json!({"tracepoint": tracepoint, "ours_ns_per_run": o, "bpftrace_ns_per_run": r}),
             );
@@ -601,23 +802,43 @@ impl Report {
                     "≤ 1.5×",
                     Some(ratio.is_some_and(|x| x <= 1.5)),
                 )
-                .why(
-                    "Both sides ran in the same loops with the same statistics on; look at what the program \
-                     does before its first lookup (`bpftool prog dump xlated`) and at the size of the map it \
-                     looks into first.",
-                ),
+                .why(Why::Bpftrace),
             );
         }
         raw.insert("bpftrace_reference".into(), json!(reference));
         raw.insert("pinning".into(), json!(b.pinned));
         self.raw.insert("hooks".into(), Value::Object(raw));
-        self.details.push(t);
+        self.sections.hooks = Some(HooksSection {
+            iterations: self.fork_iterations,
+            containers: self.containers,
+            pinned: b.pinned.clone(),
+            loops,
+            stats_iterations: b.stats_iterations,
+            progs: prog_runs,
+            reference: references,
+        });
     }
 
     /// The scale curve: a table of every figure per N, the plots (`benchmarks-curve.png` in
     /// `out`), the growth of each figure from the smallest N to the largest, and the rows for
     /// the summary table (RSS and pass time at the largest N).
     pub fn curve(&mut self, points: &[Point], out: &Path) {
+        if points.is_empty() {
+            return;
+        }
+        let plotted = match super::plot::draw(&out.join("benchmarks-curve.png"), &panels(points)) {
+            Ok(()) => true,
+            Err(e) => {
+                self.notes
+                    .push(format!("The curve's plot was not drawn: {e:#}"));
+                false
+            }
+        };
+        self.curve_drawn(points, plotted);
+    }
+
+    /// `curve` once the plots were drawn (or not): the table, the growth and the rows.
+    fn curve_drawn(&mut self, points: &[Point], plotted: bool) {
         if points.is_empty() {
             return;
         }
@@ -801,179 +1022,38 @@ impl Report {
                 false,
             ),
         ];
-        let mut t = String::from("### Scale curve\n\n");
-        let _ = writeln!(
-            t,
-            "The same scenarios at {} live containers, each N with a fresh daemon and light launchers \
-             (`xtask/bench/launcher.c`: a C process that forks one sleeping child, connects to the socket as \
-             apptheus-exec does, sends nothing and holds the connection; trusted by path). Sampling: {} s \
-             side by side with both floors, no scrapes; scrapes: one `wrk -t2 -c4 -d{}s` run with and one \
-             without gzip; lifecycle: {} containers started, then killed, one every 20 ms next to the N live, \
-             while a poller scraped /metrics back to back (every 10 ms at most); then all N killed at once. \
-             `kernel.pid_max` raised for the curve where it was too small, restored after.{}\n",
-            points
-                .iter()
-                .map(|p| p.n.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.curve_sampling_secs,
-            self.wrk_secs,
-            points[0].life.n,
-            if points[0].network {
-                String::new()
-            } else {
-                format!(
-                    " **The network collector was off for the whole curve** (`--collector.disable=network`: its two \
-                     programs are not attached, two descriptors less per container): each container holds its \
-                     launcher's connection and two BPF links in the daemon, and {} of them do not fit in this \
-                     machine's descriptor limit ({}; the hard limit here cannot be raised without \
-                     CAP_SYS_RESOURCE, which this sandbox lacks). On a host whose limit allows it \
-                     (systemd's default hard limit is 524288), they stay on.",
-                    self.curve_largest, self.nofile
-                )
-            }
-        );
-        let _ = write!(t, "| figure |");
-        for p in points {
-            let _ = write!(t, " N = {} |", p.n);
-        }
-        let _ = write!(t, " growth |\n| --- |");
-        for _ in points {
-            let _ = write!(t, " --- |");
-        }
-        t.push_str(" --- |\n");
         let (first, last) = (&points[0], &points[points.len() - 1]);
         let span = (last.n as f64 / first.n as f64).ln();
         let mut faster = Vec::new();
-        for (label, digits, f, cost) in &figures {
-            let _ = write!(t, "| {label} |");
-            for p in points {
-                let _ = write!(t, " {:.digits$} |", f(p));
-            }
+        let mut rows = Vec::new();
+        for (label, digits, f, cost) in figures {
             let (a, b) = (f(first), f(last));
-            let growth = if points.len() > 1 && a > 0.0 && b > 0.0 && span > 0.0 {
+            let growth = (points.len() > 1 && a > 0.0 && b > 0.0 && span > 0.0).then(|| {
                 let k = (b / a).ln() / span;
-                if *cost && k > 1.2 {
-                    faster.push(*label);
+                if cost && k > 1.2 {
+                    faster.push(label);
                 }
-                format!("N^{k:.2}")
-            } else {
-                "—".into()
-            };
-            let _ = writeln!(t, " {growth} |");
+                k
+            });
+            rows.push(FigureRow {
+                label,
+                digits,
+                values: points.iter().map(&f).collect(),
+                growth,
+            });
         }
-        let _ = writeln!(
-            t,
-            "\nGrowth: the exponent k of N^k between the smallest and the largest N (1 is linear; a cost \
-             whose k is above 1.2 grows faster than N).\n"
-        );
-        let png = out.join("benchmarks-curve.png");
-        let series = |name: &str, f: &dyn Fn(&Point) -> f64| {
-            (
-                name.to_string(),
-                points
-                    .iter()
-                    .map(|p| (p.n as f64, f(p)))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let panel =
-            |title: &str, y: &str, linear: bool, series: Vec<(String, Vec<(f64, f64)>)>| Panel {
-                title: title.into(),
-                y: y.into(),
-                series,
-                linear,
-            };
-        let panels = vec![
-            panel(
-                "Admission of all N (launchers back to back)",
-                "seconds",
-                true,
-                vec![series("all N registered", &|p| p.admission.total_s)],
-            ),
-            panel(
-                "Sampling CPU, idle containers",
-                "% of one core",
-                true,
-                vec![
-                    series("apptheus", &|p| p.sampling.daemon_pct),
-                    series("floor (probes kept open, pread)", &|p| p.sampling.floor_pct),
-                    series("same-files floor", &|p| p.sampling.files_floor_pct),
-                ],
-            ),
-            panel(
-                "Sampling pass (apptheus_sample_duration_seconds)",
-                "ms",
-                true,
-                vec![series("one pass", &|p| p.sampling.pass_ms)],
-            ),
-            panel(
-                "CPU per scrape",
-                "ms",
-                true,
-                vec![
-                    series("plain", &|p| p.plain.cpu_ms_per_scrape),
-                    series("gzip", &|p| p.gzip.cpu_ms_per_scrape),
-                ],
-            ),
-            panel(
-                "Scrapes per second (wrk, 4 connections)",
-                "requests/s",
-                false,
-                vec![
-                    series("gzip", &|p| p.gzip.rps),
-                    series("plain", &|p| p.plain.rps),
-                ],
-            ),
-            panel(
-                "Resident memory of the daemon",
-                "MiB",
-                true,
-                vec![
-                    series("sampled, scraped once", &|p| p.rss_mib),
-                    series("after the wrk runs", &|p| p.rss_after_wrk_mib),
-                ],
-            ),
-            panel(
-                "Connect → visible on /metrics",
-                "ms",
-                false,
-                vec![
-                    series("max", &|p| Spread::of(&p.life.visible_ms).max),
-                    series("median", &|p| Spread::of(&p.life.visible_ms).median),
-                ],
-            ),
-            panel(
-                "Last exit → ended",
-                "ms",
-                false,
-                vec![
-                    series("max", &|p| Spread::of(&p.life.ended_ms).max),
-                    series("median", &|p| Spread::of(&p.life.ended_ms).median),
-                    series("all N at once, max", &|p| Spread::of(&p.bulk.ended_ms).max),
-                ],
-            ),
-        ];
-        match super::plot::draw(&png, &panels) {
-            Ok(()) => {
-                let _ = writeln!(
-                    t,
-                    "![Each figure against N, log-log; the dotted line is linear growth from the smallest N](benchmarks-curve.png)\n"
-                );
-            }
-            Err(e) => self
-                .notes
-                .push(format!("The curve's plot was not drawn: {e:#}")),
-        }
-        t.push_str(&prose("curve.md"));
-        if !faster.is_empty() {
-            let _ = writeln!(
-                t,
-                "\nFaster than linear in this run: {}.",
-                faster.join("; ")
-            );
-        }
-        self.details.push(t);
+        self.sections.curve = Some(CurveSection {
+            ns: points.iter().map(|p| p.n).collect(),
+            sampling_secs: self.curve_sampling_secs,
+            wrk_secs: self.wrk_secs,
+            lifecycle_n: first.life.n,
+            network: first.network,
+            largest: self.curve_largest,
+            nofile: self.nofile,
+            figures: rows,
+            plotted,
+            faster: faster.clone(),
+        });
 
         if last.n < self.curve_largest {
             self.push(
@@ -985,7 +1065,7 @@ impl Report {
                     "RSS ≤ 64 MiB, pass well under the interval",
                     Some(false),
                 )
-                .why("see the closing note for where it stopped"),
+                .why(Why::CurveStopped),
             );
             return;
         }
@@ -1003,7 +1083,7 @@ impl Report {
                 "well under (≤ 0.2×)",
                 Some(pass <= 0.2 * interval),
             )
-            .why("see the Scale curve section for what grows with N"),
+            .why(Why::CurvePass),
         );
         self.push(super::row(
             &format!(
@@ -1025,7 +1105,7 @@ impl Report {
                 "≤ 64 MiB",
                 Some(last.rss_mib <= 64.0),
             )
-            .why("see the Scale curve and Memory sections"),
+            .why(Why::CurveRss),
         );
         self.push(super::row(
             &format!(
@@ -1055,79 +1135,38 @@ impl Report {
                 "none without a documented reason",
                 Some(faster.iter().all(|f| DOCUMENTED.contains(f))),
             )
-            .why("the Scale curve section says why each grows as it does"),
+            .why(Why::CurveGrowth),
         );
-    }
-
-    fn table(&self) -> String {
-        let mut t = String::from(
-            "| scenario | apptheus | peer or floor | ratio | target | met? |\n| --- | --- | --- | --- | --- | --- |\n",
-        );
-        for r in &self.rows {
-            let met = match r.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "—",
-            };
-            let _ = writeln!(
-                t,
-                "| {} | {} | {} | {} | {} | {met} |",
-                r.scenario, r.ours, r.peer, r.ratio, r.target
-            );
-        }
-        t
     }
 
     pub fn write(&mut self, out: &Path, readme: bool) -> Result<()> {
+        self.write_with(out, readme, &Prose::read())
+    }
+
+    /// `write` with the hand-written texts given.
+    fn write_with(&mut self, out: &Path, readme: bool, prose: &Prose) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let missed: Vec<&Row> = self.rows.iter().filter(|r| r.met == Some(false)).collect();
-        let mut md = format!(
-            "# Benchmarks\n\nWritten by `cargo xtask bench` on {}.\n\n**Machine:** {}\n\n**Run:** {}\n\n\
-             Absolute times on a shared VM are noisy; the ratios, measured in the same run, are the figures that \
-             count. Raw numbers: [benchmarks.json](benchmarks.json).\n\n{}\n",
-            self.date,
-            self.machine,
-            self.config,
-            self.table()
-        );
-        for d in &self.details {
-            md.push('\n');
-            md.push_str(d);
-        }
-        md.push_str("\n## Closing note\n\n");
-        if missed.is_empty() && self.notes.is_empty() {
-            md.push_str("Every target was met in this run.\n");
-        } else {
-            for r in &missed {
-                let _ = writeln!(
-                    md,
-                    "- Missed: {}: apptheus {}, peer or floor {}, ratio {}; target {}.{}",
-                    r.scenario,
-                    r.ours,
-                    r.peer,
-                    r.ratio,
-                    r.target,
-                    if r.why.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" {}", r.why)
-                    }
-                );
-            }
-        }
-        for n in &self.notes {
-            let _ = writeln!(md, "- {n}");
-        }
         let md_path = out.join("benchmarks.md");
         // The soak's section (`cargo xtask soak`) is its own: kept as it is.
         let old = std::fs::read_to_string(&md_path).unwrap_or_default();
-        if let (Some(b), Some(e)) = (old.find(super::soak::BEGIN), old.find(super::soak::END))
-            && e > b
-        {
-            md.push('\n');
-            md.push_str(&old[b..e + super::soak::END.len()]);
-            md.push('\n');
-        }
+        let soak = match (old.find(super::soak::BEGIN), old.find(super::soak::END)) {
+            (Some(b), Some(e)) if e > b => Some(&old[b..e + super::soak::END.len()]),
+            _ => None,
+        };
+        let md = render(
+            "benchmarks.md.j2",
+            Page {
+                date: &self.date,
+                machine: &self.machine,
+                config: &self.config,
+                rows: &self.rows,
+                missed: self.rows.iter().filter(|r| r.met == Some(false)).collect(),
+                sections: &self.sections,
+                notes: &self.notes,
+                prose,
+                soak,
+            },
+        )?;
         std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
         self.raw.insert(
             "rows".into(),
@@ -1160,30 +1199,130 @@ impl Report {
         let path = crate::workspace_root().join("README.md");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let block = format!(
-            "{BEGIN}\nMeasured by `cargo xtask bench` on {} — {}. Details, method and the closing note: \
-             [docs/benchmarks.md](docs/benchmarks.md).\n\n{}{END}",
-            self.date,
-            self.machine,
-            self.table()
-        );
-        let new = if let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) {
-            format!("{}{block}{}", &text[..b], &text[e + END.len()..])
-        } else if let Some(h) = text.find("\n## Benchmarks\n") {
-            let body = h + "\n## Benchmarks\n".len();
-            let next = text[body..]
-                .find("\n## ")
-                .map_or(text.len(), |i| body + i + 1);
-            format!(
-                "{}\n`cargo xtask bench` (as root; about 15 minutes, not part of `cargo xtask test`) installs \
-                 Pushgateway, wrk, strace and bpftool from Debian, runs every scenario side by side and rewrites \
-                 this table; `--containers N` and `--quick` (writes to target/bench-quick) for development.\n\n{block}\n{}",
-                &text[..body],
-                &text[next..]
-            )
-        } else {
-            format!("{text}\n## Benchmarks\n\n{block}\n")
-        };
+        let new = self.readme_text(&text)?;
         std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
     }
+
+    /// README.md's `text` with this run's summary in it (apart from the write, for the tests).
+    fn readme_text(&self, text: &str) -> Result<String> {
+        let block = |intro: bool| {
+            render(
+                "readme.md.j2",
+                Summary {
+                    date: &self.date,
+                    machine: &self.machine,
+                    rows: &self.rows,
+                    begin: BEGIN,
+                    end: END,
+                    intro,
+                },
+            )
+        };
+        Ok(
+            if let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) {
+                format!("{}{}{}", &text[..b], block(false)?, &text[e + END.len()..])
+            } else if let Some(h) = text.find(HEADING) {
+                let body = h + HEADING.len();
+                let next = text[body..]
+                    .find("\n## ")
+                    .map_or(text.len(), |i| body + i + 1);
+                format!("{}\n{}\n{}", &text[..body], block(true)?, &text[next..])
+            } else {
+                format!("{text}{HEADING}\n{}\n", block(false)?)
+            },
+        )
+    }
 }
+
+/// The curve's plots: one panel per figure that matters, each against N.
+fn panels(points: &[Point]) -> Vec<Panel> {
+    let series = |name: &str, f: &dyn Fn(&Point) -> f64| {
+        (
+            name.to_string(),
+            points
+                .iter()
+                .map(|p| (p.n as f64, f(p)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let panel =
+        |title: &str, y: &str, linear: bool, series: Vec<(String, Vec<(f64, f64)>)>| Panel {
+            title: title.into(),
+            y: y.into(),
+            series,
+            linear,
+        };
+    vec![
+        panel(
+            "Admission of all N (launchers back to back)",
+            "seconds",
+            true,
+            vec![series("all N registered", &|p| p.admission.total_s)],
+        ),
+        panel(
+            "Sampling CPU, idle containers",
+            "% of one core",
+            true,
+            vec![
+                series("apptheus", &|p| p.sampling.daemon_pct),
+                series("floor (probes kept open, pread)", &|p| p.sampling.floor_pct),
+                series("same-files floor", &|p| p.sampling.files_floor_pct),
+            ],
+        ),
+        panel(
+            "Sampling pass (apptheus_sample_duration_seconds)",
+            "ms",
+            true,
+            vec![series("one pass", &|p| p.sampling.pass_ms)],
+        ),
+        panel(
+            "CPU per scrape",
+            "ms",
+            true,
+            vec![
+                series("plain", &|p| p.plain.cpu_ms_per_scrape),
+                series("gzip", &|p| p.gzip.cpu_ms_per_scrape),
+            ],
+        ),
+        panel(
+            "Scrapes per second (wrk, 4 connections)",
+            "requests/s",
+            false,
+            vec![
+                series("gzip", &|p| p.gzip.rps),
+                series("plain", &|p| p.plain.rps),
+            ],
+        ),
+        panel(
+            "Resident memory of the daemon",
+            "MiB",
+            true,
+            vec![
+                series("sampled, scraped once", &|p| p.rss_mib),
+                series("after the wrk runs", &|p| p.rss_after_wrk_mib),
+            ],
+        ),
+        panel(
+            "Connect → visible on /metrics",
+            "ms",
+            false,
+            vec![
+                series("max", &|p| Spread::of(&p.life.visible_ms).max),
+                series("median", &|p| Spread::of(&p.life.visible_ms).median),
+            ],
+        ),
+        panel(
+            "Last exit → ended",
+            "ms",
+            false,
+            vec![
+                series("max", &|p| Spread::of(&p.life.ended_ms).max),
+                series("median", &|p| Spread::of(&p.life.ended_ms).median),
+                series("all N at once, max", &|p| Spread::of(&p.bulk.ended_ms).max),
+            ],
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests;

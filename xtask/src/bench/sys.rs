@@ -375,7 +375,7 @@ pub fn quiet(cmd: &mut Command) -> &mut Command {
 }
 
 /// Median, min and max of some measurements.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Spread {
     pub median: f64,
     pub min: f64,
@@ -422,16 +422,5 @@ impl Spread {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({"median": self.median, "min": self.min, "max": self.max, "n": self.n})
-    }
-
-    /// "12.3 (11.0–14.2, n=3)" with `digits` decimals.
-    pub fn show(&self, digits: usize) -> String {
-        if self.n <= 1 {
-            return format!("{:.digits$}", self.median);
-        }
-        format!(
-            "{:.digits$} ({:.digits$}–{:.digits$}, n={})",
-            self.median, self.min, self.max, self.n
-        )
     }
 }
