@@ -31,6 +31,7 @@ pub(crate) mod metrics;
 pub mod pidfd;
 pub mod privacy;
 pub(crate) mod query;
+pub(crate) mod ratelimit;
 pub(crate) mod recovery;
 pub(crate) mod registry;
 pub(crate) mod sampler;

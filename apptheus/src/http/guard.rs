@@ -20,7 +20,10 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{conns::Client, reply::busy};
-use crate::webconfig::{RateLimit, Web};
+use crate::{
+    ratelimit::TokenBucket,
+    webconfig::{RateLimit, Web},
+};
 
 /// Clients whose rate-limit state is kept; past it, the one seen least recently is forgotten
 /// (and starts again with a full bucket when it comes back: forgetting never tightens a limit).
@@ -149,40 +152,11 @@ impl RateLimiter {
 
     fn allow(&self, client: Client, now: Instant) -> bool {
         lock(&self.clients)
-            .get_or_insert_mut(client, || TokenBucket::new(self.rate, now))
-            .allow(now)
-    }
-}
-
-/// Go's `rate.Limiter`: a bucket of `burst` tokens, refilled by one per `interval`.
-struct TokenBucket {
-    interval: Duration,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(r: RateLimit, now: Instant) -> TokenBucket {
-        TokenBucket {
-            interval: r.interval,
-            burst: f64::from(r.burst),
-            tokens: f64::from(r.burst),
-            last: now,
-        }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last);
-        self.last = now;
-        self.tokens =
-            (self.tokens + elapsed.as_secs_f64() / self.interval.as_secs_f64()).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+            .get_or_insert_mut(client, || {
+                TokenBucket::every(self.rate.interval, self.rate.burst, now)
+            })
+            .try_take(now)
+            .is_ok()
     }
 }
 
@@ -502,22 +476,6 @@ mod tests {
         assert_eq!(lock(&limiter.clients).len(), 2);
         assert!(!limiter.allow(a, now), "a still limited");
         assert!(limiter.allow(b, now), "b forgotten: a full bucket again");
-    }
-
-    #[test]
-    fn token_bucket_refills_at_the_interval() {
-        let t0 = Instant::now();
-        let rate = RateLimit {
-            interval: Duration::from_secs(1),
-            burst: 2,
-        };
-        let mut b = TokenBucket::new(rate, t0);
-        assert!(b.allow(t0) && b.allow(t0) && !b.allow(t0));
-        assert!(!b.allow(t0 + Duration::from_millis(500)));
-        assert!(b.allow(t0 + Duration::from_millis(1000)));
-        // Never more than the burst, however long the pause.
-        let later = t0 + Duration::from_secs(3600);
-        assert!(b.allow(later) && b.allow(later) && !b.allow(later));
     }
 
     #[test]
