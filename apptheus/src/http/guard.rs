@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     num::NonZeroUsize,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,6 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use lru::LruCache;
+use parking_lot::Mutex;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -125,12 +126,6 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_string(), pass.to_string()))
 }
 
-/// A mutex whose data stays consistent whatever panicked while holding it (each change is one
-/// call on the map): a poisoned lock is used as it is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 // ------------------------------------------------------------------------------ rate limit
 
 /// exporter-toolkit's rate limit, one bucket per client: a client over its rate gets 429
@@ -151,7 +146,8 @@ impl RateLimiter {
     }
 
     fn allow(&self, client: Client, now: Instant) -> bool {
-        lock(&self.clients)
+        self.clients
+            .lock()
             .get_or_insert_mut(client, || {
                 TokenBucket::every(self.rate.interval, self.rate.burst, now)
             })
@@ -260,7 +256,7 @@ impl BasicAuth {
         tracing::debug!(ok, "basic auth: bcrypt verification");
         match key {
             Some(k) if ok => {
-                lock(&self.successes).put(k, ());
+                self.successes.lock().put(k, ());
                 Verdict::Allowed
             }
             _ => Verdict::Denied,
@@ -269,7 +265,7 @@ impl BasicAuth {
 
     fn cached(&self, key: &Digest) -> bool {
         // `get` also marks it as recently used.
-        lock(&self.successes).get(key).is_some()
+        self.successes.lock().get(key).is_some()
     }
 
     async fn dummy_hash(&self) -> Option<String> {
@@ -391,7 +387,7 @@ mod tests {
             let verdict = auth.check(user, &format!("wrong {i}")).await;
             assert_eq!(verdict, Verdict::Denied);
         }
-        assert_eq!(lock(&auth.successes).len(), 1);
+        assert_eq!(auth.successes.lock().len(), 1);
         // The success is still there: with no bcrypt turn to be had, it is answered anyway.
         let _all_turns = auth.bcrypt.acquire_many(MAX_CONCURRENT_BCRYPT as u32).await;
         assert_eq!(auth.check("alice", "pw").await, Verdict::Allowed);
@@ -405,14 +401,14 @@ mod tests {
         let key = |p: &str| sha256(&[b"alice", users["alice"].as_bytes(), p.as_bytes()]);
         // Fill the cache by hand (bcrypt matches one password per hash) ...
         for i in 0..AUTH_CACHE_SIZE {
-            lock(&auth.successes).put(key(&i.to_string()), ());
+            auth.successes.lock().put(key(&i.to_string()), ());
         }
         // ... touch the oldest, add one more: the second oldest is the one dropped.
         assert!(auth.cached(&key("0")));
         assert_eq!(auth.check("alice", "pw").await, Verdict::Allowed);
         assert!(auth.cached(&key("0")) && auth.cached(&key("pw")));
         assert!(!auth.cached(&key("1")));
-        assert_eq!(lock(&auth.successes).len(), AUTH_CACHE_SIZE);
+        assert_eq!(auth.successes.lock().len(), AUTH_CACHE_SIZE);
     }
 
     #[tokio::test]
@@ -473,7 +469,7 @@ mod tests {
         assert!(!limiter.allow(a, now), "a used its burst");
         // A third client: b, seen least recently, is forgotten; a is kept.
         assert!(limiter.allow(c, now));
-        assert_eq!(lock(&limiter.clients).len(), 2);
+        assert_eq!(limiter.clients.lock().len(), 2);
         assert!(!limiter.allow(a, now), "a still limited");
         assert!(limiter.allow(b, now), "b forgotten: a full bucket again");
     }

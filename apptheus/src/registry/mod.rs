@@ -7,11 +7,12 @@
 //! puts them back through `restore`.
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use foldhash::{HashMap, HashSet};
+use parking_lot::{Mutex, MutexGuard};
 
 mod admit;
 mod events;
@@ -289,7 +290,7 @@ impl Registry {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// How the values naming a person are published (the gateway's refusals and a restart's
