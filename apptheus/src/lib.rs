@@ -34,6 +34,7 @@ pub(crate) mod query;
 pub(crate) mod ratelimit;
 pub(crate) mod recovery;
 pub(crate) mod registry;
+pub(crate) mod safefile;
 pub(crate) mod sampler;
 pub mod signals;
 pub(crate) mod state;

@@ -22,6 +22,7 @@ use crate::{
     cgroup::{ContainerCgroup, Reader},
     container::from_unix_seconds,
     metrics::ContainerSeries,
+    safefile,
     tracker::ProcessCounters,
 };
 
@@ -446,12 +447,14 @@ impl SummaryFile {
 /// daemon, root), an existing one is kept as the administrator made it. A symbolic link is
 /// refused (O_NOFOLLOW: a root daemon must not append where a link points), so is anything
 /// but a regular file; O_NONBLOCK keeps a FIFO put there from blocking the sampler.
+/// Not `safefile::open`, which reads a file that exists: this one creates or appends, with
+/// `safefile`'s flags.
 fn open_append(path: &Path) -> Result<(File, (u64, u64)), Error> {
     let open_error = |err| Error::Open {
         path: path.to_path_buf(),
         err,
     };
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let flags = safefile::FLAGS;
     let mut attempt = 0;
     let file = loop {
         attempt += 1;
