@@ -8,7 +8,7 @@ mod gzip;
 mod render;
 
 use gzip::DeflateWriter;
-pub use gzip::{Deflated, gzip_response};
+pub use gzip::{Deflated, gzip, gzip_response};
 pub use render::render;
 use render::render_into;
 use std::sync::{Arc, OnceLock};
