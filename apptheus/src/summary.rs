@@ -165,7 +165,7 @@ pub fn of(series: &ContainerSeries, allowance: Allowance, host_cpus: u32, now: f
         cgroup: identity.cgroup_label.clone(),
         job_scheduler: job.scheduler_label().to_string(),
         job_id: known(&job.id),
-        job_source: known(&job.source),
+        job_source: job.source.map(|s| s.as_str().to_string()),
         job_account: known(&job.account),
         job_partition: known(&job.partition),
         job_image: known(&job.image),
@@ -513,7 +513,7 @@ mod tests {
     use crate::{
         cgroup::{MemoryEvents, Pressure, Stats, Throttling},
         container::Identity,
-        job::Job,
+        job::{Job, JobSource, Scheduler},
         telemetry::{Line, LogFormat},
     };
 
@@ -530,9 +530,9 @@ mod tests {
                 exe_path: "/usr/libexec/apptainer/bin/starter".into(),
                 start_time: 1_700_000_000.0,
                 job: Job {
-                    scheduler: "slurm".into(),
+                    scheduler: Some(Scheduler::Slurm),
                     id: "7".into(),
-                    source: "cgroup".into(),
+                    source: Some(JobSource::Cgroup),
                     account: "proj".into(),
                     ..Job::default()
                 },
