@@ -3,13 +3,12 @@
 //! Root opens nothing by a path a user controls. Such a path is resolved and read by a thread
 //! of its own that first takes the user's uid and gid, with no supplementary groups and so no
 //! capabilities (Linux credentials belong to a thread; this thread ends after the read), and
-//! opens it with `O_NOCTTY | O_NOFOLLOW | O_NONBLOCK`: only a regular file is read, bounded in
-//! size and in time. So what the user could not read, the daemon does not read for them; a
+//! opens it as `safefile` does (`O_NOCTTY | O_NOFOLLOW | O_NONBLOCK`): only a regular file is
+//! read, bounded in size and in time. So what the user could not read, the daemon does not read for them; a
 //! terminal or a device never becomes the daemon's; a read that hangs (a FUSE file the user
 //! serves) costs one parked thread, and at most `MAX_IN_FLIGHT` of them exist at once.
 use std::{
     io::Read as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
@@ -19,6 +18,8 @@ use rustix::{
     process::{Gid, Uid},
     thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid},
 };
+
+use crate::safefile;
 
 /// Reads that may be under way at once (finished or hung); past it a read is not tried.
 const MAX_IN_FLIGHT: usize = 8;
@@ -80,13 +81,15 @@ fn read_here(uid: u32, gid: u32, path: &std::path::Path, max: u64) -> Result<Vec
     set_thread_groups(&[]).map_err(|e| Error::Credentials(e.into()))?;
     set_thread_res_gid(gid, gid, gid).map_err(|e| Error::Credentials(e.into()))?;
     set_thread_res_uid(uid, uid, uid).map_err(|e| Error::Credentials(e.into()))?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(Error::NotAFile);
-    }
+    let file = match safefile::open(path) {
+        Ok(f) => f.into_file(),
+        // The words these errors have always had: the path is the user's, left out of the log.
+        Err(safefile::Error::Io { error, .. }) => return Err(Error::Io(error)),
+        // `open` refuses nothing else than what is not a regular file.
+        Err(_) => return Err(Error::NotAFile),
+    };
+    // Cut at `max`, not refused past it (`safefile::read`'s rule): what the caller looks for
+    // may well be in the first `max` bytes.
     let mut bytes = Vec::new();
     file.take(max).read_to_end(&mut bytes)?;
     Ok(bytes)

@@ -19,6 +19,9 @@ use crate::{
     telemetry::{LogFormat, LogLevel},
 };
 
+/// Where a container's cgroup is made (`--cgroup.placement`): the cgroup module's own type.
+pub use crate::cgroup::Placement;
+
 const ABOUT: &str = "apptheus: per-container telemetry for HPC and batch hosts";
 
 const LONG_ABOUT: &str = "apptheus: per-container telemetry for HPC and batch hosts.
@@ -267,15 +270,6 @@ pub struct Args {
         value_parser = parse_absolute_path
     )]
     pub privacy_hash_salt_file: Option<PathBuf>,
-}
-
-/// Where a container's cgroup is made (`--cgroup.placement`).
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// Inside the cgroup the launcher was in when it connected.
-    Nested,
-    /// Under each hierarchy's root, as the Go Apptheus did: outside the launcher's limits.
-    Dedicated,
 }
 
 /// `--web.listen-address`: `[host]:port`. The host is kept unresolved (a name may resolve

@@ -10,8 +10,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cgroup::{Layout, Placement},
-    cli::{self, Args},
+    cgroup::Layout,
+    cli::Args,
     gateway::{Gateway, Trust},
     history::History,
     http,
@@ -193,10 +193,7 @@ fn tracker_limits(args: &Args) -> Limits {
 
 fn registry_config(args: &Args, privacy: Privacy) -> registry::Config {
     registry::Config {
-        placement: match args.cgroup_placement {
-            cli::Placement::Nested => Placement::Nested,
-            cli::Placement::Dedicated => Placement::Dedicated,
-        },
+        placement: args.cgroup_placement,
         parent: args.cgroup_parent.clone(),
         retention: args.container_retention,
         max_containers: args.gateway_max_containers,

@@ -12,11 +12,11 @@
 //! its CPU cores "now", over the last second or so.
 use std::{
     collections::VecDeque,
-    sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
 use foldhash::HashMap;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::container::Identity;
 
@@ -219,9 +219,9 @@ impl History {
     }
 
     fn lock(&self) -> MutexGuard<'_, Tracked> {
-        // Each change is one call on the map or one track's record: a poisoned lock holds
-        // consistent data.
-        self.tracks.lock().unwrap_or_else(PoisonError::into_inner)
+        // Each change is one call on the map or one track's record: what a panic while
+        // holding it left is consistent (parking_lot's locks are not poisoned).
+        self.tracks.lock()
     }
 }
 

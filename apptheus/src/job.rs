@@ -26,15 +26,17 @@ const ENTRY_MAX: usize = 8 << 10;
 const MAX_JOB_AD: u64 = 1 << 20;
 const JOB_AD_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// A container's batch job. Empty strings are unknown (their labels are left out).
+/// A container's batch job. Empty strings and `None` are unknown (their labels are left out).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Job {
-    /// `slurm`, `pbs`, `lsf`, `htcondor`, `flux`; empty for none.
-    pub scheduler: String,
+    /// `None` without a job.
+    #[serde(with = "empty_is_none")]
+    pub scheduler: Option<Scheduler>,
     pub id: String,
-    /// `cgroup` or `environment`.
-    pub source: String,
+    /// Where the job was found; `None` without a job.
+    #[serde(with = "empty_is_none")]
+    pub source: Option<JobSource>,
     /// Slurm's account and partition, where the environment has them.
     pub account: String,
     pub partition: String,
@@ -42,14 +44,96 @@ pub struct Job {
     pub image: String,
 }
 
+/// The batch system that runs a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    Slurm,
+    Pbs,
+    Lsf,
+    Flux,
+    Htcondor,
+}
+
+/// Where a container's job was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobSource {
+    /// The batch system's cgroup layout (Slurm's root-owned `job_<id>`).
+    Cgroup,
+    /// The launcher's environment: a user's word, a label only.
+    Environment,
+}
+
+/// A value with a fixed name: its label, log field and state-file entry.
+trait Named: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+}
+
+impl Scheduler {
+    /// The `scheduler` label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Slurm => "slurm",
+            Scheduler::Pbs => "pbs",
+            Scheduler::Lsf => "lsf",
+            Scheduler::Flux => "flux",
+            Scheduler::Htcondor => "htcondor",
+        }
+    }
+}
+
+impl Named for Scheduler {
+    const ALL: &'static [Scheduler] = &[
+        Scheduler::Slurm,
+        Scheduler::Pbs,
+        Scheduler::Lsf,
+        Scheduler::Flux,
+        Scheduler::Htcondor,
+    ];
+    fn as_str(self) -> &'static str {
+        Scheduler::as_str(self)
+    }
+}
+
+impl JobSource {
+    /// The `job_source` label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobSource::Cgroup => "cgroup",
+            JobSource::Environment => "environment",
+        }
+    }
+}
+
+impl Named for JobSource {
+    const ALL: &'static [JobSource] = &[JobSource::Cgroup, JobSource::Environment];
+    fn as_str(self) -> &'static str {
+        JobSource::as_str(self)
+    }
+}
+
+/// In the state file an unknown value is an empty string, as when these were strings: files
+/// of earlier versions read the same, and earlier versions read these. A name this daemon does
+/// not know (a hand-edited file) is read as unknown: the container is still taken back.
+mod empty_is_none {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use super::Named;
+
+    pub fn serialize<S: Serializer, T: Named>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value.map_or("", T::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Named>(d: D) -> Result<Option<T>, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(T::ALL.iter().copied().find(|v| v.as_str() == name))
+    }
+}
+
 impl Job {
     /// The `scheduler` label: `none` without a job.
-    pub fn scheduler_label(&self) -> &str {
-        if self.scheduler.is_empty() {
-            "none"
-        } else {
-            &self.scheduler
-        }
+    pub fn scheduler_label(&self) -> &'static str {
+        self.scheduler.map_or("none", Scheduler::as_str)
     }
 
     /// The job of a launcher in cgroups `cgroup_dirs` (its directory in each hierarchy), with
@@ -60,9 +144,9 @@ impl Job {
             .iter()
             .find_map(|dir| slurm_job_of_cgroup(dir))
             .map(|id| Job {
-                scheduler: "slurm".into(),
+                scheduler: Some(Scheduler::Slurm),
                 id,
-                source: "cgroup".into(),
+                source: Some(JobSource::Cgroup),
                 ..Job::default()
             })
             .unwrap_or_default();
@@ -71,7 +155,7 @@ impl Job {
         if job.id.is_empty() {
             job = from_environment(env, user);
         }
-        if job.scheduler == "slurm" {
+        if job.scheduler == Some(Scheduler::Slurm) {
             job.account = env.value(Var::SlurmJobAccount).to_string();
             job.partition = env.value(Var::SlurmJobPartition).to_string();
         }
@@ -116,21 +200,26 @@ fn slurm_job_of_cgroup(dir: &Path) -> Option<String> {
 /// The job a launcher's environment names.
 fn from_environment(env: &Env, user: (u32, u32)) -> Job {
     let found = [
-        ("slurm", Var::SlurmJobId),
-        ("pbs", Var::PbsJobid),
-        ("lsf", Var::LsbJobid),
-        ("flux", Var::FluxJobId),
+        (Scheduler::Slurm, Var::SlurmJobId),
+        (Scheduler::Pbs, Var::PbsJobid),
+        (Scheduler::Lsf, Var::LsbJobid),
+        (Scheduler::Flux, Var::FluxJobId),
     ]
     .into_iter()
     .map(|(scheduler, key)| (scheduler, env.value(key)))
     .find(|(_, id)| !id.is_empty())
     .map(|(scheduler, id)| (scheduler, id.to_string()))
-    .or_else(|| Some(("htcondor", htcondor_job(env.value(Var::CondorJobAd), user)?)));
+    .or_else(|| {
+        Some((
+            Scheduler::Htcondor,
+            htcondor_job(env.value(Var::CondorJobAd), user)?,
+        ))
+    });
     match found {
         Some((scheduler, id)) => Job {
-            scheduler: scheduler.into(),
+            scheduler: Some(scheduler),
             id,
-            source: "environment".into(),
+            source: Some(JobSource::Environment),
             ..Job::default()
         },
         None => Job::default(),
@@ -355,7 +444,7 @@ mod tests {
             let job = Job::find(&[], &[env(&pairs)], ROOT);
             assert_eq!(
                 (
-                    job.scheduler.as_str(),
+                    job.scheduler.map_or("", Scheduler::as_str),
                     job.id.as_str(),
                     job.account.as_str(),
                     job.partition.as_str()
@@ -363,10 +452,53 @@ mod tests {
                 (scheduler, id, account, partition),
                 "{pairs:?}"
             );
-            let source = if id.is_empty() { "" } else { "environment" };
+            let source = (!id.is_empty()).then_some(JobSource::Environment);
             assert_eq!(job.source, source);
         }
         assert_eq!(Job::default().scheduler_label(), "none");
+    }
+
+    /// The state file spells a job as it did when these were strings.
+    #[test]
+    fn the_state_file_spells_a_job_as_before() {
+        let job = Job {
+            scheduler: Some(Scheduler::Slurm),
+            id: "7".into(),
+            source: Some(JobSource::Cgroup),
+            ..Job::default()
+        };
+        let json = serde_json::to_string(&job).unwrap();
+        assert_eq!(
+            json,
+            r#"{"scheduler":"slurm","id":"7","source":"cgroup","account":"","partition":"","image":""}"#
+        );
+        assert_eq!(serde_json::from_str::<Job>(&json).unwrap(), job);
+        assert_eq!(
+            serde_json::to_string(&Job::default()).unwrap(),
+            r#"{"scheduler":"","id":"","source":"","account":"","partition":"","image":""}"#
+        );
+        for (scheduler, name) in Scheduler::ALL
+            .iter()
+            .zip(["slurm", "pbs", "lsf", "flux", "htcondor"])
+        {
+            assert_eq!(scheduler.as_str(), name);
+            let text = format!(r#"{{"scheduler":"{name}","source":"environment"}}"#);
+            let read: Job = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (read.scheduler, read.source),
+                (Some(*scheduler), Some(JobSource::Environment))
+            );
+        }
+        // A name this daemon does not know, or none: unknown.
+        let read: Job =
+            serde_json::from_str(r#"{"scheduler":"moab","source":"elsewhere","id":"1"}"#).unwrap();
+        assert_eq!(
+            (read.scheduler, read.source, read.id.as_str()),
+            (None, None, "1")
+        );
+        assert_eq!(serde_json::from_str::<Job>("{}").unwrap(), Job::default());
+        assert_eq!(Job::default().scheduler_label(), "none");
+        assert_eq!(job.scheduler_label(), "slurm");
     }
 
     #[test]
@@ -380,8 +512,8 @@ mod tests {
             ROOT,
         );
         assert_eq!(
-            (job.scheduler.as_str(), job.id.as_str()),
-            ("htcondor", "123.4")
+            (job.scheduler, job.id.as_str()),
+            (Some(Scheduler::Htcondor), "123.4")
         );
         // Another name, or a symlink to the ad, is not read.
         let other = tmp.path().join("shadow");

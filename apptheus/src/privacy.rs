@@ -13,17 +13,20 @@
 //! identity exists (a refused launcher) go through [`Privacy::uid`] and [`Privacy::path`].
 use std::{
     fmt,
-    io::Read as _,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use ring::hmac;
 
+use crate::safefile;
+
 /// Hex digits kept of the HMAC: 64 bits, collision-free for any site's users and paths.
 const HASH_HEX_DIGITS: usize = 16;
 /// Fewer bytes of salt than this can be guessed; `head -c 32 /dev/urandom | base64` gives 44.
 pub const MIN_SALT_BYTES: usize = 16;
+/// A salt file larger than this is not a salt.
+const MAX_SALT_FILE_BYTES: u64 = 64 << 10;
 /// Prefix of a hashed user name or uid.
 const USER_PREFIX: &str = "u-";
 /// Prefix of a hashed executable path.
@@ -46,6 +49,8 @@ pub enum SaltError {
     },
     #[error("{FLAG}: {} is not a regular file", path.display())]
     NotAFile { path: PathBuf },
+    #[error("{FLAG}: {} is larger than {max} bytes", path.display())]
+    TooLarge { path: PathBuf, max: u64 },
     #[error("{FLAG}: {} belongs to uid {uid}, not root", path.display())]
     NotRootOwned { path: PathBuf, uid: u32 },
     #[error(
@@ -60,6 +65,20 @@ pub enum SaltError {
         path.display()
     )]
     TooShort { path: PathBuf, len: usize },
+}
+
+/// `safefile`'s refusals in the salt file's words (each naming the flag).
+impl From<safefile::Error> for SaltError {
+    fn from(e: safefile::Error) -> SaltError {
+        match e {
+            safefile::Error::Io { path, error } => SaltError::Read {
+                path,
+                source: error,
+            },
+            safefile::Error::NotAFile { path } => SaltError::NotAFile { path },
+            safefile::Error::TooLarge { path, max } => SaltError::TooLarge { path, max },
+        }
+    }
 }
 
 /// The values from a launcher's environment that `Privacy::chosen` hashes.
@@ -300,24 +319,10 @@ fn parse_passwd_homes(text: &str) -> Vec<PathBuf> {
 }
 
 /// Read the salt, checking the file through the descriptor that is read (no race with a
-/// rename in between).
+/// rename in between; a link is not followed).
 fn read_salt(path: &Path) -> Result<Vec<u8>, SaltError> {
-    let read_err = |source| SaltError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        // A FIFO would block the start; it is refused below as not a regular file.
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(SaltError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
+    let file = safefile::open(path)?;
+    let meta = file.metadata();
     if meta.uid() != 0 {
         return Err(SaltError::NotRootOwned {
             path: path.to_path_buf(),
@@ -332,8 +337,7 @@ fn read_salt(path: &Path) -> Result<Vec<u8>, SaltError> {
             mode,
         });
     }
-    let mut salt = Vec::new();
-    file.read_to_end(&mut salt).map_err(read_err)?;
+    let mut salt = file.read(MAX_SALT_FILE_BYTES)?;
     let len = salt.trim_ascii_end().len();
     salt.truncate(len);
     if salt.is_empty() {
@@ -526,6 +530,14 @@ mod tests {
                 read_salt(&not_root),
                 Err(SaltError::NotRootOwned { uid: 1, .. })
             ));
+            // A link to a good salt is not followed; a file past the bound is no salt.
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(&good, &link).unwrap();
+            assert!(matches!(read_salt(&link), Err(SaltError::Read { .. })));
+            let big = write("big", &vec![b'x'; 64 << 10 | 1], 0o600);
+            let err = read_salt(&big).unwrap_err();
+            assert!(matches!(err, SaltError::TooLarge { .. }), "{err}");
+            assert!(err.to_string().starts_with(FLAG), "{err}");
         }
         let missing = read_salt(&dir.path().join("missing")).unwrap_err();
         assert!(matches!(missing, SaltError::Read { .. }));

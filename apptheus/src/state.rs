@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     container::{Identity, from_unix_seconds},
     fsperm::writable_by_others,
+    safefile,
 };
 
 /// The file's name inside `--state.dir`.
@@ -292,27 +293,15 @@ impl StateDir {
 
 /// The file's bytes, `None` if it does not exist.
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
-    use std::io::Read as _;
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let meta = file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?;
-    if !meta.is_file() || meta.len() > MAX_BYTES {
-        bail!("not a regular file of at most {MAX_BYTES} bytes");
+    match safefile::read(path, MAX_BYTES) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e @ safefile::Error::Io { .. }) => Err(e.into()),
+        // The words the set-aside log line has always given (it names the file itself).
+        Err(safefile::Error::NotAFile { .. } | safefile::Error::TooLarge { .. }) => {
+            bail!("not a regular file of at most {MAX_BYTES} bytes")
+        }
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_BYTES)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(bytes))
 }
 
 #[cfg(test)]

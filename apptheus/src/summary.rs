@@ -22,6 +22,7 @@ use crate::{
     cgroup::{ContainerCgroup, Reader},
     container::from_unix_seconds,
     metrics::ContainerSeries,
+    safefile,
     tracker::ProcessCounters,
 };
 
@@ -171,7 +172,7 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
         cgroup: identity.cgroup_label.clone(),
         job_scheduler: job.scheduler_label().to_string(),
         job_id: known(&job.id),
-        job_source: known(&job.source),
+        job_source: job.source.map(|s| s.as_str().to_string()),
         job_account: known(&job.account),
         job_partition: known(&job.partition),
         job_image: known(&job.image),
@@ -453,12 +454,14 @@ impl SummaryFile {
 /// daemon, root), an existing one is kept as the administrator made it. A symbolic link is
 /// refused (O_NOFOLLOW: a root daemon must not append where a link points), so is anything
 /// but a regular file; O_NONBLOCK keeps a FIFO put there from blocking the sampler.
+/// Not `safefile::open`, which reads a file that exists: this one creates or appends, with
+/// `safefile`'s flags.
 fn open_append(path: &Path) -> Result<(File, (u64, u64)), Error> {
     let open_error = |err| Error::Open {
         path: path.to_path_buf(),
         err,
     };
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let flags = safefile::FLAGS;
     let mut attempt = 0;
     let file = loop {
         attempt += 1;
@@ -517,7 +520,7 @@ mod tests {
     use crate::{
         cgroup::{MemoryEvents, Pressure, Stats, Throttling},
         container::Identity,
-        job::Job,
+        job::{Job, JobSource, Scheduler},
         telemetry::{Line, LogFormat},
     };
 
@@ -534,9 +537,9 @@ mod tests {
                 exe_path: "/usr/libexec/apptainer/bin/starter".into(),
                 start_time: 1_700_000_000.0,
                 job: Job {
-                    scheduler: "slurm".into(),
+                    scheduler: Some(Scheduler::Slurm),
                     id: "7".into(),
-                    source: "cgroup".into(),
+                    source: Some(JobSource::Cgroup),
                     account: "proj".into(),
                     ..Job::default()
                 },

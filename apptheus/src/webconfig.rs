@@ -28,6 +28,8 @@ use rustls::{
 };
 use serde::Deserialize;
 
+use crate::safefile;
+
 /// A configuration file larger than this is refused (real ones are a few hundred bytes; inline
 /// certificates a few KiB).
 const MAX_FILE_SIZE: u64 = 1 << 20;
@@ -550,17 +552,9 @@ impl Web {
     }
 }
 
+/// The web config or a file it names, as `safefile` reads them: a link is not followed.
 fn read_limited(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read as _;
-    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut buf = Vec::new();
-    f.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if buf.len() as u64 > MAX_FILE_SIZE {
-        bail!("{} is larger than {MAX_FILE_SIZE} bytes", path.display());
-    }
-    Ok(buf)
+    Ok(safefile::read(path, MAX_FILE_SIZE)?)
 }
 
 fn pem_bytes(pem: &Pem, field: &str) -> Result<Vec<u8>> {

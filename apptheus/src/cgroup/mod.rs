@@ -42,12 +42,13 @@ pub use layout::{Mode, Version};
 #[cfg(test)]
 pub use stats::{MemoryEvents, Throttling};
 
-/// Where a container's cgroup is made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a container's cgroup is made (`--cgroup.placement`: the variants' comments are its
+/// help).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
-    /// Inside the cgroup the launcher is in, so the container stays under its job's limits.
+    /// Inside the cgroup the launcher was in when it connected.
     Nested,
-    /// Under each hierarchy's root.
+    /// Under each hierarchy's root, as the Go Apptheus did: outside the launcher's limits.
     Dedicated,
 }
 

@@ -17,10 +17,12 @@ use std::{
     os::unix::fs::FileExt as _,
     path::Path,
     sync::{
-        Mutex, MutexGuard, OnceLock,
+        OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 /// Probe files open now, over all containers.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -63,7 +65,7 @@ impl std::fmt::Debug for ProbeFile {
 
 impl ProbeFile {
     fn slot(&self) -> MutexGuard<'_, Option<(File, Kind)>> {
-        self.file.lock().unwrap_or_else(|e| e.into_inner())
+        self.file.lock()
     }
 
     /// Reads the open probe into `buf` (grown as needed) and hands its kind and text to `f`.

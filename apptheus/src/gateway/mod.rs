@@ -99,7 +99,7 @@ struct Admission {
     /// Per uid, its admissions under way or queued for `admitting`: at most
     /// `ADMITTING_PER_USER` of them queue there, so another user's launcher waits behind a few
     /// of a job array's, not all of them.
-    per_user: std::sync::Mutex<std::collections::HashMap<u32, Arc<tokio::sync::Semaphore>>>,
+    per_user: parking_lot::Mutex<std::collections::HashMap<u32, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// A user's admissions under way (or queued for one of the `MAX_PENDING_CONNECTIONS`) at once.
@@ -196,7 +196,7 @@ impl Admission {
 
     /// `uid`'s gate to the admissions (idle gates are dropped as others are made).
     fn user_gate(&self, uid: u32) -> Arc<tokio::sync::Semaphore> {
-        let mut gates = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gates = self.per_user.lock();
         gates.retain(|_, g| Arc::strong_count(g) > 1);
         gates
             .entry(uid)

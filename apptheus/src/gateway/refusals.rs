@@ -3,9 +3,11 @@
 //! The uid and exe path are shown as `--privacy.hash-salt-file` publishes them.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
 
 use crate::launcher::Rejection;
 use crate::privacy::Privacy;
@@ -33,7 +35,7 @@ impl Refusals {
     pub fn refuse(&self, reason: Rejection, pid: i32, uid: u32, exe: &str, why: &str) -> Rejection {
         let now = Instant::now();
         let (write, suppressed) = {
-            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let mut windows = self.windows.lock();
             let w = windows.entry(reason).or_insert((now, 0, 0));
             let mut suppressed = 0;
             if now.duration_since(w.0) >= WINDOW {
@@ -82,7 +84,7 @@ mod tests {
             r.refuse(Rejection::Untrusted, 1, 1, "/x", "");
         }
         r.refuse(Rejection::Limit, 1, 1, "/x", "");
-        let w = r.windows.lock().unwrap();
+        let w = r.windows.lock();
         assert_eq!(w[&Rejection::Untrusted].1, LINES);
         assert_eq!(w[&Rejection::Untrusted].2, 100 - u64::from(LINES));
         assert_eq!(w[&Rejection::Limit].1, 1);

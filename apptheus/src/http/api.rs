@@ -77,7 +77,7 @@ fn container(s: &ContainerSeries, track: Option<&Track>) -> Container {
         id: identity.id.clone(),
         user: identity.user.clone(),
         uid: identity.uid.clone(),
-        scheduler: non_empty(&identity.job.scheduler),
+        scheduler: identity.job.scheduler.map(|s| s.as_str().to_string()),
         job_id: non_empty(&identity.job.id),
         state: if live { State::Live } else { State::Ended },
         start_time: identity.start_time,
@@ -163,7 +163,7 @@ pub(crate) mod tests {
         identity.user = "alice".into();
         identity.start_time = 100.0;
         if !job.is_empty() {
-            identity.job.scheduler = "slurm".into();
+            identity.job.scheduler = Some(crate::job::Scheduler::Slurm);
             identity.job.id = job.into();
         }
         ContainerSeries {

@@ -15,10 +15,11 @@ use std::{
     fmt,
     future::Future,
     net::{IpAddr, Ipv6Addr},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
     time::Duration,
 };
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -135,9 +136,9 @@ impl Connections {
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
-        // The table stays consistent whatever panicked while holding it: every change is one
-        // field write.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+        // The table stays consistent whatever panicked while holding it (parking_lot's locks
+        // are not poisoned): every change is one field write.
+        self.table.lock()
     }
 
     /// Whether `client` may open one more connection: it is below its cap, or one of its idle

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     num::NonZeroUsize,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,11 +16,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use lru::LruCache;
+use parking_lot::Mutex;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{conns::Client, reply::busy};
-use crate::webconfig::{RateLimit, Web};
+use crate::{
+    ratelimit::TokenBucket,
+    webconfig::{RateLimit, Web},
+};
 
 /// Clients whose rate-limit state is kept; past it, the one seen least recently is forgotten
 /// (and starts again with a full bucket when it comes back: forgetting never tightens a limit).
@@ -122,12 +126,6 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_string(), pass.to_string()))
 }
 
-/// A mutex whose data stays consistent whatever panicked while holding it (each change is one
-/// call on the map): a poisoned lock is used as it is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 // ------------------------------------------------------------------------------ rate limit
 
 /// exporter-toolkit's rate limit, one bucket per client: a client over its rate gets 429
@@ -148,41 +146,13 @@ impl RateLimiter {
     }
 
     fn allow(&self, client: Client, now: Instant) -> bool {
-        lock(&self.clients)
-            .get_or_insert_mut(client, || TokenBucket::new(self.rate, now))
-            .allow(now)
-    }
-}
-
-/// Go's `rate.Limiter`: a bucket of `burst` tokens, refilled by one per `interval`.
-struct TokenBucket {
-    interval: Duration,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(r: RateLimit, now: Instant) -> TokenBucket {
-        TokenBucket {
-            interval: r.interval,
-            burst: f64::from(r.burst),
-            tokens: f64::from(r.burst),
-            last: now,
-        }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last);
-        self.last = now;
-        self.tokens =
-            (self.tokens + elapsed.as_secs_f64() / self.interval.as_secs_f64()).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.clients
+            .lock()
+            .get_or_insert_mut(client, || {
+                TokenBucket::every(self.rate.interval, self.rate.burst, now)
+            })
+            .try_take(now)
+            .is_ok()
     }
 }
 
@@ -286,7 +256,7 @@ impl BasicAuth {
         tracing::debug!(ok, "basic auth: bcrypt verification");
         match key {
             Some(k) if ok => {
-                lock(&self.successes).put(k, ());
+                self.successes.lock().put(k, ());
                 Verdict::Allowed
             }
             _ => Verdict::Denied,
@@ -295,7 +265,7 @@ impl BasicAuth {
 
     fn cached(&self, key: &Digest) -> bool {
         // `get` also marks it as recently used.
-        lock(&self.successes).get(key).is_some()
+        self.successes.lock().get(key).is_some()
     }
 
     async fn dummy_hash(&self) -> Option<String> {
@@ -417,7 +387,7 @@ mod tests {
             let verdict = auth.check(user, &format!("wrong {i}")).await;
             assert_eq!(verdict, Verdict::Denied);
         }
-        assert_eq!(lock(&auth.successes).len(), 1);
+        assert_eq!(auth.successes.lock().len(), 1);
         // The success is still there: with no bcrypt turn to be had, it is answered anyway.
         let _all_turns = auth.bcrypt.acquire_many(MAX_CONCURRENT_BCRYPT as u32).await;
         assert_eq!(auth.check("alice", "pw").await, Verdict::Allowed);
@@ -431,14 +401,14 @@ mod tests {
         let key = |p: &str| sha256(&[b"alice", users["alice"].as_bytes(), p.as_bytes()]);
         // Fill the cache by hand (bcrypt matches one password per hash) ...
         for i in 0..AUTH_CACHE_SIZE {
-            lock(&auth.successes).put(key(&i.to_string()), ());
+            auth.successes.lock().put(key(&i.to_string()), ());
         }
         // ... touch the oldest, add one more: the second oldest is the one dropped.
         assert!(auth.cached(&key("0")));
         assert_eq!(auth.check("alice", "pw").await, Verdict::Allowed);
         assert!(auth.cached(&key("0")) && auth.cached(&key("pw")));
         assert!(!auth.cached(&key("1")));
-        assert_eq!(lock(&auth.successes).len(), AUTH_CACHE_SIZE);
+        assert_eq!(auth.successes.lock().len(), AUTH_CACHE_SIZE);
     }
 
     #[tokio::test]
@@ -499,25 +469,9 @@ mod tests {
         assert!(!limiter.allow(a, now), "a used its burst");
         // A third client: b, seen least recently, is forgotten; a is kept.
         assert!(limiter.allow(c, now));
-        assert_eq!(lock(&limiter.clients).len(), 2);
+        assert_eq!(limiter.clients.lock().len(), 2);
         assert!(!limiter.allow(a, now), "a still limited");
         assert!(limiter.allow(b, now), "b forgotten: a full bucket again");
-    }
-
-    #[test]
-    fn token_bucket_refills_at_the_interval() {
-        let t0 = Instant::now();
-        let rate = RateLimit {
-            interval: Duration::from_secs(1),
-            burst: 2,
-        };
-        let mut b = TokenBucket::new(rate, t0);
-        assert!(b.allow(t0) && b.allow(t0) && !b.allow(t0));
-        assert!(!b.allow(t0 + Duration::from_millis(500)));
-        assert!(b.allow(t0 + Duration::from_millis(1000)));
-        // Never more than the burst, however long the pause.
-        let later = t0 + Duration::from_secs(3600);
-        assert!(b.allow(later) && b.allow(later) && !b.allow(later));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! give its free memory back (see `Released`).
 use std::{
     convert::Infallible,
-    io::Write as _,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -16,13 +15,13 @@ use axum::{
     response::{IntoResponse as _, Response},
 };
 use bytes::Bytes;
-use flate2::{Compression, write::GzEncoder};
 use http_body::{Frame, SizeHint};
 
 use super::{
     reply::{accepts_gzip, busy},
     state::{AppState, SCRAPE_QUEUE_TIMEOUT},
 };
+use crate::metrics::gzip;
 
 pub const JSON: &str = "application/json";
 pub const HTML: &str = "text/html; charset=utf-8";
@@ -46,7 +45,11 @@ pub async fn answer(
         // Held by the work itself: a client that goes away does not free the turn early.
         let _turn = turn;
         let body = build(&state);
-        if gz { gzip(&body) } else { None }.map_or((body, false), |z| (z, true))
+        if gz {
+            (gzip(&body), true)
+        } else {
+            (body, false)
+        }
     })
     .await;
     let Ok((body, gzipped)) = body else {
@@ -107,12 +110,4 @@ impl Drop for Released {
         self.data = None;
         crate::memory::release_freed();
     }
-}
-
-/// `body` gzipped at the fastest level (text of numbers shrinks several times even so); `None`
-/// if compressing failed, to send it as it is.
-fn gzip(body: &[u8]) -> Option<Vec<u8>> {
-    let mut z = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-    z.write_all(body).ok()?;
-    z.finish().ok()
 }

@@ -8,10 +8,12 @@ mod gzip;
 mod render;
 
 use gzip::DeflateWriter;
-pub use gzip::{Deflated, gzip_response};
+pub use gzip::{Deflated, gzip, gzip_response};
 pub use render::render;
 use render::render_into;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use anyhow::Result;
 use apptheus_api::{PeakSource, Summary, summary::CpusAllowed};
@@ -254,14 +256,11 @@ impl Metrics {
     /// Replace the containers' series with a new pass's.
     pub fn publish(&self, series: Vec<ContainerSeries>) {
         let snap = Arc::new(Snapshot::new(series, self.collectors));
-        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+        *self.snapshot.lock() = snap;
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.snapshot.lock().clone()
     }
 
     /// The daemon's own families in the text format. Blocking (the process collector reads /proc).

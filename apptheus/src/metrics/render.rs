@@ -439,8 +439,8 @@ pub fn render_into(series: &[ContainerSeries], collectors: Collectors, out: &mut
             );
             // Unknown values are left out (an empty label is no label).
             for (name, value) in [
-                ("job_id", &job.id),
-                ("job_source", &job.source),
+                ("job_id", job.id.as_str()),
+                ("job_source", job.source.map_or("", |s| s.as_str())),
                 ("account", &job.account),
                 ("partition", &job.partition),
                 ("image", &job.image),
@@ -625,9 +625,9 @@ mod tests {
         let mut c = series("c_1");
         let identity = std::sync::Arc::make_mut(&mut c.identity);
         identity.job = crate::job::Job {
-            scheduler: "slurm".into(),
+            scheduler: Some(crate::job::Scheduler::Slurm),
             id: "7\"} evil 1\n".into(),
-            source: "environment".into(),
+            source: Some(crate::job::JobSource::Environment),
             ..Default::default()
         };
         let text = render(&[c], Collectors::default());

@@ -18,13 +18,14 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd as _},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Result;
 use apptheus_api::One;
 use nix::sys::socket::{getsockopt, sockopt};
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -191,7 +192,7 @@ struct UserTurn {
 impl UserTurn {
     /// A turn of `uid`, unless it has `MAX_CONNECTIONS_PER_USER` already.
     fn take(per_user: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<UserTurn> {
-        let mut counts = per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = per_user.lock();
         let n = counts.entry(uid).or_default();
         if *n >= MAX_CONNECTIONS_PER_USER {
             return None;
@@ -206,7 +207,7 @@ impl UserTurn {
 
 impl Drop for UserTurn {
     fn drop(&mut self) {
-        let mut counts = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.per_user.lock();
         if let Some(n) = counts.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -444,7 +445,7 @@ mod tests {
         assert!(UserTurn::take(&per_user, 7).is_none());
         assert!(UserTurn::take(&per_user, 8).is_some(), "another user");
         drop(turns);
-        assert!(per_user.lock().unwrap().is_empty());
+        assert!(per_user.lock().is_empty());
         assert!(UserTurn::take(&per_user, 7).is_some());
     }
 

@@ -7,11 +7,12 @@
 //! puts them back through `restore`.
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use foldhash::{HashMap, HashSet};
+use parking_lot::{Mutex, MutexGuard};
 
 mod admit;
 mod events;
@@ -24,6 +25,7 @@ use crate::{
     cgroup::{self, ContainerCgroup, Layout, Placement},
     container::{Identity, unix_seconds},
     privacy::Privacy,
+    ratelimit::TokenBucket,
     state::SavedContainer,
     tracker::{self, Tracker},
 };
@@ -194,8 +196,8 @@ struct State {
     /// `<parent>` directories the daemon made: removed once empty, whichever of the containers
     /// in them goes last.
     made_parents: HashSet<PathBuf>,
-    /// Per uid, the admission token bucket: (tokens, when last filled).
-    admissions: HashMap<String, (f64, Instant)>,
+    /// Per uid, the admission token bucket.
+    admissions: HashMap<String, TokenBucket>,
     /// Walks of a tree cut short at their bound, since the start.
     walks_cut_short: u64,
     /// The key of the last container whose walk `finish_walks` went on with: the next pass
@@ -244,35 +246,27 @@ impl State {
     /// while the burst lasts; past it, one `1/per_second` after the one before, in order of
     /// arrival), or None if that is longer than `max_wait` (nothing is taken then).
     fn admission_turn(&mut self, uid: &str, limits: &Limits) -> Option<Duration> {
-        let (per_second, max_wait) = (limits.admissions_per_second, limits.admission_max_wait);
         let now = Instant::now();
-        let burst = f64::from(limits.admission_burst.max(1));
         // Full buckets carry no information: drop them so the table stays small.
         if self.admissions.len() > 4096 {
-            self.admissions.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
-            });
+            self.admissions.retain(|_, bucket| !bucket.is_full(now));
         }
-        let (tokens, at) = self
-            .admissions
+        self.admissions
             .entry(uid.to_string())
-            .or_insert((burst, now));
-        // Below zero: turns already promised to launchers that wait.
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
-        *at = now;
-        let wait = Duration::try_from_secs_f64(((1.0 - *tokens) / per_second).max(0.0))
-            .unwrap_or(Duration::MAX);
-        if wait > max_wait {
-            return None;
-        }
-        *tokens -= 1.0;
-        Some(wait)
+            .or_insert_with(|| {
+                TokenBucket::per_second(
+                    limits.admissions_per_second,
+                    limits.admission_burst.max(1),
+                    now,
+                )
+            })
+            .reserve(now, limits.admission_max_wait)
     }
 
     /// A turn `admission_turn` gave that was not used for an admission.
     fn give_back_turn(&mut self, uid: &str) {
-        if let Some((tokens, _)) = self.admissions.get_mut(uid) {
-            *tokens += 1.0;
+        if let Some(bucket) = self.admissions.get_mut(uid) {
+            bucket.give_back();
         }
     }
 }
@@ -296,7 +290,7 @@ impl Registry {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// How the values naming a person are published (the gateway's refusals and a restart's

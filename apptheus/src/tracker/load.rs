@@ -135,12 +135,12 @@ impl Tracker {
         // resident at idle without this.
         crate::memory::release_freed();
         let tracker = Tracker {
-            maps: std::sync::Mutex::new(maps),
-            procs: std::sync::Mutex::new(ProcTable::default()),
-            ebpf: std::sync::Mutex::new(ebpf),
+            maps: parking_lot::Mutex::new(maps),
+            procs: parking_lot::Mutex::new(ProcTable::default()),
+            ebpf: parking_lot::Mutex::new(ebpf),
             processes: limits.processes,
             containers: limits.containers,
-            warned: std::sync::Mutex::new((0, None)),
+            warned: parking_lot::Mutex::new((0, None)),
             hurry,
         };
         Ok((tracker, events))

@@ -18,7 +18,7 @@ pub(crate) mod proctable;
 mod tracefs;
 mod tracked;
 
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 
 use foldhash::HashMap;
 
@@ -136,16 +136,16 @@ pub struct Tracker {
 impl Tracker {
     fn maps(&self) -> MutexGuard<'_, Maps> {
         // A panic while holding the lock leaves the maps themselves consistent (they live in
-        // the kernel), so a poisoned lock is still usable.
-        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+        // the kernel), so they are used on as they are (parking_lot's locks are not poisoned).
+        self.maps.lock()
     }
 
     fn procs(&self) -> MutexGuard<'_, ProcTable> {
-        self.procs.lock().unwrap_or_else(|e| e.into_inner())
+        self.procs.lock()
     }
 
     fn ebpf(&self) -> MutexGuard<'_, Ebpf> {
-        self.ebpf.lock().unwrap_or_else(|e| e.into_inner())
+        self.ebpf.lock()
     }
 
     /// Track `root` (held by its pidfd since the peer was identified) and all its current
@@ -297,7 +297,7 @@ impl Tracker {
         let Ok(full) = self.error_count(errors::TRACKED_FULL) else {
             return;
         };
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warned = self.warned.lock();
         let (seen, at) = *warned;
         if full > seen && at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
             tracing::warn!(
