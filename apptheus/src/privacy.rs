@@ -319,9 +319,10 @@ fn parse_passwd_homes(text: &str) -> Vec<PathBuf> {
 }
 
 /// Read the salt, checking the file through the descriptor that is read (no race with a
-/// rename in between; a link is not followed).
+/// rename in between; a link the administrator made is followed: its target's owner and mode
+/// are what is checked).
 fn read_salt(path: &Path) -> Result<Vec<u8>, SaltError> {
-    let file = safefile::open(path)?;
+    let file = safefile::open_with(path, safefile::Links::Follow)?;
     let meta = file.metadata();
     if meta.uid() != 0 {
         return Err(SaltError::NotRootOwned {
@@ -530,10 +531,17 @@ mod tests {
                 read_salt(&not_root),
                 Err(SaltError::NotRootOwned { uid: 1, .. })
             ));
-            // A link to a good salt is not followed; a file past the bound is no salt.
+            // A link the administrator made is followed (its target is what is checked); a
+            // link to a user's file is refused as that file is; a file past the bound is no salt.
             let link = dir.path().join("link");
             std::os::unix::fs::symlink(&good, &link).unwrap();
-            assert!(matches!(read_salt(&link), Err(SaltError::Read { .. })));
+            assert_eq!(read_salt(&link).unwrap(), read_salt(&good).unwrap());
+            let to_users = dir.path().join("to-users");
+            std::os::unix::fs::symlink(&not_root, &to_users).unwrap();
+            assert!(matches!(
+                read_salt(&to_users),
+                Err(SaltError::NotRootOwned { uid: 1, .. })
+            ));
             let big = write("big", &vec![b'x'; 64 << 10 | 1], 0o600);
             let err = read_salt(&big).unwrap_err();
             assert!(matches!(err, SaltError::TooLarge { .. }), "{err}");

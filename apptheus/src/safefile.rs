@@ -80,15 +80,35 @@ impl Opened {
     }
 }
 
+/// Whether a symbolic link at the path is followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// Refused (ELOOP): the path is in a directory someone else may write (the state file, a
+    /// user's files).
+    Refuse,
+    /// Followed: a file an administrator named by a flag, which sites keep behind links
+    /// (Let's Encrypt's `live/`, a Kubernetes secret's mount).
+    Follow,
+}
+
 /// Open `path` with `FLAGS`: a regular file only.
 pub fn open(path: &Path) -> Result<Opened, Error> {
+    open_with(path, Links::Refuse)
+}
+
+/// Open `path` with `FLAGS`, less O_NOFOLLOW where `links` follows: a regular file only.
+pub fn open_with(path: &Path, links: Links) -> Result<Opened, Error> {
     let io_error = |error| Error::Io {
         path: path.to_path_buf(),
         error,
     };
+    let flags = match links {
+        Links::Refuse => FLAGS,
+        Links::Follow => FLAGS & !libc::O_NOFOLLOW,
+    };
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(FLAGS)
+        .custom_flags(flags)
         .open(path)
         .map_err(io_error)?;
     let meta = file.metadata().map_err(io_error)?;
@@ -107,6 +127,11 @@ pub fn open(path: &Path) -> Result<Opened, Error> {
 /// The whole regular file at `path`, if it holds at most `max` bytes.
 pub fn read(path: &Path, max: u64) -> Result<Vec<u8>, Error> {
     open(path)?.read(max)
+}
+
+/// As `read`, following a link: for a file an administrator named by a flag.
+pub fn read_named(path: &Path, max: u64) -> Result<Vec<u8>, Error> {
+    open_with(path, Links::Follow)?.read(max)
 }
 
 #[cfg(test)]

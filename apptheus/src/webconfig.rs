@@ -552,9 +552,10 @@ impl Web {
     }
 }
 
-/// The web config or a file it names, as `safefile` reads them: a link is not followed.
+/// The web config or a file it names: the administrator's, so a link is followed (certificates
+/// live behind links), but only a regular file, and bounded.
 fn read_limited(path: &Path) -> Result<Vec<u8>> {
-    Ok(safefile::read(path, MAX_FILE_SIZE)?)
+    Ok(safefile::read_named(path, MAX_FILE_SIZE)?)
 }
 
 fn pem_bytes(pem: &Pem, field: &str) -> Result<Vec<u8>> {
