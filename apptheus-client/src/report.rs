@@ -569,12 +569,14 @@ pub fn job_total(job_id: &str, figures: &[Figures]) -> JobTotal {
     }
 }
 
-pub fn job_text(t: &JobTotal, style: Style) -> String {
+/// The job's total line; `place` says where its containers ran ("this node", "node n1").
+pub fn job_text(t: &JobTotal, style: Style, place: &str) -> String {
     format!(
-        "{}: {} container{} on this node, CPU time {}, largest peak {}, {} OOM kill{}, {} failed\n",
+        "{}: {} container{} on {}, CPU time {}, largest peak {}, {} OOM kill{}, {} failed\n",
         style.paint("1", &format!("Job {}", safe(&t.job_id))),
         t.containers,
         if t.containers == 1 { "" } else { "s" },
+        safe(place),
         format::cpu_time(t.cpu_seconds),
         or_none(t.memory_peak_bytes, format::bytes),
         t.oom_kills,

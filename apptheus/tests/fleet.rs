@@ -308,5 +308,53 @@ fn two_nodes_one_store() {
     until(&central, &q, "the job's node count", |a| {
         a.series.len() == 1 && value(&a.series[0]) == 2.0
     });
+
+    // 6. The whole job's report from the store: both nodes, their containers, their sum; and
+    // its jobstats record with a part per node.
+    let report = |extra: &[&str]| {
+        let out = Command::new(bin("apptheus-report"))
+            .args(["--prometheus", &central.url, "--job", &job, "--json"])
+            .args(extra)
+            .output()
+            .expect("run apptheus-report");
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Value>(&out.stdout).expect("its JSON")
+    };
+    let r = report(&[]);
+    println!("fleet report: {r}");
+    let mut sum = 0.0;
+    for (node, id) in nodes.iter().zip(&ids) {
+        let n = &r["nodes"][node.as_str()];
+        let c = &n["containers"][0];
+        assert_eq!(c["container"], id.as_str(), "{r}");
+        assert_eq!(n["total"]["containers"], 1, "{r}");
+        let cpu = c["cpu_seconds"].as_f64().unwrap_or(0.0);
+        assert!(cpu > 0.0, "{node}: {r}");
+        assert!(c["cpus_allowed"].as_f64().unwrap_or(0.0) >= 1.0, "{r}");
+        assert!(c["cpus_allowed_source"].is_string(), "{r}");
+        sum += cpu;
+    }
+    assert_eq!(r["job"]["containers"], 2, "{r}");
+    let total = r["job"]["cpu_seconds"].as_f64().unwrap();
+    assert!((total - sum).abs() < 1e-9, "{total} vs {sum}: {r}");
+    let js = report(&["--jobstats"]);
+    println!("fleet JS1 record: {js}");
+    assert_eq!(js["nodes"].as_object().map(|n| n.len()), Some(2), "{js}");
+    for node in &nodes {
+        let part = &js["nodes"][node.as_str()];
+        assert!(part["total_time"].as_f64().unwrap_or(0.0) > 0.0, "{js}");
+        assert!(part["cpus"].as_f64().unwrap_or(0.0) >= 1.0, "{js}");
+    }
+    // A store that does not answer: a clear error, exit 2.
+    let out = Command::new(bin("apptheus-report"))
+        .args(["--prometheus", "http://127.0.0.1:9", "--job", &job])
+        .output()
+        .expect("run apptheus-report");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the store at http://127.0.0.1:9"),
+        "{err}"
+    );
     println!("fleet test: {:.1} s", start.elapsed().as_secs_f64());
 }

@@ -1,8 +1,10 @@
-//! `apptheus-report [CONTAINER | --job ID [--jobstats] | --user NAME] [--json] [--from FILE]`:
-//! how a container, or a job's containers on this node, used what it was allowed, with notes in
-//! plain words; or the job's record in jobstats' `JS1:` format. From the daemon's query socket (a user sees their own containers), or from a
+//! `apptheus-report [CONTAINER | --job ID [--jobstats] | --user NAME] [--json] [--from FILE |
+//! --prometheus URL]`: how a container, or a job's containers on this node (or on every node,
+//! from the fleet's central store), used what it was allowed, with notes in plain words; or the
+//! job's record in jobstats' `JS1:` format. From the daemon's query socket (a user sees their own containers), or from a
 //! summary file (`--container.summary-file`, for administrators).
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _},
     path::PathBuf,
     process::ExitCode,
@@ -11,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use apptheus_api::Summary;
 use apptheus_client::{
-    jobstats, query,
+    fleet, jobstats, query,
     report::{self, Figures, Style, Thresholds},
     terminal,
 };
@@ -49,6 +51,19 @@ struct Args {
     /// asking the daemon.
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
+
+    /// Read the job's containers on every node from this Prometheus-compatible HTTP API (the
+    /// fleet's central store) instead of asking this node's daemon; needs --job.
+    #[arg(long, value_name = "URL", requires = "job", conflicts_with = "from")]
+    prometheus: Option<String>,
+
+    /// With --prometheus: only series with this `cluster` label.
+    #[arg(long, value_name = "NAME", requires = "prometheus")]
+    cluster: Option<String>,
+
+    /// With --prometheus: how far back the job's containers are looked for.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration, requires = "prometheus")]
+    lookback: f64,
 
     /// The daemon's query socket.
     #[arg(long, value_name = "PATH", default_value = query::DEFAULT_SOCKET)]
@@ -113,6 +128,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         idle_seconds: args.idle_after,
         ..Thresholds::default()
     };
+    if let (Some(url), Some(job)) = (&args.prometheus, &args.job) {
+        return fleet_report(args, url, job, &thresholds);
+    }
     let figures: Vec<Figures> = match &args.from {
         Some(path) => from_file(path)?,
         None => from_daemon(args)?,
@@ -146,7 +164,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     };
     let mut out = String::new();
     if let Some(t) = &total {
-        out.push_str(&report::job_text(t, style));
+        out.push_str(&report::job_text(t, style, "this node"));
         out.push('\n');
     }
     for (i, f) in figures.iter().enumerate() {
@@ -168,7 +186,11 @@ fn jobstats_record(args: &Args, figures: Vec<Figures>) -> anyhow::Result<bool> {
             .to_string_lossy()
             .into_owned(),
     };
-    let record = jobstats::record(&std::collections::BTreeMap::from([(node, figures)]));
+    print_record(args, &BTreeMap::from([(node, figures)]))
+}
+
+fn print_record(args: &Args, nodes: &BTreeMap<String, Vec<Figures>>) -> anyhow::Result<bool> {
+    let record = jobstats::record(nodes);
     if args.json {
         println!("{}", serde_json::to_string(&record)?);
     } else {
@@ -177,6 +199,77 @@ fn jobstats_record(args: &Args, figures: Vec<Figures>) -> anyhow::Result<bool> {
             jobstats::encode(&record).context("encoding the record")?
         );
     }
+    Ok(true)
+}
+
+/// The job on every node, from the fleet's store: the job's total, each node's, then each
+/// container's report (or, with --jobstats, the record with a part per node).
+fn fleet_report(
+    args: &Args,
+    url: &str,
+    job: &str,
+    thresholds: &Thresholds,
+) -> anyhow::Result<bool> {
+    let store = fleet::Store::new(url, args.cluster.as_deref());
+    let now = apptheus_api::time::unix_seconds(std::time::SystemTime::now());
+    let window = std::time::Duration::from_secs_f64(args.lookback);
+    let nodes: BTreeMap<String, Vec<Figures>> = store
+        .job(job, window, now)
+        .with_context(|| format!("job {job}'s containers in the store"))?
+        .into_iter()
+        .map(|(node, figures)| {
+            let figures = figures.into_iter().map(|f| f.with_notes(thresholds));
+            (node, figures.collect())
+        })
+        .collect();
+    if nodes.is_empty() {
+        eprintln!(
+            "apptheus-report: {}",
+            terminal::safe(&format!("no container of job {job} in the store at {url}"))
+        );
+        return Ok(false);
+    }
+    if args.jobstats {
+        return print_record(args, &nodes);
+    }
+    let all: Vec<Figures> = nodes.values().flatten().cloned().collect();
+    let total = report::job_total(job, &all);
+    let per_node: BTreeMap<&String, report::JobTotal> = nodes
+        .iter()
+        .map(|(node, figures)| (node, report::job_total(job, figures)))
+        .collect();
+    if args.json {
+        let doc = serde_json::json!({
+            "job": total,
+            "nodes": nodes.iter().map(|(node, figures)| {
+                (node.clone(), serde_json::json!({ "total": per_node[node], "containers": figures }))
+            }).collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{doc}");
+        return Ok(true);
+    }
+    let style = Style {
+        colour: terminal::colour(std::io::stdout()),
+    };
+    let count = nodes.len();
+    let mut out = report::job_text(
+        &total,
+        style,
+        &format!("{count} node{}", if count == 1 { "" } else { "s" }),
+    );
+    for (node, figures) in &nodes {
+        out.push('\n');
+        out.push_str(&report::job_text(
+            &per_node[node],
+            style,
+            &format!("node {node}"),
+        ));
+        for f in figures {
+            out.push('\n');
+            out.push_str(&report::text(f, style));
+        }
+    }
+    print!("{out}");
     Ok(true)
 }
 
