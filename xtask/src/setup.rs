@@ -5,7 +5,8 @@
 //! match. Test needs (`TEST_PACKAGES`, which says what each is for): Debian's `prometheus`
 //! (promtool, the server), `systemd` (systemd-analyze), `util-linux` (setpriv), `openssl` and
 //! `curl` (the TLS tests), a real Slurm (`slurmctld`, `slurmd`, `slurm-client`, `munge`:
-//! tests/slurm.rs runs a private cluster), `chromium`, `chromium-driver` and `tmux`
+//! tests/slurm.rs runs a private cluster; `slurmdbd` and `mariadb-server` for its accounting in
+//! tests/jobrecords.rs), `chromium`, `chromium-driver` and `tmux`
 //! (tests/glance.rs: the page in a browser, apptheus-top in a terminal), `logrotate`,
 //! `bpftrace`, and the VM test bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils
 //! and the kernels of the matrix in /var/cache/apptheus/vm, see xtask/src/vm). `setup --help`
@@ -49,6 +50,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/slurmd", "slurmd"),
     ("/usr/bin/srun", "slurm-client"),
     ("/usr/sbin/munged", "munge"),
+    // tests/jobrecords.rs: Slurm's accounting (slurmdbd on a MariaDB the test starts).
+    ("/usr/sbin/slurmdbd", "slurmdbd"),
+    ("/usr/sbin/mariadbd", "mariadb-server"),
     // tests/glance.rs: the containers page in a real headless Chromium (over chromedriver),
     // apptheus-top in a real terminal.
     ("/usr/bin/chromium", "chromium"),
@@ -67,6 +71,8 @@ const TEST_DAEMONS: &[&str] = &[
     "/usr/sbin/munged",
     "/usr/sbin/slurmctld",
     "/usr/sbin/slurmd",
+    "/usr/sbin/slurmdbd",
+    "/usr/sbin/mariadbd",
 ];
 
 fn cargo_bin() -> PathBuf {
@@ -207,6 +213,8 @@ fn install_test_packages() -> Result<()> {
             ("/usr/sbin/munged", "munge.service"),
             ("/usr/sbin/slurmctld", "slurmctld.service"),
             ("/usr/sbin/slurmd", "slurmd.service"),
+            ("/usr/sbin/slurmdbd", "slurmdbd.service"),
+            ("/usr/sbin/mariadbd", "mariadb.service"),
         ] {
             if !before.iter().any(|(_, e)| *e == canonical(exe)) {
                 let _ = output(Command::new("systemctl").args(["disable", "--now", unit]));
