@@ -4,8 +4,9 @@
 //!
 //! The document, as jobstats.py writes it: `nodes`, one entry per node keyed by its host name,
 //! each with `cpus` (the CPUs allocated there), `total_memory` (the memory allocated, bytes),
-//! `used_memory` (the peak used, bytes) and `total_time` (the CPU seconds used there, one
-//! decimal); top level `total_time` (the job's run time in seconds: here from its first
+//! `used_memory` (the peak used, bytes) and `total_time` (the CPU seconds used there, to the
+//! millisecond: jobstats' own writer keeps one decimal, which a short job's CPU time does not
+//! survive; its readers take any float); top level `total_time` (the job's run time in seconds: here from its first
 //! container's start to its last one's end) and `gpus` (0: apptheus counts no GPUs).
 use std::{collections::BTreeMap, io::Write as _};
 
@@ -54,9 +55,9 @@ pub struct Record {
     pub gpus: u32,
 }
 
-/// jobstats keeps one decimal of a float.
-fn one_decimal(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+/// CPU seconds to the millisecond.
+fn millis(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// The part of `node` from the job's containers there: the CPU time summed; the allocation
@@ -70,7 +71,7 @@ pub fn node(figures: &[Figures]) -> Node {
             .map(Number::of),
         total_memory: figures.iter().filter_map(|f| f.memory_limit_bytes).max(),
         used_memory: figures.iter().filter_map(|f| f.memory_peak_bytes).max(),
-        total_time: one_decimal(figures.iter().filter_map(|f| f.cpu_seconds).sum()),
+        total_time: millis(figures.iter().filter_map(|f| f.cpu_seconds).sum()),
     }
 }
 
@@ -146,8 +147,8 @@ mod tests {
             doc,
             serde_json::json!({
                 "nodes": {
-                    "node1": {"cpus": 2, "total_memory": 1u64 << 30, "used_memory": 300, "total_time": 8.0},
-                    "node2": {"cpus": 0.5, "total_memory": 2u64 << 30, "used_memory": 64, "total_time": 1.3},
+                    "node1": {"cpus": 2, "total_memory": 1u64 << 30, "used_memory": 300, "total_time": 8.04},
+                    "node2": {"cpus": 0.5, "total_memory": 2u64 << 30, "used_memory": 64, "total_time": 1.25},
                 },
                 "total_time": 20,
                 "gpus": 0,

@@ -13,13 +13,13 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use common::{
     Daemon, Workload, bin,
+    fleet::{self, deploy},
     prometheus::{Answer, Prometheus, tool},
     unique, workload_bin,
 };
@@ -28,17 +28,6 @@ use serde_json::{Value, json};
 /// How long the central store gets to show what the agents sent: a scrape (1 s), the agent's
 /// batch deadline (1 s), and the rules' evaluation (1 s), with room for a loaded machine.
 const CENTRAL_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/prometheus")
-        .join(file)
-}
-
-fn read_deploy(file: &str) -> String {
-    std::fs::read_to_string(deploy(file))
-        .unwrap_or_else(|e| panic!("read deploy/prometheus/{file}: {e}"))
-}
 
 fn promtool(args: &[&str]) {
     let out = Command::new(tool("promtool", "prometheus"))
@@ -63,42 +52,6 @@ fn fleet_files_pass_promtool() {
     promtool(&["check", "config", &p("central.yml")]);
     promtool(&["check", "rules", &p("rules.yml")]);
     promtool(&["test", "rules", &p("rules_test.yml")]);
-}
-
-/// A YAML file of deploy/ as JSON (which is YAML too: Prometheus reads it back).
-fn yaml(text: &str) -> Value {
-    serde_saphyr::from_str(text).expect("deploy YAML parses")
-}
-
-/// deploy/prometheus/agent.yml for one node: its scrape target is `target`, its remote_write
-/// goes to `central`; intervals of a second. The external label `node: ${APPTHEUS_NODE}` and the
-/// write relabeling stay as shipped.
-fn agent_config(target: &str, central: &str) -> String {
-    let mut c = yaml(&read_deploy("agent.yml"));
-    assert_eq!(
-        c["global"]["external_labels"]["node"], "${APPTHEUS_NODE}",
-        "agent.yml should label every series with the node"
-    );
-    c["global"]["scrape_interval"] = json!("1s");
-    c["global"]["scrape_timeout"] = json!("1s");
-    let job = &mut c["scrape_configs"][0];
-    assert_eq!(job["job_name"], "apptheus");
-    job["static_configs"] = json!([{ "targets": [target] }]);
-    let rw = &mut c["remote_write"][0];
-    rw["url"] = json!(format!("{central}/api/v1/write"));
-    rw["queue_config"] = json!({ "batch_send_deadline": "1s" });
-    c.to_string()
-}
-
-/// deploy/prometheus/central.yml evaluating its rules every second, its self-scrape dropped
-/// (the port is not known before it starts).
-fn central_config() -> String {
-    let mut c = yaml(&read_deploy("central.yml"));
-    c["global"]["evaluation_interval"] = json!("1s");
-    c["scrape_configs"] = json!([]);
-    let rules = c["rule_files"].as_array().expect("rule_files");
-    assert!(rules.contains(&json!("rules.yml")) && rules.contains(&json!("alerts.yml")));
-    c.to_string()
 }
 
 /// A launcher on `daemon` burning CPU, with SLURM_JOB_ID=`job` in its environment.
@@ -159,16 +112,7 @@ fn two_nodes_one_store() {
     let job: String = format!("9{}{}", std::process::id(), tag.len());
     let nodes = [format!("{tag}-a"), format!("{tag}-b")];
 
-    let (rules, alerts) = (read_deploy("rules.yml"), read_deploy("alerts.yml"));
-    let central = Prometheus::launch(
-        &central_config(),
-        &[
-            ("rules.yml", rules.as_str()),
-            ("alerts.yml", alerts.as_str()),
-        ],
-        &["--web.enable-remote-write-receiver"],
-        &[],
-    );
+    let central = fleet::central();
     let daemons: Vec<Daemon> = nodes
         .iter()
         .map(|_| Daemon::start(&["--monitor.interval=200ms"]))
@@ -176,14 +120,7 @@ fn two_nodes_one_store() {
     let _agents: Vec<Prometheus> = daemons
         .iter()
         .zip(&nodes)
-        .map(|(d, node)| {
-            Prometheus::launch(
-                &agent_config(&format!("127.0.0.1:{}", d.port), &central.url),
-                &[],
-                &["--enable-feature=agent,expand-external-labels"],
-                &[("APPTHEUS_NODE", node.as_str())],
-            )
-        })
+        .map(|(d, node)| fleet::agent(&format!("127.0.0.1:{}", d.port), &central, node))
         .collect();
     // One container of the job on each node.
     let launchers: Vec<Workload> = daemons.iter().map(|d| job_launcher(d, &job)).collect();

@@ -232,10 +232,10 @@ fn the_report_matches_ground_truth_and_says_what_to_change() {
     let node = &js["nodes"]["node-a"];
     assert_eq!(js["nodes"].as_object().unwrap().len(), 1, "{js}");
     assert_eq!(js["gpus"], 0, "{js}");
-    // CPU seconds to one decimal, as jobstats keeps them.
+    // CPU seconds to the millisecond.
     let time = node["total_time"].as_f64().unwrap();
     assert!(
-        (time - total).abs() <= 0.05 + total * 0.02,
+        (time - total).abs() <= 0.0005 + total * 0.02,
         "{time} vs {total}: {js}"
     );
     assert_eq!(node["cpus"], 2, "{js}");

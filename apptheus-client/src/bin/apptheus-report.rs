@@ -65,6 +65,12 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration, requires = "prometheus")]
     lookback: f64,
 
+    /// With --prometheus: wait up to this long for every container of the job to show as ended
+    /// in the store (its final values remote-written), asking again every second; then report
+    /// what the store has. For a Slurm epilog, which runs as the job ends.
+    #[arg(long, value_name = "DURATION", value_parser = duration, requires = "prometheus")]
+    wait_ended: Option<f64>,
+
     /// The daemon's query socket.
     #[arg(long, value_name = "PATH", default_value = query::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -211,11 +217,25 @@ fn fleet_report(
     thresholds: &Thresholds,
 ) -> anyhow::Result<bool> {
     let store = fleet::Store::new(url, args.cluster.as_deref());
-    let now = apptheus_api::time::unix_seconds(std::time::SystemTime::now());
     let window = std::time::Duration::from_secs_f64(args.lookback);
-    let nodes: BTreeMap<String, Vec<Figures>> = store
-        .job(job, window, now)
-        .with_context(|| format!("job {job}'s containers in the store"))?
+    let wait = std::time::Duration::from_secs_f64(args.wait_ended.unwrap_or(0.0));
+    let started = std::time::Instant::now();
+    let found = loop {
+        let now = apptheus_api::time::unix_seconds(std::time::SystemTime::now());
+        let found = store
+            .job(job, window, now)
+            .with_context(|| format!("job {job}'s containers in the store"))?;
+        let ended = !found.is_empty()
+            && found
+                .values()
+                .flatten()
+                .all(|f| f.state == apptheus_api::State::Ended);
+        if ended || started.elapsed() >= wait {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1).min(wait - started.elapsed()));
+    };
+    let nodes: BTreeMap<String, Vec<Figures>> = found
         .into_iter()
         .map(|(node, figures)| {
             let figures = figures.into_iter().map(|f| f.with_notes(thresholds));

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cgroups;
+pub mod fleet;
 pub mod pki;
 pub mod prometheus;
 pub mod slurm;

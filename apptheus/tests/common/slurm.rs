@@ -78,6 +78,8 @@ pub struct Slurm {
     slurmd: Child,
     /// On v2: the cgroups systemd would have made (removed at the end).
     systemd: Option<SystemdRole>,
+    /// With accounting: its MariaDB and slurmdbd.
+    accounting: Option<Accounting>,
     /// One cluster at a time in a test process (see `ONE_AT_A_TIME`); released last.
     _turn: std::sync::MutexGuard<'static, ()>,
 }
@@ -166,6 +168,24 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
         .stderr(err)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// A daemon that `start` spawned, stopped if dropped before the cluster holds it: a start that
+/// fails half-way leaves nothing running.
+struct Starting(Option<Child>);
+
+impl Starting {
+    fn into_child(mut self) -> Child {
+        self.0.take().expect("a started daemon is taken once")
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            stop_child(c, Duration::from_secs(5));
+        }
+    }
 }
 
 /// SIGTERM `child`, then SIGKILL if it has not exited within `grace`; reap it.
@@ -295,6 +315,17 @@ impl Slurm {
 
     /// Like `start`, with `extra` lines appended to slurm.conf (e.g. `PrologFlags=Contain`).
     pub fn start_with(extra: &str) -> Slurm {
+        Self::start_full(extra, false)
+    }
+
+    /// Like `start_with`, with Slurm's accounting: a MariaDB of its own (data in the cluster's
+    /// directory), slurmdbd on it, the cluster registered (`sacctmgr add cluster`) before
+    /// slurmctld starts. `sacct` then answers for this cluster's jobs.
+    pub fn start_accounted(extra: &str) -> Slurm {
+        Self::start_full(extra, true)
+    }
+
+    fn start_full(extra: &str, accounted: bool) -> Slurm {
         require_root();
         // A test that failed while holding it does not stop the others.
         let turn = ONE_AT_A_TIME
@@ -329,7 +360,7 @@ impl Slurm {
         std::fs::write(&key, bytes).expect("munge key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
         let socket = d.join("munge/munge.sock");
-        let munged = spawn_logged(
+        let munged = Starting(Some(spawn_logged(
             Command::new(&munged_bin)
                 .arg("--foreground")
                 .arg(format!("--socket={}", socket.display()))
@@ -344,7 +375,7 @@ impl Slurm {
                     d.join("munge/munged.seed").display()
                 )),
             &d.join("log/munged.out"),
-        );
+        )));
 
         // Slurm reads its ports from slurm.conf: no port 0 (see `static_port`).
         let (ctld_port, slurmd_port) = (static_port(), static_port());
@@ -358,6 +389,18 @@ impl Slurm {
                 / 10
                 % 60_000_000) as u32;
         let hw = node_hardware(&slurmd_bin);
+        let dbd_port = static_port();
+        let accounting_conf = if accounted {
+            format!(
+                "AccountingStorageType=accounting_storage/slurmdbd\n\
+                 AccountingStorageHost=127.0.0.1\n\
+                 AccountingStoragePort={dbd_port}\n\
+                 AccountingStoragePass={}",
+                socket.display()
+            )
+        } else {
+            "AccountingStorageType=accounting_storage/none".to_string()
+        };
         let conf = d.join("slurm.conf");
         let p = |s: &str| d.join(s).display().to_string();
         std::fs::write(
@@ -391,7 +434,7 @@ impl Slurm {
                  ProctrackType=proctrack/cgroup\n\
                  TaskPlugin=task/affinity,task/cgroup\n\
                  JobAcctGatherType=jobacct_gather/cgroup\n\
-                 AccountingStorageType=accounting_storage/none\n\
+                 {accounting_conf}\n\
                  JobCompType=jobcomp/none\n\
                  NodeName={node} NodeAddr=127.0.0.1 {hw} State=UNKNOWN\n\
                  PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP\n\
@@ -433,14 +476,16 @@ impl Slurm {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let slurmctld = spawn_logged(
+        let accounting =
+            accounted.then(|| Accounting::start(d, &socket, dbd_port, &conf, &format!("c{node}")));
+        let slurmctld = Starting(Some(spawn_logged(
             Command::new(&slurmctld_bin)
                 .arg("-D")
                 .arg("-f")
                 .arg(&conf)
                 .env("SLURM_CONF", &conf),
             &d.join("log/slurmctld.out"),
-        );
+        )));
         let mut slurmd_cmd = match &systemd {
             // Started the way systemd starts slurmd.service: in its own service cgroup, with
             // INVOCATION_ID set (slurmd then stays there, as on a production node).
@@ -469,10 +514,11 @@ impl Slurm {
             conf,
             layout,
             first_job_id,
-            munged,
-            slurmctld,
+            munged: munged.into_child(),
+            slurmctld: slurmctld.into_child(),
             slurmd,
             systemd,
+            accounting,
             _turn: turn,
         };
         s.wait_idle();
@@ -521,7 +567,7 @@ impl Slurm {
         }
     }
 
-    fn log(&self, name: &str) -> String {
+    pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("log").join(name)).unwrap_or_default()
     }
 
@@ -534,6 +580,8 @@ impl Slurm {
             "slurmctld.log",
             "slurmd.out",
             "slurmd.log",
+            "slurmdbd.log",
+            "mariadb.err",
         ]
         .iter()
         .map(|n| format!("--- {n}:\n{}", self.log(n)))
@@ -765,6 +813,8 @@ impl Drop for Slurm {
             .output();
         stop_child(&mut self.slurmd, Duration::from_secs(5));
         stop_child(&mut self.slurmctld, Duration::from_secs(5));
+        // Before munged: slurmdbd's last messages need it.
+        drop(self.accounting.take());
         stop_child(&mut self.munged, Duration::from_secs(5));
         // What is left in this cluster's own cgroups was started by its jobs (slurmstepds,
         // tasks): end it by pid, then remove the cgroups deepest first.
@@ -787,5 +837,134 @@ impl Drop for Slurm {
             role.remove();
         }
         // The temporary directory goes with `self.dir`.
+    }
+}
+
+/// Slurm's accounting for a test cluster: a MariaDB on a loopback port (its data in the
+/// cluster's directory, no grant tables: nothing but this cluster's slurmdbd can reach it) and
+/// slurmdbd on it. Both are stopped when it is dropped (a start that fails included).
+struct Accounting {
+    mariadb: Child,
+    slurmdbd: Child,
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        stop_child(&mut self.slurmdbd, Duration::from_secs(5));
+        stop_child(&mut self.mariadb, Duration::from_secs(10));
+    }
+}
+
+impl Accounting {
+    /// Start both in `d`, then register `cluster` (sacctmgr, with slurm.conf `conf`), retried
+    /// until slurmdbd answers (30 s at most).
+    fn start(
+        d: &Path,
+        munge_socket: &Path,
+        dbd_port: u16,
+        conf: &Path,
+        cluster: &str,
+    ) -> Accounting {
+        let mariadbd = tool("mariadbd", "mariadb-server");
+        let install_db = tool("mariadb-install-db", "mariadb-server");
+        let slurmdbd_bin = tool("slurmdbd", "slurmdbd");
+        let data = d.join("db");
+        let out = Command::new(&install_db)
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .stdin(Stdio::null())
+            .output()
+            .expect("mariadb-install-db");
+        assert!(out.status.success(), "mariadb-install-db: {out:?}");
+        let db_port = static_port();
+        let mariadb = spawn_logged(
+            Command::new(&mariadbd)
+                .args(["--no-defaults", "--user=root", "--skip-grant-tables"])
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--port={db_port}"))
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", d.join("db.sock").display()))
+                .arg(format!("--pid-file={}", d.join("db.pid").display()))
+                .arg(format!(
+                    "--log-error={}",
+                    d.join("log/mariadb.err").display()
+                )),
+            &d.join("log/mariadb.out"),
+        );
+        let dbd_conf = conf.with_file_name("slurmdbd.conf");
+        std::fs::write(
+            &dbd_conf,
+            format!(
+                "AuthType=auth/munge\n\
+                 AuthInfo=socket={munge}\n\
+                 DbdHost=localhost\n\
+                 DbdAddr=127.0.0.1\n\
+                 DbdPort={dbd_port}\n\
+                 SlurmUser=root\n\
+                 DebugLevel=info\n\
+                 LogFile={log}\n\
+                 PidFile={pid}\n\
+                 StorageType=accounting_storage/mysql\n\
+                 StorageHost=127.0.0.1\n\
+                 StoragePort={db_port}\n\
+                 StorageUser=root\n\
+                 StorageLoc=slurm_acct_{cluster}\n",
+                munge = munge_socket.display(),
+                log = d.join("log/slurmdbd.log").display(),
+                pid = d.join("slurmdbd.pid").display(),
+            ),
+        )
+        .expect("slurmdbd.conf");
+        // slurmdbd refuses a configuration others can read (it holds the database's password).
+        std::fs::set_permissions(&dbd_conf, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod slurmdbd.conf");
+        let slurmdbd = spawn_logged(
+            Command::new(&slurmdbd_bin)
+                .arg("-D")
+                .env("SLURM_CONF", conf),
+            &d.join("log/slurmdbd.out"),
+        );
+        let mut a = Accounting { mariadb, slurmdbd };
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(tool("sacctmgr", "slurm-client"))
+                .args(["-i", "add", "cluster", cluster])
+                .env("SLURM_CONF", conf)
+                .stdin(Stdio::null())
+                .output()
+                .expect("sacctmgr");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() || text.contains("already exists") {
+                return a;
+            }
+            let exited = [("mariadbd", &mut a.mariadb), ("slurmdbd", &mut a.slurmdbd)]
+                .into_iter()
+                .find_map(|(n, c)| Some((n, c.try_wait().ok().flatten()?)));
+            let logs = || {
+                ["mariadb.err", "slurmdbd.log", "slurmdbd.out"]
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "--- {n}:\n{}",
+                            std::fs::read_to_string(d.join("log").join(n)).unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            if let Some((name, st)) = exited {
+                panic!("{name} exited at start ({st}):\n{}", logs());
+            }
+            assert!(
+                Instant::now() < end,
+                "sacctmgr add cluster {cluster}: no answer from slurmdbd within 30 s ({text}):\n{}",
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
