@@ -48,6 +48,7 @@ const DEB_FILES: &[(&str, u32)] = &[
     ("/usr/share/apptheus/prometheus/agent.yml", 0o644),
     ("/usr/share/apptheus/prometheus/central.yml", 0o644),
     ("/usr/share/apptheus/slurm/apptheus-epilog.sh", 0o755),
+    ("/usr/share/apptheus/influxdb/agent.yml", 0o644),
     ("/usr/share/doc/apptheus/README.md", 0o644),
     ("/usr/share/doc/apptheus/guide.md", 0o644),
     ("/usr/share/doc/apptheus/users.md", 0o644),

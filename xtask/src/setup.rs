@@ -6,7 +6,7 @@
 //! (promtool, the server), `systemd` (systemd-analyze), `util-linux` (setpriv), `openssl` and
 //! `curl` (the TLS tests), a real Slurm (`slurmctld`, `slurmd`, `slurm-client`, `munge`:
 //! tests/slurm.rs runs a private cluster; `slurmdbd` and `mariadb-server` for its accounting in
-//! tests/jobrecords.rs), `chromium`, `chromium-driver` and `tmux`
+//! tests/jobrecords.rs; `influxdb`, the seed's central store, for tests/influxdb.rs), `chromium`, `chromium-driver` and `tmux`
 //! (tests/glance.rs: the page in a browser, apptheus-top in a terminal), `logrotate`,
 //! `bpftrace`, and the VM test bed of `cargo xtask vm` (QEMU, busybox-static, kmod, xz-utils
 //! and the kernels of the matrix in /var/cache/apptheus/vm, see xtask/src/vm). `setup --help`
@@ -53,6 +53,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // tests/jobrecords.rs: Slurm's accounting (slurmdbd on a MariaDB the test starts).
     ("/usr/sbin/slurmdbd", "slurmdbd"),
     ("/usr/sbin/mariadbd", "mariadb-server"),
+    // tests/influxdb.rs: the seed's central store, InfluxDB 1.x fed by remote write.
+    ("/usr/bin/influxd", "influxdb"),
     // tests/glance.rs: the containers page in a real headless Chromium (over chromedriver),
     // apptheus-top in a real terminal.
     ("/usr/bin/chromium", "chromium"),
@@ -73,6 +75,7 @@ const TEST_DAEMONS: &[&str] = &[
     "/usr/sbin/slurmd",
     "/usr/sbin/slurmdbd",
     "/usr/sbin/mariadbd",
+    "/usr/bin/influxd",
 ];
 
 fn cargo_bin() -> PathBuf {
@@ -215,6 +218,7 @@ fn install_test_packages() -> Result<()> {
             ("/usr/sbin/slurmd", "slurmd.service"),
             ("/usr/sbin/slurmdbd", "slurmdbd.service"),
             ("/usr/sbin/mariadbd", "mariadb.service"),
+            ("/usr/bin/influxd", "influxdb.service"),
         ] {
             if !before.iter().any(|(_, e)| *e == canonical(exe)) {
                 let _ = output(Command::new("systemctl").args(["disable", "--now", unit]));
