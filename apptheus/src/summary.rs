@@ -148,8 +148,10 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
     } = series
         .cpus_allowed
         .unwrap_or_else(|| Allowance::default().cpus(host_cpus));
-    let cpu_efficiency = stats
-        .cpu_usage_seconds
+    let cpu = stats.cpu.unwrap_or_default();
+    let memory = stats.memory.unwrap_or_default();
+    let cpu_efficiency = cpu
+        .usage_seconds
         .filter(|_| duration > 0.0)
         .map(|cpu| round(cpu / (duration * cpus_allowed), 4));
     let pressure = |p: Option<crate::cgroup::Pressure>| {
@@ -158,10 +160,11 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
             p.and_then(|p| p.stalled_seconds),
         )
     };
-    let (cpu_waiting, cpu_stalled) = pressure(stats.cpu_pressure);
-    let (memory_waiting, memory_stalled) = pressure(stats.memory_pressure);
-    let (io_waiting, io_stalled) = pressure(stats.io_pressure);
-    let throttling = stats.cpu_throttling;
+    let (cpu_waiting, cpu_stalled) = pressure(stats.pressure.cpu);
+    let (memory_waiting, memory_stalled) = pressure(stats.pressure.memory);
+    let (io_waiting, io_stalled) = pressure(stats.pressure.io);
+    let throttling = stats.throttling;
+    let memory_events = stats.memory_events.unwrap_or_default();
     Summary {
         container: identity.id.clone(),
         user: identity.user.clone(),
@@ -182,23 +185,21 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
         end_time_seconds: end,
         duration_seconds: round(duration, 3),
         exit_code: fate.exit_code,
-        cpu_seconds: stats.cpu_usage_seconds,
-        cpu_user_seconds: stats.cpu_user_seconds,
-        cpu_system_seconds: stats.cpu_system_seconds,
+        cpu_seconds: cpu.usage_seconds,
+        cpu_user_seconds: cpu.user_seconds,
+        cpu_system_seconds: cpu.system_seconds,
         cpus_allowed,
         cpus_allowed_source,
         cpu_efficiency,
-        memory_peak_bytes: stats.memory_max_usage_bytes,
-        memory_peak_source: stats
-            .memory_max_usage_bytes
-            .map(|_| series.memory_peak_source),
-        memory_limit_bytes: stats.memory_limit_bytes,
+        memory_peak_bytes: memory.max_usage_bytes,
+        memory_peak_source: memory.max_usage_bytes.map(|_| series.memory_peak_source),
+        memory_limit_bytes: memory.limit_bytes,
         oom_kills: fate.oom_kills,
         failed_exits: fate.failed_exits,
         forks: series.procs.forks,
         execs: series.procs.execs,
-        io_read_bytes: stats.blkio_read_bytes,
-        io_write_bytes: stats.blkio_write_bytes,
+        io_read_bytes: stats.io.map(|io| io.read_bytes),
+        io_write_bytes: stats.io.map(|io| io.write_bytes),
         network_receive_bytes: fate.network_receive_bytes,
         network_transmit_bytes: fate.network_transmit_bytes,
         cpu_cfs_periods: throttling.map(|t| t.periods),
@@ -210,9 +211,9 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
         pressure_memory_stalled_seconds: memory_stalled,
         pressure_io_waiting_seconds: io_waiting,
         pressure_io_stalled_seconds: io_stalled,
-        memory_events_high: stats.memory_events.high,
-        memory_events_max: stats.memory_events.max,
-        memory_events_oom: stats.memory_events.oom,
+        memory_events_high: memory_events.high,
+        memory_events_max: memory_events.max,
+        memory_events_oom: memory_events.oom,
     }
 }
 
@@ -518,7 +519,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        cgroup::{MemoryEvents, Pressure, Stats, Throttling},
+        cgroup::{Cpu, Io, Memory, MemoryEvents, Pressure, Pressures, Stats, Throttling},
         container::Identity,
         job::{Job, JobSource, Scheduler},
         telemetry::{Line, LogFormat},
@@ -550,25 +551,35 @@ mod tests {
             cpus_allowed: None,
             end_time: Some(1_700_000_010.0),
             stats: Stats {
-                cpu_usage_seconds: Some(5.0),
-                cpu_user_seconds: Some(4.5),
-                cpu_system_seconds: Some(0.5),
-                memory_max_usage_bytes: Some(1 << 30),
-                blkio_read_bytes: Some(4096),
-                blkio_write_bytes: Some(0),
-                cpu_pressure: Some(Pressure {
-                    waiting_seconds: 1.5,
-                    stalled_seconds: None,
+                cpu: Some(Cpu {
+                    usage_seconds: Some(5.0),
+                    user_seconds: Some(4.5),
+                    system_seconds: Some(0.5),
                 }),
-                cpu_throttling: Some(Throttling {
+                memory: Some(Memory {
+                    max_usage_bytes: Some(1 << 30),
+                    ..Memory::default()
+                }),
+                io: Some(Io {
+                    read_bytes: 4096,
+                    write_bytes: 0,
+                }),
+                pressure: Pressures {
+                    cpu: Some(Pressure {
+                        waiting_seconds: 1.5,
+                        stalled_seconds: None,
+                    }),
+                    ..Pressures::default()
+                },
+                throttling: Some(Throttling {
                     periods: 100,
                     throttled_periods: 40,
                     throttled_seconds: 2.0,
                 }),
-                memory_events: MemoryEvents {
+                memory_events: Some(MemoryEvents {
                     max: Some(3),
                     ..MemoryEvents::default()
-                },
+                }),
                 ..Stats::default()
             },
             procs: ProcessCounters {
@@ -665,7 +676,7 @@ mod tests {
         // A sampled peak says so; no peak, no source.
         c.memory_peak_source = PeakSource::Sampled;
         assert_eq!(of(&c, 2, 0.0).memory_peak_source, Some(PeakSource::Sampled));
-        c.stats.memory_max_usage_bytes = None;
+        c.stats.memory = None;
         assert_eq!(of(&c, 2, 0.0).memory_peak_source, None);
     }
 

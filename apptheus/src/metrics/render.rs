@@ -100,61 +100,71 @@ const CORE: &[Family] = &[
         name: "apptheus_container_cpu_usage_seconds_total",
         kind: Kind::Counter,
         help: "CPU time consumed by the container's cgroup.",
-        value: |c| c.stats.cpu_usage_seconds.map(Value::Float),
+        value: |c| c.stats.cpu.and_then(|c| c.usage_seconds).map(Value::Float),
     },
     Family {
         name: "apptheus_container_cpu_user_seconds_total",
         kind: Kind::Counter,
         help: "User CPU time consumed by the container's cgroup.",
-        value: |c| c.stats.cpu_user_seconds.map(Value::Float),
+        value: |c| c.stats.cpu.and_then(|c| c.user_seconds).map(Value::Float),
     },
     Family {
         name: "apptheus_container_cpu_system_seconds_total",
         kind: Kind::Counter,
         help: "System CPU time consumed by the container's cgroup.",
-        value: |c| c.stats.cpu_system_seconds.map(Value::Float),
+        value: |c| c.stats.cpu.and_then(|c| c.system_seconds).map(Value::Float),
     },
     Family {
         name: "apptheus_container_memory_usage_bytes",
         kind: Kind::Gauge,
         help: "Current memory usage.",
-        value: |c| c.stats.memory_usage_bytes.map(Value::Int),
+        value: |c| c.stats.memory.and_then(|m| m.usage_bytes).map(Value::Int),
     },
     Family {
         name: "apptheus_container_memory_working_set_bytes",
         kind: Kind::Gauge,
         help: "Memory usage minus inactive file cache.",
-        value: |c| c.stats.memory_working_set_bytes.map(Value::Int),
+        value: |c| {
+            c.stats
+                .memory
+                .and_then(|m| m.working_set_bytes)
+                .map(Value::Int)
+        },
     },
     Family {
         name: "apptheus_container_memory_rss_bytes",
         kind: Kind::Gauge,
         help: "Anonymous memory.",
-        value: |c| c.stats.memory_rss_bytes.map(Value::Int),
+        value: |c| c.stats.memory.and_then(|m| m.rss_bytes).map(Value::Int),
     },
     Family {
         name: "apptheus_container_memory_cache_bytes",
         kind: Kind::Gauge,
         help: "Page cache memory.",
-        value: |c| c.stats.memory_cache_bytes.map(Value::Int),
+        value: |c| c.stats.memory.and_then(|m| m.cache_bytes).map(Value::Int),
     },
     Family {
         name: "apptheus_container_memory_swap_bytes",
         kind: Kind::Gauge,
         help: "Swap in use.",
-        value: |c| c.stats.memory_swap_bytes.map(Value::Int),
+        value: |c| c.stats.memory.and_then(|m| m.swap_bytes).map(Value::Int),
     },
     Family {
         name: "apptheus_container_memory_max_usage_bytes",
         kind: Kind::Gauge,
         help: "Peak memory usage.",
-        value: |c| c.stats.memory_max_usage_bytes.map(Value::Int),
+        value: |c| {
+            c.stats
+                .memory
+                .and_then(|m| m.max_usage_bytes)
+                .map(Value::Int)
+        },
     },
     Family {
         name: "apptheus_container_spec_memory_limit_bytes",
         kind: Kind::Gauge,
         help: "Memory limit of the container (the smallest along its cgroup path).",
-        value: |c| c.stats.memory_limit_bytes.map(Value::Int),
+        value: |c| c.stats.memory.and_then(|m| m.limit_bytes).map(Value::Int),
     },
     Family {
         name: "apptheus_container_spec_cpus",
@@ -166,13 +176,13 @@ const CORE: &[Family] = &[
         name: "apptheus_container_pids",
         kind: Kind::Gauge,
         help: "Tasks in the container's cgroup.",
-        value: |c| c.stats.pids.map(Value::Int),
+        value: |c| c.stats.pids.and_then(|p| p.current).map(Value::Int),
     },
     Family {
         name: "apptheus_container_spec_pids_limit",
         kind: Kind::Gauge,
         help: "Pids limit of the container (the smallest along its cgroup path).",
-        value: |c| c.stats.pids_limit.map(Value::Int),
+        value: |c| c.stats.pids.and_then(|p| p.limit).map(Value::Int),
     },
 ];
 
@@ -181,13 +191,13 @@ const IO: &[Family] = &[
         name: "apptheus_container_blkio_read_bytes_total",
         kind: Kind::Counter,
         help: "Bytes read from block devices.",
-        value: |c| c.stats.blkio_read_bytes.map(Value::Int),
+        value: |c| c.stats.io.map(|io| Value::Int(io.read_bytes)),
     },
     Family {
         name: "apptheus_container_blkio_write_bytes_total",
         kind: Kind::Counter,
         help: "Bytes written to block devices.",
-        value: |c| c.stats.blkio_write_bytes.map(Value::Int),
+        value: |c| c.stats.io.map(|io| Value::Int(io.write_bytes)),
     },
 ];
 
@@ -292,7 +302,8 @@ const PRESSURE: &[Family] = &[
         help: "Time in which at least one of the container's tasks waited for a CPU (PSI some).",
         value: |c| {
             c.stats
-                .cpu_pressure
+                .pressure
+                .cpu
                 .map(|p| Value::Float(p.waiting_seconds))
         },
     },
@@ -302,7 +313,8 @@ const PRESSURE: &[Family] = &[
         help: "Time in which all the container's non-idle tasks waited for a CPU (PSI full; Linux 5.13+).",
         value: |c| {
             c.stats
-                .cpu_pressure
+                .pressure
+                .cpu
                 .and_then(|p| p.stalled_seconds)
                 .map(Value::Float)
         },
@@ -313,7 +325,8 @@ const PRESSURE: &[Family] = &[
         help: "Time in which at least one of the container's tasks waited for memory (PSI some).",
         value: |c| {
             c.stats
-                .memory_pressure
+                .pressure
+                .memory
                 .map(|p| Value::Float(p.waiting_seconds))
         },
     },
@@ -323,7 +336,8 @@ const PRESSURE: &[Family] = &[
         help: "Time in which all the container's non-idle tasks waited for memory (PSI full).",
         value: |c| {
             c.stats
-                .memory_pressure
+                .pressure
+                .memory
                 .and_then(|p| p.stalled_seconds)
                 .map(Value::Float)
         },
@@ -332,7 +346,7 @@ const PRESSURE: &[Family] = &[
         name: "apptheus_container_pressure_io_waiting_seconds_total",
         kind: Kind::Counter,
         help: "Time in which at least one of the container's tasks waited for I/O (PSI some).",
-        value: |c| c.stats.io_pressure.map(|p| Value::Float(p.waiting_seconds)),
+        value: |c| c.stats.pressure.io.map(|p| Value::Float(p.waiting_seconds)),
     },
     Family {
         name: "apptheus_container_pressure_io_stalled_seconds_total",
@@ -340,7 +354,8 @@ const PRESSURE: &[Family] = &[
         help: "Time in which all the container's non-idle tasks waited for I/O (PSI full).",
         value: |c| {
             c.stats
-                .io_pressure
+                .pressure
+                .io
                 .and_then(|p| p.stalled_seconds)
                 .map(Value::Float)
         },
@@ -352,17 +367,13 @@ const THROTTLING: &[Family] = &[
         name: "apptheus_container_cpu_cfs_periods_total",
         kind: Kind::Counter,
         help: "CFS enforcement periods that elapsed while the container's cgroup had runnable tasks.",
-        value: |c| c.stats.cpu_throttling.map(|t| Value::Int(t.periods)),
+        value: |c| c.stats.throttling.map(|t| Value::Int(t.periods)),
     },
     Family {
         name: "apptheus_container_cpu_cfs_throttled_periods_total",
         kind: Kind::Counter,
         help: "CFS periods in which the container's cgroup used up its CPU quota and was throttled.",
-        value: |c| {
-            c.stats
-                .cpu_throttling
-                .map(|t| Value::Int(t.throttled_periods))
-        },
+        value: |c| c.stats.throttling.map(|t| Value::Int(t.throttled_periods)),
     },
     Family {
         name: "apptheus_container_cpu_cfs_throttled_seconds_total",
@@ -370,7 +381,7 @@ const THROTTLING: &[Family] = &[
         help: "Time the container's cgroup spent throttled by its CPU quota.",
         value: |c| {
             c.stats
-                .cpu_throttling
+                .throttling
                 .map(|t| Value::Float(t.throttled_seconds))
         },
     },
@@ -382,7 +393,9 @@ const MEMORY_EVENTS: &[LabeledFamily] = &[LabeledFamily {
     help: "Memory events of the container's cgroup: high (over memory.high), max (at its memory limit), oom (OOM killer about to run).",
     label: "event",
     values: |c, sample| {
-        let e = c.stats.memory_events;
+        let Some(e) = c.stats.memory_events else {
+            return;
+        };
         for (event, count) in [("high", e.high), ("max", e.max), ("oom", e.oom)] {
             if let Some(count) = count {
                 sample(event, Value::Int(count));
@@ -546,7 +559,7 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::{
-        cgroup::{MemoryEvents, Pressure, Stats, Throttling},
+        cgroup::{Cpu, Memory, MemoryEvents, Pressure, Stats, Throttling},
         container::Identity,
         tracker::ProcessCounters,
     };
@@ -574,8 +587,14 @@ mod tests {
             }),
             end_time: None,
             stats: Stats {
-                cpu_usage_seconds: Some(1.25),
-                memory_usage_bytes: Some(4096),
+                cpu: Some(Cpu {
+                    usage_seconds: Some(1.25),
+                    ..Cpu::default()
+                }),
+                memory: Some(Memory {
+                    usage_bytes: Some(4096),
+                    ..Memory::default()
+                }),
                 ..Default::default()
             },
             procs: ProcessCounters {
@@ -639,24 +658,24 @@ mod tests {
     /// A container on a v2 host with PSI, a CPU quota and the memory controller.
     fn held_back(id: &str) -> ContainerSeries {
         let mut c = series(id);
-        c.stats.cpu_pressure = Some(Pressure {
+        c.stats.pressure.cpu = Some(Pressure {
             waiting_seconds: 2.5,
             stalled_seconds: None,
         });
-        c.stats.memory_pressure = Some(Pressure {
+        c.stats.pressure.memory = Some(Pressure {
             waiting_seconds: 0.25,
             stalled_seconds: Some(0.125),
         });
-        c.stats.cpu_throttling = Some(Throttling {
+        c.stats.throttling = Some(Throttling {
             periods: 30,
             throttled_periods: 28,
             throttled_seconds: 2.75,
         });
-        c.stats.memory_events = MemoryEvents {
+        c.stats.memory_events = Some(MemoryEvents {
             high: None,
             max: Some(7),
             oom: Some(1),
-        };
+        });
         c
     }
 
