@@ -666,6 +666,20 @@ mod tests {
         assert_eq!(json["forks"], 12);
     }
 
+    /// The record carries the table's values under the keys the table names (see
+    /// `metrics::families`), and leaves out what the table has no value for.
+    #[test]
+    fn the_record_holds_the_tables_values() {
+        use crate::metrics::families::tests::{differences, every_value, no_value};
+        for (what, mut series) in [("every value", every_value()), ("no value", no_value())] {
+            // A summary is of an ended container; the table's end time is the series'.
+            series.end_time.get_or_insert(1_700_000_100.0);
+            let record = serde_json::to_value(of(&series, 8, 0.0)).unwrap();
+            let wrong = differences(&record, &series, |f| f.summary, |f| f.summary);
+            assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
+        }
+    }
+
     #[test]
     fn no_time_passed_no_efficiency() {
         let mut c = series();

@@ -282,6 +282,18 @@ pub(crate) mod tests {
         assert_eq!(back, view);
     }
 
+    /// A container's JSON carries the table's values under the keys the table names (see
+    /// `metrics::families`), null where the table has no value.
+    #[test]
+    fn the_containers_hold_the_tables_values() {
+        use crate::metrics::families::tests::{differences, every_value, no_value};
+        for (what, series) in [("every value", every_value()), ("no value", no_value())] {
+            let json = serde_json::to_value(container(&series, None)).unwrap();
+            let wrong = differences(&json, &series, |f| f.api, |f| f.api);
+            assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
+        }
+    }
+
     #[test]
     fn the_exit_code_is_the_trackers_once_ended() {
         let history = History::new(Duration::from_millis(500));

@@ -1,0 +1,907 @@
+//! The per-container metrics, each defined once: its name, type, help, unit, collector group,
+//! how to get its value from a container's series, and the keys under which the summary record
+//! and `/api/containers` carry the same value. `/metrics` is rendered from this table; the
+//! summary record, `/api/containers` and docs/metrics.md's table are checked against it by
+//! tests (here, in `summary` and in `http::api`), which fail naming the difference.
+//!
+//! Adding a per-container metric: an entry here, and the code that reads its value (a `Stats`
+//! group of `cgroup`, the tracker's counters, the sampler); then the row in docs/metrics.md that
+//! the test below asks for.
+use super::ContainerSeries;
+use crate::collectors::Collector;
+
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Kind {
+    /// As the text format's `# TYPE` line (and docs/metrics.md) names it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+/// What a family's value counts. Prometheus names a family by its base unit: the tests hold
+/// the names to it (`_seconds`, `_bytes`, and neither for the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// A duration, or a Unix time.
+    Seconds,
+    Bytes,
+    /// CPUs, a fraction under a quota.
+    Cpus,
+    /// A number of things (tasks, processes, calls, packets, periods, events): the name says
+    /// which.
+    Count,
+    /// An exit status as a shell reports it.
+    Status,
+}
+
+/// Where a family's value also appears in a JSON record (the summary record, or a container of
+/// `/api/containers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// Not there.
+    No,
+    /// Under this key, absent (or null) where the family has no value. For a labeled family,
+    /// the key is this prefix followed by each label value.
+    Is(&'static str),
+    /// Under this key, which holds a fallback where the family has no value (a record's end
+    /// time is the time it was made; its CPUs, the host's when none were read).
+    OrElse(&'static str),
+}
+
+/// A per-container family: name, type, help, unit, where its value also appears, and how to
+/// get its value.
+// `unit`, `summary` and `api` are read by the tests that hold the records and the docs to
+// this table; rendering needs none of them.
+#[cfg_attr(not(test), expect(dead_code))]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub unit: Unit,
+    pub summary: Key,
+    pub api: Key,
+    pub value: fn(&ContainerSeries) -> Option<Value>,
+}
+
+/// A per-container family with one more label: one sample per value of `label` that the
+/// container has, each handed to the callback `values` is given.
+#[cfg_attr(not(test), expect(dead_code))]
+pub struct LabeledFamily {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub unit: Unit,
+    pub summary: Key,
+    pub api: Key,
+    pub label: &'static str,
+    pub values: fn(&ContainerSeries, &mut dyn FnMut(&'static str, Value)),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+/// The families of one collector group (`None`: always on), in output order.
+pub struct Group {
+    pub collector: Option<Collector>,
+    pub families: &'static [Family],
+    pub labeled: &'static [LabeledFamily],
+}
+
+pub const GROUPS: &[Group] = &[
+    Group {
+        collector: None,
+        families: CORE,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Io),
+        families: IO,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Processes),
+        families: PROCESSES,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Pressure),
+        families: PRESSURE,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::Throttling),
+        families: THROTTLING,
+        labeled: &[],
+    },
+    Group {
+        collector: Some(Collector::MemoryEvents),
+        families: &[],
+        labeled: MEMORY_EVENTS,
+    },
+    Group {
+        collector: None,
+        families: FATE,
+        labeled: FAILED_EXITS,
+    },
+    Group {
+        collector: Some(Collector::Network),
+        families: NETWORK,
+        labeled: &[],
+    },
+];
+
+const CORE: &[Family] = &[
+    Family {
+        name: "apptheus_container_start_time_seconds",
+        kind: Kind::Gauge,
+        help: "Unix time the container was registered.",
+        unit: Unit::Seconds,
+        summary: Key::Is("start_time_seconds"),
+        api: Key::Is("start_time"),
+        value: |c| Some(Value::Float(c.identity.start_time)),
+    },
+    Family {
+        name: "apptheus_container_end_time_seconds",
+        kind: Kind::Gauge,
+        help: "Unix time the container's last process exited (only for ended containers).",
+        unit: Unit::Seconds,
+        summary: Key::OrElse("end_time_seconds"),
+        api: Key::Is("end_time"),
+        value: |c| c.end_time.map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_usage_seconds_total",
+        kind: Kind::Counter,
+        help: "CPU time consumed by the container's cgroup.",
+        unit: Unit::Seconds,
+        summary: Key::Is("cpu_seconds"),
+        api: Key::Is("cpu_seconds"),
+        value: |c| c.stats.cpu.and_then(|c| c.usage_seconds).map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_user_seconds_total",
+        kind: Kind::Counter,
+        help: "User CPU time consumed by the container's cgroup.",
+        unit: Unit::Seconds,
+        summary: Key::Is("cpu_user_seconds"),
+        api: Key::No,
+        value: |c| c.stats.cpu.and_then(|c| c.user_seconds).map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_cpu_system_seconds_total",
+        kind: Kind::Counter,
+        help: "System CPU time consumed by the container's cgroup.",
+        unit: Unit::Seconds,
+        summary: Key::Is("cpu_system_seconds"),
+        api: Key::No,
+        value: |c| c.stats.cpu.and_then(|c| c.system_seconds).map(Value::Float),
+    },
+    Family {
+        name: "apptheus_container_memory_usage_bytes",
+        kind: Kind::Gauge,
+        help: "Current memory usage.",
+        unit: Unit::Bytes,
+        summary: Key::No,
+        api: Key::Is("memory_bytes"),
+        value: |c| c.stats.memory.and_then(|m| m.usage_bytes).map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_working_set_bytes",
+        kind: Kind::Gauge,
+        help: "Memory usage minus inactive file cache.",
+        unit: Unit::Bytes,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| {
+            c.stats
+                .memory
+                .and_then(|m| m.working_set_bytes)
+                .map(Value::Int)
+        },
+    },
+    Family {
+        name: "apptheus_container_memory_rss_bytes",
+        kind: Kind::Gauge,
+        help: "Anonymous memory.",
+        unit: Unit::Bytes,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| c.stats.memory.and_then(|m| m.rss_bytes).map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_cache_bytes",
+        kind: Kind::Gauge,
+        help: "Page cache memory.",
+        unit: Unit::Bytes,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| c.stats.memory.and_then(|m| m.cache_bytes).map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_swap_bytes",
+        kind: Kind::Gauge,
+        help: "Swap in use.",
+        unit: Unit::Bytes,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| c.stats.memory.and_then(|m| m.swap_bytes).map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_memory_max_usage_bytes",
+        kind: Kind::Gauge,
+        help: "Peak memory usage.",
+        unit: Unit::Bytes,
+        summary: Key::Is("memory_peak_bytes"),
+        api: Key::Is("memory_peak_bytes"),
+        value: |c| {
+            c.stats
+                .memory
+                .and_then(|m| m.max_usage_bytes)
+                .map(Value::Int)
+        },
+    },
+    Family {
+        name: "apptheus_container_spec_memory_limit_bytes",
+        kind: Kind::Gauge,
+        help: "Memory limit of the container (the smallest along its cgroup path).",
+        unit: Unit::Bytes,
+        summary: Key::Is("memory_limit_bytes"),
+        api: Key::Is("memory_limit_bytes"),
+        value: |c| c.stats.memory.and_then(|m| m.limit_bytes).map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_spec_cpus",
+        kind: Kind::Gauge,
+        help: "CPUs the container may use: the smallest of its cpuset, its CFS quota and the host's CPUs (which, in cpus_source of apptheus_container_info).",
+        unit: Unit::Cpus,
+        summary: Key::OrElse("cpus_allowed"),
+        api: Key::No,
+        value: |c| c.cpus_allowed.map(|a| Value::Float(a.cpus)),
+    },
+    Family {
+        name: "apptheus_container_pids",
+        kind: Kind::Gauge,
+        help: "Tasks in the container's cgroup.",
+        unit: Unit::Count,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| c.stats.pids.and_then(|p| p.current).map(Value::Int),
+    },
+    Family {
+        name: "apptheus_container_spec_pids_limit",
+        kind: Kind::Gauge,
+        help: "Pids limit of the container (the smallest along its cgroup path).",
+        unit: Unit::Count,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| c.stats.pids.and_then(|p| p.limit).map(Value::Int),
+    },
+];
+
+const IO: &[Family] = &[
+    Family {
+        name: "apptheus_container_blkio_read_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes read from block devices.",
+        unit: Unit::Bytes,
+        summary: Key::Is("io_read_bytes"),
+        api: Key::No,
+        value: |c| c.stats.io.map(|io| Value::Int(io.read_bytes)),
+    },
+    Family {
+        name: "apptheus_container_blkio_write_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes written to block devices.",
+        unit: Unit::Bytes,
+        summary: Key::Is("io_write_bytes"),
+        api: Key::No,
+        value: |c| c.stats.io.map(|io| Value::Int(io.write_bytes)),
+    },
+];
+
+const PROCESSES: &[Family] = &[
+    Family {
+        name: "apptheus_container_processes",
+        kind: Kind::Gauge,
+        help: "Live processes of the container, tracked by the eBPF hooks.",
+        unit: Unit::Count,
+        summary: Key::No,
+        api: Key::Is("processes"),
+        value: |c| Some(Value::Int(c.procs.live)),
+    },
+    Family {
+        name: "apptheus_container_forks_total",
+        kind: Kind::Counter,
+        help: "Processes forked inside the container (eBPF).",
+        unit: Unit::Count,
+        summary: Key::Is("forks"),
+        api: Key::No,
+        value: |c| Some(Value::Int(c.procs.forks)),
+    },
+    Family {
+        name: "apptheus_container_execs_total",
+        kind: Kind::Counter,
+        help: "execve calls inside the container (eBPF).",
+        unit: Unit::Count,
+        summary: Key::Is("execs"),
+        api: Key::No,
+        value: |c| Some(Value::Int(c.procs.execs)),
+    },
+    Family {
+        name: "apptheus_container_exits_total",
+        kind: Kind::Counter,
+        help: "Processes of the container that exited (eBPF).",
+        unit: Unit::Count,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| Some(Value::Int(c.procs.exits)),
+    },
+    Family {
+        name: "apptheus_container_untracked_processes_total",
+        kind: Kind::Counter,
+        help: "New processes the eBPF hooks did not track: the container was at its process bound (they stay in its cgroup).",
+        unit: Unit::Count,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| Some(Value::Int(c.procs.untracked)),
+    },
+];
+
+/// How the container ended: read from the kernel's counters, which a container's end needs
+/// anyway (not a group that can be turned off).
+const FATE: &[Family] = &[
+    Family {
+        name: "apptheus_container_exit_code",
+        kind: Kind::Gauge,
+        help: "Exit status of the container's launcher as a shell reports it (128+N for signal N), once the container ended.",
+        unit: Unit::Status,
+        summary: Key::Is("exit_code"),
+        api: Key::Is("exit_code"),
+        value: |c| {
+            c.end_time?;
+            c.procs.exit_code.map(|v| Value::Int(v.into()))
+        },
+    },
+    Family {
+        name: "apptheus_container_oom_kills_total",
+        kind: Kind::Counter,
+        help: "Processes of the container killed by the OOM killer, whichever limit was hit.",
+        unit: Unit::Count,
+        summary: Key::Is("oom_kills"),
+        api: Key::No,
+        value: |c| c.procs.oom_kills.map(Value::Int),
+    },
+];
+
+const FAILED_EXITS: &[LabeledFamily] = &[LabeledFamily {
+    name: "apptheus_container_failed_exits_total",
+    kind: Kind::Counter,
+    help: "Processes of the container that exited with a non-zero code (reason=\"exit_code\") or were killed by a signal (reason=\"signal\").",
+    unit: Unit::Count,
+    summary: Key::No,
+    api: Key::No,
+    label: "reason",
+    values: |c, sample| {
+        if let Some(f) = c.procs.failed {
+            sample("exit_code", Value::Int(f.exit_code));
+            sample("signal", Value::Int(f.signal));
+        }
+    },
+}];
+
+const NETWORK: &[Family] = &[
+    Family {
+        name: "apptheus_container_network_receive_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes received by the container's sockets (IP layer, any network namespace).",
+        unit: Unit::Bytes,
+        summary: Key::Is("network_receive_bytes"),
+        api: Key::No,
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_receive_packets_total",
+        kind: Kind::Counter,
+        help: "Packets received by the container's sockets.",
+        unit: Unit::Count,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| c.procs.network.map(|n| Value::Int(n.receive_packets)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes sent by the container's sockets (IP layer, any network namespace).",
+        unit: Unit::Bytes,
+        summary: Key::Is("network_transmit_bytes"),
+        api: Key::No,
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_bytes)),
+    },
+    Family {
+        name: "apptheus_container_network_transmit_packets_total",
+        kind: Kind::Counter,
+        help: "Packets sent by the container's sockets.",
+        unit: Unit::Count,
+        summary: Key::No,
+        api: Key::No,
+        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_packets)),
+    },
+];
+
+/// PSI: "some" is `waiting`, "full" is `stalled` (the names cAdvisor uses).
+const PRESSURE: &[Family] = &[
+    Family {
+        name: "apptheus_container_pressure_cpu_waiting_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which at least one of the container's tasks waited for a CPU (PSI some).",
+        unit: Unit::Seconds,
+        summary: Key::Is("pressure_cpu_waiting_seconds"),
+        api: Key::No,
+        value: |c| {
+            c.stats
+                .pressure
+                .cpu
+                .map(|p| Value::Float(p.waiting_seconds))
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_cpu_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which all the container's non-idle tasks waited for a CPU (PSI full; Linux 5.13+).",
+        unit: Unit::Seconds,
+        summary: Key::Is("pressure_cpu_stalled_seconds"),
+        api: Key::No,
+        value: |c| {
+            c.stats
+                .pressure
+                .cpu
+                .and_then(|p| p.stalled_seconds)
+                .map(Value::Float)
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_memory_waiting_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which at least one of the container's tasks waited for memory (PSI some).",
+        unit: Unit::Seconds,
+        summary: Key::Is("pressure_memory_waiting_seconds"),
+        api: Key::No,
+        value: |c| {
+            c.stats
+                .pressure
+                .memory
+                .map(|p| Value::Float(p.waiting_seconds))
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_memory_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which all the container's non-idle tasks waited for memory (PSI full).",
+        unit: Unit::Seconds,
+        summary: Key::Is("pressure_memory_stalled_seconds"),
+        api: Key::No,
+        value: |c| {
+            c.stats
+                .pressure
+                .memory
+                .and_then(|p| p.stalled_seconds)
+                .map(Value::Float)
+        },
+    },
+    Family {
+        name: "apptheus_container_pressure_io_waiting_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which at least one of the container's tasks waited for I/O (PSI some).",
+        unit: Unit::Seconds,
+        summary: Key::Is("pressure_io_waiting_seconds"),
+        api: Key::No,
+        value: |c| c.stats.pressure.io.map(|p| Value::Float(p.waiting_seconds)),
+    },
+    Family {
+        name: "apptheus_container_pressure_io_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time in which all the container's non-idle tasks waited for I/O (PSI full).",
+        unit: Unit::Seconds,
+        summary: Key::Is("pressure_io_stalled_seconds"),
+        api: Key::No,
+        value: |c| {
+            c.stats
+                .pressure
+                .io
+                .and_then(|p| p.stalled_seconds)
+                .map(Value::Float)
+        },
+    },
+];
+
+const THROTTLING: &[Family] = &[
+    Family {
+        name: "apptheus_container_cpu_cfs_periods_total",
+        kind: Kind::Counter,
+        help: "CFS enforcement periods that elapsed while the container's cgroup had runnable tasks.",
+        unit: Unit::Count,
+        summary: Key::Is("cpu_cfs_periods"),
+        api: Key::No,
+        value: |c| c.stats.throttling.map(|t| Value::Int(t.periods)),
+    },
+    Family {
+        name: "apptheus_container_cpu_cfs_throttled_periods_total",
+        kind: Kind::Counter,
+        help: "CFS periods in which the container's cgroup used up its CPU quota and was throttled.",
+        unit: Unit::Count,
+        summary: Key::Is("cpu_cfs_throttled_periods"),
+        api: Key::No,
+        value: |c| c.stats.throttling.map(|t| Value::Int(t.throttled_periods)),
+    },
+    Family {
+        name: "apptheus_container_cpu_cfs_throttled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time the container's cgroup spent throttled by its CPU quota.",
+        unit: Unit::Seconds,
+        summary: Key::Is("cpu_cfs_throttled_seconds"),
+        api: Key::No,
+        value: |c| {
+            c.stats
+                .throttling
+                .map(|t| Value::Float(t.throttled_seconds))
+        },
+    },
+];
+
+const MEMORY_EVENTS: &[LabeledFamily] = &[LabeledFamily {
+    name: "apptheus_container_memory_events_total",
+    kind: Kind::Counter,
+    help: "Memory events of the container's cgroup: high (over memory.high), max (at its memory limit), oom (OOM killer about to run).",
+    unit: Unit::Count,
+    summary: Key::Is("memory_events_"),
+    api: Key::No,
+    label: "event",
+    values: |c, sample| {
+        let Some(e) = c.stats.memory_events else {
+            return;
+        };
+        for (event, count) in [("high", e.high), ("max", e.max), ("oom", e.oom)] {
+            if let Some(count) = count {
+                sample(event, Value::Int(count));
+            }
+        }
+    },
+}];
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{collections::BTreeMap, sync::Arc};
+
+    use super::*;
+    use crate::{
+        cgroup::{Cpu, Io, Memory, MemoryEvents, Pids, Pressure, Pressures, Stats, Throttling},
+        container::Identity,
+        tracker::{Failed, Network, ProcessCounters},
+    };
+
+    /// One row per family of the table: (name, kind, unit, summary key, API key, extra label).
+    struct Row {
+        name: &'static str,
+        kind: &'static str,
+        unit: Unit,
+        label: Option<&'static str>,
+    }
+
+    fn rows() -> Vec<Row> {
+        let mut rows = Vec::new();
+        for g in GROUPS {
+            for f in g.families {
+                rows.push(Row {
+                    name: f.name,
+                    kind: f.kind.as_str(),
+                    unit: f.unit,
+                    label: None,
+                });
+            }
+            for f in g.labeled {
+                rows.push(Row {
+                    name: f.name,
+                    kind: f.kind.as_str(),
+                    unit: f.unit,
+                    label: Some(f.label),
+                });
+            }
+        }
+        rows
+    }
+
+    /// A container with a value for every family, each number different from the others (a
+    /// key that reads the wrong field shows).
+    pub(crate) fn every_value() -> ContainerSeries {
+        let pressure = |waiting_seconds, stalled| Pressure {
+            waiting_seconds,
+            stalled_seconds: Some(stalled),
+        };
+        ContainerSeries {
+            identity: Arc::new(Identity {
+                id: "starter_42".into(),
+                user: "alice".into(),
+                exe: "starter".into(),
+                exe_path: "/usr/libexec/apptainer/bin/starter".into(),
+                pid: 42,
+                uid: "1000".into(),
+                cgroup: "/apptheus/starter_42".into(),
+                cgroup_label: "/apptheus/starter_42".into(),
+                start_time: 1_700_000_000.5,
+                job: Default::default(),
+                owner: None,
+            }),
+            memory_source: "cgroup",
+            memory_peak_source: apptheus_api::PeakSource::Kernel,
+            cpus_allowed: Some(apptheus_api::summary::CpusAllowed {
+                cpus: 1.5,
+                source: apptheus_api::CpusSource::Quota,
+            }),
+            end_time: Some(1_700_000_100.25),
+            stats: Stats {
+                cpu: Some(Cpu {
+                    usage_seconds: Some(12.5),
+                    user_seconds: Some(10.25),
+                    system_seconds: Some(2.125),
+                }),
+                memory: Some(Memory {
+                    usage_bytes: Some(1001),
+                    working_set_bytes: Some(1002),
+                    rss_bytes: Some(1003),
+                    cache_bytes: Some(1004),
+                    swap_bytes: Some(1005),
+                    max_usage_bytes: Some(1006),
+                    limit_bytes: Some(1007),
+                }),
+                pids: Some(Pids {
+                    current: Some(11),
+                    limit: Some(12),
+                }),
+                io: Some(Io {
+                    read_bytes: 2001,
+                    write_bytes: 2002,
+                }),
+                pressure: Pressures {
+                    cpu: Some(pressure(0.5, 0.25)),
+                    memory: Some(pressure(0.75, 0.375)),
+                    io: Some(pressure(0.875, 0.0625)),
+                },
+                throttling: Some(Throttling {
+                    periods: 31,
+                    throttled_periods: 32,
+                    throttled_seconds: 3.5,
+                }),
+                memory_events: Some(MemoryEvents {
+                    high: Some(41),
+                    max: Some(42),
+                    oom: Some(43),
+                }),
+            },
+            procs: ProcessCounters {
+                forks: 51,
+                execs: 52,
+                exits: 53,
+                live: 54,
+                untracked: 55,
+                failed: Some(Failed {
+                    exit_code: 56,
+                    signal: 57,
+                }),
+                oom_kills: Some(58),
+                exit_code: Some(137),
+                network: Some(Network {
+                    receive_bytes: 3001,
+                    receive_packets: 3002,
+                    transmit_bytes: 3003,
+                    transmit_packets: 3004,
+                }),
+            },
+            summary: None,
+        }
+    }
+
+    /// The same container with no value anywhere it can have none: live, nothing read.
+    pub(crate) fn no_value() -> ContainerSeries {
+        ContainerSeries {
+            cpus_allowed: None,
+            end_time: None,
+            stats: Stats::default(),
+            procs: ProcessCounters::default(),
+            ..every_value()
+        }
+    }
+
+    fn json(v: Value) -> serde_json::Value {
+        match v {
+            Value::Int(i) => i.into(),
+            Value::Float(x) => x.into(),
+        }
+    }
+
+    /// Holds a JSON `record` made from `series` to the table: every family whose `key` names a
+    /// field of the record has the same value there, and none where it has no value (unless
+    /// the record falls back to another). Returns the differences, one a line.
+    pub(crate) fn differences(
+        record: &serde_json::Value,
+        series: &ContainerSeries,
+        key: fn(&Family) -> Key,
+        labeled_key: fn(&LabeledFamily) -> Key,
+    ) -> Vec<String> {
+        let mut wrong = Vec::new();
+        let check = |name: &str, key: Key, value: Option<Value>| {
+            let (field, fallback) = match key {
+                Key::No => return None,
+                Key::Is(field) => (field, false),
+                Key::OrElse(field) => (field, true),
+            };
+            let there = record.get(field).filter(|v| !v.is_null());
+            match (value, there) {
+                (Some(v), Some(there)) if json(v) == *there => None,
+                (None, None) => None,
+                (None, Some(_)) if fallback => None,
+                (v, there) => Some(format!(
+                    "{name}: the table's value {:?}, the record's {field} {there:?}",
+                    v.map(json)
+                )),
+            }
+        };
+        for g in GROUPS {
+            for f in g.families {
+                wrong.extend(check(f.name, key(f), (f.value)(series)));
+            }
+            for f in g.labeled {
+                let Key::Is(prefix) = labeled_key(f) else {
+                    continue;
+                };
+                let mut samples = BTreeMap::new();
+                (f.values)(series, &mut |label, v| {
+                    samples.insert(format!("{prefix}{label}"), v);
+                });
+                let fields = record.as_object().into_iter().flatten();
+                for (field, there) in fields.filter(|(k, v)| k.starts_with(prefix) && !v.is_null())
+                {
+                    match samples.remove(field) {
+                        Some(v) if json(v) == *there => {}
+                        v => wrong.push(format!(
+                            "{}: the table's value {:?}, the record's {field} {there:?}",
+                            f.name,
+                            v.map(json)
+                        )),
+                    }
+                }
+                for field in samples.keys() {
+                    wrong.push(format!("{}: the record has no {field}", f.name));
+                }
+            }
+        }
+        wrong
+    }
+
+    #[test]
+    fn every_family_has_a_value_in_the_full_fixture_and_none_in_the_empty_one() {
+        let (full, empty) = (every_value(), no_value());
+        // Only what is known of every container stays.
+        let always = [
+            "apptheus_container_start_time_seconds",
+            "apptheus_container_processes",
+            "apptheus_container_forks_total",
+            "apptheus_container_execs_total",
+            "apptheus_container_exits_total",
+            "apptheus_container_untracked_processes_total",
+        ];
+        for g in GROUPS {
+            for f in g.families {
+                assert!((f.value)(&full).is_some(), "{}", f.name);
+                assert_eq!(
+                    (f.value)(&empty).is_some(),
+                    always.contains(&f.name),
+                    "{}",
+                    f.name
+                );
+            }
+            for f in g.labeled {
+                let (mut some, mut none) = (0, 0);
+                (f.values)(&full, &mut |_, _| some += 1);
+                (f.values)(&empty, &mut |_, _| none += 1);
+                assert!(some > 0 && none == 0, "{}", f.name);
+            }
+        }
+    }
+
+    /// Prometheus's conventions: one name each, counters end in `_total` and gauges do not, and
+    /// the name carries the unit.
+    #[test]
+    fn names_follow_the_units_and_types() {
+        let mut seen = std::collections::BTreeSet::new();
+        for row in rows() {
+            let name = row.name;
+            assert!(seen.insert(name), "{name} twice");
+            assert!(name.starts_with("apptheus_container_"), "{name}");
+            let base = match row.kind {
+                "counter" => name.strip_suffix("_total"),
+                _ => (!name.ends_with("_total")).then_some(name),
+            };
+            let Some(base) = base else {
+                panic!("{name}: a {} named against its type", row.kind);
+            };
+            let suffix = match row.unit {
+                Unit::Seconds => Some("_seconds"),
+                Unit::Bytes => Some("_bytes"),
+                Unit::Cpus | Unit::Count | Unit::Status => None,
+            };
+            match suffix {
+                Some(suffix) => assert!(base.ends_with(suffix), "{name}: {:?}", row.unit),
+                None => assert!(
+                    !base.ends_with("_seconds") && !base.ends_with("_bytes"),
+                    "{name}: {:?}",
+                    row.unit
+                ),
+            }
+        }
+    }
+
+    /// docs/metrics.md's table lists exactly the table's per-container families, with their
+    /// types and labels (`apptheus/tests/prometheus.rs` compares it with a live daemon too).
+    /// The info and job series are not in the table: their labels are their value, rendered on
+    /// their own.
+    #[test]
+    fn the_docs_table_is_the_table() {
+        let docs = include_str!("../../../docs/metrics.md");
+        let (_, rest) = docs.split_once("<!-- metrics:begin -->").unwrap();
+        let (table, _) = rest.split_once("<!-- metrics:end -->").unwrap();
+        let mut documented = BTreeMap::new();
+        for line in table.lines().filter(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let Some(name) = cells[0].strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
+                continue;
+            };
+            if !name.starts_with("apptheus_container_")
+                || ["apptheus_container_info", "apptheus_container_job_info"].contains(&name)
+            {
+                continue;
+            }
+            documented.insert(
+                name.to_string(),
+                (cells[1].to_string(), cells[2].to_string()),
+            );
+        }
+        let mut wrong = Vec::new();
+        for row in rows() {
+            let labels = match row.label {
+                Some(label) => format!("container, user, {label}"),
+                None => "container, user".to_string(),
+            };
+            match documented.remove(row.name) {
+                None => wrong.push(format!(
+                    "{} is not in docs/metrics.md: add | `{}` | {} | {labels} | ... |",
+                    row.name, row.name, row.kind
+                )),
+                Some((kind, doc_labels)) if (kind.as_str(), doc_labels.as_str()) != (row.kind, labels.as_str()) => {
+                    wrong.push(format!(
+                        "{}: docs/metrics.md says {kind} with {doc_labels}, the table {} with {labels}",
+                        row.name, row.kind
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for name in documented.keys() {
+            wrong.push(format!("{name} is in docs/metrics.md but not in the table"));
+        }
+        assert!(
+            wrong.is_empty(),
+            "docs/metrics.md and the table differ:\n{}",
+            wrong.join("\n")
+        );
+    }
+}
