@@ -217,61 +217,92 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
     }
 }
 
+/// A field of the record as the log record takes it: strings borrowed, an enum as its name,
+/// numbers as they are (a `None` is left out of the event by tracing itself, as serde leaves it
+/// out of the file's line).
+trait LogValue {
+    type Value<'a>: tracing::Value
+    where
+        Self: 'a;
+    fn log_value(&self) -> Self::Value<'_>;
+}
+
+impl LogValue for String {
+    type Value<'a> = &'a str;
+    fn log_value(&self) -> &str {
+        self
+    }
+}
+
+impl LogValue for Option<String> {
+    type Value<'a> = Option<&'a str>;
+    fn log_value(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
+impl LogValue for CpusSource {
+    type Value<'a> = &'static str;
+    fn log_value(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl LogValue for Option<PeakSource> {
+    type Value<'a> = Option<&'static str>;
+    fn log_value(&self) -> Option<&'static str> {
+        self.map(PeakSource::as_str)
+    }
+}
+
+/// Numbers, and numbers that may be absent, go as they are.
+macro_rules! log_as_is {
+    ($($t:ty),*) => {$(
+        impl LogValue for $t {
+            type Value<'a> = $t;
+            fn log_value(&self) -> $t {
+                *self
+            }
+        }
+        impl LogValue for Option<$t> {
+            type Value<'a> = Option<$t>;
+            fn log_value(&self) -> Option<$t> {
+                *self
+            }
+        }
+    )*};
+}
+log_as_is!(i32, u32, u64, f64);
+
+/// One `tracing::info!` with each named field of the record, under its own name, in the
+/// order given.
+macro_rules! log_fields {
+    ($summary:expr, $message:literal; $($field:ident),* $(,)?) => {
+        tracing::info!($($field = LogValue::log_value(&$summary.$field),)* $message)
+    };
+}
+
 /// The `container summary` log record: the same fields as the file's line, in the same
-/// order (a `None` is left out of the event by tracing itself).
+/// order (the test below compares the two).
 fn log(summary: &Summary) {
-    tracing::info!(
-        container = summary.container.as_str(),
-        user = summary.user.as_str(),
-        uid = summary.uid.as_str(),
-        pid = summary.pid,
-        exe = summary.exe.as_str(),
-        exe_path = summary.exe_path.as_str(),
-        cgroup = summary.cgroup.as_str(),
-        job_scheduler = summary.job_scheduler.as_str(),
-        job_id = summary.job_id.as_deref(),
-        job_source = summary.job_source.as_deref(),
-        job_account = summary.job_account.as_deref(),
-        job_partition = summary.job_partition.as_deref(),
-        job_image = summary.job_image.as_deref(),
-        start_time = summary.start_time.as_str(),
-        end_time = summary.end_time.as_str(),
-        start_time_seconds = summary.start_time_seconds,
-        end_time_seconds = summary.end_time_seconds,
-        duration_seconds = summary.duration_seconds,
-        exit_code = summary.exit_code,
-        cpu_seconds = summary.cpu_seconds,
-        cpu_user_seconds = summary.cpu_user_seconds,
-        cpu_system_seconds = summary.cpu_system_seconds,
-        cpus_allowed = summary.cpus_allowed,
-        cpus_allowed_source = summary.cpus_allowed_source.as_str(),
-        cpu_efficiency = summary.cpu_efficiency,
-        memory_peak_bytes = summary.memory_peak_bytes,
-        memory_peak_source = summary.memory_peak_source.map(PeakSource::as_str),
-        memory_limit_bytes = summary.memory_limit_bytes,
-        oom_kills = summary.oom_kills,
-        failed_exits = summary.failed_exits,
-        forks = summary.forks,
-        execs = summary.execs,
-        io_read_bytes = summary.io_read_bytes,
-        io_write_bytes = summary.io_write_bytes,
-        network_receive_bytes = summary.network_receive_bytes,
-        network_transmit_bytes = summary.network_transmit_bytes,
-        cpu_cfs_periods = summary.cpu_cfs_periods,
-        cpu_cfs_throttled_periods = summary.cpu_cfs_throttled_periods,
-        cpu_cfs_throttled_seconds = summary.cpu_cfs_throttled_seconds,
-        pressure_cpu_waiting_seconds = summary.pressure_cpu_waiting_seconds,
-        pressure_cpu_stalled_seconds = summary.pressure_cpu_stalled_seconds,
-        pressure_memory_waiting_seconds = summary.pressure_memory_waiting_seconds,
-        pressure_memory_stalled_seconds = summary.pressure_memory_stalled_seconds,
-        pressure_io_waiting_seconds = summary.pressure_io_waiting_seconds,
-        pressure_io_stalled_seconds = summary.pressure_io_stalled_seconds,
-        memory_events_high = summary.memory_events_high,
-        memory_events_max = summary.memory_events_max,
-        memory_events_oom = summary.memory_events_oom,
-        "container summary"
+    log_fields!(summary, "container summary";
+        container, user, uid, pid, exe, exe_path, cgroup,
+        job_scheduler, job_id, job_source, job_account, job_partition, job_image,
+        start_time, end_time, start_time_seconds, end_time_seconds, duration_seconds,
+        exit_code,
+        cpu_seconds, cpu_user_seconds, cpu_system_seconds,
+        cpus_allowed, cpus_allowed_source, cpu_efficiency,
+        memory_peak_bytes, memory_peak_source, memory_limit_bytes,
+        oom_kills, failed_exits, forks, execs,
+        io_read_bytes, io_write_bytes, network_receive_bytes, network_transmit_bytes,
+        cpu_cfs_periods, cpu_cfs_throttled_periods, cpu_cfs_throttled_seconds,
+        pressure_cpu_waiting_seconds, pressure_cpu_stalled_seconds,
+        pressure_memory_waiting_seconds, pressure_memory_stalled_seconds,
+        pressure_io_waiting_seconds, pressure_io_stalled_seconds,
+        memory_events_high, memory_events_max, memory_events_oom,
     );
 }
+
 /// Writes the summaries: the log record, and the file's line when there is a file.
 pub struct Summaries {
     file: Option<SummaryFile>,
@@ -695,7 +726,8 @@ mod tests {
     }
 
     /// The log record and the file's line are the same record: the JSON log line, less its
-    /// ts, level and msg, is the file's line, key for key and in order.
+    /// ts, level and msg, is the file's line, key for key and in order; with every field
+    /// present too, so that a field the log leaves out shows.
     #[test]
     fn the_log_record_and_the_file_line_agree() {
         #[derive(Clone, Default)]
@@ -709,27 +741,38 @@ mod tests {
                 Ok(())
             }
         }
-        let buf = Buf::default();
-        let out = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .event_format(Line {
-                format: LogFormat::Json,
-            })
-            .finish();
-        let s = of(&series(), 8, 0.0);
-        tracing::subscriber::with_default(subscriber, || log(&s));
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let log: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(log["level"], "info");
-        assert_eq!(log["msg"], "container summary");
-        // Compared as text: same keys, same order, same numbers and strings.
-        let (_, fields) = text
-            .trim()
-            .split_once("\"msg\":\"container summary\",")
-            .unwrap();
-        let file = String::from_utf8(serde_json::to_vec(&s).unwrap()).unwrap();
-        assert_eq!(format!("{{{fields}"), file);
+        let mut full = crate::metrics::families::tests::every_value();
+        Arc::make_mut(&mut full.identity).job = Job {
+            scheduler: Some(Scheduler::Slurm),
+            id: "7".into(),
+            source: Some(JobSource::Environment),
+            account: "proj".into(),
+            partition: "batch".into(),
+            image: "/images/a.sif".into(),
+        };
+        for series in [series(), full] {
+            let buf = Buf::default();
+            let out = buf.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .event_format(Line {
+                    format: LogFormat::Json,
+                })
+                .finish();
+            let s = of(&series, 8, 0.0);
+            tracing::subscriber::with_default(subscriber, || log(&s));
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            let log: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(log["level"], "info");
+            assert_eq!(log["msg"], "container summary");
+            // Compared as text: same keys, same order, same numbers and strings.
+            let (_, fields) = text
+                .trim()
+                .split_once("\"msg\":\"container summary\",")
+                .unwrap();
+            let file = String::from_utf8(serde_json::to_vec(&s).unwrap()).unwrap();
+            assert_eq!(format!("{{{fields}"), file);
+        }
     }
 
     #[test]
