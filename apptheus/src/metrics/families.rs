@@ -5,8 +5,9 @@
 //! tests (here, in `summary` and in `http::api`), which fail naming the difference.
 //!
 //! Adding a per-container metric: an entry here, and the code that reads its value (a `Stats`
-//! group of `cgroup`, the tracker's counters, the sampler); then the row in docs/metrics.md that
-//! the test below asks for.
+//! group of `cgroup`, the tracker's counters, the sampler). Its row in docs/metrics.md is made
+//! from the entry: `APPTHEUS_WRITE_DOCS=1 cargo test -p apptheus --lib the_docs_table` writes
+//! it (without it, the test fails naming the rows that differ).
 use super::ContainerSeries;
 use crate::collectors::Collector;
 
@@ -57,13 +58,15 @@ pub enum Key {
 
 /// A per-container family: name, type, help, unit, where its value also appears, and how to
 /// get its value.
-// `unit`, `summary` and `api` are read by the tests that hold the records and the docs to
-// this table; rendering needs none of them.
+// `doc`, `unit`, `summary` and `api` are read by the tests that hold the records and the docs
+// to this table; rendering needs none of them.
 #[cfg_attr(not(test), expect(dead_code))]
 pub struct Family {
     pub name: &'static str,
     pub kind: Kind,
     pub help: &'static str,
+    /// Its row's meaning in docs/metrics.md (Markdown; longer than the help).
+    pub doc: &'static str,
     pub unit: Unit,
     pub summary: Key,
     pub api: Key,
@@ -77,6 +80,8 @@ pub struct LabeledFamily {
     pub name: &'static str,
     pub kind: Kind,
     pub help: &'static str,
+    /// Its row's meaning in docs/metrics.md (Markdown; longer than the help).
+    pub doc: &'static str,
     pub unit: Unit,
     pub summary: Key,
     pub api: Key,
@@ -145,6 +150,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_start_time_seconds",
         kind: Kind::Gauge,
         help: "Unix time the container was registered.",
+        doc: "unix time the container was registered",
         unit: Unit::Seconds,
         summary: Key::Is("start_time_seconds"),
         api: Key::Is("start_time"),
@@ -154,6 +160,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_end_time_seconds",
         kind: Kind::Gauge,
         help: "Unix time the container's last process exited (only for ended containers).",
+        doc: "unix time the container's last process exited; present only for ended containers, during `--container.retention`",
         unit: Unit::Seconds,
         summary: Key::OrElse("end_time_seconds"),
         api: Key::Is("end_time"),
@@ -163,6 +170,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_cpu_usage_seconds_total",
         kind: Kind::Counter,
         help: "CPU time consumed by the container's cgroup.",
+        doc: "CPU time of the container's cgroup",
         unit: Unit::Seconds,
         summary: Key::Is("cpu_seconds"),
         api: Key::Is("cpu_seconds"),
@@ -172,6 +180,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_cpu_user_seconds_total",
         kind: Kind::Counter,
         help: "User CPU time consumed by the container's cgroup.",
+        doc: "user CPU time",
         unit: Unit::Seconds,
         summary: Key::Is("cpu_user_seconds"),
         api: Key::No,
@@ -181,6 +190,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_cpu_system_seconds_total",
         kind: Kind::Counter,
         help: "System CPU time consumed by the container's cgroup.",
+        doc: "system CPU time",
         unit: Unit::Seconds,
         summary: Key::Is("cpu_system_seconds"),
         api: Key::No,
@@ -190,6 +200,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_memory_usage_bytes",
         kind: Kind::Gauge,
         help: "Current memory usage.",
+        doc: "current memory usage",
         unit: Unit::Bytes,
         summary: Key::No,
         api: Key::Is("memory_bytes"),
@@ -199,6 +210,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_memory_working_set_bytes",
         kind: Kind::Gauge,
         help: "Memory usage minus inactive file cache.",
+        doc: "usage minus inactive file cache",
         unit: Unit::Bytes,
         summary: Key::No,
         api: Key::No,
@@ -213,6 +225,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_memory_rss_bytes",
         kind: Kind::Gauge,
         help: "Anonymous memory.",
+        doc: "anonymous memory",
         unit: Unit::Bytes,
         summary: Key::No,
         api: Key::No,
@@ -222,6 +235,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_memory_cache_bytes",
         kind: Kind::Gauge,
         help: "Page cache memory.",
+        doc: "page cache",
         unit: Unit::Bytes,
         summary: Key::No,
         api: Key::No,
@@ -231,6 +245,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_memory_swap_bytes",
         kind: Kind::Gauge,
         help: "Swap in use.",
+        doc: "swap in use (omitted when the host accounts no swap)",
         unit: Unit::Bytes,
         summary: Key::No,
         api: Key::No,
@@ -240,6 +255,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_memory_max_usage_bytes",
         kind: Kind::Gauge,
         help: "Peak memory usage.",
+        doc: "peak usage: the kernel's where it keeps one, else the highest usage read (see `memory_peak_source`)",
         unit: Unit::Bytes,
         summary: Key::Is("memory_peak_bytes"),
         api: Key::Is("memory_peak_bytes"),
@@ -254,6 +270,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_spec_memory_limit_bytes",
         kind: Kind::Gauge,
         help: "Memory limit of the container (the smallest along its cgroup path).",
+        doc: "memory limit, the smallest along the cgroup path (omitted when unlimited)",
         unit: Unit::Bytes,
         summary: Key::Is("memory_limit_bytes"),
         api: Key::Is("memory_limit_bytes"),
@@ -263,6 +280,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_spec_cpus",
         kind: Kind::Gauge,
         help: "CPUs the container may use: the smallest of its cpuset, its CFS quota and the host's CPUs (which, in cpus_source of apptheus_container_info).",
+        doc: "CPUs the container may use: the smallest of its launcher's CPU affinity (the job's cpuset), the CFS quota along its cgroup path, and the host's online CPUs; read at its first pass; with `apptheus_container_cpu_usage_seconds_total`, a central store computes efficiency without asking the scheduler",
         unit: Unit::Cpus,
         summary: Key::OrElse("cpus_allowed"),
         api: Key::No,
@@ -272,6 +290,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_pids",
         kind: Kind::Gauge,
         help: "Tasks in the container's cgroup.",
+        doc: "tasks in the cgroup",
         unit: Unit::Count,
         summary: Key::No,
         api: Key::No,
@@ -281,6 +300,7 @@ const CORE: &[Family] = &[
         name: "apptheus_container_spec_pids_limit",
         kind: Kind::Gauge,
         help: "Pids limit of the container (the smallest along its cgroup path).",
+        doc: "pids limit, the smallest along the cgroup path (omitted when unlimited)",
         unit: Unit::Count,
         summary: Key::No,
         api: Key::No,
@@ -293,6 +313,7 @@ const IO: &[Family] = &[
         name: "apptheus_container_blkio_read_bytes_total",
         kind: Kind::Counter,
         help: "Bytes read from block devices.",
+        doc: "bytes read from block devices",
         unit: Unit::Bytes,
         summary: Key::Is("io_read_bytes"),
         api: Key::No,
@@ -302,6 +323,7 @@ const IO: &[Family] = &[
         name: "apptheus_container_blkio_write_bytes_total",
         kind: Kind::Counter,
         help: "Bytes written to block devices.",
+        doc: "bytes written to block devices",
         unit: Unit::Bytes,
         summary: Key::Is("io_write_bytes"),
         api: Key::No,
@@ -314,6 +336,7 @@ const PROCESSES: &[Family] = &[
         name: "apptheus_container_processes",
         kind: Kind::Gauge,
         help: "Live processes of the container, tracked by the eBPF hooks.",
+        doc: "live processes tracked by the eBPF hooks",
         unit: Unit::Count,
         summary: Key::No,
         api: Key::Is("processes"),
@@ -323,6 +346,7 @@ const PROCESSES: &[Family] = &[
         name: "apptheus_container_forks_total",
         kind: Kind::Counter,
         help: "Processes forked inside the container (eBPF).",
+        doc: "processes forked inside the container (eBPF)",
         unit: Unit::Count,
         summary: Key::Is("forks"),
         api: Key::No,
@@ -332,6 +356,7 @@ const PROCESSES: &[Family] = &[
         name: "apptheus_container_execs_total",
         kind: Kind::Counter,
         help: "execve calls inside the container (eBPF).",
+        doc: "execve calls inside the container (eBPF)",
         unit: Unit::Count,
         summary: Key::Is("execs"),
         api: Key::No,
@@ -341,6 +366,7 @@ const PROCESSES: &[Family] = &[
         name: "apptheus_container_exits_total",
         kind: Kind::Counter,
         help: "Processes of the container that exited (eBPF).",
+        doc: "processes of the container that exited (eBPF)",
         unit: Unit::Count,
         summary: Key::No,
         api: Key::No,
@@ -350,6 +376,7 @@ const PROCESSES: &[Family] = &[
         name: "apptheus_container_untracked_processes_total",
         kind: Kind::Counter,
         help: "New processes the eBPF hooks did not track: the container was at its process bound (they stay in its cgroup).",
+        doc: "new processes the eBPF hooks did not track because the container was at its process bound (or the tracked-process map was full); they stay in the container's cgroup, so their CPU, memory and I/O are still measured, but they count in no process counter",
         unit: Unit::Count,
         summary: Key::No,
         api: Key::No,
@@ -364,6 +391,7 @@ const FATE: &[Family] = &[
         name: "apptheus_container_exit_code",
         kind: Kind::Gauge,
         help: "Exit status of the container's launcher as a shell reports it (128+N for signal N), once the container ended.",
+        doc: "once the container ended: its launcher's exit status as a shell reports it, the code or 128+N for signal N (for `apptheus-exec` and Apptainer's starter, the job's own status); omitted where the kernel's BTF has no `task_struct.exit_code`, and for a container taken back after a restart",
         unit: Unit::Status,
         summary: Key::Is("exit_code"),
         api: Key::Is("exit_code"),
@@ -376,6 +404,7 @@ const FATE: &[Family] = &[
         name: "apptheus_container_oom_kills_total",
         kind: Kind::Counter,
         help: "Processes of the container killed by the OOM killer, whichever limit was hit.",
+        doc: "processes of the container killed by the OOM killer, whichever limit it enforced (the container's, the job's above it, the host's); omitted where the kernel has no `oom/mark_victim` tracepoint",
         unit: Unit::Count,
         summary: Key::Is("oom_kills"),
         api: Key::No,
@@ -387,6 +416,7 @@ const FAILED_EXITS: &[LabeledFamily] = &[LabeledFamily {
     name: "apptheus_container_failed_exits_total",
     kind: Kind::Counter,
     help: "Processes of the container that exited with a non-zero code (reason=\"exit_code\") or were killed by a signal (reason=\"signal\").",
+    doc: "processes of the container that exited with a non-zero code (`reason=\"exit_code\"`) or were killed by a signal (`reason=\"signal\"`)",
     unit: Unit::Count,
     summary: Key::No,
     api: Key::No,
@@ -404,6 +434,7 @@ const NETWORK: &[Family] = &[
         name: "apptheus_container_network_receive_bytes_total",
         kind: Kind::Counter,
         help: "Bytes received by the container's sockets (IP layer, any network namespace).",
+        doc: "bytes received by the container's sockets, at the IP layer (headers included), in any network namespace (loopback too); omitted without a cgroup v2 (unified) hierarchy",
         unit: Unit::Bytes,
         summary: Key::Is("network_receive_bytes"),
         api: Key::No,
@@ -413,6 +444,7 @@ const NETWORK: &[Family] = &[
         name: "apptheus_container_network_receive_packets_total",
         kind: Kind::Counter,
         help: "Packets received by the container's sockets.",
+        doc: "packets received by the container's sockets (a segmentation-offload aggregate counts as its segments)",
         unit: Unit::Count,
         summary: Key::No,
         api: Key::No,
@@ -422,6 +454,7 @@ const NETWORK: &[Family] = &[
         name: "apptheus_container_network_transmit_bytes_total",
         kind: Kind::Counter,
         help: "Bytes sent by the container's sockets (IP layer, any network namespace).",
+        doc: "bytes sent by the container's sockets",
         unit: Unit::Bytes,
         summary: Key::Is("network_transmit_bytes"),
         api: Key::No,
@@ -431,6 +464,7 @@ const NETWORK: &[Family] = &[
         name: "apptheus_container_network_transmit_packets_total",
         kind: Kind::Counter,
         help: "Packets sent by the container's sockets.",
+        doc: "packets sent by the container's sockets",
         unit: Unit::Count,
         summary: Key::No,
         api: Key::No,
@@ -444,6 +478,7 @@ const PRESSURE: &[Family] = &[
         name: "apptheus_container_pressure_cpu_waiting_seconds_total",
         kind: Kind::Counter,
         help: "Time in which at least one of the container's tasks waited for a CPU (PSI some).",
+        doc: "time in which at least one of the container's tasks waited for a CPU (PSI \"some\" of its `cpu.pressure`; see [What held a container back](#what-held-a-container-back))",
         unit: Unit::Seconds,
         summary: Key::Is("pressure_cpu_waiting_seconds"),
         api: Key::No,
@@ -458,6 +493,7 @@ const PRESSURE: &[Family] = &[
         name: "apptheus_container_pressure_cpu_stalled_seconds_total",
         kind: Kind::Counter,
         help: "Time in which all the container's non-idle tasks waited for a CPU (PSI full; Linux 5.13+).",
+        doc: "time in which all its non-idle tasks waited for a CPU at once (PSI \"full\"; Linux 5.13+)",
         unit: Unit::Seconds,
         summary: Key::Is("pressure_cpu_stalled_seconds"),
         api: Key::No,
@@ -473,6 +509,7 @@ const PRESSURE: &[Family] = &[
         name: "apptheus_container_pressure_memory_waiting_seconds_total",
         kind: Kind::Counter,
         help: "Time in which at least one of the container's tasks waited for memory (PSI some).",
+        doc: "time in which at least one of its tasks waited for memory (reclaim, swap-in, refaults; PSI \"some\")",
         unit: Unit::Seconds,
         summary: Key::Is("pressure_memory_waiting_seconds"),
         api: Key::No,
@@ -487,6 +524,7 @@ const PRESSURE: &[Family] = &[
         name: "apptheus_container_pressure_memory_stalled_seconds_total",
         kind: Kind::Counter,
         help: "Time in which all the container's non-idle tasks waited for memory (PSI full).",
+        doc: "time in which all its non-idle tasks waited for memory at once (PSI \"full\")",
         unit: Unit::Seconds,
         summary: Key::Is("pressure_memory_stalled_seconds"),
         api: Key::No,
@@ -502,6 +540,7 @@ const PRESSURE: &[Family] = &[
         name: "apptheus_container_pressure_io_waiting_seconds_total",
         kind: Kind::Counter,
         help: "Time in which at least one of the container's tasks waited for I/O (PSI some).",
+        doc: "time in which at least one of its tasks waited for I/O (PSI \"some\")",
         unit: Unit::Seconds,
         summary: Key::Is("pressure_io_waiting_seconds"),
         api: Key::No,
@@ -511,6 +550,7 @@ const PRESSURE: &[Family] = &[
         name: "apptheus_container_pressure_io_stalled_seconds_total",
         kind: Kind::Counter,
         help: "Time in which all the container's non-idle tasks waited for I/O (PSI full).",
+        doc: "time in which all its non-idle tasks waited for I/O at once (PSI \"full\")",
         unit: Unit::Seconds,
         summary: Key::Is("pressure_io_stalled_seconds"),
         api: Key::No,
@@ -529,6 +569,7 @@ const THROTTLING: &[Family] = &[
         name: "apptheus_container_cpu_cfs_periods_total",
         kind: Kind::Counter,
         help: "CFS enforcement periods that elapsed while the container's cgroup had runnable tasks.",
+        doc: "CFS enforcement periods that elapsed while the container's own cgroup had runnable tasks and a CPU quota",
         unit: Unit::Count,
         summary: Key::Is("cpu_cfs_periods"),
         api: Key::No,
@@ -538,6 +579,7 @@ const THROTTLING: &[Family] = &[
         name: "apptheus_container_cpu_cfs_throttled_periods_total",
         kind: Kind::Counter,
         help: "CFS periods in which the container's cgroup used up its CPU quota and was throttled.",
+        doc: "of those, periods in which it used up its quota and was throttled",
         unit: Unit::Count,
         summary: Key::Is("cpu_cfs_throttled_periods"),
         api: Key::No,
@@ -547,6 +589,7 @@ const THROTTLING: &[Family] = &[
         name: "apptheus_container_cpu_cfs_throttled_seconds_total",
         kind: Kind::Counter,
         help: "Time the container's cgroup spent throttled by its CPU quota.",
+        doc: "time its tasks spent throttled by that quota",
         unit: Unit::Seconds,
         summary: Key::Is("cpu_cfs_throttled_seconds"),
         api: Key::No,
@@ -562,6 +605,7 @@ const MEMORY_EVENTS: &[LabeledFamily] = &[LabeledFamily {
     name: "apptheus_container_memory_events_total",
     kind: Kind::Counter,
     help: "Memory events of the container's cgroup: high (over memory.high), max (at its memory limit), oom (OOM killer about to run).",
+    doc: "memory events of its cgroup: `high` (over `memory.high`, v2), `max` (a charge at its memory limit), `oom` (the OOM killer about to run, v2); only those the kernel counts",
     unit: Unit::Count,
     summary: Key::Is("memory_events_"),
     api: Key::No,
@@ -589,12 +633,11 @@ pub(crate) mod tests {
         tracker::{Failed, Network, ProcessCounters},
     };
 
-    /// One row per family of the table: (name, kind, unit, summary key, API key, extra label).
+    /// What the naming test needs of each family.
     struct Row {
         name: &'static str,
         kind: &'static str,
         unit: Unit,
-        label: Option<&'static str>,
     }
 
     fn rows() -> Vec<Row> {
@@ -605,7 +648,6 @@ pub(crate) mod tests {
                     name: f.name,
                     kind: f.kind.as_str(),
                     unit: f.unit,
-                    label: None,
                 });
             }
             for f in g.labeled {
@@ -613,7 +655,6 @@ pub(crate) mod tests {
                     name: f.name,
                     kind: f.kind.as_str(),
                     unit: f.unit,
-                    label: Some(f.label),
                 });
             }
         }
@@ -850,57 +891,79 @@ pub(crate) mod tests {
         }
     }
 
-    /// docs/metrics.md's table lists exactly the table's per-container families, with their
-    /// types and labels (`apptheus/tests/prometheus.rs` compares it with a live daemon too).
-    /// The info and job series are not in the table: their labels are their value, rendered on
-    /// their own.
+    /// The rows of docs/metrics.md's table the table makes: one per family, in output order.
+    fn docs_rows() -> Vec<String> {
+        let mut rows = Vec::new();
+        for g in GROUPS {
+            let plain = g.families.iter().map(|f| (f.name, &f.kind, None, f.doc));
+            let labeled = (g.labeled.iter()).map(|f| (f.name, &f.kind, Some(f.label), f.doc));
+            for (name, kind, label, doc) in plain.chain(labeled) {
+                let labels = match label {
+                    Some(label) => format!("container, user, {label}"),
+                    None => "container, user".to_string(),
+                };
+                rows.push(format!(
+                    "| `{name}` | {} | {labels} | {doc} |",
+                    kind.as_str()
+                ));
+            }
+        }
+        rows
+    }
+
+    /// docs/metrics.md's table has exactly the table's per-container families, made from it
+    /// (`apptheus/tests/prometheus.rs` compares the whole table with a live daemon). They
+    /// follow the info and job series, which are not in the table: their labels are their
+    /// value, rendered on their own. With APPTHEUS_WRITE_DOCS=1 the rows are written.
     #[test]
     fn the_docs_table_is_the_table() {
-        let docs = include_str!("../../../docs/metrics.md");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let docs = std::fs::read_to_string(path).unwrap();
         let (_, rest) = docs.split_once("<!-- metrics:begin -->").unwrap();
         let (table, _) = rest.split_once("<!-- metrics:end -->").unwrap();
-        let mut documented = BTreeMap::new();
-        for line in table.lines().filter(|l| l.starts_with('|')) {
-            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            let Some(name) = cells[0].strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
-                continue;
-            };
-            if !name.starts_with("apptheus_container_")
-                || ["apptheus_container_info", "apptheus_container_job_info"].contains(&name)
-            {
-                continue;
-            }
-            documented.insert(
-                name.to_string(),
-                (cells[1].to_string(), cells[2].to_string()),
-            );
+        let ours = |line: &str| {
+            line.starts_with("| `apptheus_container_")
+                && !line.starts_with("| `apptheus_container_info`")
+                && !line.starts_with("| `apptheus_container_job_info`")
+        };
+        let lines: Vec<&str> = table.lines().collect();
+        let (Some(first), Some(last)) = (
+            lines.iter().position(|l| ours(l)),
+            lines.iter().rposition(|l| ours(l)),
+        ) else {
+            panic!("docs/metrics.md's table has no per-container family");
+        };
+        let documented = &lines[first..=last];
+        let made = docs_rows();
+        if documented == made.as_slice() {
+            return;
         }
+        if std::env::var_os("APPTHEUS_WRITE_DOCS").is_some() {
+            let old = documented.join("\n");
+            let docs = docs.replacen(&old, &made.join("\n"), 1);
+            std::fs::write(path, docs).unwrap();
+            return;
+        }
+        let name = |row: &str| row.split('`').nth(1).unwrap_or_default().to_string();
         let mut wrong = Vec::new();
-        for row in rows() {
-            let labels = match row.label {
-                Some(label) => format!("container, user, {label}"),
-                None => "container, user".to_string(),
-            };
-            match documented.remove(row.name) {
-                None => wrong.push(format!(
-                    "{} is not in docs/metrics.md: add | `{}` | {} | {labels} | ... |",
-                    row.name, row.name, row.kind
-                )),
-                Some((kind, doc_labels)) if (kind.as_str(), doc_labels.as_str()) != (row.kind, labels.as_str()) => {
-                    wrong.push(format!(
-                        "{}: docs/metrics.md says {kind} with {doc_labels}, the table {} with {labels}",
-                        row.name, row.kind
-                    ))
-                }
+        for row in &made {
+            match documented.iter().find(|d| name(d) == name(row)) {
+                None => wrong.push(format!("missing: {row}")),
+                Some(d) if d != row => wrong.push(format!("docs: {d}\ntable: {row}")),
                 Some(_) => {}
             }
         }
-        for name in documented.keys() {
-            wrong.push(format!("{name} is in docs/metrics.md but not in the table"));
+        for d in documented {
+            if !made.iter().any(|row| name(row) == name(d)) {
+                wrong.push(format!("not in the table (or not among its rows): {d}"));
+            }
         }
-        assert!(
-            wrong.is_empty(),
-            "docs/metrics.md and the table differ:\n{}",
+        if wrong.is_empty() {
+            wrong.push("the rows are in another order than the families'".into());
+        }
+        panic!(
+            "docs/metrics.md's per-container rows are not the table's \
+             (APPTHEUS_WRITE_DOCS=1 cargo test -p apptheus --lib the_docs_table writes them):\n{}",
             wrong.join("\n")
         );
     }
