@@ -353,19 +353,15 @@ impl Reader {
     /// Reads every file of the container. Every file is read on its own: a bad file leaves
     /// only its fields `None`. `probe` is this pass's probe, whose CPU times are not read again.
     pub fn read_all(&mut self, cgroup: &ContainerCgroup, probe: &Probe) -> Stats {
-        let mut stats = Stats::default();
-        let read_now;
-        let v2_cpu = match &probe.cpu {
-            Some(cpu) => {
-                stats.cpu = cpu_v2(cpu);
-                Some(cpu)
-            }
-            None => {
-                let cpu;
-                (cpu, read_now) = self.sample_cpu(cgroup);
-                stats.cpu = cpu;
-                read_now.as_ref()
-            }
+        // The probe's v2 cpu.stat has the CPU times (and the bandwidth counters): not read again.
+        let (cpu, read_now) = match &probe.cpu {
+            Some(stat) => (cpu_v2(stat), None),
+            None => self.sample_cpu(cgroup),
+        };
+        let v2_cpu = probe.cpu.as_ref().or(read_now.as_ref());
+        let mut stats = Stats {
+            cpu,
+            ..Stats::default()
         };
         stats.memory = self.sample_memory(cgroup);
         stats.pids = self.sample_pids(cgroup);
