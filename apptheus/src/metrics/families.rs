@@ -48,12 +48,23 @@ pub enum Unit {
 pub enum Key {
     /// Not there.
     No,
-    /// Under this key, absent (or null) where the family has no value. For a labeled family,
-    /// the key is this prefix followed by each label value.
+    /// Under this key, absent (or null) where the family has no value.
     Is(&'static str),
     /// Under this key, which holds a fallback where the family has no value (a record's end
     /// time is the time it was made; its CPUs, the host's when none were read).
     OrElse(&'static str),
+}
+
+/// Where a labeled family's values also appear in a JSON record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabeledKey {
+    /// Not there.
+    No,
+    /// One key per label value: this prefix followed by the value, absent where the family
+    /// has no sample with it.
+    EachUnder(&'static str),
+    /// Under this key, the sum of its samples; absent where it has none.
+    Sum(&'static str),
 }
 
 /// A per-container family: name, type, help, unit, where its value also appears, and how to
@@ -83,8 +94,8 @@ pub struct LabeledFamily {
     /// Its row's meaning in docs/metrics.md (Markdown; longer than the help).
     pub doc: &'static str,
     pub unit: Unit,
-    pub summary: Key,
-    pub api: Key,
+    pub summary: LabeledKey,
+    pub api: LabeledKey,
     pub label: &'static str,
     pub values: fn(&ContainerSeries, &mut dyn FnMut(&'static str, Value)),
 }
@@ -418,8 +429,8 @@ const FAILED_EXITS: &[LabeledFamily] = &[LabeledFamily {
     help: "Processes of the container that exited with a non-zero code (reason=\"exit_code\") or were killed by a signal (reason=\"signal\").",
     doc: "processes of the container that exited with a non-zero code (`reason=\"exit_code\"`) or were killed by a signal (`reason=\"signal\"`)",
     unit: Unit::Count,
-    summary: Key::No,
-    api: Key::No,
+    summary: LabeledKey::Sum("failed_exits"),
+    api: LabeledKey::No,
     label: "reason",
     values: |c, sample| {
         if let Some(f) = c.procs.failed {
@@ -607,8 +618,8 @@ const MEMORY_EVENTS: &[LabeledFamily] = &[LabeledFamily {
     help: "Memory events of the container's cgroup: high (over memory.high), max (at its memory limit), oom (OOM killer about to run).",
     doc: "memory events of its cgroup: `high` (over `memory.high`, v2), `max` (a charge at its memory limit), `oom` (the OOM killer about to run, v2); only those the kernel counts",
     unit: Unit::Count,
-    summary: Key::Is("memory_events_"),
-    api: Key::No,
+    summary: LabeledKey::EachUnder("memory_events_"),
+    api: LabeledKey::No,
     label: "event",
     values: |c, sample| {
         let Some(e) = c.stats.memory_events else {
@@ -776,7 +787,7 @@ pub(crate) mod tests {
         record: &serde_json::Value,
         series: &ContainerSeries,
         key: fn(&Family) -> Key,
-        labeled_key: fn(&LabeledFamily) -> Key,
+        labeled_key: fn(&LabeledFamily) -> LabeledKey,
     ) -> Vec<String> {
         let mut wrong = Vec::new();
         let check = |name: &str, key: Key, value: Option<Value>| {
@@ -801,13 +812,26 @@ pub(crate) mod tests {
                 wrong.extend(check(f.name, key(f), (f.value)(series)));
             }
             for f in g.labeled {
-                let Key::Is(prefix) = labeled_key(f) else {
-                    continue;
-                };
                 let mut samples = BTreeMap::new();
                 (f.values)(series, &mut |label, v| {
-                    samples.insert(format!("{prefix}{label}"), v);
+                    samples.insert(label, v);
                 });
+                let prefix = match labeled_key(f) {
+                    LabeledKey::No => continue,
+                    LabeledKey::Sum(field) => {
+                        let sum = samples.values().try_fold(0, |sum, v| match v {
+                            Value::Int(i) => Some(sum + i),
+                            Value::Float(_) => None,
+                        });
+                        let sum = sum.filter(|_| !samples.is_empty()).map(Value::Int);
+                        wrong.extend(check(f.name, Key::Is(field), sum));
+                        continue;
+                    }
+                    LabeledKey::EachUnder(prefix) => prefix,
+                };
+                let mut samples: BTreeMap<String, Value> = (samples.into_iter())
+                    .map(|(label, v)| (format!("{prefix}{label}"), v))
+                    .collect();
                 let fields = record.as_object().into_iter().flatten();
                 for (field, there) in fields.filter(|(k, v)| k.starts_with(prefix) && !v.is_null())
                 {
