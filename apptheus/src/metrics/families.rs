@@ -991,4 +991,92 @@ pub(crate) mod tests {
             wrong.join("\n")
         );
     }
+
+    /// `a_{b,c}_d` as `a_b_d` and `a_c_d`; a `{label}` without a comma stays (a labeled
+    /// family's label).
+    fn expand(pattern: &str) -> Vec<String> {
+        let Some((head, rest)) = pattern.split_once('{') else {
+            return vec![pattern.to_string()];
+        };
+        let Some((choices, tail)) = rest.split_once('}') else {
+            return vec![pattern.to_string()];
+        };
+        if !choices.contains(',') {
+            return vec![pattern.to_string()];
+        }
+        let tails = expand(tail);
+        let mut out = Vec::new();
+        for choice in choices.split(',') {
+            out.extend(tails.iter().map(|t| format!("{head}{choice}{t}")));
+        }
+        out
+    }
+
+    /// docs/metrics.md's Collectors section names each group's families and its series per
+    /// container as the table has them, and the core's series (the always-on group, with the
+    /// info and job series) in its sentence.
+    #[test]
+    fn the_docs_collectors_are_the_groups() {
+        let docs = include_str!("../../../docs/metrics.md");
+        let (_, section) = docs.split_once("## Collectors").unwrap();
+        let short = |name: &'static str| name.trim_start_matches("apptheus_container_");
+        let mut wrong = Vec::new();
+        let core = GROUPS[0].families.len() + 2;
+        if !section.contains(&format!("up to {core} series per container")) {
+            wrong.push(format!(
+                "the core has up to {core} series per container (info, job and {})",
+                GROUPS[0].families.len()
+            ));
+        }
+        for g in GROUPS {
+            let Some(collector) = g.collector else {
+                continue;
+            };
+            let row = format!("| `{}` |", collector.name());
+            let Some(line) = section.lines().find(|l| l.starts_with(&row)) else {
+                wrong.push(format!("no row for {}", collector.name()));
+                continue;
+            };
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let mut documented: Vec<String> = cells[1]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .flat_map(expand)
+                .collect();
+            let mut ours: Vec<String> = g
+                .families
+                .iter()
+                .map(|f| short(f.name).to_string())
+                .collect();
+            ours.extend(
+                g.labeled
+                    .iter()
+                    .map(|f| format!("{}{{{}}}", short(f.name), f.label)),
+            );
+            documented.sort();
+            ours.sort();
+            if documented != ours {
+                wrong.push(format!(
+                    "{}: docs {documented:?}, table {ours:?}",
+                    collector.name()
+                ));
+            }
+            // Plain families: one series each at most, the count the cell starts with.
+            let count: String = cells[2].chars().take_while(char::is_ascii_digit).collect();
+            if g.labeled.is_empty() && count != g.families.len().to_string() {
+                wrong.push(format!(
+                    "{}: docs {} series, table {}",
+                    collector.name(),
+                    cells[2],
+                    g.families.len()
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "docs/metrics.md's Collectors and the table differ:\n{}",
+            wrong.join("\n")
+        );
+    }
 }
