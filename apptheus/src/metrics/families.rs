@@ -1,13 +1,14 @@
 //! The per-container metrics, each defined once: its name, type, help, unit, collector group,
 //! how to get its value from a container's series, and the keys under which the summary record
-//! and `/api/containers` carry the same value. `/metrics` is rendered from this table; the
-//! summary record, `/api/containers` and docs/metrics.md's table are checked against it by
-//! tests (here, in `summary` and in `http::api`), which fail naming the difference.
+//! and `/api/containers` carry the same value. `/metrics` is rendered from this table; tests
+//! (here, in `summary` and in `http::api`) hold the summary record, `/api/containers` and
+//! docs/metrics.md (its metric table's per-container rows, its Collectors section) to it and
+//! fail naming each difference.
 //!
 //! Adding a per-container metric: an entry here, and the code that reads its value (a `Stats`
 //! group of `cgroup`, the tracker's counters, the sampler). Its row in docs/metrics.md is made
 //! from the entry: `APPTHEUS_WRITE_DOCS=1 cargo test -p apptheus --lib the_docs_table` writes
-//! it (without it, the test fails naming the rows that differ).
+//! it; the Collectors section's counts are edited by hand, as its test says.
 use super::ContainerSeries;
 use crate::collectors::Collector;
 
