@@ -135,7 +135,8 @@ impl Sampled {
             changed = stats != self.stats;
             self.stats = stats;
             self.last_full = Some(now);
-            self.sampled_peak = self.sampled_peak.max(self.stats.memory_usage_bytes);
+            let usage = self.stats.memory.and_then(|m| m.usage_bytes);
+            self.sampled_peak = self.sampled_peak.max(usage);
         }
         self.probe = probe.value;
         if let Some(p) = procs {
@@ -147,10 +148,13 @@ impl Sampled {
 
     fn series(&self) -> ContainerSeries {
         let mut stats = self.stats.clone();
-        let peak_source = match stats.memory_max_usage_bytes {
+        let peak_source = match stats.memory.and_then(|m| m.max_usage_bytes) {
             Some(_) => PeakSource::Kernel,
             None => {
-                stats.memory_max_usage_bytes = self.sampled_peak;
+                // Only a peak read makes the group (an absent group stays one `None`).
+                if let Some(peak) = self.sampled_peak {
+                    stats.memory.get_or_insert_default().max_usage_bytes = Some(peak);
+                }
                 PeakSource::Sampled
             }
         };
@@ -282,8 +286,8 @@ impl Sampler {
                 let reading = Reading {
                     at: start,
                     unix,
-                    cpu_seconds: s.stats.cpu_usage_seconds,
-                    memory_bytes: s.stats.memory_usage_bytes,
+                    cpu_seconds: s.stats.cpu.and_then(|c| c.usage_seconds),
+                    memory_bytes: s.stats.memory.and_then(|m| m.usage_bytes),
                 };
                 history.record(*key, &s.entry.identity, &reading);
             }
@@ -489,12 +493,12 @@ mod tests {
         let usage = dir.path().join("memory/job/c_1/memory.usage_in_bytes");
         let cpu = dir.path().join("cpuacct/job/c_1/cpuacct.usage");
         assert!(s.sample(&mut reader, procs, t0), "the first read");
-        assert_eq!(s.stats.memory_usage_bytes, Some(4096));
+        assert_eq!(s.stats.memory.and_then(|m| m.usage_bytes), Some(4096));
 
         // Nothing ran: the CPU time is the same, so memory is not read again.
         fs::write(&usage, "8192\n").unwrap();
         assert!(!s.sample(&mut reader, procs, t0));
-        assert_eq!(s.stats.memory_usage_bytes, Some(4096));
+        assert_eq!(s.stats.memory.and_then(|m| m.usage_bytes), Some(4096));
 
         // A fork or an exit counted by the kernel: everything is read.
         let forked = Some(ProcessCounters {
@@ -502,18 +506,18 @@ mod tests {
             ..Default::default()
         });
         assert!(s.sample(&mut reader, forked, t0));
-        assert_eq!(s.stats.memory_usage_bytes, Some(8192));
+        assert_eq!(s.stats.memory.and_then(|m| m.usage_bytes), Some(8192));
 
         // Something ran.
         fs::write(&usage, "1\n").unwrap();
         fs::write(&cpu, "2000\n").unwrap();
         assert!(s.sample(&mut reader, forked, t0));
-        assert_eq!(s.stats.memory_usage_bytes, Some(1));
+        assert_eq!(s.stats.memory.and_then(|m| m.usage_bytes), Some(1));
 
         // Idle, but the last full read is too old.
         fs::write(&usage, "2\n").unwrap();
         assert!(s.sample(&mut reader, forked, t0 + FULL_SAMPLE_EVERY));
-        assert_eq!(s.stats.memory_usage_bytes, Some(2));
+        assert_eq!(s.stats.memory.and_then(|m| m.usage_bytes), Some(2));
 
         // No probe file: always a full read. (The open probe of a deleted regular file still
         // reads; on cgroupfs the read fails.)
@@ -522,6 +526,6 @@ mod tests {
         fs::write(&usage, "3\n").unwrap();
         let t1 = t0 + FULL_SAMPLE_EVERY;
         assert!(s.sample(&mut reader, forked, t1));
-        assert_eq!(s.stats.memory_usage_bytes, Some(3));
+        assert_eq!(s.stats.memory.and_then(|m| m.usage_bytes), Some(3));
     }
 }

@@ -148,8 +148,10 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
     } = series
         .cpus_allowed
         .unwrap_or_else(|| Allowance::default().cpus(host_cpus));
-    let cpu_efficiency = stats
-        .cpu_usage_seconds
+    let cpu = stats.cpu.unwrap_or_default();
+    let memory = stats.memory.unwrap_or_default();
+    let cpu_efficiency = cpu
+        .usage_seconds
         .filter(|_| duration > 0.0)
         .map(|cpu| round(cpu / (duration * cpus_allowed), 4));
     let pressure = |p: Option<crate::cgroup::Pressure>| {
@@ -158,10 +160,11 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
             p.and_then(|p| p.stalled_seconds),
         )
     };
-    let (cpu_waiting, cpu_stalled) = pressure(stats.cpu_pressure);
-    let (memory_waiting, memory_stalled) = pressure(stats.memory_pressure);
-    let (io_waiting, io_stalled) = pressure(stats.io_pressure);
-    let throttling = stats.cpu_throttling;
+    let (cpu_waiting, cpu_stalled) = pressure(stats.pressure.cpu);
+    let (memory_waiting, memory_stalled) = pressure(stats.pressure.memory);
+    let (io_waiting, io_stalled) = pressure(stats.pressure.io);
+    let throttling = stats.throttling;
+    let memory_events = stats.memory_events.unwrap_or_default();
     Summary {
         container: identity.id.clone(),
         user: identity.user.clone(),
@@ -182,23 +185,21 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
         end_time_seconds: end,
         duration_seconds: round(duration, 3),
         exit_code: fate.exit_code,
-        cpu_seconds: stats.cpu_usage_seconds,
-        cpu_user_seconds: stats.cpu_user_seconds,
-        cpu_system_seconds: stats.cpu_system_seconds,
+        cpu_seconds: cpu.usage_seconds,
+        cpu_user_seconds: cpu.user_seconds,
+        cpu_system_seconds: cpu.system_seconds,
         cpus_allowed,
         cpus_allowed_source,
         cpu_efficiency,
-        memory_peak_bytes: stats.memory_max_usage_bytes,
-        memory_peak_source: stats
-            .memory_max_usage_bytes
-            .map(|_| series.memory_peak_source),
-        memory_limit_bytes: stats.memory_limit_bytes,
+        memory_peak_bytes: memory.max_usage_bytes,
+        memory_peak_source: memory.max_usage_bytes.map(|_| series.memory_peak_source),
+        memory_limit_bytes: memory.limit_bytes,
         oom_kills: fate.oom_kills,
         failed_exits: fate.failed_exits,
         forks: series.procs.forks,
         execs: series.procs.execs,
-        io_read_bytes: stats.blkio_read_bytes,
-        io_write_bytes: stats.blkio_write_bytes,
+        io_read_bytes: stats.io.map(|io| io.read_bytes),
+        io_write_bytes: stats.io.map(|io| io.write_bytes),
         network_receive_bytes: fate.network_receive_bytes,
         network_transmit_bytes: fate.network_transmit_bytes,
         cpu_cfs_periods: throttling.map(|t| t.periods),
@@ -210,67 +211,98 @@ pub fn of(series: &ContainerSeries, host_cpus: u32, now: f64) -> Summary {
         pressure_memory_stalled_seconds: memory_stalled,
         pressure_io_waiting_seconds: io_waiting,
         pressure_io_stalled_seconds: io_stalled,
-        memory_events_high: stats.memory_events.high,
-        memory_events_max: stats.memory_events.max,
-        memory_events_oom: stats.memory_events.oom,
+        memory_events_high: memory_events.high,
+        memory_events_max: memory_events.max,
+        memory_events_oom: memory_events.oom,
     }
 }
 
+/// A field of the record as the log record takes it: strings borrowed, an enum as its name,
+/// numbers as they are (a `None` is left out of the event by tracing itself, as serde leaves it
+/// out of the file's line).
+trait LogValue {
+    type Value<'a>: tracing::Value
+    where
+        Self: 'a;
+    fn log_value(&self) -> Self::Value<'_>;
+}
+
+impl LogValue for String {
+    type Value<'a> = &'a str;
+    fn log_value(&self) -> &str {
+        self
+    }
+}
+
+impl LogValue for Option<String> {
+    type Value<'a> = Option<&'a str>;
+    fn log_value(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
+impl LogValue for CpusSource {
+    type Value<'a> = &'static str;
+    fn log_value(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl LogValue for Option<PeakSource> {
+    type Value<'a> = Option<&'static str>;
+    fn log_value(&self) -> Option<&'static str> {
+        self.map(PeakSource::as_str)
+    }
+}
+
+/// Numbers, and numbers that may be absent, go as they are.
+macro_rules! log_as_is {
+    ($($t:ty),*) => {$(
+        impl LogValue for $t {
+            type Value<'a> = $t;
+            fn log_value(&self) -> $t {
+                *self
+            }
+        }
+        impl LogValue for Option<$t> {
+            type Value<'a> = Option<$t>;
+            fn log_value(&self) -> Option<$t> {
+                *self
+            }
+        }
+    )*};
+}
+log_as_is!(i32, u32, u64, f64);
+
+/// One `tracing::info!` with each named field of the record, under its own name, in the
+/// order given.
+macro_rules! log_fields {
+    ($summary:expr, $message:literal; $($field:ident),* $(,)?) => {
+        tracing::info!($($field = LogValue::log_value(&$summary.$field),)* $message)
+    };
+}
+
 /// The `container summary` log record: the same fields as the file's line, in the same
-/// order (a `None` is left out of the event by tracing itself).
+/// order (the test below compares the two).
 fn log(summary: &Summary) {
-    tracing::info!(
-        container = summary.container.as_str(),
-        user = summary.user.as_str(),
-        uid = summary.uid.as_str(),
-        pid = summary.pid,
-        exe = summary.exe.as_str(),
-        exe_path = summary.exe_path.as_str(),
-        cgroup = summary.cgroup.as_str(),
-        job_scheduler = summary.job_scheduler.as_str(),
-        job_id = summary.job_id.as_deref(),
-        job_source = summary.job_source.as_deref(),
-        job_account = summary.job_account.as_deref(),
-        job_partition = summary.job_partition.as_deref(),
-        job_image = summary.job_image.as_deref(),
-        start_time = summary.start_time.as_str(),
-        end_time = summary.end_time.as_str(),
-        start_time_seconds = summary.start_time_seconds,
-        end_time_seconds = summary.end_time_seconds,
-        duration_seconds = summary.duration_seconds,
-        exit_code = summary.exit_code,
-        cpu_seconds = summary.cpu_seconds,
-        cpu_user_seconds = summary.cpu_user_seconds,
-        cpu_system_seconds = summary.cpu_system_seconds,
-        cpus_allowed = summary.cpus_allowed,
-        cpus_allowed_source = summary.cpus_allowed_source.as_str(),
-        cpu_efficiency = summary.cpu_efficiency,
-        memory_peak_bytes = summary.memory_peak_bytes,
-        memory_peak_source = summary.memory_peak_source.map(PeakSource::as_str),
-        memory_limit_bytes = summary.memory_limit_bytes,
-        oom_kills = summary.oom_kills,
-        failed_exits = summary.failed_exits,
-        forks = summary.forks,
-        execs = summary.execs,
-        io_read_bytes = summary.io_read_bytes,
-        io_write_bytes = summary.io_write_bytes,
-        network_receive_bytes = summary.network_receive_bytes,
-        network_transmit_bytes = summary.network_transmit_bytes,
-        cpu_cfs_periods = summary.cpu_cfs_periods,
-        cpu_cfs_throttled_periods = summary.cpu_cfs_throttled_periods,
-        cpu_cfs_throttled_seconds = summary.cpu_cfs_throttled_seconds,
-        pressure_cpu_waiting_seconds = summary.pressure_cpu_waiting_seconds,
-        pressure_cpu_stalled_seconds = summary.pressure_cpu_stalled_seconds,
-        pressure_memory_waiting_seconds = summary.pressure_memory_waiting_seconds,
-        pressure_memory_stalled_seconds = summary.pressure_memory_stalled_seconds,
-        pressure_io_waiting_seconds = summary.pressure_io_waiting_seconds,
-        pressure_io_stalled_seconds = summary.pressure_io_stalled_seconds,
-        memory_events_high = summary.memory_events_high,
-        memory_events_max = summary.memory_events_max,
-        memory_events_oom = summary.memory_events_oom,
-        "container summary"
+    log_fields!(summary, "container summary";
+        container, user, uid, pid, exe, exe_path, cgroup,
+        job_scheduler, job_id, job_source, job_account, job_partition, job_image,
+        start_time, end_time, start_time_seconds, end_time_seconds, duration_seconds,
+        exit_code,
+        cpu_seconds, cpu_user_seconds, cpu_system_seconds,
+        cpus_allowed, cpus_allowed_source, cpu_efficiency,
+        memory_peak_bytes, memory_peak_source, memory_limit_bytes,
+        oom_kills, failed_exits, forks, execs,
+        io_read_bytes, io_write_bytes, network_receive_bytes, network_transmit_bytes,
+        cpu_cfs_periods, cpu_cfs_throttled_periods, cpu_cfs_throttled_seconds,
+        pressure_cpu_waiting_seconds, pressure_cpu_stalled_seconds,
+        pressure_memory_waiting_seconds, pressure_memory_stalled_seconds,
+        pressure_io_waiting_seconds, pressure_io_stalled_seconds,
+        memory_events_high, memory_events_max, memory_events_oom,
     );
 }
+
 /// Writes the summaries: the log record, and the file's line when there is a file.
 pub struct Summaries {
     file: Option<SummaryFile>,
@@ -518,7 +550,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        cgroup::{MemoryEvents, Pressure, Stats, Throttling},
+        cgroup::{Cpu, Io, Memory, MemoryEvents, Pressure, Pressures, Stats, Throttling},
         container::Identity,
         job::{Job, JobSource, Scheduler},
         telemetry::{Line, LogFormat},
@@ -550,25 +582,35 @@ mod tests {
             cpus_allowed: None,
             end_time: Some(1_700_000_010.0),
             stats: Stats {
-                cpu_usage_seconds: Some(5.0),
-                cpu_user_seconds: Some(4.5),
-                cpu_system_seconds: Some(0.5),
-                memory_max_usage_bytes: Some(1 << 30),
-                blkio_read_bytes: Some(4096),
-                blkio_write_bytes: Some(0),
-                cpu_pressure: Some(Pressure {
-                    waiting_seconds: 1.5,
-                    stalled_seconds: None,
+                cpu: Some(Cpu {
+                    usage_seconds: Some(5.0),
+                    user_seconds: Some(4.5),
+                    system_seconds: Some(0.5),
                 }),
-                cpu_throttling: Some(Throttling {
+                memory: Some(Memory {
+                    max_usage_bytes: Some(1 << 30),
+                    ..Memory::default()
+                }),
+                io: Some(Io {
+                    read_bytes: 4096,
+                    write_bytes: 0,
+                }),
+                pressure: Pressures {
+                    cpu: Some(Pressure {
+                        waiting_seconds: 1.5,
+                        stalled_seconds: None,
+                    }),
+                    ..Pressures::default()
+                },
+                throttling: Some(Throttling {
                     periods: 100,
                     throttled_periods: 40,
                     throttled_seconds: 2.0,
                 }),
-                memory_events: MemoryEvents {
+                memory_events: Some(MemoryEvents {
                     max: Some(3),
                     ..MemoryEvents::default()
-                },
+                }),
                 ..Stats::default()
             },
             procs: ProcessCounters {
@@ -655,6 +697,20 @@ mod tests {
         assert_eq!(json["forks"], 12);
     }
 
+    /// The record carries the table's values under the keys the table names (see
+    /// `metrics::families`), and leaves out what the table has no value for.
+    #[test]
+    fn the_record_holds_the_tables_values() {
+        use crate::metrics::families::tests::{differences, every_value, no_value};
+        for (what, mut series) in [("every value", every_value()), ("no value", no_value())] {
+            // A summary is of an ended container; the table's end time is the series'.
+            series.end_time.get_or_insert(1_700_000_100.0);
+            let record = serde_json::to_value(of(&series, 8, 0.0)).unwrap();
+            let wrong = differences(&record, &series, |f| f.summary, |f| f.summary);
+            assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
+        }
+    }
+
     #[test]
     fn no_time_passed_no_efficiency() {
         let mut c = series();
@@ -665,12 +721,13 @@ mod tests {
         // A sampled peak says so; no peak, no source.
         c.memory_peak_source = PeakSource::Sampled;
         assert_eq!(of(&c, 2, 0.0).memory_peak_source, Some(PeakSource::Sampled));
-        c.stats.memory_max_usage_bytes = None;
+        c.stats.memory = None;
         assert_eq!(of(&c, 2, 0.0).memory_peak_source, None);
     }
 
     /// The log record and the file's line are the same record: the JSON log line, less its
-    /// ts, level and msg, is the file's line, key for key and in order.
+    /// ts, level and msg, is the file's line, key for key and in order; with every field
+    /// present too, so that a field the log leaves out shows.
     #[test]
     fn the_log_record_and_the_file_line_agree() {
         #[derive(Clone, Default)]
@@ -684,27 +741,38 @@ mod tests {
                 Ok(())
             }
         }
-        let buf = Buf::default();
-        let out = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .event_format(Line {
-                format: LogFormat::Json,
-            })
-            .finish();
-        let s = of(&series(), 8, 0.0);
-        tracing::subscriber::with_default(subscriber, || log(&s));
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let log: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(log["level"], "info");
-        assert_eq!(log["msg"], "container summary");
-        // Compared as text: same keys, same order, same numbers and strings.
-        let (_, fields) = text
-            .trim()
-            .split_once("\"msg\":\"container summary\",")
-            .unwrap();
-        let file = String::from_utf8(serde_json::to_vec(&s).unwrap()).unwrap();
-        assert_eq!(format!("{{{fields}"), file);
+        let mut full = crate::metrics::families::tests::every_value();
+        Arc::make_mut(&mut full.identity).job = Job {
+            scheduler: Some(Scheduler::Slurm),
+            id: "7".into(),
+            source: Some(JobSource::Environment),
+            account: "proj".into(),
+            partition: "batch".into(),
+            image: "/images/a.sif".into(),
+        };
+        for series in [series(), full] {
+            let buf = Buf::default();
+            let out = buf.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .event_format(Line {
+                    format: LogFormat::Json,
+                })
+                .finish();
+            let s = of(&series, 8, 0.0);
+            tracing::subscriber::with_default(subscriber, || log(&s));
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            let log: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(log["level"], "info");
+            assert_eq!(log["msg"], "container summary");
+            // Compared as text: same keys, same order, same numbers and strings.
+            let (_, fields) = text
+                .trim()
+                .split_once("\"msg\":\"container summary\",")
+                .unwrap();
+            let file = String::from_utf8(serde_json::to_vec(&s).unwrap()).unwrap();
+            assert_eq!(format!("{{{fields}"), file);
+        }
     }
 
     #[test]

@@ -128,14 +128,18 @@ fn assert_member(container: &ContainerCgroup, layout: &Layout, pid: i32) {
 /// The numbers this host must give for a container holding one live `sleep`.
 fn assert_sample(container: &ContainerCgroup) -> Stats {
     let stats = Reader::new().sample(container);
-    assert!(stats.cpu_usage_seconds.is_some(), "{stats:?}");
-    assert!(stats.cpu_user_seconds.is_some(), "{stats:?}");
-    assert!(stats.cpu_system_seconds.is_some(), "{stats:?}");
-    assert!(stats.memory_usage_bytes.is_some_and(|b| b > 0), "{stats:?}");
-    assert!(stats.memory_working_set_bytes.is_some(), "{stats:?}");
-    assert!(stats.memory_rss_bytes.is_some(), "{stats:?}");
+    let (cpu, memory) = (
+        stats.cpu.unwrap_or_default(),
+        stats.memory.unwrap_or_default(),
+    );
+    assert!(cpu.usage_seconds.is_some(), "{stats:?}");
+    assert!(cpu.user_seconds.is_some(), "{stats:?}");
+    assert!(cpu.system_seconds.is_some(), "{stats:?}");
+    assert!(memory.usage_bytes.is_some_and(|b| b > 0), "{stats:?}");
+    assert!(memory.working_set_bytes.is_some(), "{stats:?}");
+    assert!(memory.rss_bytes.is_some(), "{stats:?}");
     // sleep has one thread.
-    assert_eq!(stats.pids, Some(1), "{stats:?}");
+    assert_eq!(stats.pids.and_then(|p| p.current), Some(1), "{stats:?}");
     stats
 }
 
@@ -242,7 +246,7 @@ fn dedicated_container_on_the_host() {
         assert_eq!(view.memory_source(), Source::Processes);
         assert_eq!(view.pids_source(), Source::Processes);
         let stats = assert_sample(&view);
-        assert_eq!(stats.memory_limit_bytes, None);
+        assert_eq!(stats.memory.and_then(|m| m.limit_bytes), None);
     }
 
     // Still busy: the caller must retry later.
@@ -320,10 +324,10 @@ fn nested_container_on_the_host() {
     guard.exec_sleep();
     let stats = assert_sample(&container);
     if container.memory_source() == Source::Cgroup {
-        assert_eq!(stats.memory_limit_bytes, Some(MEMORY_LIMIT));
+        assert_eq!(stats.memory.and_then(|m| m.limit_bytes), Some(MEMORY_LIMIT));
     }
     if container.pids_source() == Source::Cgroup {
-        assert_eq!(stats.pids_limit, Some(PIDS_LIMIT));
+        assert_eq!(stats.pids.and_then(|p| p.limit), Some(PIDS_LIMIT));
     }
 
     // A restarted daemon finds every directory again from the label alone.

@@ -40,7 +40,7 @@ pub use stats::{Pressure, Reader, Stats};
 #[cfg(test)]
 pub use layout::{Mode, Version};
 #[cfg(test)]
-pub use stats::{MemoryEvents, Throttling};
+pub use stats::{Cpu, Io, Memory, MemoryEvents, Pids, Pressures, Throttling};
 
 /// Where a container's cgroup is made (`--cgroup.placement`: the variants' comments are its
 /// help).

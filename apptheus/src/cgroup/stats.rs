@@ -21,55 +21,89 @@ use super::{
 };
 use crate::collectors::{Collector, Collectors};
 
-/// One sample of a container's counters; a field is `None` when its file was missing,
-/// unreadable or garbled, or when the kernel keeps no such number.
+/// One sample of a container's counters, by resource. A group is `None` when its collector
+/// group is disabled, its controller missing, or none of its files gave a number (never
+/// `Some` with every field `None`: the sampler compares samples to see a change); a field is
+/// `None` when its file was missing, unreadable or garbled, or when the kernel keeps no such
+/// number.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
+    pub cpu: Option<Cpu>,
+    pub memory: Option<Memory>,
+    pub pids: Option<Pids>,
+    /// Block I/O: both directions come from one file.
+    pub io: Option<Io>,
+    /// PSI of the container's v2 directory: cpu.pressure, memory.pressure, io.pressure. The
+    /// unified tree keeps them in every non-root cgroup, with or without controllers (on hybrid
+    /// hosts too); each `None` without a unified tree or with PSI off (`psi=0`, or kernels built
+    /// with CONFIG_PSI_DEFAULT_DISABLED and no `psi=1`).
+    pub pressure: Pressures,
+    /// CFS bandwidth of the container's own cgroup: v1 cpu.stat of the cpu hierarchy, v2
+    /// cpu.stat where the cpu controller is enabled.
+    pub throttling: Option<Throttling>,
+    /// Memory events of the container's memory cgroup.
+    pub memory_events: Option<MemoryEvents>,
+}
+
+/// The CPU times of a container's cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cpu {
     /// v1 cpuacct.usage; v2 cpu.stat usage_usec.
-    pub cpu_usage_seconds: Option<f64>,
+    pub usage_seconds: Option<f64>,
     /// v1 cpuacct.usage_user, else cpuacct.stat user (USER_HZ ticks); v2 cpu.stat user_usec.
-    pub cpu_user_seconds: Option<f64>,
+    pub user_seconds: Option<f64>,
     /// v1 cpuacct.usage_sys, else cpuacct.stat system; v2 cpu.stat system_usec.
-    pub cpu_system_seconds: Option<f64>,
+    pub system_seconds: Option<f64>,
+}
+
+/// A container's memory: of its memory cgroup, or of its processes without one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
     /// v1 memory.usage_in_bytes; v2 memory.current; processes: sum of resident memory.
-    pub memory_usage_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
     /// Usage minus inactive file cache (v1 total_inactive_file, v2 inactive_file).
-    pub memory_working_set_bytes: Option<u64>,
+    pub working_set_bytes: Option<u64>,
     /// v1 memory.stat total_rss (includes huge pages); v2 memory.stat anon; processes: sum of
     /// anonymous resident memory.
-    pub memory_rss_bytes: Option<u64>,
+    pub rss_bytes: Option<u64>,
     /// v1 memory.stat total_cache; v2 memory.stat file.
-    pub memory_cache_bytes: Option<u64>,
+    pub cache_bytes: Option<u64>,
     /// v1 memory.stat total_swap (else memsw usage minus usage); v2 memory.swap.current.
     /// `None` where the kernel accounts no swap.
-    pub memory_swap_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
     /// v1 memory.max_usage_in_bytes; v2 memory.peak (Linux 5.19+).
-    pub memory_max_usage_bytes: Option<u64>,
+    pub max_usage_bytes: Option<u64>,
     /// The smallest memory limit of the container and its ancestors (v1
     /// memory.limit_in_bytes, v2 memory.max; its ancestors' only, without a memory controller
     /// of its own); `None` when unlimited.
-    pub memory_limit_bytes: Option<u64>,
+    pub limit_bytes: Option<u64>,
+}
+
+/// A container's tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pids {
     /// pids.current; without a pids controller, the tasks the cgroup lists.
-    pub pids: Option<u64>,
+    pub current: Option<u64>,
     /// The smallest pids.max of the container and its ancestors (its ancestors' only, without a
     /// pids controller of its own); `None` when unlimited.
-    pub pids_limit: Option<u64>,
-    /// v1 blkio throttle service bytes, Read lines; v2 io.stat rbytes; summed over devices.
-    pub blkio_read_bytes: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+/// Block I/O bytes, summed over devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Io {
+    /// v1 blkio throttle service bytes, Read lines; v2 io.stat rbytes.
+    pub read_bytes: u64,
     /// Likewise for writes (Write lines, wbytes).
-    pub blkio_write_bytes: Option<u64>,
-    /// PSI of the container's v2 directory: cpu.pressure, memory.pressure, io.pressure. The
-    /// unified tree keeps them in every non-root cgroup, with or without controllers (on hybrid
-    /// hosts too); `None` without a unified tree or with PSI off (`psi=0`, or kernels built
-    /// with CONFIG_PSI_DEFAULT_DISABLED and no `psi=1`).
-    pub cpu_pressure: Option<Pressure>,
-    pub memory_pressure: Option<Pressure>,
-    pub io_pressure: Option<Pressure>,
-    /// CFS bandwidth of the container's own cgroup: v1 cpu.stat of the cpu hierarchy, v2
-    /// cpu.stat where the cpu controller is enabled.
-    pub cpu_throttling: Option<Throttling>,
-    /// Memory events of the container's memory cgroup.
-    pub memory_events: MemoryEvents,
+    pub write_bytes: u64,
+}
+
+/// The PSI totals of the three resources.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pressures {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
 }
 
 /// The PSI totals of one resource.
@@ -112,7 +146,53 @@ pub struct MemoryEvents {
     pub oom: Option<u64>,
 }
 
-impl MemoryEvents {
+/// A group's values with `older`'s where these have none, field by field.
+trait Or: Sized {
+    fn or(self, older: Self) -> Self;
+}
+
+/// Two samples of a group: field by field where both have it, else whichever has it.
+fn or_group<T: Or>(new: Option<T>, older: Option<T>) -> Option<T> {
+    match (new, older) {
+        (Some(new), Some(older)) => Some(new.or(older)),
+        (new, older) => new.or(older),
+    }
+}
+
+impl Or for Cpu {
+    fn or(self, older: Cpu) -> Cpu {
+        Cpu {
+            usage_seconds: self.usage_seconds.or(older.usage_seconds),
+            user_seconds: self.user_seconds.or(older.user_seconds),
+            system_seconds: self.system_seconds.or(older.system_seconds),
+        }
+    }
+}
+
+impl Or for Memory {
+    fn or(self, older: Memory) -> Memory {
+        Memory {
+            usage_bytes: self.usage_bytes.or(older.usage_bytes),
+            working_set_bytes: self.working_set_bytes.or(older.working_set_bytes),
+            rss_bytes: self.rss_bytes.or(older.rss_bytes),
+            cache_bytes: self.cache_bytes.or(older.cache_bytes),
+            swap_bytes: self.swap_bytes.or(older.swap_bytes),
+            max_usage_bytes: self.max_usage_bytes.or(older.max_usage_bytes),
+            limit_bytes: self.limit_bytes.or(older.limit_bytes),
+        }
+    }
+}
+
+impl Or for Pids {
+    fn or(self, older: Pids) -> Pids {
+        Pids {
+            current: self.current.or(older.current),
+            limit: self.limit.or(older.limit),
+        }
+    }
+}
+
+impl Or for MemoryEvents {
     fn or(self, older: MemoryEvents) -> MemoryEvents {
         MemoryEvents {
             high: self.high.or(older.high),
@@ -127,29 +207,24 @@ impl Stats {
     /// directories a batch system may be removing while they are read.
     pub fn or(self, older: &Stats) -> Stats {
         Stats {
-            cpu_usage_seconds: self.cpu_usage_seconds.or(older.cpu_usage_seconds),
-            cpu_user_seconds: self.cpu_user_seconds.or(older.cpu_user_seconds),
-            cpu_system_seconds: self.cpu_system_seconds.or(older.cpu_system_seconds),
-            memory_usage_bytes: self.memory_usage_bytes.or(older.memory_usage_bytes),
-            memory_working_set_bytes: self
-                .memory_working_set_bytes
-                .or(older.memory_working_set_bytes),
-            memory_rss_bytes: self.memory_rss_bytes.or(older.memory_rss_bytes),
-            memory_cache_bytes: self.memory_cache_bytes.or(older.memory_cache_bytes),
-            memory_swap_bytes: self.memory_swap_bytes.or(older.memory_swap_bytes),
-            memory_max_usage_bytes: self.memory_max_usage_bytes.or(older.memory_max_usage_bytes),
-            memory_limit_bytes: self.memory_limit_bytes.or(older.memory_limit_bytes),
-            pids: self.pids.or(older.pids),
-            pids_limit: self.pids_limit.or(older.pids_limit),
-            blkio_read_bytes: self.blkio_read_bytes.or(older.blkio_read_bytes),
-            blkio_write_bytes: self.blkio_write_bytes.or(older.blkio_write_bytes),
-            cpu_pressure: self.cpu_pressure.or(older.cpu_pressure),
-            memory_pressure: self.memory_pressure.or(older.memory_pressure),
-            io_pressure: self.io_pressure.or(older.io_pressure),
-            cpu_throttling: self.cpu_throttling.or(older.cpu_throttling),
-            memory_events: self.memory_events.or(older.memory_events),
+            cpu: or_group(self.cpu, older.cpu),
+            memory: or_group(self.memory, older.memory),
+            pids: or_group(self.pids, older.pids),
+            io: self.io.or(older.io),
+            pressure: Pressures {
+                cpu: self.pressure.cpu.or(older.pressure.cpu),
+                memory: self.pressure.memory.or(older.pressure.memory),
+                io: self.pressure.io.or(older.pressure.io),
+            },
+            throttling: self.throttling.or(older.throttling),
+            memory_events: or_group(self.memory_events, older.memory_events),
         }
     }
+}
+
+/// `Some(group)` unless every field of it is `None` (a group is one `None` when absent).
+fn some_if<T: Default + PartialEq>(group: T) -> Option<T> {
+    (group != T::default()).then_some(group)
 }
 
 /// The container's total CPU time in the kernel's own unit (v1 cpuacct.usage, ns; v2 cpu.stat
@@ -278,28 +353,26 @@ impl Reader {
     /// Reads every file of the container. Every file is read on its own: a bad file leaves
     /// only its fields `None`. `probe` is this pass's probe, whose CPU times are not read again.
     pub fn read_all(&mut self, cgroup: &ContainerCgroup, probe: &Probe) -> Stats {
-        let mut stats = Stats::default();
-        let read_now;
-        let v2_cpu = match &probe.cpu {
-            Some(cpu) => {
-                set_cpu_v2(cpu, &mut stats);
-                Some(cpu)
-            }
-            None => {
-                read_now = self.sample_cpu(cgroup, &mut stats);
-                read_now.as_ref()
-            }
+        // The probe's v2 cpu.stat has the CPU times (and the bandwidth counters): not read again.
+        let (cpu, read_now) = match &probe.cpu {
+            Some(stat) => (cpu_v2(stat), None),
+            None => self.sample_cpu(cgroup),
         };
-        self.sample_memory(cgroup, &mut stats);
-        self.sample_pids(cgroup, &mut stats);
+        let v2_cpu = probe.cpu.as_ref().or(read_now.as_ref());
+        let mut stats = Stats {
+            cpu,
+            ..Stats::default()
+        };
+        stats.memory = self.sample_memory(cgroup);
+        stats.pids = self.sample_pids(cgroup);
         if self.collectors.enabled(Collector::Io) {
-            self.sample_io(cgroup, &mut stats);
+            stats.io = self.sample_io(cgroup);
         }
         if self.collectors.enabled(Collector::Throttling) {
-            stats.cpu_throttling = self.throttling(cgroup, v2_cpu);
+            stats.throttling = self.throttling(cgroup, v2_cpu);
         }
         if self.collectors.enabled(Collector::Pressure) {
-            self.sample_pressure(cgroup, &mut stats);
+            stats.pressure = self.sample_pressure(cgroup);
         }
         if self.collectors.enabled(Collector::MemoryEvents) {
             stats.memory_events = self.memory_events(cgroup);
@@ -314,22 +387,10 @@ impl Reader {
     /// move only while its tasks run or wait, which the probe would have shown. About half of
     /// a full read's files.
     pub fn read_idle(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
-        let mut fresh = Stats::default();
-        self.sample_memory(cgroup, &mut fresh);
-        self.sample_pids(cgroup, &mut fresh);
-        stats.memory_usage_bytes = fresh.memory_usage_bytes;
-        stats.memory_working_set_bytes = fresh.memory_working_set_bytes;
-        stats.memory_rss_bytes = fresh.memory_rss_bytes;
-        stats.memory_cache_bytes = fresh.memory_cache_bytes;
-        stats.memory_swap_bytes = fresh.memory_swap_bytes;
-        stats.memory_max_usage_bytes = fresh.memory_max_usage_bytes;
-        stats.memory_limit_bytes = fresh.memory_limit_bytes;
-        stats.pids = fresh.pids;
-        stats.pids_limit = fresh.pids_limit;
+        stats.memory = self.sample_memory(cgroup);
+        stats.pids = self.sample_pids(cgroup);
         if self.collectors.enabled(Collector::Io) {
-            self.sample_io(cgroup, &mut fresh);
-            stats.blkio_read_bytes = fresh.blkio_read_bytes;
-            stats.blkio_write_bytes = fresh.blkio_write_bytes;
+            stats.io = self.sample_io(cgroup);
         }
     }
 
@@ -341,21 +402,19 @@ impl Reader {
     }
 
     /// The CPU times; on v2, also the cpu.stat read for them (its bandwidth counters).
-    fn sample_cpu(
-        &mut self,
-        cgroup: &ContainerCgroup,
-        stats: &mut Stats,
-    ) -> Option<parse::V2CpuStat> {
+    fn sample_cpu(&mut self, cgroup: &ContainerCgroup) -> (Option<Cpu>, Option<parse::V2CpuStat>) {
         if let Some(member) = cgroup.v1_member("cpuacct") {
-            self.sample_cpu_v1(&member.dir, stats);
-            return None;
+            return (some_if(self.sample_cpu_v1(&member.dir)), None);
         }
         // The kernel keeps cpu.stat's times in every v2 cgroup, with or without the cpu
         // controller.
-        let member = cgroup.v2_member()?;
-        let cpu = self.read(&member.dir.join("cpu.stat"), parse::parse_v2_cpu_stat)?;
-        set_cpu_v2(&cpu, stats);
-        Some(cpu)
+        let Some(member) = cgroup.v2_member() else {
+            return (None, None);
+        };
+        let Some(stat) = self.read(&member.dir.join("cpu.stat"), parse::parse_v2_cpu_stat) else {
+            return (None, None);
+        };
+        (cpu_v2(&stat), Some(stat))
     }
 
     /// CFS bandwidth counters: v1 cpu.stat of the cpu hierarchy (one more file), else the
@@ -383,9 +442,9 @@ impl Reader {
     }
 
     /// PSI, from the container's directory in the unified tree: three small files.
-    fn sample_pressure(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+    fn sample_pressure(&mut self, cgroup: &ContainerCgroup) -> Pressures {
         let Some(member) = cgroup.v2_member() else {
-            return;
+            return Pressures::default();
         };
         let dir = &member.dir;
         let mut pressure = |file: &str| {
@@ -395,20 +454,20 @@ impl Reader {
                 stalled_seconds: totals.full_usec.map(microseconds_to_seconds),
             })
         };
-        stats.cpu_pressure = pressure("cpu.pressure");
-        stats.memory_pressure = pressure("memory.pressure");
-        stats.io_pressure = pressure("io.pressure");
+        Pressures {
+            cpu: pressure("cpu.pressure"),
+            memory: pressure("memory.pressure"),
+            io: pressure("io.pressure"),
+        }
     }
 
     /// v2 memory.events (one file); v1 memory.failcnt, plus memory.memsw.failcnt where swap
     /// is accounted: with a memory+swap limit (Slurm's ConstrainSwapSpace) the charge fails
     /// against memsw first and only its count moves.
-    fn memory_events(&mut self, cgroup: &ContainerCgroup) -> MemoryEvents {
-        let Some(member) = cgroup.controller_member("memory", "memory") else {
-            return MemoryEvents::default();
-        };
+    fn memory_events(&mut self, cgroup: &ContainerCgroup) -> Option<MemoryEvents> {
+        let member = cgroup.controller_member("memory", "memory")?;
         let dir = &member.dir;
-        match member.version {
+        let events = match member.version {
             Version::V2 => self
                 .read(&dir.join("memory.events"), parse::parse_v2_memory_events)
                 .map(|e| MemoryEvents {
@@ -426,7 +485,8 @@ impl Reader {
                     ..MemoryEvents::default()
                 }
             }
-        }
+        };
+        some_if(events)
     }
 
     /// The CPUs the container's CFS quota allows, the smallest along its cgroup path (a job's
@@ -456,43 +516,45 @@ impl Reader {
     /// (USER_HZ ticks). The split is sampled at each timer tick on current kernels (a 0.1 s
     /// burst can show as 0.08 s), so it never stands for the total, which the probe also
     /// reads.
-    fn sample_cpu_v1(&mut self, dir: &Path, stats: &mut Stats) {
+    fn sample_cpu_v1(&mut self, dir: &Path) -> Cpu {
+        let mut cpu = Cpu::default();
         let usage = self.read(&dir.join("cpuacct.usage"), parse::parse_u64);
-        stats.cpu_usage_seconds = usage.map(nanoseconds_to_seconds);
+        cpu.usage_seconds = usage.map(nanoseconds_to_seconds);
         if let Some((user, system)) = self.read(
             &dir.join("cpuacct.usage_all"),
             parse::parse_v1_cpuacct_usage_all,
         ) {
-            stats.cpu_usage_seconds = stats
-                .cpu_usage_seconds
+            cpu.usage_seconds = cpu
+                .usage_seconds
                 .or(Some(nanoseconds_to_seconds(user.saturating_add(system))));
-            stats.cpu_user_seconds = Some(nanoseconds_to_seconds(user));
-            stats.cpu_system_seconds = Some(nanoseconds_to_seconds(system));
-            return;
+            cpu.user_seconds = Some(nanoseconds_to_seconds(user));
+            cpu.system_seconds = Some(nanoseconds_to_seconds(system));
+            return cpu;
         }
         let user = self.read(&dir.join("cpuacct.usage_user"), parse::parse_u64);
         let system = self.read(&dir.join("cpuacct.usage_sys"), parse::parse_u64);
-        stats.cpu_user_seconds = user.map(nanoseconds_to_seconds);
-        stats.cpu_system_seconds = system.map(nanoseconds_to_seconds);
+        cpu.user_seconds = user.map(nanoseconds_to_seconds);
+        cpu.system_seconds = system.map(nanoseconds_to_seconds);
         if user.is_some() && system.is_some() {
-            return;
+            return cpu;
         }
         let Some(ticks) = self.read(&dir.join("cpuacct.stat"), parse::parse_v1_cpuacct_stat) else {
-            return;
+            return cpu;
         };
         let ticks_per_second = procfs::ticks_per_second() as f64;
         let to_seconds = |ticks: u64| ticks as f64 / ticks_per_second;
-        if stats.cpu_user_seconds.is_none() {
-            stats.cpu_user_seconds = ticks.user_ticks.map(to_seconds);
+        if cpu.user_seconds.is_none() {
+            cpu.user_seconds = ticks.user_ticks.map(to_seconds);
         }
-        if stats.cpu_system_seconds.is_none() {
-            stats.cpu_system_seconds = ticks.system_ticks.map(to_seconds);
+        if cpu.system_seconds.is_none() {
+            cpu.system_seconds = ticks.system_ticks.map(to_seconds);
         }
+        cpu
     }
 
-    fn sample_memory(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+    fn sample_memory(&mut self, cgroup: &ContainerCgroup) -> Option<Memory> {
         let Some(member) = cgroup.controller_member("memory", "memory") else {
-            return self.sample_memory_from_processes(cgroup, stats);
+            return some_if(self.sample_memory_from_processes(cgroup));
         };
         let files = member.version.memory_files();
         let dir = &member.dir;
@@ -500,22 +562,26 @@ impl Reader {
         let stat = self
             .read(&dir.join("memory.stat"), files.parse_stat)
             .unwrap_or_default();
-        stats.memory_usage_bytes = usage;
-        stats.memory_working_set_bytes = working_set(usage, stat.inactive_file);
-        stats.memory_rss_bytes = stat.rss;
-        stats.memory_cache_bytes = stat.cache;
+        let mut memory = Memory {
+            usage_bytes: usage,
+            working_set_bytes: working_set(usage, stat.inactive_file),
+            rss_bytes: stat.rss,
+            cache_bytes: stat.cache,
+            ..Memory::default()
+        };
         // The swap files exist only when the kernel accounts swap. v1's memory.stat lacks
         // `total_swap` on some kernels: memsw (memory + swap) minus memory then, the two read at
         // slightly different times, hence the saturating subtraction.
-        stats.memory_swap_bytes = match member.version {
+        memory.swap_bytes = match member.version {
             Version::V1 => stat.swap.or_else(|| {
                 let memsw = self.read(&dir.join("memory.memsw.usage_in_bytes"), parse::parse_u64);
                 Some(memsw?.saturating_sub(usage?))
             }),
             Version::V2 => self.read(&dir.join("memory.swap.current"), parse::parse_u64),
         };
-        stats.memory_max_usage_bytes = self.read(&dir.join(files.peak), parse::parse_u64);
-        stats.memory_limit_bytes = self.effective_limit(member, files.limit);
+        memory.max_usage_bytes = self.read(&dir.join(files.peak), parse::parse_u64);
+        memory.limit_bytes = self.effective_limit(member, files.limit);
+        some_if(memory)
     }
 
     /// Memory of the container's processes: usage and working set are the sum of their
@@ -523,9 +589,9 @@ impl Reader {
     /// file-backed and shmem pages statm calls shared), the same meaning as a cgroup's rss.
     /// Pages shared between processes count once per process. The kernel keeps no cache, swap
     /// or peak for a set of processes: those stay `None`. The limit is the ancestors'.
-    fn sample_memory_from_processes(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+    fn sample_memory_from_processes(&mut self, cgroup: &ContainerCgroup) -> Memory {
         let Some(pids) = cgroup.read_procs() else {
-            return;
+            return Memory::default();
         };
         let page_size = procfs::page_size();
         let mut resident: u64 = 0;
@@ -540,31 +606,35 @@ impl Reader {
             let anonymous_pages = statm.resident_pages.saturating_sub(statm.shared_pages);
             anonymous = anonymous.saturating_add(anonymous_pages.saturating_mul(page_size));
         }
-        stats.memory_usage_bytes = Some(resident);
-        stats.memory_working_set_bytes = Some(resident);
-        stats.memory_rss_bytes = Some(anonymous);
-        // The limits above still hold the processes (a job's memory.max).
-        stats.memory_limit_bytes = self.limit_above(cgroup, "memory.max");
+        Memory {
+            usage_bytes: Some(resident),
+            working_set_bytes: Some(resident),
+            rss_bytes: Some(anonymous),
+            // The limits above still hold the processes (a job's memory.max).
+            limit_bytes: self.limit_above(cgroup, "memory.max"),
+            ..Memory::default()
+        }
     }
 
-    fn sample_pids(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+    fn sample_pids(&mut self, cgroup: &ContainerCgroup) -> Option<Pids> {
         if let Some(member) = cgroup.controller_member("pids", "pids") {
-            stats.pids = self.read(&member.dir.join("pids.current"), parse::parse_u64);
-            stats.pids_limit = self.effective_limit(member, "pids.max");
-            return;
+            return some_if(Pids {
+                current: self.read(&member.dir.join("pids.current"), parse::parse_u64),
+                limit: self.effective_limit(member, "pids.max"),
+            });
         }
         // No pids controller: count the tasks (threads) the cgroup lists, which is what
         // pids.current counts. Every cgroup directory has this file in both versions.
-        let Some(member) = cgroup.primary_member() else {
-            return;
-        };
+        let member = cgroup.primary_member()?;
         let file = match member.version {
             Version::V1 => "tasks",
             Version::V2 => "cgroup.threads",
         };
         let tasks = self.read(&member.dir.join(file), parse::parse_ids);
-        stats.pids = tasks.map(|tasks| tasks.len() as u64);
-        stats.pids_limit = self.limit_above(cgroup, "pids.max");
+        some_if(Pids {
+            current: tasks.map(|tasks| tasks.len() as u64),
+            limit: self.limit_above(cgroup, "pids.max"),
+        })
     }
 
     /// For a container whose own v2 directory lacks a controller (v2 gives none below a cgroup
@@ -579,7 +649,7 @@ impl Reader {
         self.ancestors_limit(parent, &member.mount_point, Limit::File(file))
     }
 
-    fn sample_io(&mut self, cgroup: &ContainerCgroup, stats: &mut Stats) {
+    fn sample_io(&mut self, cgroup: &ContainerCgroup) -> Option<Io> {
         let bytes = match cgroup.controller_member("blkio", "io") {
             Some(member) if member.version == Version::V2 => {
                 self.read(&member.dir.join("io.stat"), parse::parse_v2_io_stat)
@@ -587,8 +657,10 @@ impl Reader {
             Some(member) => self.read_v1_blkio(&member.dir),
             None => None,
         };
-        stats.blkio_read_bytes = bytes.map(|b| b.read);
-        stats.blkio_write_bytes = bytes.map(|b| b.write);
+        bytes.map(|b| Io {
+            read_bytes: b.read,
+            write_bytes: b.write,
+        })
     }
 
     /// v1 blkio bytes, from the first of these files that reads and parses. The plain
@@ -707,10 +779,12 @@ fn microseconds_to_seconds(us: u64) -> f64 {
     us as f64 / 1e6
 }
 
-fn set_cpu_v2(cpu: &parse::V2CpuStat, stats: &mut Stats) {
-    stats.cpu_usage_seconds = cpu.usage_usec.map(microseconds_to_seconds);
-    stats.cpu_user_seconds = cpu.user_usec.map(microseconds_to_seconds);
-    stats.cpu_system_seconds = cpu.system_usec.map(microseconds_to_seconds);
+fn cpu_v2(cpu: &parse::V2CpuStat) -> Option<Cpu> {
+    some_if(Cpu {
+        usage_seconds: cpu.usage_usec.map(microseconds_to_seconds),
+        user_seconds: cpu.user_usec.map(microseconds_to_seconds),
+        system_seconds: cpu.system_usec.map(microseconds_to_seconds),
+    })
 }
 
 /// Usage minus the inactive file cache, which the kernel reclaims first (the working set as

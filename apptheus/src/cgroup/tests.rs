@@ -266,44 +266,54 @@ fn v2_sample_from_fake_tree() {
     assert_eq!(
         sample(&container),
         Stats {
-            cpu_usage_seconds: Some(2934.589123),
-            cpu_user_seconds: Some(2511.034),
-            cpu_system_seconds: Some(423.555123),
-            memory_usage_bytes: Some(1700000000),
-            memory_working_set_bytes: Some(1700000000 - 402653184),
-            memory_rss_bytes: Some(1073741824),
-            memory_cache_bytes: Some(536870912),
-            memory_swap_bytes: Some(4096),
-            memory_max_usage_bytes: Some(1800000000),
-            // The job's 1 GiB is below the container's own 2 GiB.
-            memory_limit_bytes: Some(1073741824),
-            pids: Some(7),
-            pids_limit: Some(500),
-            blkio_read_bytes: Some(1459200 + 90430464),
-            blkio_write_bytes: Some(314773504 + 299008000),
-            cpu_pressure: Some(Pressure {
-                waiting_seconds: 2.263303,
-                stalled_seconds: Some(2.083218),
+            cpu: Some(Cpu {
+                usage_seconds: Some(2934.589123),
+                user_seconds: Some(2511.034),
+                system_seconds: Some(423.555123),
             }),
-            memory_pressure: Some(Pressure {
-                waiting_seconds: 0.018085,
-                stalled_seconds: Some(0.007957),
+            memory: Some(Memory {
+                usage_bytes: Some(1700000000),
+                working_set_bytes: Some(1700000000 - 402653184),
+                rss_bytes: Some(1073741824),
+                cache_bytes: Some(536870912),
+                swap_bytes: Some(4096),
+                max_usage_bytes: Some(1800000000),
+                // The job's 1 GiB is below the container's own 2 GiB.
+                limit_bytes: Some(1073741824),
             }),
-            io_pressure: Some(Pressure {
-                waiting_seconds: 0.00087,
-                stalled_seconds: Some(0.000701),
+            pids: Some(Pids {
+                current: Some(7),
+                limit: Some(500),
             }),
+            io: Some(Io {
+                read_bytes: 1459200 + 90430464,
+                write_bytes: 314773504 + 299008000,
+            }),
+            pressure: Pressures {
+                cpu: Some(Pressure {
+                    waiting_seconds: 2.263303,
+                    stalled_seconds: Some(2.083218),
+                }),
+                memory: Some(Pressure {
+                    waiting_seconds: 0.018085,
+                    stalled_seconds: Some(0.007957),
+                }),
+                io: Some(Pressure {
+                    waiting_seconds: 0.00087,
+                    stalled_seconds: Some(0.000701),
+                }),
+            },
             // cpu.stat's bandwidth counters, read with the CPU times.
-            cpu_throttling: Some(Throttling {
+            throttling: Some(Throttling {
                 periods: 1543,
                 throttled_periods: 12,
                 throttled_seconds: 0.981234,
             }),
-            memory_events: MemoryEvents {
+            memory_events: Some(MemoryEvents {
                 high: Some(12),
                 max: Some(37),
                 oom: Some(2),
-            },
+            }),
         }
     );
 }
@@ -331,13 +341,22 @@ fn v2_sample_with_missing_and_garbled_files() {
     assert_eq!(
         stats,
         Stats {
-            memory_usage_bytes: Some(1700000000),
-            memory_limit_bytes: Some(1073741824),
-            pids: Some(7),
-            memory_pressure: Some(Pressure {
-                waiting_seconds: 0.018085,
-                stalled_seconds: Some(0.007957),
+            memory: Some(Memory {
+                usage_bytes: Some(1700000000),
+                limit_bytes: Some(1073741824),
+                ..Memory::default()
             }),
+            pids: Some(Pids {
+                current: Some(7),
+                limit: None,
+            }),
+            pressure: Pressures {
+                memory: Some(Pressure {
+                    waiting_seconds: 0.018085,
+                    stalled_seconds: Some(0.007957),
+                }),
+                ..Pressures::default()
+            },
             ..Stats::default()
         }
     );
@@ -368,18 +387,24 @@ fn v2_without_controllers_uses_processes() {
     assert_eq!(container.pids_source(), Source::Processes);
     let stats = sample(&container);
     // cpu.stat is there without the cpu controller.
-    assert_eq!(stats.cpu_usage_seconds, Some(2934.589123));
-    let usage = stats.memory_usage_bytes.unwrap();
+    assert_eq!(stats.cpu.unwrap().usage_seconds, Some(2934.589123));
+    let memory = stats.memory.unwrap();
+    let usage = memory.usage_bytes.unwrap();
     assert!(usage > 0);
-    assert_eq!(stats.memory_working_set_bytes, Some(usage));
-    assert!(stats.memory_rss_bytes.unwrap() <= usage);
-    assert_eq!(stats.memory_cache_bytes, None);
-    assert_eq!(stats.memory_swap_bytes, None);
-    assert_eq!(stats.memory_max_usage_bytes, None);
-    assert_eq!(stats.memory_limit_bytes, Some(1073741824));
-    assert_eq!(stats.pids, Some(3));
-    assert_eq!(stats.pids_limit, Some(50));
-    assert_eq!(stats.blkio_read_bytes, None);
+    assert_eq!(memory.working_set_bytes, Some(usage));
+    assert!(memory.rss_bytes.unwrap() <= usage);
+    assert_eq!(memory.cache_bytes, None);
+    assert_eq!(memory.swap_bytes, None);
+    assert_eq!(memory.max_usage_bytes, None);
+    assert_eq!(memory.limit_bytes, Some(1073741824));
+    assert_eq!(
+        stats.pids,
+        Some(Pids {
+            current: Some(3),
+            limit: Some(50),
+        })
+    );
+    assert_eq!(stats.io, None);
 }
 
 /// A v1 container at /job/apptheus/c_1 in each hierarchy.
@@ -439,37 +464,43 @@ fn v1_sample_from_fake_tree() {
     assert_eq!(
         sample(&container),
         Stats {
-            cpu_usage_seconds: Some(0.962461725),
-            cpu_user_seconds: Some(0.1),
-            cpu_system_seconds: Some(0.951843546),
-            memory_usage_bytes: Some(146718720),
-            memory_working_set_bytes: Some(146718720 - 80764928),
-            memory_rss_bytes: Some(59736064),
-            memory_cache_bytes: Some(84774912),
-            // total_swap of memory.stat.
-            memory_swap_bytes: Some(0),
-            memory_max_usage_bytes: Some(146808832),
-            // The job's limit: the container itself is unlimited.
-            memory_limit_bytes: Some(536870912),
-            pids: Some(3),
-            pids_limit: None,
-            blkio_read_bytes: Some(67108864),
-            blkio_write_bytes: Some(16777216),
+            cpu: Some(Cpu {
+                usage_seconds: Some(0.962461725),
+                user_seconds: Some(0.1),
+                system_seconds: Some(0.951843546),
+            }),
+            memory: Some(Memory {
+                usage_bytes: Some(146718720),
+                working_set_bytes: Some(146718720 - 80764928),
+                rss_bytes: Some(59736064),
+                cache_bytes: Some(84774912),
+                // total_swap of memory.stat.
+                swap_bytes: Some(0),
+                max_usage_bytes: Some(146808832),
+                // The job's limit: the container itself is unlimited.
+                limit_bytes: Some(536870912),
+            }),
+            pids: Some(Pids {
+                current: Some(3),
+                limit: None,
+            }),
+            io: Some(Io {
+                read_bytes: 67108864,
+                write_bytes: 16777216,
+            }),
             // No unified tree: no PSI.
-            cpu_pressure: None,
-            memory_pressure: None,
-            io_pressure: None,
-            cpu_throttling: Some(Throttling {
+            pressure: Pressures::default(),
+            throttling: Some(Throttling {
                 periods: 25,
                 throttled_periods: 25,
                 throttled_seconds: 3.020591382,
             }),
             // failcnt of memory and of memory+swap; v1 counts no high or oom events.
-            memory_events: MemoryEvents {
+            memory_events: Some(MemoryEvents {
                 high: None,
                 max: Some(109),
                 oom: None,
-            },
+            }),
         }
     );
 }
@@ -490,9 +521,14 @@ fn v1_cpu_from_usage_all() {
             .open("/job/apptheus/c_1", &[], &[])
             .unwrap(),
     );
-    assert_eq!(stats.cpu_usage_seconds, Some(0.962461725));
-    assert_eq!(stats.cpu_user_seconds, Some(1.5));
-    assert_eq!(stats.cpu_system_seconds, Some(0.25));
+    assert_eq!(
+        stats.cpu,
+        Some(Cpu {
+            usage_seconds: Some(0.962461725),
+            user_seconds: Some(1.5),
+            system_seconds: Some(0.25),
+        })
+    );
 }
 
 #[test]
@@ -527,14 +563,20 @@ fn v1_fallbacks() {
             .unwrap(),
     );
     let hz = procfs::ticks_per_second() as f64;
-    assert_eq!(stats.cpu_user_seconds, Some(8.0 / hz));
-    assert_eq!(stats.cpu_system_seconds, Some(86.0 / hz));
-    assert_eq!(stats.memory_rss_bytes, Some(10));
-    assert_eq!(stats.memory_cache_bytes, None);
-    assert_eq!(stats.memory_working_set_bytes, None);
-    assert_eq!(stats.memory_swap_bytes, Some(4096));
-    assert_eq!(stats.blkio_read_bytes, Some(5));
-    assert_eq!(stats.blkio_write_bytes, Some(6));
+    let (cpu, memory) = (stats.cpu.unwrap(), stats.memory.unwrap());
+    assert_eq!(cpu.user_seconds, Some(8.0 / hz));
+    assert_eq!(cpu.system_seconds, Some(86.0 / hz));
+    assert_eq!(memory.rss_bytes, Some(10));
+    assert_eq!(memory.cache_bytes, None);
+    assert_eq!(memory.working_set_bytes, None);
+    assert_eq!(memory.swap_bytes, Some(4096));
+    assert_eq!(
+        stats.io,
+        Some(Io {
+            read_bytes: 5,
+            write_bytes: 6,
+        })
+    );
 }
 
 #[test]
@@ -548,7 +590,7 @@ fn v1_without_pids_hierarchy_counts_tasks() {
     let container = layout.open("/c_1", &[], &[]).unwrap();
     assert_eq!(container.pids_source(), Source::Processes);
     assert_eq!(container.memory_source(), Source::Cgroup);
-    assert_eq!(sample(&container).pids, Some(2));
+    assert_eq!(sample(&container).pids.unwrap().current, Some(2));
 }
 
 #[test]
@@ -831,7 +873,7 @@ fn v2_probe_is_cpu_stat_read_once() {
     assert!(probe.value.is_some());
     let stats = reader.read_all(&container, &probe);
     assert_eq!(stats, sample(&container));
-    assert!(stats.cpu_user_seconds.is_some());
+    assert!(stats.cpu.unwrap().user_seconds.is_some());
     // The full read takes the CPU times from the probe's read, not from the file again.
     tree.write(
         "unified/job/apptheus/c_1/cpu.stat",
@@ -855,17 +897,14 @@ fn disabled_groups_are_not_read() {
     assert_eq!(
         stats,
         Stats {
-            cpu_pressure: None,
-            memory_pressure: None,
-            io_pressure: None,
-            cpu_throttling: None,
-            memory_events: MemoryEvents::default(),
-            blkio_read_bytes: None,
-            blkio_write_bytes: None,
+            pressure: Pressures::default(),
+            throttling: None,
+            memory_events: None,
+            io: None,
             ..all.clone()
         }
     );
-    assert!(all.cpu_pressure.is_some() && all.cpu_throttling.is_some());
+    assert!(all.pressure.cpu.is_some() && all.throttling.is_some());
 }
 
 #[test]
@@ -890,17 +929,17 @@ fn without_the_cpu_controller_v2_has_pressure_but_no_throttling() {
     let mut reader = Reader::new();
     let probe = reader.probe(&container);
     let stats = reader.read_all(&container, &probe);
-    assert_eq!(stats.cpu_throttling, None);
+    assert_eq!(stats.throttling, None);
     assert_eq!(
-        stats.cpu_pressure,
+        stats.pressure.cpu,
         Some(Pressure {
             waiting_seconds: 3.845216,
             stalled_seconds: None,
         })
     );
     // No memory controller: no memory events; no memory.pressure file: none either.
-    assert_eq!(stats.memory_events, MemoryEvents::default());
-    assert_eq!(stats.memory_pressure, None);
+    assert_eq!(stats.memory_events, None);
+    assert_eq!(stats.pressure.memory, None);
 }
 
 #[test]
@@ -914,14 +953,14 @@ fn v1_memory_events_without_swap_accounting() {
         .unwrap();
     assert_eq!(
         sample(&container).memory_events,
-        MemoryEvents {
+        Some(MemoryEvents {
             high: None,
             max: Some(106),
             oom: None,
-        }
+        })
     );
     tree.write("memory/job/apptheus/c_1/memory.failcnt", "garbage\n");
-    assert_eq!(sample(&container).memory_events, MemoryEvents::default());
+    assert_eq!(sample(&container).memory_events, None);
 }
 
 #[test]
@@ -972,38 +1011,59 @@ fn cpu_quota_is_the_smallest_along_the_path() {
 #[test]
 fn final_values_keep_the_older_ones_where_the_files_are_gone() {
     let older = Stats {
-        cpu_pressure: Some(Pressure {
-            waiting_seconds: 1.0,
-            stalled_seconds: Some(0.5),
+        memory: Some(Memory {
+            usage_bytes: Some(10),
+            limit_bytes: Some(100),
+            ..Memory::default()
         }),
-        cpu_throttling: Some(Throttling {
+        pressure: Pressures {
+            cpu: Some(Pressure {
+                waiting_seconds: 1.0,
+                stalled_seconds: Some(0.5),
+            }),
+            ..Pressures::default()
+        },
+        throttling: Some(Throttling {
             periods: 3,
             throttled_periods: 2,
             throttled_seconds: 0.1,
         }),
-        memory_events: MemoryEvents {
+        memory_events: Some(MemoryEvents {
             high: None,
             max: Some(4),
             oom: Some(1),
-        },
+        }),
         ..Stats::default()
     };
     let newer = Stats {
-        memory_events: MemoryEvents {
+        memory: Some(Memory {
+            usage_bytes: Some(20),
+            ..Memory::default()
+        }),
+        memory_events: Some(MemoryEvents {
             max: Some(5),
             ..MemoryEvents::default()
-        },
+        }),
         ..Stats::default()
     };
     let merged = newer.or(&older);
-    assert_eq!(merged.cpu_pressure, older.cpu_pressure);
-    assert_eq!(merged.cpu_throttling, older.cpu_throttling);
+    assert_eq!(merged.pressure, older.pressure);
+    assert_eq!(merged.throttling, older.throttling);
+    // Field by field within a group: a file gone keeps its older number, a newer one wins.
+    assert_eq!(
+        merged.memory,
+        Some(Memory {
+            usage_bytes: Some(20),
+            limit_bytes: Some(100),
+            ..Memory::default()
+        })
+    );
     assert_eq!(
         merged.memory_events,
-        MemoryEvents {
+        Some(MemoryEvents {
             high: None,
             max: Some(5),
             oom: Some(1),
-        }
+        })
     );
 }

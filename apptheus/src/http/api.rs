@@ -86,10 +86,10 @@ fn container(s: &ContainerSeries, track: Option<&Track>) -> Container {
             .and_then(Track::cpu_cores_now)
             .filter(|_| live)
             .map(|c| round3(f64::from(c))),
-        cpu_seconds: stats.cpu_usage_seconds,
-        memory_bytes: stats.memory_usage_bytes,
-        memory_peak_bytes: stats.memory_max_usage_bytes,
-        memory_limit_bytes: stats.memory_limit_bytes,
+        cpu_seconds: stats.cpu.and_then(|c| c.usage_seconds),
+        memory_bytes: stats.memory.and_then(|m| m.usage_bytes),
+        memory_peak_bytes: stats.memory.and_then(|m| m.max_usage_bytes),
+        memory_limit_bytes: stats.memory.and_then(|m| m.limit_bytes),
         processes: s.procs.live,
         // As `apptheus_container_exit_code`: the launcher's status, once the container ended
         // (its launcher may exit before its last process does).
@@ -156,7 +156,12 @@ pub(crate) mod tests {
     };
 
     use super::*;
-    use crate::{cgroup::Stats, container::Identity, history::Reading, tracker::ProcessCounters};
+    use crate::{
+        cgroup::{Cpu, Memory, Stats},
+        container::Identity,
+        history::Reading,
+        tracker::ProcessCounters,
+    };
 
     pub fn series(id: &str, job: &str, end_time: Option<f64>) -> ContainerSeries {
         let mut identity = Identity::pending(id.into(), "1000".into());
@@ -173,9 +178,15 @@ pub(crate) mod tests {
             cpus_allowed: None,
             end_time,
             stats: Stats {
-                cpu_usage_seconds: Some(12.5),
-                memory_usage_bytes: Some(4096),
-                memory_max_usage_bytes: Some(8192),
+                cpu: Some(Cpu {
+                    usage_seconds: Some(12.5),
+                    ..Cpu::default()
+                }),
+                memory: Some(Memory {
+                    usage_bytes: Some(4096),
+                    max_usage_bytes: Some(8192),
+                    ..Memory::default()
+                }),
                 ..Stats::default()
             },
             procs: ProcessCounters {
@@ -269,6 +280,18 @@ pub(crate) mod tests {
         // And back: apptheus-top reads what the daemon writes.
         let back: Containers = serde_json::from_value(json).unwrap();
         assert_eq!(back, view);
+    }
+
+    /// A container's JSON carries the table's values under the keys the table names (see
+    /// `metrics::families`), null where the table has no value.
+    #[test]
+    fn the_containers_hold_the_tables_values() {
+        use crate::metrics::families::tests::{differences, every_value, no_value};
+        for (what, series) in [("every value", every_value()), ("no value", no_value())] {
+            let json = serde_json::to_value(container(&series, None)).unwrap();
+            let wrong = differences(&json, &series, |f| f.api, |f| f.api);
+            assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
+        }
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! sampler publishes as a snapshot once per pass. A scrape renders a snapshot at most once (and
 //! gzips it at most once), however many scrapes come in between passes.
 //!
+//! - `families`: the per-container families, each defined once (the table `render` renders and
+//!   the tests hold the summary record, `/api/containers` and docs/metrics.md to);
 //! - `render`: the containers' families in the text format;
 //! - `gzip`: one gzip stream of the daemon's text and a snapshot's, compressed once per pass.
+pub(crate) mod families;
 mod gzip;
 mod render;
 

@@ -1,395 +1,11 @@
 //! The containers' families in the text exposition format 0.0.4.
 use std::fmt::Write;
 
-use super::ContainerSeries;
-use crate::collectors::{Collector, Collectors};
-
-enum Kind {
-    Gauge,
-    Counter,
-}
-
-/// A per-container family: name, type, help, and how to get its value.
-struct Family {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    value: fn(&ContainerSeries) -> Option<Value>,
-}
-
-/// A per-container family with one more label: one sample per value of `label` that the
-/// container has, each handed to the callback `values` is given.
-struct LabeledFamily {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    label: &'static str,
-    values: fn(&ContainerSeries, &mut dyn FnMut(&'static str, Value)),
-}
-
-#[derive(Clone, Copy)]
-enum Value {
-    Int(u64),
-    Float(f64),
-}
-
-/// The families of one collector group (`None`: always on), in output order.
-struct Group {
-    collector: Option<Collector>,
-    families: &'static [Family],
-    labeled: &'static [LabeledFamily],
-}
-
-const GROUPS: &[Group] = &[
-    Group {
-        collector: None,
-        families: CORE,
-        labeled: &[],
-    },
-    Group {
-        collector: Some(Collector::Io),
-        families: IO,
-        labeled: &[],
-    },
-    Group {
-        collector: Some(Collector::Processes),
-        families: PROCESSES,
-        labeled: &[],
-    },
-    Group {
-        collector: Some(Collector::Pressure),
-        families: PRESSURE,
-        labeled: &[],
-    },
-    Group {
-        collector: Some(Collector::Throttling),
-        families: THROTTLING,
-        labeled: &[],
-    },
-    Group {
-        collector: Some(Collector::MemoryEvents),
-        families: &[],
-        labeled: MEMORY_EVENTS,
-    },
-    Group {
-        collector: None,
-        families: FATE,
-        labeled: FAILED_EXITS,
-    },
-    Group {
-        collector: Some(Collector::Network),
-        families: NETWORK,
-        labeled: &[],
-    },
-];
-
-const CORE: &[Family] = &[
-    Family {
-        name: "apptheus_container_start_time_seconds",
-        kind: Kind::Gauge,
-        help: "Unix time the container was registered.",
-        value: |c| Some(Value::Float(c.identity.start_time)),
-    },
-    Family {
-        name: "apptheus_container_end_time_seconds",
-        kind: Kind::Gauge,
-        help: "Unix time the container's last process exited (only for ended containers).",
-        value: |c| c.end_time.map(Value::Float),
-    },
-    Family {
-        name: "apptheus_container_cpu_usage_seconds_total",
-        kind: Kind::Counter,
-        help: "CPU time consumed by the container's cgroup.",
-        value: |c| c.stats.cpu_usage_seconds.map(Value::Float),
-    },
-    Family {
-        name: "apptheus_container_cpu_user_seconds_total",
-        kind: Kind::Counter,
-        help: "User CPU time consumed by the container's cgroup.",
-        value: |c| c.stats.cpu_user_seconds.map(Value::Float),
-    },
-    Family {
-        name: "apptheus_container_cpu_system_seconds_total",
-        kind: Kind::Counter,
-        help: "System CPU time consumed by the container's cgroup.",
-        value: |c| c.stats.cpu_system_seconds.map(Value::Float),
-    },
-    Family {
-        name: "apptheus_container_memory_usage_bytes",
-        kind: Kind::Gauge,
-        help: "Current memory usage.",
-        value: |c| c.stats.memory_usage_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_memory_working_set_bytes",
-        kind: Kind::Gauge,
-        help: "Memory usage minus inactive file cache.",
-        value: |c| c.stats.memory_working_set_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_memory_rss_bytes",
-        kind: Kind::Gauge,
-        help: "Anonymous memory.",
-        value: |c| c.stats.memory_rss_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_memory_cache_bytes",
-        kind: Kind::Gauge,
-        help: "Page cache memory.",
-        value: |c| c.stats.memory_cache_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_memory_swap_bytes",
-        kind: Kind::Gauge,
-        help: "Swap in use.",
-        value: |c| c.stats.memory_swap_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_memory_max_usage_bytes",
-        kind: Kind::Gauge,
-        help: "Peak memory usage.",
-        value: |c| c.stats.memory_max_usage_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_spec_memory_limit_bytes",
-        kind: Kind::Gauge,
-        help: "Memory limit of the container (the smallest along its cgroup path).",
-        value: |c| c.stats.memory_limit_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_spec_cpus",
-        kind: Kind::Gauge,
-        help: "CPUs the container may use: the smallest of its cpuset, its CFS quota and the host's CPUs (which, in cpus_source of apptheus_container_info).",
-        value: |c| c.cpus_allowed.map(|a| Value::Float(a.cpus)),
-    },
-    Family {
-        name: "apptheus_container_pids",
-        kind: Kind::Gauge,
-        help: "Tasks in the container's cgroup.",
-        value: |c| c.stats.pids.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_spec_pids_limit",
-        kind: Kind::Gauge,
-        help: "Pids limit of the container (the smallest along its cgroup path).",
-        value: |c| c.stats.pids_limit.map(Value::Int),
-    },
-];
-
-const IO: &[Family] = &[
-    Family {
-        name: "apptheus_container_blkio_read_bytes_total",
-        kind: Kind::Counter,
-        help: "Bytes read from block devices.",
-        value: |c| c.stats.blkio_read_bytes.map(Value::Int),
-    },
-    Family {
-        name: "apptheus_container_blkio_write_bytes_total",
-        kind: Kind::Counter,
-        help: "Bytes written to block devices.",
-        value: |c| c.stats.blkio_write_bytes.map(Value::Int),
-    },
-];
-
-const PROCESSES: &[Family] = &[
-    Family {
-        name: "apptheus_container_processes",
-        kind: Kind::Gauge,
-        help: "Live processes of the container, tracked by the eBPF hooks.",
-        value: |c| Some(Value::Int(c.procs.live)),
-    },
-    Family {
-        name: "apptheus_container_forks_total",
-        kind: Kind::Counter,
-        help: "Processes forked inside the container (eBPF).",
-        value: |c| Some(Value::Int(c.procs.forks)),
-    },
-    Family {
-        name: "apptheus_container_execs_total",
-        kind: Kind::Counter,
-        help: "execve calls inside the container (eBPF).",
-        value: |c| Some(Value::Int(c.procs.execs)),
-    },
-    Family {
-        name: "apptheus_container_exits_total",
-        kind: Kind::Counter,
-        help: "Processes of the container that exited (eBPF).",
-        value: |c| Some(Value::Int(c.procs.exits)),
-    },
-    Family {
-        name: "apptheus_container_untracked_processes_total",
-        kind: Kind::Counter,
-        help: "New processes the eBPF hooks did not track: the container was at its process bound (they stay in its cgroup).",
-        value: |c| Some(Value::Int(c.procs.untracked)),
-    },
-];
-
-/// How the container ended: read from the kernel's counters, which a container's end needs
-/// anyway (not a group that can be turned off).
-const FATE: &[Family] = &[
-    Family {
-        name: "apptheus_container_exit_code",
-        kind: Kind::Gauge,
-        help: "Exit status of the container's launcher as a shell reports it (128+N for signal N), once the container ended.",
-        value: |c| {
-            c.end_time?;
-            c.procs.exit_code.map(|v| Value::Int(v.into()))
-        },
-    },
-    Family {
-        name: "apptheus_container_oom_kills_total",
-        kind: Kind::Counter,
-        help: "Processes of the container killed by the OOM killer, whichever limit was hit.",
-        value: |c| c.procs.oom_kills.map(Value::Int),
-    },
-];
-
-const FAILED_EXITS: &[LabeledFamily] = &[LabeledFamily {
-    name: "apptheus_container_failed_exits_total",
-    kind: Kind::Counter,
-    help: "Processes of the container that exited with a non-zero code (reason=\"exit_code\") or were killed by a signal (reason=\"signal\").",
-    label: "reason",
-    values: |c, sample| {
-        if let Some(f) = c.procs.failed {
-            sample("exit_code", Value::Int(f.exit_code));
-            sample("signal", Value::Int(f.signal));
-        }
-    },
-}];
-
-const NETWORK: &[Family] = &[
-    Family {
-        name: "apptheus_container_network_receive_bytes_total",
-        kind: Kind::Counter,
-        help: "Bytes received by the container's sockets (IP layer, any network namespace).",
-        value: |c| c.procs.network.map(|n| Value::Int(n.receive_bytes)),
-    },
-    Family {
-        name: "apptheus_container_network_receive_packets_total",
-        kind: Kind::Counter,
-        help: "Packets received by the container's sockets.",
-        value: |c| c.procs.network.map(|n| Value::Int(n.receive_packets)),
-    },
-    Family {
-        name: "apptheus_container_network_transmit_bytes_total",
-        kind: Kind::Counter,
-        help: "Bytes sent by the container's sockets (IP layer, any network namespace).",
-        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_bytes)),
-    },
-    Family {
-        name: "apptheus_container_network_transmit_packets_total",
-        kind: Kind::Counter,
-        help: "Packets sent by the container's sockets.",
-        value: |c| c.procs.network.map(|n| Value::Int(n.transmit_packets)),
-    },
-];
-
-/// PSI: "some" is `waiting`, "full" is `stalled` (the names cAdvisor uses).
-const PRESSURE: &[Family] = &[
-    Family {
-        name: "apptheus_container_pressure_cpu_waiting_seconds_total",
-        kind: Kind::Counter,
-        help: "Time in which at least one of the container's tasks waited for a CPU (PSI some).",
-        value: |c| {
-            c.stats
-                .cpu_pressure
-                .map(|p| Value::Float(p.waiting_seconds))
-        },
-    },
-    Family {
-        name: "apptheus_container_pressure_cpu_stalled_seconds_total",
-        kind: Kind::Counter,
-        help: "Time in which all the container's non-idle tasks waited for a CPU (PSI full; Linux 5.13+).",
-        value: |c| {
-            c.stats
-                .cpu_pressure
-                .and_then(|p| p.stalled_seconds)
-                .map(Value::Float)
-        },
-    },
-    Family {
-        name: "apptheus_container_pressure_memory_waiting_seconds_total",
-        kind: Kind::Counter,
-        help: "Time in which at least one of the container's tasks waited for memory (PSI some).",
-        value: |c| {
-            c.stats
-                .memory_pressure
-                .map(|p| Value::Float(p.waiting_seconds))
-        },
-    },
-    Family {
-        name: "apptheus_container_pressure_memory_stalled_seconds_total",
-        kind: Kind::Counter,
-        help: "Time in which all the container's non-idle tasks waited for memory (PSI full).",
-        value: |c| {
-            c.stats
-                .memory_pressure
-                .and_then(|p| p.stalled_seconds)
-                .map(Value::Float)
-        },
-    },
-    Family {
-        name: "apptheus_container_pressure_io_waiting_seconds_total",
-        kind: Kind::Counter,
-        help: "Time in which at least one of the container's tasks waited for I/O (PSI some).",
-        value: |c| c.stats.io_pressure.map(|p| Value::Float(p.waiting_seconds)),
-    },
-    Family {
-        name: "apptheus_container_pressure_io_stalled_seconds_total",
-        kind: Kind::Counter,
-        help: "Time in which all the container's non-idle tasks waited for I/O (PSI full).",
-        value: |c| {
-            c.stats
-                .io_pressure
-                .and_then(|p| p.stalled_seconds)
-                .map(Value::Float)
-        },
-    },
-];
-
-const THROTTLING: &[Family] = &[
-    Family {
-        name: "apptheus_container_cpu_cfs_periods_total",
-        kind: Kind::Counter,
-        help: "CFS enforcement periods that elapsed while the container's cgroup had runnable tasks.",
-        value: |c| c.stats.cpu_throttling.map(|t| Value::Int(t.periods)),
-    },
-    Family {
-        name: "apptheus_container_cpu_cfs_throttled_periods_total",
-        kind: Kind::Counter,
-        help: "CFS periods in which the container's cgroup used up its CPU quota and was throttled.",
-        value: |c| {
-            c.stats
-                .cpu_throttling
-                .map(|t| Value::Int(t.throttled_periods))
-        },
-    },
-    Family {
-        name: "apptheus_container_cpu_cfs_throttled_seconds_total",
-        kind: Kind::Counter,
-        help: "Time the container's cgroup spent throttled by its CPU quota.",
-        value: |c| {
-            c.stats
-                .cpu_throttling
-                .map(|t| Value::Float(t.throttled_seconds))
-        },
-    },
-];
-
-const MEMORY_EVENTS: &[LabeledFamily] = &[LabeledFamily {
-    name: "apptheus_container_memory_events_total",
-    kind: Kind::Counter,
-    help: "Memory events of the container's cgroup: high (over memory.high), max (at its memory limit), oom (OOM killer about to run).",
-    label: "event",
-    values: |c, sample| {
-        let e = c.stats.memory_events;
-        for (event, count) in [("high", e.high), ("max", e.max), ("oom", e.oom)] {
-            if let Some(count) = count {
-                sample(event, Value::Int(count));
-            }
-        }
-    },
-}];
+use super::{
+    ContainerSeries,
+    families::{GROUPS, Kind, Value},
+};
+use crate::collectors::Collectors;
 
 /// The containers' families in the text exposition format 0.0.4, without those of the
 /// disabled `collectors`. A family with no value for any container is left out entirely.
@@ -483,10 +99,7 @@ pub fn render_into(series: &[ContainerSeries], collectors: Collectors, out: &mut
 }
 
 fn write_header(out: &mut impl Write, name: &str, kind: &Kind, help: &str) {
-    let kind = match kind {
-        Kind::Gauge => "gauge",
-        Kind::Counter => "counter",
-    };
+    let kind = kind.as_str();
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
@@ -546,7 +159,7 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::{
-        cgroup::{MemoryEvents, Pressure, Stats, Throttling},
+        cgroup::{Cpu, Memory, MemoryEvents, Pressure, Stats, Throttling},
         container::Identity,
         tracker::ProcessCounters,
     };
@@ -574,8 +187,14 @@ mod tests {
             }),
             end_time: None,
             stats: Stats {
-                cpu_usage_seconds: Some(1.25),
-                memory_usage_bytes: Some(4096),
+                cpu: Some(Cpu {
+                    usage_seconds: Some(1.25),
+                    ..Cpu::default()
+                }),
+                memory: Some(Memory {
+                    usage_bytes: Some(4096),
+                    ..Memory::default()
+                }),
                 ..Default::default()
             },
             procs: ProcessCounters {
@@ -639,24 +258,24 @@ mod tests {
     /// A container on a v2 host with PSI, a CPU quota and the memory controller.
     fn held_back(id: &str) -> ContainerSeries {
         let mut c = series(id);
-        c.stats.cpu_pressure = Some(Pressure {
+        c.stats.pressure.cpu = Some(Pressure {
             waiting_seconds: 2.5,
             stalled_seconds: None,
         });
-        c.stats.memory_pressure = Some(Pressure {
+        c.stats.pressure.memory = Some(Pressure {
             waiting_seconds: 0.25,
             stalled_seconds: Some(0.125),
         });
-        c.stats.cpu_throttling = Some(Throttling {
+        c.stats.throttling = Some(Throttling {
             periods: 30,
             throttled_periods: 28,
             throttled_seconds: 2.75,
         });
-        c.stats.memory_events = MemoryEvents {
+        c.stats.memory_events = Some(MemoryEvents {
             high: None,
             max: Some(7),
             oom: Some(1),
-        };
+        });
         c
     }
 
