@@ -77,6 +77,8 @@ pub struct Container {
     pub spawned: SystemTime,
     /// The launcher's executable name: the container id's prefix.
     pub exe: &'static str,
+    /// The process that connected, once known (see `id`).
+    connected: std::cell::OnceCell<i32>,
 }
 
 impl Container {
@@ -89,11 +91,24 @@ impl Container {
             launcher,
             spawned,
             exe,
+            connected: std::cell::OnceCell::new(),
         })
     }
 
+    /// The container's id: `<exe>_<pid of the process that connected>`. apptheus-exec connects
+    /// from its child (which then execs CMD) and waits outside: its id is the child's pid, known
+    /// once the child exists (until then the launcher's, which no container has).
     pub fn id(&self) -> String {
-        format!("{}_{}", self.exe, self.launcher.pid())
+        let pid = self.launcher.pid();
+        let connected = match (self.exe, self.connected.get()) {
+            (_, Some(&p)) => p,
+            ("apptheus-exec", None) => match children(pid).first() {
+                Some(&child) => *self.connected.get_or_init(|| child),
+                None => pid,
+            },
+            _ => pid,
+        };
+        format!("{}_{connected}", self.exe)
     }
 
     /// Kill the launcher and its children by pid (the launcher first: it is in the container
@@ -120,12 +135,29 @@ impl Drop for Container {
     }
 }
 
-/// The direct children of `pid` (its main thread's; apptheus-exec forks from it).
+/// The direct children of `pid` (its main thread's; apptheus-exec forks from it): from the
+/// kernel's children file, or, on a kernel without one (no CONFIG_PROC_CHILDREN, as this host's
+/// 6.18), from the parent pids of a /proc listing.
 pub fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        return text
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|f| f.parse::<i32>().ok())
+                    == Some(pid)
+            })
+        })
         .collect()
 }
 
