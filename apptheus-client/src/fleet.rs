@@ -80,26 +80,17 @@ impl Store {
     /// An instant query at `at` (unix seconds).
     fn query(&self, expr: &str, at: f64) -> Result<Vec<Sample>, Error> {
         let url = format!("{}/api/v1/query", self.base);
-        let mut resp = self
+        let req = self
             .agent
             .get(&url)
             .query("query", expr)
-            .query("time", format!("{at:.3}"))
-            .call()
-            .map_err(|e| Error::Unreachable {
+            .query("time", format!("{at:.3}"));
+        let (status, body) = crate::http::call(req, crate::http::BODY_LIMIT).map_err(|reason| {
+            Error::Unreachable {
                 url: url.clone(),
-                reason: e.to_string(),
-            })?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .map_err(|e| Error::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+                reason,
+            }
+        })?;
         let answer: Result<Answer, _> = serde_json::from_slice(&body);
         match (status, answer) {
             (200, Ok(Answer { data: Some(d), .. })) => Ok(d.result),

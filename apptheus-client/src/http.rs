@@ -90,18 +90,10 @@ impl Client {
         if let Some(a) = &self.authorization {
             req = req.header("Authorization", a);
         }
-        let mut resp = req.call().map_err(|e| Error::Unreachable {
+        let (status, body) = call(req, BODY_LIMIT).map_err(|reason| Error::Unreachable {
             url: url.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .read_to_vec()
-            .map_err(|e| Error::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
         match status {
             200 => serde_json::from_slice(&body).map_err(|e| Error::Format {
                 url,
@@ -120,6 +112,25 @@ impl Client {
             }),
         }
     }
+}
+
+/// The largest answer read (ureq's own default, 10 MB, is below a node's 10,000 containers).
+pub const BODY_LIMIT: u64 = 64 << 20;
+
+/// Send `req` and read its answer, whatever its status: (status, body), or why it failed.
+pub fn call(
+    req: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+    limit: u64,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut resp = req.call().map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| e.to_string())?;
+    Ok((status, body))
 }
 
 /// The certificates of a PEM file.
