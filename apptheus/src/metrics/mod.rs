@@ -16,8 +16,6 @@ pub use render::render;
 use render::render_into;
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
-
 use anyhow::Result;
 use apptheus_api::{PeakSource, Summary, summary::CpusAllowed};
 use bytes::Bytes;
@@ -90,7 +88,7 @@ pub struct Metrics {
     events_lost: IntCounter,
     walks_cut_short: IntCounter,
     queries: IntCounterVec,
-    snapshot: Mutex<Arc<Snapshot>>,
+    snapshot: arc_swap::ArcSwap<Snapshot>,
     /// The containers' groups that are rendered.
     collectors: Collectors,
 }
@@ -207,7 +205,7 @@ impl Metrics {
             events_lost,
             walks_cut_short,
             queries,
-            snapshot: Mutex::new(Arc::new(Snapshot::new(Vec::new(), collectors))),
+            snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::new(Vec::new(), collectors)),
             collectors,
         })
     }
@@ -258,12 +256,12 @@ impl Metrics {
 
     /// Replace the containers' series with a new pass's.
     pub fn publish(&self, series: Vec<ContainerSeries>) {
-        let snap = Arc::new(Snapshot::new(series, self.collectors));
-        *self.snapshot.lock() = snap;
+        self.snapshot
+            .store(Arc::new(Snapshot::new(series, self.collectors)));
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.lock().clone()
+        self.snapshot.load_full()
     }
 
     /// The daemon's own families in the text format. Blocking (the process collector reads /proc).
