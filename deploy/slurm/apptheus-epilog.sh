@@ -34,6 +34,8 @@ sacctmgr=${APPTHEUS_SACCTMGR:-sacctmgr}
 sacct=${APPTHEUS_SACCT:-sacct}
 spool=${APPTHEUS_EPILOG_SPOOL:-/var/lib/apptheus/jobstats}
 bound=${APPTHEUS_EPILOG_TIMEOUT:-120}
+# One bound for the whole epilog: the report and the accounting's answer share it.
+deadline=$(( $(date +%s) + bound ))
 settle=${APPTHEUS_EPILOG_SETTLE:-60}
 
 log() {
@@ -79,7 +81,6 @@ else
 fi
 # slurmctld hands the job's end to slurmdbd on its own time: until slurmdbd has the job,
 # sacctmgr modifies nothing. Asked again every 2 s, within the same bound.
-deadline=$(( $(date +%s) + bound ))
 while :; do
     if ! out=$("$sacctmgr" -i update job where jobid="$target" set AdminComment="$record" 2>&1); then
         log "sacctmgr update job $target AdminComment failed: $out"
@@ -90,7 +91,7 @@ while :; do
         *) break ;;
     esac
     if [ "$(date +%s)" -ge "$deadline" ]; then
-        log "no record: slurmdbd did not have job $target within ${bound} s (sacctmgr: $out)"
+        log "no record: slurmdbd did not have job $target within the ${bound} s bound (sacctmgr: $out)"
         exit 0
     fi
     sleep 2
