@@ -18,6 +18,9 @@ pub const SIGKILL: u32 = 9;
 pub const LAUNCHER_EXITED: u64 = 1 << 32;
 /// Bits in one word of the tracked-pid bitmap.
 pub const PID_BITS_PER_WORD: u32 = 64;
+/// Cgroup levels the network programs look at (root = 0): a container directory deeper than
+/// this in the unified tree has no traffic counted. `NET_LEVELS` has one bit per level.
+pub const NET_MAX_LEVEL: u32 = 63;
 
 /// Slots of the per-CPU `ERRORS` array: what the programs could not do, counted instead of
 /// logged (a fork storm must not become a log storm).

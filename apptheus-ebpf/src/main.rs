@@ -17,8 +17,11 @@
 //!   the launcher's own status is kept for the container.
 //! - `oom/mark_victim` notes the thread the OOM killer chose (whichever limit it enforced: the
 //!   container's, an ancestor's, the host's), for the exit hook to attribute.
-//! - `cgroup_skb/ingress` and `cgroup_skb/egress`, attached to each container's cgroup v2
-//!   directory, count its sockets' bytes and packets, whatever network namespace they are in.
+//! - `cgroup_skb/ingress` and `cgroup_skb/egress`, attached once to the root of the unified
+//!   (v2) tree, count the bytes and packets of the sockets made in a container's cgroup v2
+//!   directory or below it (`NET_CGROUPS`), whatever network namespace they are in. A socket of
+//!   no container costs one array read when no container is counted, else one hash lookup per
+//!   level at which a container directory exists (`NET_LEVELS`: one or two on a node).
 //!
 //! Cost: these run for every task on the host, so an untracked task costs one lookup, in
 //! `TRACKED_PIDS`, a bitmap indexed by tgid. It is an array (the verifier inlines its lookup: no
@@ -38,16 +41,10 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-#[expect(
-    deprecated,
-    reason = "BPF_MAP_TYPE_CGRP_STORAGE, its successor, needs 6.2; the field kernels start at 5.10"
-)]
-use aya_ebpf::maps::CgroupStorage;
-
 use apptheus_common::{
     CLONE_THREAD, Counters, EVENTS_RING_BYTES, Event, EventKind, LAUNCHER_EXITED, MAX_CONTAINERS,
-    MAX_TRACKED_PROCESSES, NO_FIELD, OOM_VICTIMS, PID_BITS_PER_WORD, SIGKILL, TASK_COMM_LEN,
-    TracepointOffsets, errors,
+    MAX_TRACKED_PROCESSES, NET_MAX_LEVEL, NO_FIELD, OOM_VICTIMS, PID_BITS_PER_WORD, SIGKILL,
+    TASK_COMM_LEN, TracepointOffsets, errors,
 };
 use aya_ebpf::{
     bindings::{
@@ -55,7 +52,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_skb_ancestor_cgroup_id,
     },
     macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -98,16 +95,16 @@ static ADOPTED: HashMap<u64, i64> = HashMap::with_max_entries(MAX_CONTAINERS, 0)
 #[map]
 static OOM_VICTIM_TIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(OOM_VICTIMS, 0);
 
-/// The container key of the cgroup `cgroup_skb/ingress` (and `NET_EGRESS_KEY`: egress) is
-/// attached to; userspace writes it after attaching. One storage per attached cgroup, so a
-/// socket in any cgroup below the container's directory counts for the container, and no
-/// lookup by cgroup id is needed. One map per program: before 5.9 two programs cannot share one.
+/// Counted cgroup v2 directories: cgroup id -> container key. Userspace adds a container's
+/// directory when it starts counting it and removes it when it stops. Sized at load time with
+/// `COUNTERS`.
 #[map]
-#[expect(deprecated, reason = "see the import")]
-static NET_INGRESS_KEY: CgroupStorage<u64> = CgroupStorage::new();
+static NET_CGROUPS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
+
+/// Bit `l` set: some directory in `NET_CGROUPS` is at level `l` of the unified tree (root 0).
+/// The programs look up a socket's ancestors at those levels only.
 #[map]
-#[expect(deprecated, reason = "see the import")]
-static NET_EGRESS_KEY: CgroupStorage<u64> = CgroupStorage::new();
+static NET_LEVELS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Fork/exec/exit events of tracked processes.
 #[map]
@@ -463,41 +460,56 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
 
 #[cgroup_skb(ingress)]
 pub fn net_ingress(ctx: SkBuffContext) -> i32 {
-    let key = NET_INGRESS_KEY.get_ptr_mut();
-    net_count(&ctx, key, true);
+    net_count(&ctx, true);
     // Count, never filter.
     1
 }
 
 #[cgroup_skb(egress)]
 pub fn net_egress(ctx: SkBuffContext) -> i32 {
-    let key = NET_EGRESS_KEY.get_ptr_mut();
-    net_count(&ctx, key, false);
+    net_count(&ctx, false);
     1
 }
 
-/// Add one skb (a GSO aggregate counts as its segments) to the container whose key `key` holds.
-fn net_count(ctx: &SkBuffContext, key: *mut u64, ingress: bool) {
-    // SAFETY: bpf_get_local_storage's pointer is valid for this run; 0 until userspace wrote it.
-    let key = unsafe { core::ptr::read_volatile(key) };
-    if key == 0 {
-        return;
-    }
-    let Some(c) = COUNTERS.get_ptr_mut(&key) else {
+/// Add one skb (a GSO aggregate counts as its segments) to each container whose directory
+/// holds its socket's cgroup (a nested container's traffic is also its outer one's).
+fn net_count(ctx: &SkBuffContext, ingress: bool) {
+    let Some(levels) = NET_LEVELS.get(0) else {
         return;
     };
+    let levels = *levels;
+    if levels == 0 {
+        return;
+    }
     let bytes = u64::from(ctx.len());
     // SAFETY: the program's context; the verifier allows reading gso_segs of a cgroup skb.
     let packets = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
-    // SAFETY: `c` points into a live map value, updated only with atomic adds.
-    unsafe {
-        if ingress {
-            add(&raw mut (*c).rx_bytes, bytes);
-            add(&raw mut (*c).rx_packets, packets);
-        } else {
-            add(&raw mut (*c).tx_bytes, bytes);
-            add(&raw mut (*c).tx_packets, packets);
+    let mut level = 0;
+    while level <= NET_MAX_LEVEL {
+        if levels >> level & 1 != 0 {
+            // SAFETY: the helper reads the skb's socket's cgroup; 0 when the socket is not
+            // a full one or its cgroup is shallower than `level`.
+            let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, level as i32) };
+            if id == 0 {
+                return;
+            }
+            // SAFETY: a plain read of a map value.
+            if let Some(key) = unsafe { NET_CGROUPS.get(&id) }
+                && let Some(c) = COUNTERS.get_ptr_mut(key)
+            {
+                // SAFETY: `c` points into a live map value, updated only with atomic adds.
+                unsafe {
+                    if ingress {
+                        add(&raw mut (*c).rx_bytes, bytes);
+                        add(&raw mut (*c).rx_packets, packets);
+                    } else {
+                        add(&raw mut (*c).tx_bytes, bytes);
+                        add(&raw mut (*c).tx_packets, packets);
+                    }
+                }
+            }
         }
+        level += 1;
     }
 }
 

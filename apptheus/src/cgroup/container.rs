@@ -22,6 +22,16 @@ use super::{
 const V2_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 
 /// One directory of a container, in one hierarchy.
+/// A container's directory in the unified tree.
+#[derive(Clone, Copy, Debug)]
+pub struct UnifiedDir<'a> {
+    pub dir: &'a Path,
+    /// Its depth in the tree (the root is 0), as the kernel counts a cgroup's level.
+    pub level: usize,
+    /// The directory is the launcher's own, taken as it is (not the daemon's).
+    pub adopted: bool,
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct Member {
     /// Its hierarchy's index in the layout.
@@ -313,11 +323,14 @@ impl ContainerCgroup {
             .find(|m| m.version == Version::V1 && m.has(controller))
     }
 
-    /// Its directory in the unified (v2) tree, where one is mounted (also on hybrid hosts), and
-    /// whether that directory is the launcher's own, taken as it is (not the daemon's): where
-    /// the tracker attaches its per-container network programs.
-    pub fn unified_dir(&self) -> Option<(&Path, bool)> {
-        self.v2_member().map(|m| (m.dir.as_path(), !m.owned))
+    /// Its directory in the unified (v2) tree, where one is mounted (also on hybrid hosts): the
+    /// directory whose sockets the network programs count for it.
+    pub fn unified_dir(&self) -> Option<UnifiedDir<'_>> {
+        self.v2_member().map(|m| UnifiedDir {
+            dir: &m.dir,
+            level: m.rel.split('/').filter(|c| !c.is_empty()).count(),
+            adopted: !m.owned,
+        })
     }
 
     /// The directory in the unified tree, if one is mounted.

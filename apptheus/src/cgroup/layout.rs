@@ -192,6 +192,15 @@ impl Layout {
         }
     }
 
+    /// Where the unified (v2) tree is mounted, if it is: below it every container has a
+    /// directory the network programs count for.
+    pub fn unified_mount(&self) -> Option<&Path> {
+        self.hierarchies
+            .iter()
+            .find(|h| h.v2())
+            .map(|h| h.mount_point.as_path())
+    }
+
     /// The mount points of the hierarchies the daemon uses (for messages and diagnostics).
     pub fn mount_points(&self) -> Vec<PathBuf> {
         self.hierarchies

@@ -64,8 +64,7 @@ pub struct Config {
     pub privacy: Arc<Privacy>,
     pub limits: Limits,
     /// Whether each container's traffic is counted (`--collector.disable=network` turns it
-    /// off): the two network programs attached to its cgroup hold two descriptors and run for
-    /// its every packet, for series nobody would see.
+    /// off: the network programs, attached at the unified tree's root, then run for no packet).
     pub network: bool,
 }
 
@@ -91,6 +90,15 @@ pub enum AdmitError {
     /// A limit is reached (named by its flag).
     #[error("{0} reached")]
     Limit(&'static str),
+    /// No descriptor left for one more connection (`descriptors`).
+    #[error(
+        "no descriptor left for its connection: containers hold {held} of the {shared} the budget gives them under the limit of {limit} (raise LimitNOFILE)"
+    )]
+    Descriptors {
+        held: usize,
+        shared: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     Tracker(#[from] tracker::Error),
     #[error(transparent)]
@@ -278,7 +286,19 @@ fn monotonic_ns() -> u64 {
 }
 
 impl Registry {
-    pub fn new(cfg: Config, layout: Layout, tracker: Arc<Tracker>) -> Registry {
+    pub fn new(mut cfg: Config, layout: Layout, tracker: Arc<Tracker>) -> Registry {
+        if cfg.network {
+            cfg.network = match layout.unified_mount() {
+                Some(root) => match tracker.count_network_below(root) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot count containers' network traffic");
+                        false
+                    }
+                },
+                None => false,
+            };
+        }
         Registry {
             cfg,
             layout,

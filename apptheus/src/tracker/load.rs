@@ -44,7 +44,7 @@ where
 impl Tracker {
     /// Mount tracefs if needed, read this kernel's tracepoint layouts and BTF offsets, load the
     /// embedded object with them and with maps sized for `limits`, and attach every tracepoint
-    /// program (the network programs are attached per container). Must run inside a tokio
+    /// program (the network programs are attached by `count_network_below`). Must run inside a tokio
     /// runtime (the event stream registers with its reactor).
     pub fn load(limits: Limits) -> Result<(Tracker, EventStream), Error> {
         let load = load_error;
@@ -66,6 +66,7 @@ impl Tracker {
             .map_max_entries("TRACKED", processes)
             .map_max_entries("COUNTERS", containers)
             .map_max_entries("ADOPTED", containers)
+            .map_max_entries("NET_CGROUPS", containers)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 load(
@@ -93,7 +94,7 @@ impl Tracker {
             .map_err(|e| load(&format!("loading eBPF program {name}"), &e))?;
         prog.attach(event)
             .map_err(|e| load(&format!("attaching {name} to raw tracepoint {event}"), &e))?;
-        for (name, _, _) in network::PROGRAMS {
+        for (name, _) in network::PROGRAMS {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| load(&format!("loading eBPF program {name}"), &e))?;
@@ -102,15 +103,15 @@ impl Tracker {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
         };
-        let (tracked, bits, counters, adopted, errors, ring, ingress, egress) = (
+        let (tracked, bits, counters, adopted, errors, ring, net_cgroups, net_levels) = (
             take("TRACKED")?,
             take("TRACKED_PIDS")?,
             take("COUNTERS")?,
             take("ADOPTED")?,
             take("ERRORS")?,
             take("EVENTS")?,
-            take("NET_INGRESS_KEY")?,
-            take("NET_EGRESS_KEY")?,
+            take("NET_CGROUPS")?,
+            take("NET_LEVELS")?,
         );
         let Map::Array(bits) = bits else {
             return Err(Error::Load("map TRACKED_PIDS is not an array".into()));
@@ -123,7 +124,7 @@ impl Tracker {
             adopted_in_kernel: BpfHashMap::try_from(adopted)
                 .map_err(|e| load("map ADOPTED", &e))?,
             errors: PerCpuArray::try_from(errors).map_err(|e| load("map ERRORS", &e))?,
-            net: NetMaps::new(ingress, egress).map_err(|e| load("map NET_*_KEY", &e))?,
+            net: NetMaps::new(net_cgroups, net_levels).map_err(|e| load("map NET_*", &e))?,
             attached: Default::default(),
             features,
             adopted: Default::default(),

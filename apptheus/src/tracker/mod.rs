@@ -120,8 +120,8 @@ pub struct Tracker {
     /// The host's parent links, for finding descendants (locked apart from the maps: a /proc
     /// walk never holds up a map operation).
     procs: Mutex<ProcTable>,
-    /// Owns the programs and their tracepoint links; the network programs are attached per
-    /// container.
+    /// Owns the programs and their tracepoint links (the network programs' links are in
+    /// `Maps::net`).
     ebpf: Mutex<Ebpf>,
     /// The capacity of the map of tracked processes.
     processes: usize,
@@ -203,6 +203,7 @@ impl Tracker {
     /// programs.
     pub fn unregister(&self, key: u64) -> Result<(), Error> {
         let mut maps = self.maps();
+        network::stop(&mut maps, key)?;
         maps.attached.remove(&key);
         let _ = maps.adopted_in_kernel.remove(&key);
         forget(&mut maps, key)

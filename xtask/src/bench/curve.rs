@@ -33,7 +33,7 @@ pub struct Point {
     pub life: Life,
     pub bulk: Ended,
     pub leftover_cgroups: usize,
-    /// The daemon's descriptors with N live (launcher connections, network links, probes).
+    /// The daemon's descriptors with N live (launcher connections, probes).
     pub fds: usize,
     /// Whether the network programs were attached (see `run`).
     pub network: bool,
@@ -49,17 +49,10 @@ pub fn run(ctx: &Ctx) -> (Vec<Point>, Result<()>) {
         Ok(guard) => guard,
         Err(e) => return (points, Err(e)),
     };
-    // Each container holds its launcher's connection and two network links in the daemon (its
-    // probe file is budgeted by the daemon itself). Where the largest N does not fit in the
-    // descriptor limit (which only CAP_SYS_RESOURCE can raise), the whole curve runs with the
-    // network collector off, so that its points stay comparable.
-    let network = 3 * largest as u64 + 1024 <= ctx.nofile;
-    if !network {
-        ctx.say(format!(
-            "scale curve: {largest} containers × 3 descriptors do not fit in the limit of {}: network collector off for the curve",
-            ctx.nofile
-        ));
-    }
+    // The network programs are attached once, whatever N: the curve runs with every
+    // collector on. Each container holds its launcher's connection; its probe file takes what
+    // the daemon's descriptor budget leaves.
+    let network = true;
     for &n in &ctx.cfg.curve {
         match point(ctx, n, network) {
             Ok(p) => points.push(p),
