@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cgroup::Layout,
     cli::Args,
-    gateway::{Gateway, Trust},
+    descriptors,
+    gateway::{self, Gateway, Trust},
     history::History,
     http,
     metrics::Metrics,
@@ -97,6 +98,14 @@ pub async fn run(args: Args, given: Given) -> Result<()> {
     let (tracker, events) =
         Tracker::load(tracker_limits(&args)).context("loading the eBPF tracker")?;
     let layout = Layout::detect().context("detecting the cgroup hierarchies")?;
+    let (limit, shared) = descriptors::init(
+        http::MAX_CONNECTIONS + crate::query::MAX_CONNECTIONS + gateway::MAX_PENDING_CONNECTIONS,
+    );
+    tracing::info!(
+        limit,
+        containers = shared,
+        "descriptor budget: containers' connections and kept-open probes share the rest of the limit"
+    );
     tracing::info!(
         mode = format!("{:?}", layout.mode()).as_str(),
         "cgroup layout detected"

@@ -33,17 +33,20 @@ pub enum Rejection {
     Nested,
     /// `--gateway.max-containers` live containers exist already.
     Limit,
+    /// The containers' connections hold every descriptor the budget gives them.
+    Descriptors,
     /// The daemon failed to set the container up (see its log).
     Error,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 7] = [
         Rejection::Untrusted,
         Rejection::Replaced,
         Rejection::Vanished,
         Rejection::Nested,
         Rejection::Limit,
+        Rejection::Descriptors,
         Rejection::Error,
     ];
 
@@ -54,6 +57,7 @@ impl Rejection {
             Rejection::Vanished => "vanished",
             Rejection::Nested => "nested",
             Rejection::Limit => "limit",
+            Rejection::Descriptors => "descriptors",
             Rejection::Error => "error",
         }
     }

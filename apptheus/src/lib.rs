@@ -15,6 +15,7 @@ pub mod cli;
 pub(crate) mod collectors;
 pub mod container;
 pub mod daemon;
+pub(crate) mod descriptors;
 pub(crate) mod fsperm;
 // The fuzz targets' harnesses: not an API, and not in the daemon (feature `fuzzing`, which
 // fuzz/Cargo.toml turns on; always in this crate's unit tests, which replay the seeds).

@@ -341,6 +341,11 @@ impl Sampler {
         self.registry.finish_walks();
         self.metrics
             .set_walks_cut_short(self.registry.walks_cut_short());
+        self.metrics.set_descriptors(
+            crate::descriptors::firm(),
+            crate::descriptors::probes(),
+            crate::descriptors::shared(),
+        );
         tracker.warn_if_full();
         self.metrics
             .sample_duration

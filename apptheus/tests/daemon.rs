@@ -679,3 +679,113 @@ fn a_launcher_without_its_main_thread_never_gets_a_container_at_the_root() {
     w.go();
     w.wait();
 }
+
+#[test]
+fn past_the_descriptor_budget_launchers_are_refused_counted_and_metrics_answer() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // A descriptor limit of 256, so that the budget (half of it here) runs out at about a
+    // hundred containers; the daemon raises its soft limit to this hard one.
+    let dir = tempfile::tempdir().unwrap();
+    let limited = dir.path().join("apptheus-limited");
+    std::fs::write(
+        &limited,
+        format!(
+            "#!/bin/sh\nulimit -n 256 || exit 99\nexec {} \"$@\"\n",
+            bin("apptheus").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&limited, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let trust = format!("--trust.path={}", bin("apptheus-exec").display());
+    let d = Daemon::start_exe(
+        &limited,
+        &[&trust, "--monitor.interval=100ms"],
+        &[],
+        common::Client::plain(),
+    );
+    let budget = eventually(Duration::from_secs(10), || {
+        sample(&d.metrics(), "apptheus_descriptors_budget", "")
+    })
+    .expect("apptheus_descriptors_budget") as usize;
+    assert_eq!(budget, 128, "half of the limit of 256");
+    let refused = |m: &str| {
+        sample(
+            m,
+            "apptheus_gateway_rejections_total",
+            "reason=\"descriptors\"",
+        )
+        .unwrap_or(-1.0)
+    };
+    // The last place is never taken: a launcher being admitted holds its pidfd besides its
+    // connection.
+    let (admitted, refused_n) = (budget - 1, 6.0);
+    let mut ws: Vec<_> = (0..budget + 5)
+        .map(|_| d.exec_workload(&["ready", "wait"]))
+        .collect();
+    ws.iter_mut().for_each(|w| w.ready());
+    let m = eventually(Duration::from_secs(20), || {
+        let m = d.metrics();
+        (sample(&m, "apptheus_containers", "") == Some(admitted as f64) && refused(&m) == refused_n)
+            .then_some(m)
+    })
+    .unwrap_or_else(|| {
+        let m = d.metrics();
+        let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+        let problems: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(10)
+            .collect();
+        panic!(
+            "{admitted} admitted and {refused_n} refused for descriptors; containers {:?}, refused {}; rejections: {:?}; the daemon's warnings: {problems:#?}",
+            sample(&m, "apptheus_containers", ""),
+            refused(&m),
+            m.lines()
+                .filter(|l| l.starts_with("apptheus_gateway_rejections_total"))
+                .collect::<Vec<_>>()
+        )
+    });
+    let held = |m: &str, by: &str| {
+        sample(m, "apptheus_descriptors_held", &format!("by=\"{by}\"")).unwrap_or(-1.0)
+    };
+    // Every connection holds its place (the gauges are set at each pass); the probes gave
+    // theirs up but for what is left.
+    let m = eventually(Duration::from_secs(10), || {
+        let m = d.metrics();
+        (held(&m, "containers") == admitted as f64).then_some(m)
+    })
+    .unwrap_or(m);
+    assert_eq!(held(&m, "containers"), admitted as f64);
+    assert!(held(&m, "probes") <= (budget - admitted) as f64, "{m}");
+    // Nothing else was refused, and the daemon's own descriptors were never short.
+    assert!(
+        !std::fs::read_to_string(&d.log)
+            .unwrap()
+            .contains("Too many open files")
+    );
+    // Ten end: their places go to newcomers, which are admitted.
+    for mut w in ws.drain(..10) {
+        w.go();
+        assert!(w.wait().success());
+    }
+    eventually(Duration::from_secs(20), || {
+        (held(&d.metrics(), "containers") <= (admitted - 10) as f64).then_some(())
+    })
+    .expect("the ended containers' connections are given back");
+    let mut late: Vec<_> = (0..5)
+        .map(|_| d.exec_workload(&["ready", "wait"]))
+        .collect();
+    late.iter_mut().for_each(|w| w.ready());
+    let m = eventually(Duration::from_secs(20), || {
+        let m = d.metrics();
+        late.iter()
+            .all(|w| m.contains(&exec_label(w.pid())))
+            .then_some(m)
+    })
+    .expect("newcomers admitted once connections were given back");
+    assert_eq!(refused(&m), refused_n);
+    for mut w in ws.into_iter().chain(late) {
+        w.go();
+        assert!(w.wait().success());
+    }
+}

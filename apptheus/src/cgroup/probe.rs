@@ -6,9 +6,9 @@
 //! reading it again with `pread` at offset 0 (which makes the kernel's seq_file start over, so
 //! the value is current) leaves one syscall per container and pass.
 //!
-//! Open files are bounded: a container already holds a few descriptors (its launcher's
-//! connection, its network links), so at most a quarter of the process's descriptor limit goes
-//! to probes; past that a probe is opened, read and closed as before. A cgroup that is removed
+//! Open probes are bounded by the descriptor budget (`descriptors`): they take what the
+//! containers' connections leave, and give it back as connections grow; a probe with no room is
+//! opened, read and closed at each pass. A cgroup that is removed
 //! while its probe is open fails the read (ENODEV): the file is closed and the read falls back
 //! to the path, which then finds nothing, as for any missing file.
 use std::{
@@ -16,28 +16,12 @@ use std::{
     io,
     os::unix::fs::FileExt as _,
     path::Path,
-    sync::{
-        OnceLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Weak},
 };
 
 use parking_lot::{Mutex, MutexGuard};
 
-/// Probe files open now, over all containers.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// How many probe files may be open at once: a quarter of the descriptor limit (read once,
-/// after `main` raised the soft limit to the hard one).
-fn budget() -> usize {
-    static BUDGET: OnceLock<usize> = OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(0, |(soft, _)| {
-                usize::try_from(soft / 4).unwrap_or(usize::MAX)
-            })
-    })
-}
+use crate::descriptors::{Evict, ProbeSlot};
 
 /// Which file a probe is, so that an open one is parsed without looking at the container's
 /// hierarchies again (a pointer chase per container and pass that showed in the profile).
@@ -49,10 +33,23 @@ pub(super) enum Kind {
     V2CpuStat,
 }
 
+/// A kept-open probe: the file, what it is, and its place in the descriptor budget.
+type Open = (File, Kind, ProbeSlot);
+
 /// The open probe of one container, if any. Closed when dropped (or by `close`).
 #[derive(Default)]
 pub(super) struct ProbeFile {
-    file: Mutex<Option<(File, Kind)>>,
+    kept: Arc<Kept>,
+}
+
+/// The file, shared with the descriptor budget, which may close it for a connection.
+#[derive(Default)]
+struct Kept(Mutex<Option<Open>>);
+
+impl Evict for Kept {
+    fn evict(&self) {
+        self.0.lock().take();
+    }
 }
 
 impl std::fmt::Debug for ProbeFile {
@@ -64,8 +61,8 @@ impl std::fmt::Debug for ProbeFile {
 }
 
 impl ProbeFile {
-    fn slot(&self) -> MutexGuard<'_, Option<(File, Kind)>> {
-        self.file.lock()
+    fn slot(&self) -> MutexGuard<'_, Option<Open>> {
+        self.kept.0.lock()
     }
 
     /// Reads the open probe into `buf` (grown as needed) and hands its kind and text to `f`.
@@ -78,7 +75,7 @@ impl ProbeFile {
         f: impl FnOnce(Kind, &str) -> T,
     ) -> Option<T> {
         let mut slot = self.slot();
-        let (file, kind) = slot.as_ref()?;
+        let (file, kind, _) = slot.as_ref()?;
         match pread_all(file, buf) {
             Ok(n) => {
                 let kind = *kind;
@@ -118,12 +115,11 @@ impl ProbeFile {
             }
         };
         let mut slot = self.slot();
-        if slot.is_none() {
-            if OPEN.fetch_add(1, Ordering::Relaxed) < budget() {
-                *slot = Some((file, kind));
-            } else {
-                OPEN.fetch_sub(1, Ordering::Relaxed);
-            }
+        let keeper: Weak<dyn Evict> = Arc::downgrade(&self.kept) as Weak<dyn Evict>;
+        if slot.is_none()
+            && let Some(place) = ProbeSlot::take(keeper)
+        {
+            *slot = Some((file, kind, place));
         }
         drop(slot);
         text(&buf[..n]).map(f)
@@ -147,10 +143,8 @@ impl Drop for ProbeFile {
     }
 }
 
-fn close(slot: &mut Option<(File, Kind)>) {
-    if slot.take().is_some() {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
-    }
+fn close(slot: &mut Option<Open>) {
+    slot.take();
 }
 
 /// The whole file from offset 0 into `buf`; returns its length. A cgroup file is one record

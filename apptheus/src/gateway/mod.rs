@@ -17,6 +17,7 @@ use self::refusals::Refusals;
 pub use self::trust::Trust;
 use crate::{
     accept::{Accepted, Acceptor, Slot, SocketFile},
+    descriptors::{self, Room},
     launcher::{Peer, Rejection},
     metrics::Metrics,
     registry::{AdmitError, Admitted, Registry},
@@ -25,12 +26,13 @@ use crate::{
 
 /// Connections being identified at once; more wait in the kernel's listen backlog, so a flood
 /// costs bounded memory.
-const MAX_PENDING_CONNECTIONS: usize = 16;
+pub(crate) const MAX_PENDING_CONNECTIONS: usize = 16;
 
 impl From<AdmitError> for Rejection {
     fn from(e: AdmitError) -> Rejection {
         match e {
             AdmitError::Limit(_) => Rejection::Limit,
+            AdmitError::Descriptors { .. } => Rejection::Descriptors,
             AdmitError::Tracker(tracker::Error::AlreadyTracked { .. }) => Rejection::Nested,
             AdmitError::Tracker(tracker::Error::Exited { .. }) => Rejection::Vanished,
             AdmitError::Tracker(_) | AdmitError::Cgroup(_) => Rejection::Error,
@@ -82,7 +84,17 @@ impl Gateway {
             "a launcher connection",
         );
         while let Some(Accepted { stream, slot, .. }) = acceptor.next().await {
-            tokio::spawn(admission.clone().connection(stream, slot, shutdown.clone()));
+            // The next launchers wait in the listen backlog while admissions under way hold
+            // the room.
+            let room = tokio::select! {
+                room = descriptors::room_for_connection() => room,
+                _ = shutdown.cancelled() => break,
+            };
+            tokio::spawn(
+                admission
+                    .clone()
+                    .connection(stream, slot, room, shutdown.clone()),
+            );
         }
         Ok(())
     }
@@ -113,6 +125,7 @@ impl Admission {
         self: Arc<Self>,
         stream: UnixStream,
         slot: Slot,
+        room: Room,
         shutdown: CancellationToken,
     ) {
         let this = self.clone();
@@ -126,12 +139,28 @@ impl Admission {
         let Ok((stream, peer)) = identified else {
             return;
         };
-        let admitted = match peer {
-            Ok(peer) => self.clone().admit(peer, &shutdown).await,
-            Err(reason) => Err(reason),
+        // Past the budget the container is refused, rather than the node's other descriptors
+        // (HTTP, files) run out; it is identified first, so that the refusal names its user.
+        let admitted = match (peer, room) {
+            (Ok(peer), Room::Spent) => Err(self.refuse(
+                &peer,
+                AdmitError::Descriptors {
+                    held: descriptors::firm(),
+                    shared: descriptors::shared(),
+                    limit: descriptors::limit(),
+                },
+            )),
+            (Ok(peer), Room::Accept(lease)) => self
+                .clone()
+                .admit(peer, &shutdown)
+                .await
+                .map(|admitted| (admitted, lease)),
+            (Err(reason), _) => Err(reason),
         };
         match admitted {
-            Ok(admitted) => {
+            Ok((admitted, mut connection)) => {
+                // The peer's pidfd went with the admission; the connection stays.
+                connection.settle();
                 self.metrics.accepted();
                 let id = &admitted.identity;
                 tracing::info!(

@@ -20,8 +20,8 @@ use anyhow::Result;
 use apptheus_api::{PeakSource, Summary, summary::CpusAllowed};
 use bytes::Bytes;
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::{
@@ -87,6 +87,8 @@ pub struct Metrics {
     write_errors: IntCounterVec,
     events_lost: IntCounter,
     walks_cut_short: IntCounter,
+    descriptors_held: IntGaugeVec,
+    descriptors_budget: IntGauge,
     queries: IntCounterVec,
     snapshot: arc_swap::ArcSwap<Snapshot>,
     /// The containers' groups that are rendered.
@@ -161,6 +163,17 @@ impl Metrics {
             "apptheus_adoption_walks_cut_short_total",
             "Walks of a launcher's process tree stopped at their bound (a tree that forks faster than it can be walked); each goes on at the next passes.",
         )?;
+        let descriptors_held = IntGaugeVec::new(
+            Opts::new(
+                "apptheus_descriptors_held",
+                "Descriptors held in the budget the containers share, by holder: containers (their launchers' connections, and the pidfds of trees being moved), probes (CPU probe files kept open between passes).",
+            ),
+            &["by"],
+        )?;
+        let descriptors_budget = IntGauge::new(
+            "apptheus_descriptors_budget",
+            "Descriptors the containers and the kept-open probes share: the descriptor limit less a reserve for the daemon's own, its HTTP and query connections and its files. A launcher past it is refused (reason=\"descriptors\"); probes give their room up to connections.",
+        )?;
         let queries = IntCounterVec::new(
             Opts::new(
                 "apptheus_query_requests_total",
@@ -191,6 +204,8 @@ impl Metrics {
         registry.register(Box::new(events_lost.clone()))?;
         registry.register(Box::new(walks_cut_short.clone()))?;
         registry.register(Box::new(queries.clone()))?;
+        registry.register(Box::new(descriptors_held.clone()))?;
+        registry.register(Box::new(descriptors_budget.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -204,6 +219,8 @@ impl Metrics {
             write_errors,
             events_lost,
             walks_cut_short,
+            descriptors_held,
+            descriptors_budget,
             queries,
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::new(Vec::new(), collectors)),
             collectors,
@@ -252,6 +269,15 @@ impl Metrics {
         if total > seen {
             self.walks_cut_short.inc_by(total - seen);
         }
+    }
+
+    /// The descriptor budget now.
+    pub fn set_descriptors(&self, containers: usize, probes: usize, budget: usize) {
+        let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let held = |by: &str| self.descriptors_held.with_label_values(&[by]);
+        held("containers").set(gauge(containers));
+        held("probes").set(gauge(probes));
+        self.descriptors_budget.set(gauge(budget));
     }
 
     /// Replace the containers' series with a new pass's.

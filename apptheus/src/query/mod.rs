@@ -45,7 +45,7 @@ use crate::{
 };
 
 /// Connections handled at once, in all.
-const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Connections of one uid at once.
 const MAX_CONNECTIONS_PER_USER: usize = 4;
 /// Time a client has to send its request line, from the accept.
