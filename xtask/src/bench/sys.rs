@@ -161,6 +161,13 @@ pub fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether this kernel has the children files (CONFIG_PROC_CHILDREN): what the daemon's
+/// admission reads instead of listing /proc.
+pub fn has_children_files() -> bool {
+    let me = std::process::id();
+    std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+}
+
 /// utime + stime of a process, dead threads included, in seconds.
 pub fn cpu_seconds(pid: i32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
