@@ -234,6 +234,8 @@ struct CurveSection {
     figures: Vec<FigureRow>,
     plotted: bool,
     faster: Vec<&'static str>,
+    /// The idle daemon's profile at the largest N.
+    profile: Option<String>,
 }
 
 /// The details of benchmarks.md, one per phase, in the template's order; a phase that did not
@@ -1056,6 +1058,7 @@ impl Report {
             figures: rows,
             plotted,
             faster: faster.clone(),
+            profile: last.sampling.profile.clone(),
         });
 
         if last.n < self.curve_largest {
