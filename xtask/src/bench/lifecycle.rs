@@ -191,8 +191,14 @@ pub fn end_all(ctx: &Ctx, d: &Daemon, cs: &mut [Container]) -> Result<Ended> {
     stop.store(true, Ordering::Relaxed);
     let _ = handle.join();
     if all?.is_none() {
+        let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let marked = killed.iter().filter(|(id, _)| s.end.contains_key(id)).count();
+        // A container whose series came and went between two polls (a poll slower than the
+        // retention) is never seen ended.
         bail!(
-            "not all {n} containers were marked ended:\n{}",
+            "not all {n} containers were marked ended: {marked} seen ended in {} polls of {:.0} ms each; the daemon's log ends:\n{}",
+            s.scrapes,
+            s.scrape_time.as_secs_f64() * 1000.0 / s.scrapes.max(1) as f64,
             d.log_tail()
         );
     }
