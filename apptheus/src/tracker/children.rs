@@ -8,9 +8,10 @@
 //! caller checks the member is still alive after), and a child's pid may be reused before it
 //! is held (the caller checks its parent once it holds it). The kernel prints a file in pieces
 //! and finds where to go on by position: a child reaped while its parent's file is read may
-//! make it skip a sibling. Such a reap leaves a listed pid that no longer opens, and a thread
-//! that exits while its siblings' files are read hands its children to one of them: both are
-//! reported (`whole: false`), for the caller to read again rather than trust the reading.
+//! make it skip a sibling; such a reap leaves a listed pid that no longer opens, which the
+//! caller sees. A thread that exits while its siblings' files are read hands its children to
+//! one of them, perhaps one read already: `read` reports it. Either way the caller looks again
+//! rather than trust the reading.
 use std::{fs, io, os::unix::fs::OpenOptionsExt as _, sync::OnceLock};
 
 /// Threads of one member whose files are read, at most.
