@@ -667,8 +667,9 @@ async fn an_admission_lists_proc_only_where_the_kernel_has_no_children_files() {
 
 /// The cost of admitting N containers (a launcher and its sleeping child each, all started
 /// before): N registrations back to back, timed, for each N of `APPTHEUS_TEST_ADMISSION_N`
-/// (commas; 100 by default). A measurement, not a check: run by hand with `--ignored
-/// --nocapture`.
+/// (commas; 100 by default). A measurement, not a check: run by hand, e.g. `cargo xtask vm
+/// --kernel 6.12 --env APPTHEUS_TEST_ADMISSION_N=100,1000 --test tracker -- --ignored --exact
+/// admission_cost --nocapture` (and `--env APPTHEUS_TEST_ADMIT_BY_LISTING=1` for the listing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement"]
 async fn admission_cost() {
@@ -682,6 +683,11 @@ async fn admission_cost() {
                 .expect("APPTHEUS_TEST_ADMISSION_N: numbers")
         })
         .collect();
+    // Two pipes a launcher: past the usual 1024 descriptors at 1,000.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let want = hard.max(65_536);
+    setrlimit(Resource::RLIMIT_NOFILE, want, want).unwrap();
     let base = KEY + 0x1_0000;
     for n in ns {
         let mut launchers: Vec<(Workload, i32)> = (0..n)
