@@ -20,6 +20,8 @@
 //! - `connect:PATH`: connect to the unix socket PATH and hold the connection (as a launcher does).
 //! - `sleeper`: fork a child that sleeps until killed; print "sleeper <pid>". Children that die
 //!   are reaped at once (a thread waits for them), so their pids are free again.
+//! - `thread-sleeper`: from a second thread (that lives on), fork a child that sleeps until
+//!   killed; print "thread-sleeper <pid>".
 //! - `sleeper-at:PID`: like `sleeper`, the child with exactly that pid (clone3's `set_tid`:
 //!   root, Linux 5.5+); fails (exit 4) if the pid is taken.
 //! - `as-pid:PID`: the steps after this one run in a child with exactly that pid (as
@@ -136,6 +138,28 @@ fn run(steps: Vec<String>) {
                 // After the fork: a new thread takes a pid too, and a test may have chosen the
                 // child's.
                 start_reaper();
+            }
+            "thread-sleeper" => {
+                // A child of a thread other than the main one: the kernel lists it only in
+                // that thread's children file. The thread lives on (a child's parent is the
+                // thread that forked it).
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    // SAFETY: the child only pauses until it is killed.
+                    match unsafe { fork() }.expect("fork") {
+                        ForkResult::Child => loop {
+                            nix::unistd::pause();
+                        },
+                        ForkResult::Parent { child } => {
+                            let _ = tx.send(child);
+                            loop {
+                                std::thread::sleep(Duration::from_secs(3600));
+                            }
+                        }
+                    }
+                });
+                let child = rx.recv().expect("the thread forked");
+                say(&format!("thread-sleeper {child}"));
             }
             "sleeper-at" => {
                 // The child takes exactly pid ARG (or the step fails): no race with whatever

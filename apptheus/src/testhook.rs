@@ -17,14 +17,14 @@ pub enum Point {
 }
 
 #[cfg(feature = "test-hooks")]
-pub use on::{http_timeout, pause};
+pub use on::{admit_by_listing, counted_listing, http_timeout, pause, proc_listings};
 
 #[cfg(not(feature = "test-hooks"))]
-pub use off::{http_timeout, pause};
+pub use off::{admit_by_listing, counted_listing, http_timeout, pause};
 
 #[cfg(feature = "test-hooks")]
 mod on {
-    use std::{collections::HashMap, sync::OnceLock, time::Duration};
+    use std::{cell::Cell, collections::HashMap, sync::OnceLock, time::Duration};
 
     use super::Point;
 
@@ -68,6 +68,29 @@ mod on {
     pub fn http_timeout() -> Option<Duration> {
         millis("APPTHEUS_TEST_HTTP_TIMEOUT_MS")
     }
+
+    /// `APPTHEUS_TEST_ADMIT_BY_LISTING=1`: admissions list /proc even where the kernel has
+    /// children files (to measure the one against the other).
+    pub fn admit_by_listing() -> bool {
+        std::env::var("APPTHEUS_TEST_ADMIT_BY_LISTING").is_ok_and(|v| v == "1")
+    }
+
+    thread_local! {
+        /// Per thread: a registration lists on its caller's thread, and other tests'
+        /// registrations run on others.
+        static LISTINGS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// A listing of /proc for the tracker's parent links began.
+    pub fn counted_listing() {
+        LISTINGS.with(|n| n.set(n.get() + 1));
+    }
+
+    /// Listings of /proc for the tracker's parent links on this thread so far (the tests:
+    /// which way admissions go).
+    pub fn proc_listings() -> u64 {
+        LISTINGS.with(Cell::get)
+    }
 }
 
 #[cfg(not(feature = "test-hooks"))]
@@ -85,4 +108,14 @@ mod off {
     pub fn http_timeout() -> Option<Duration> {
         None
     }
+
+    /// Admissions read children files wherever the kernel has them.
+    #[inline(always)]
+    pub fn admit_by_listing() -> bool {
+        false
+    }
+
+    /// Listings are not counted outside the tests.
+    #[inline(always)]
+    pub fn counted_listing() {}
 }

@@ -612,3 +612,128 @@ tracepoint:task:task_newtask /pid == {}/ {{ $i = 0; $s = nsecs;
     w.go();
     w.wait();
 }
+
+/// The pid a `sleeper`-like step printed (`"<what> <pid>"`).
+fn printed_pid(w: &mut Workload, what: &str) -> i32 {
+    let line = w.line();
+    line.strip_prefix(&format!("{what} "))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("expected \"{what} <pid>\", got {line:?}"))
+}
+
+/// Whether this kernel has children files and the admissions here read them (the test hook
+/// `APPTHEUS_TEST_ADMIT_BY_LISTING=1` makes them list /proc instead).
+fn admits_by_children() -> bool {
+    std::path::Path::new("/proc/thread-self/children").exists()
+        && std::env::var("APPTHEUS_TEST_ADMIT_BY_LISTING").as_deref() != Ok("1")
+}
+
+/// Where the kernel has children files, an admission finds the tree through them, the child of
+/// a thread other than the main one included, and lists no /proc; elsewhere it lists /proc.
+#[cfg(feature = "test-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_lists_proc_only_where_the_kernel_has_no_children_files() {
+    let (t, _events) = load();
+    let key = KEY + 20;
+    let mut w = Workload::spawn(&["tree:2:2", "thread-sleeper", "ready", "wait", "release"]);
+    let sleeper = printed_pid(&mut w, "thread-sleeper");
+    w.ready();
+    let before = apptheus::tracker::proc_listings();
+    let members: HashSet<i32> = register(&t, w.pid(), key).unwrap().into_iter().collect();
+    let listings = apptheus::tracker::proc_listings() - before;
+    assert_eq!(
+        members.len(),
+        8,
+        "root, 2 children, 4 grandchildren, the thread's child: {members:?}"
+    );
+    assert!(members.contains(&sleeper), "the thread's child {sleeper}");
+    assert_eq!(t.pids(key).into_iter().collect::<HashSet<_>>(), members);
+    if admits_by_children() {
+        assert_eq!(
+            listings, 0,
+            "the children files were there, /proc was listed"
+        );
+    } else {
+        assert!(listings > 0, "no children files, and /proc was not listed");
+    }
+    t.unregister(key).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sleeper),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    w.go();
+    w.wait();
+}
+
+/// The cost of admitting N containers (a launcher and its sleeping child each, all started
+/// before): N registrations back to back, timed, for each N of `APPTHEUS_TEST_ADMISSION_N`
+/// (commas; 100 by default). A measurement, not a check: run by hand, e.g. `cargo xtask vm
+/// --kernel 6.12 --env APPTHEUS_TEST_ADMISSION_N=100,1000 --test tracker -- --ignored --exact
+/// admission_cost --nocapture` (and `--env APPTHEUS_TEST_ADMIT_BY_LISTING=1` for the listing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement"]
+async fn admission_cost() {
+    let (t, _events) = load();
+    let ns: Vec<usize> = std::env::var("APPTHEUS_TEST_ADMISSION_N")
+        .unwrap_or_else(|_| "100".to_string())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("APPTHEUS_TEST_ADMISSION_N: numbers")
+        })
+        .collect();
+    // Two pipes a launcher: past the usual 1024 descriptors at 1,000.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let want = hard.max(65_536);
+    setrlimit(Resource::RLIMIT_NOFILE, want, want).unwrap();
+    let base = KEY + 0x1_0000;
+    for n in ns {
+        let mut launchers: Vec<(Workload, i32)> = (0..n)
+            .map(|_| {
+                let mut w = Workload::spawn(&["sleeper", "ready", "wait"]);
+                let child = printed_pid(&mut w, "sleeper");
+                w.ready();
+                (w, child)
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        // A walk cut short at its bound goes on, as the daemon's next passes would.
+        let mut cut_short = 0;
+        for (i, (w, _)) in launchers.iter().enumerate() {
+            let key = base + i as u64;
+            let fd = Pidfd::open(w.pid())
+                .unwrap()
+                .expect("the launcher is alive");
+            let mut tracked = t.register(Process::new(w.pid(), fd), key).unwrap();
+            while !tracked.complete {
+                cut_short += 1;
+                tracked = t.walk_again(key).unwrap();
+            }
+        }
+        let took = start.elapsed().as_secs_f64();
+        for i in 0..n {
+            let live = t.counters(base + i as u64).unwrap().map(|c| c.live);
+            assert_eq!(live, Some(2), "the launcher and its child");
+        }
+        println!(
+            "admission of {n} containers: {took:.3} s ({:.2} ms each, {cut_short} walks cut short, by {})",
+            took * 1000.0 / n as f64,
+            if admits_by_children() {
+                "children files"
+            } else {
+                "listing /proc"
+            }
+        );
+        for (i, (w, child)) in launchers.iter_mut().enumerate() {
+            t.unregister(base + i as u64).unwrap();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*child),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            w.go();
+            w.wait();
+        }
+    }
+}

@@ -2,12 +2,17 @@
 //! without racing the fork hook (both sides insert with `BPF_NOEXIST`; whoever inserts counts
 //! the process live).
 //!
-//! Every process adopted is held by a pidfd from before its insert to after the caller moved it,
-//! and is adopted only if it is still the process the walk found (the inode of its /proc
-//! directory), so a pid reused meanwhile is never adopted, nor later moved. The tracker's locks
-//! are taken per operation, never across a /proc walk, and the walk is bounded in scans and
-//! time: a tree that keeps forking faster than it can be walked cannot stall the daemon (its
-//! later forks are the kernel's to follow; the caller is told the walk was cut short).
+//! The descendants are found scan by scan: where the kernel has children files, by reading the
+//! members' (`children`: the cost of a scan is the tree's, not the host's); else, or when such a
+//! reading may have missed a child, by the host's parent links (`proctable`: a listing of
+//! /proc). Every process adopted is held by a pidfd from before its insert to after the caller
+//! moved it, and is adopted only if it is still the process the scan found (from a listing: the
+//! inode of its /proc directory; from a children file: once held, alive with the member, itself
+//! alive, as its parent), so a pid reused meanwhile is never adopted, nor later moved. The
+//! tracker's locks are taken per operation, never across a /proc walk, and the walk is bounded
+//! in scans and time: a tree that keeps forking faster than it can be walked cannot stall the
+//! daemon (its later forks are the kernel's to follow; the caller is told the walk was cut
+//! short).
 use std::{
     collections::HashSet,
     os::unix::fs::MetadataExt as _,
@@ -17,7 +22,7 @@ use std::{
 use apptheus_common::Counters;
 use aya::maps::MapError;
 
-use super::{Error, Maps, Tracker, tracked::TrackedMap};
+use super::{Error, Maps, Tracker, children, proctable, tracked::TrackedMap};
 use crate::pidfd::{Pidfd, Process};
 
 /// `BPF_NOEXIST` from `<linux/bpf.h>`.
@@ -96,55 +101,169 @@ impl Tracker {
         key: u64,
     ) -> Result<bool, Error> {
         let start = Instant::now();
+        let children = children::available();
+        // A scan of the children files that may have missed a child is followed by one of the
+        // listing, which cannot.
+        let mut doubt = false;
         for _ in 0..MAX_SCANS {
             if start.elapsed() > MAX_WALK {
                 return Ok(false);
             }
-            let roots: Vec<i32> = members.iter().map(Process::pid).collect();
-            // Every process forked before now by a member not tracked then is in a listing
-            // begun from now on (another registration's will do).
-            let need = Instant::now();
-            let candidates = {
-                let mut procs = self.procs();
-                procs
-                    .refresh_since(need)
-                    .map_err(|e| Error::io("listing /proc", e))?;
-                procs
-                    .descendants(&roots)
-                    .into_iter()
-                    .map(|pid| (pid, procs.ino_of(pid)))
-                    .collect::<Vec<_>>()
+            let scan = if children && !doubt {
+                self.scan_children(members, seen, key, start)?
+            } else {
+                self.scan_listing(members, seen, key, start)?
             };
-            let mut adopted_any = false;
-            for (pid, ino) in candidates {
-                if seen.contains(&pid) {
-                    continue;
-                }
-                // Within a scan too: a tree of many thousands costs a pidfd, a stat and a map
-                // insert each; what is left is adopted at the walk's next turn.
-                if start.elapsed() > MAX_WALK || members.len() >= MAX_HELD {
-                    return Ok(false);
-                }
-                let Some(process) = open_as_found(pid, ino)? else {
-                    continue;
-                };
-                let tracked_as = lookup(&self.maps().tracked, pid as u32)?;
-                match tracked_as {
-                    // Inside another container (a nested launcher's): it stays there.
-                    Some(k) if k != key => continue,
-                    // The fork hook took it: a member already.
-                    Some(_) => {}
-                    None if self.adopt(&process, key)? => adopted_any = true,
-                    None => continue,
-                }
-                seen.insert(pid);
-                members.push(process);
-            }
-            if !adopted_any {
-                return Ok(true);
+            doubt = false;
+            match scan {
+                Scan::Settled => return Ok(true),
+                Scan::Adopted => {}
+                Scan::Doubt => doubt = true,
+                Scan::Bound => return Ok(false),
             }
         }
         Ok(false)
+    }
+
+    /// One scan by the host's parent links: a listing of /proc (shared with other
+    /// registrations, see `ProcTable`).
+    fn scan_listing(
+        &self,
+        members: &mut Vec<Process>,
+        seen: &mut HashSet<i32>,
+        key: u64,
+        start: Instant,
+    ) -> Result<Scan, Error> {
+        let roots: Vec<i32> = members.iter().map(Process::pid).collect();
+        // Every process forked before now by a member not tracked then is in a listing begun
+        // from now on (another registration's will do).
+        let need = Instant::now();
+        let candidates = {
+            let mut procs = self.procs();
+            procs
+                .refresh_since(need)
+                .map_err(|e| Error::io("listing /proc", e))?;
+            procs
+                .descendants(&roots)
+                .into_iter()
+                .map(|pid| (pid, procs.ino_of(pid)))
+                .collect::<Vec<_>>()
+        };
+        let mut adopted_any = false;
+        for (pid, ino) in candidates {
+            if seen.contains(&pid) {
+                continue;
+            }
+            // Within a scan too: a tree of many thousands costs a pidfd, a stat and a map
+            // insert each; what is left is adopted at the walk's next turn.
+            if start.elapsed() > MAX_WALK || members.len() >= MAX_HELD {
+                return Ok(Scan::Bound);
+            }
+            let Some(process) = open_as_found(pid, ino)? else {
+                continue;
+            };
+            adopted_any |= self.take(process, members, seen, key)?;
+        }
+        Ok(if adopted_any {
+            Scan::Adopted
+        } else {
+            Scan::Settled
+        })
+    }
+
+    /// One scan by the members' children files: no listing of the host. It reads the members
+    /// it began with, so it goes one generation down: a chain whose every link forks the next
+    /// before it can be adopted is followed a link per scan, as a listing follows it, not chased
+    /// for the whole walk with a pidfd held for each link.
+    fn scan_children(
+        &self,
+        members: &mut Vec<Process>,
+        seen: &mut HashSet<i32>,
+        key: u64,
+        start: Instant,
+    ) -> Result<Scan, Error> {
+        let mut adopted_any = false;
+        let mut doubt = false;
+        let mut listed = Vec::new();
+        let mut buf = [0u8; 1024];
+        for at in 0..members.len() {
+            if start.elapsed() > MAX_WALK {
+                return Ok(Scan::Bound);
+            }
+            let parent = members[at].pid();
+            listed.clear();
+            let whole = children::read(parent, MAX_HELD, &mut listed);
+            // Read while the pid may have named another process: counts for nothing (a member
+            // that exited has no children left to adopt: they went to a reaper).
+            if !members[at].alive() {
+                continue;
+            }
+            match whole {
+                Ok(true) => {}
+                Ok(false) | Err(_) => doubt = true,
+            }
+            for &pid in &listed {
+                if start.elapsed() > MAX_WALK || members.len() >= MAX_HELD {
+                    return Ok(Scan::Bound);
+                }
+                let fd = match Pidfd::open(pid) {
+                    Ok(Some(fd)) => fd,
+                    // Reaped since it was listed (EINVAL: its pid outlives it for a moment):
+                    // the kernel may have skipped a sibling.
+                    Ok(None) => {
+                        doubt = true;
+                        continue;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        doubt = true;
+                        continue;
+                    }
+                    Err(e) => return Err(Error::io(format!("pidfd_open({pid})"), e)),
+                };
+                if seen.contains(&pid) {
+                    continue;
+                }
+                match child_of(Process::new(pid, fd), &members[at], &mut buf) {
+                    Child::Held(process) => {
+                        adopted_any |= self.take(process, members, seen, key)?;
+                    }
+                    Child::Exited => {}
+                    // The pid names another process now: the one listed was reaped.
+                    Child::Other => doubt = true,
+                }
+            }
+        }
+        Ok(if doubt {
+            Scan::Doubt
+        } else if adopted_any {
+            Scan::Adopted
+        } else {
+            Scan::Settled
+        })
+    }
+
+    /// Make `process` (held, found below a member) a member, unless it is another container's
+    /// or exited. Returns whether this walk adopted it.
+    fn take(
+        &self,
+        process: Process,
+        members: &mut Vec<Process>,
+        seen: &mut HashSet<i32>,
+        key: u64,
+    ) -> Result<bool, Error> {
+        let pid = process.pid();
+        let tracked_as = lookup(&self.maps().tracked, pid as u32)?;
+        let adopted = match tracked_as {
+            // Inside another container (a nested launcher's): it stays there.
+            Some(k) if k != key => return Ok(false),
+            // The fork hook took it: a member already.
+            Some(_) => false,
+            None if self.adopt(&process, key)? => true,
+            None => return Ok(false),
+        };
+        seen.insert(pid);
+        members.push(process);
+        Ok(adopted)
     }
 
     /// Add `process` to the tracked map under `key` if it still lives. Returns whether it is
@@ -187,6 +306,43 @@ fn exiting(pid: i32) -> bool {
             .and_then(|f| f.parse::<u64>().ok())
             .is_some_and(|flags| flags & PF_EXITING != 0)
     })
+}
+
+/// What one scan did.
+enum Scan {
+    /// Adopted nothing, and missed nothing: the walk is done.
+    Settled,
+    /// Adopted some: their children may be left.
+    Adopted,
+    /// A child may have been missed (see `children`).
+    Doubt,
+    /// Stopped at the walk's bound.
+    Bound,
+}
+
+/// A pid a member's children file listed, once held.
+enum Child {
+    /// Still the member's child.
+    Held(Process),
+    /// It exited (never adopted).
+    Exited,
+    /// The pid names another process now.
+    Other,
+}
+
+/// `process` (held by a pidfd opened after `parent`'s children file listed its pid) if it is
+/// still `parent`'s child: its parent pid is read, then it is checked to be alive (so the pid
+/// read was its own, not a reuse's), then `parent` is (so the parent pid was `parent`'s).
+fn child_of(process: Process, parent: &Process, buf: &mut [u8]) -> Child {
+    let ppid = proctable::read_ppid(process.pid(), buf);
+    if !process.alive() {
+        return Child::Exited;
+    }
+    if ppid == Some(parent.pid()) && parent.alive() {
+        Child::Held(process)
+    } else {
+        Child::Other
+    }
 }
 
 /// A pidfd of `pid`, if it is still the process the walk found there (`ino`, its /proc

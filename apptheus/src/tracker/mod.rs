@@ -2,12 +2,14 @@
 //! and streams their fork/exec/exit events.
 //!
 //! Membership is decided in the kernel for every process forked after its parent is tracked;
-//! `register` adds the root and walks /proc for the descendants that existed before, without
+//! `register` adds the root and walks its descendants that existed before (by the members'
+//! children files where the kernel has them, else by the host's parent links), without
 //! racing the fork hook: both sides insert with `BPF_NOEXIST`, and whoever inserts counts the
 //! process live, so each process is counted once.
 mod adopt;
 mod batch;
 pub(crate) mod btf;
+mod children;
 mod error;
 mod events;
 pub(crate) mod format;
@@ -42,6 +44,11 @@ use self::{
     tracked::TrackedMap,
 };
 use crate::pidfd::{Pidfd, Process};
+
+/// Listings of /proc for the tracker's parent links on this thread so far (the tests: which
+/// way admissions go).
+#[cfg(feature = "test-hooks")]
+pub use crate::testhook::proc_listings;
 
 /// A container's process counters, as the kernel counted them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

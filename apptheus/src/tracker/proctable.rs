@@ -1,9 +1,11 @@
-//! The host's parent links, kept between registrations.
+//! The host's parent links, kept between registrations: how admission finds a launcher's
+//! descendants on a kernel without children files (`/proc/<pid>/task/<tid>/children`, see
+//! `children`), and where a reading of those may have missed a child.
 //!
-//! Finding a launcher's descendants means knowing every process's parent, and the kernel here
-//! offers only `/proc/<pid>/stat` for that (no `/proc/<pid>/task/<tid>/children`): tens of
-//! microseconds per process, so a full walk of a node with thousands of processes costs tens of
-//! milliseconds, for every container. The table keeps what earlier walks read: a refresh lists
+//! Without children files, finding a launcher's descendants means knowing every process's
+//! parent, and the kernel offers only `/proc/<pid>/stat` for that: tens of microseconds per
+//! process, so a full walk of a node with thousands of processes costs tens of milliseconds,
+//! for every container. The table keeps what earlier walks read: a refresh lists
 //! `/proc` (cheap) and reads `stat` only for processes it has not seen, or whose parent has
 //! exited (they may have been reparented). A process is known by its pid *and* the inode number
 //! of its `/proc/<pid>` directory: a new process never gets the inode of an older one, so a
@@ -15,7 +17,13 @@
 //! last adoptions (`refresh_since`), and one that another registration began after that serves
 //! as well as its own. In a burst of admissions the listing is then paid once per burst rather
 //! than once per container.
-use std::{cell::OnceCell, fs, io::Read as _, os::unix::fs::DirEntryExt as _, time::Instant};
+use std::{
+    cell::OnceCell,
+    fs,
+    io::Read as _,
+    os::unix::fs::{DirEntryExt as _, OpenOptionsExt as _},
+    time::Instant,
+};
 
 use foldhash::{HashMap, HashSet};
 
@@ -57,6 +65,7 @@ impl ProcTable {
 
     /// Bring the table up to date with the processes that exist now.
     pub fn refresh(&mut self) -> std::io::Result<()> {
+        crate::testhook::counted_listing();
         self.changed();
         let mut listing: Vec<(i32, u64)> = Vec::with_capacity(self.entries.len() + 64);
         for entry in fs::read_dir("/proc")? {
@@ -160,8 +169,13 @@ impl ProcTable {
     }
 }
 
-fn read_ppid(pid: i32, buf: &mut [u8]) -> Option<i32> {
-    let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+/// The parent pid in `pid`'s `stat` (one read into `buf`: the fields before it are short).
+pub(super) fn read_ppid(pid: i32, buf: &mut [u8]) -> Option<i32> {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(format!("/proc/{pid}/stat"))
+        .ok()?;
     let n = f.read(buf).ok()?;
     parse_stat_ppid(&buf[..n])
 }
