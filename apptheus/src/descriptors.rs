@@ -240,6 +240,17 @@ impl Lease {
         ok
     }
 
+    /// Hold exactly `n` (taking more may exceed the budget: for descriptors already open).
+    pub fn keep(&mut self, n: usize) {
+        if n < self.held {
+            self.pool.firm.fetch_sub(self.held - n, Ordering::Relaxed);
+            self.pool.room.notify_waiters();
+        } else {
+            self.pool.firm.fetch_add(n - self.held, Ordering::Relaxed);
+        }
+        self.held = n;
+    }
+
     /// The connection's container was admitted: its pidfd is closed, its connection held
     /// for the container's life.
     pub fn settle(&mut self) {

@@ -506,7 +506,7 @@ impl Registry {
             if let Some(c) = self.state().containers.get_mut(&key) {
                 c.inherit_after_ns = u64::MAX;
             }
-            let tracked = match self.tracker.walk_again(key) {
+            let tracked = match self.tracker.walk_again(key, start) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(container = identity.id.as_str(), error = %e, "cannot go on with the walk of the container's tree");

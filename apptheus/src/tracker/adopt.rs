@@ -23,7 +23,10 @@ use apptheus_common::Counters;
 use aya::maps::MapError;
 
 use super::{Error, Maps, Tracker, children, proctable, tracked::TrackedMap};
-use crate::pidfd::{Pidfd, Process};
+use crate::{
+    descriptors::Lease,
+    pidfd::{Pidfd, Process},
+};
 
 /// `BPF_NOEXIST` from `<linux/bpf.h>`.
 const BPF_NOEXIST: u64 = 1;
@@ -44,6 +47,47 @@ pub struct Tracked {
     pub members: Vec<Process>,
     /// False when the walk stopped at its bound with processes possibly left to adopt.
     pub complete: bool,
+    /// The place in the descriptor budget of the pidfds the walk added to `members`.
+    pub pidfds: Lease,
+}
+
+/// What one walk carries from scan to scan.
+pub(super) struct Walk {
+    /// The first listing of /proc may be one begun at or after this (later ones: after the
+    /// scan began).
+    pub since: Instant,
+    /// The members it began with, whose pidfds are not its to count.
+    roots: usize,
+    pidfds: Lease,
+}
+
+impl Walk {
+    pub(super) fn new(since: Instant, roots: usize) -> Walk {
+        Walk {
+            since,
+            roots,
+            pidfds: Lease::default(),
+        }
+    }
+
+    /// Room for one more held process within the walk's bound and the descriptor budget.
+    fn room(&mut self, members: &[Process]) -> bool {
+        members.len() < MAX_HELD && self.pidfds.take()
+    }
+
+    /// Count exactly the members it added (a candidate it made room for may not be one).
+    fn settle(&mut self, members: &[Process]) {
+        self.pidfds.keep(members.len().saturating_sub(self.roots));
+    }
+
+    pub(super) fn tracked(mut self, members: Vec<Process>, complete: bool) -> Tracked {
+        self.settle(&members);
+        Tracked {
+            members,
+            complete,
+            pidfds: self.pidfds,
+        }
+    }
 }
 
 impl Tracker {
@@ -80,14 +124,12 @@ impl Tracker {
                 }
             }
         }
+        let mut walk = Walk::new(Instant::now(), members.len());
         if members.is_empty() {
-            return Ok(Tracked {
-                members,
-                complete: true,
-            });
+            return Ok(walk.tracked(members, true));
         }
-        let complete = self.walk(&mut members, &mut seen, key)?;
-        Ok(Tracked { members, complete })
+        let complete = self.walk(&mut members, &mut seen, key, &mut walk)?;
+        Ok(walk.tracked(members, complete))
     }
 
     /// Adopt the descendants of `members` until a scan adopts nothing, or the bound. A process
@@ -99,6 +141,7 @@ impl Tracker {
         members: &mut Vec<Process>,
         seen: &mut HashSet<i32>,
         key: u64,
+        walk: &mut Walk,
     ) -> Result<bool, Error> {
         let start = Instant::now();
         let children = children::available();
@@ -110,10 +153,11 @@ impl Tracker {
                 return Ok(false);
             }
             let scan = if children && !doubt {
-                self.scan_children(members, seen, key, start)?
+                self.scan_children(members, seen, key, start, walk)?
             } else {
-                self.scan_listing(members, seen, key, start)?
+                self.scan_listing(members, seen, key, start, walk)?
             };
+            walk.settle(members);
             doubt = false;
             match scan {
                 Scan::Settled => return Ok(true),
@@ -133,11 +177,13 @@ impl Tracker {
         seen: &mut HashSet<i32>,
         key: u64,
         start: Instant,
+        walk: &mut Walk,
     ) -> Result<Scan, Error> {
         let roots: Vec<i32> = members.iter().map(Process::pid).collect();
         // Every process forked before now by a member not tracked then is in a listing begun
-        // from now on (another registration's will do).
-        let need = Instant::now();
+        // from now on (another registration's will do); a walk's first scan needs one begun
+        // after its members' last adoptions (`since`).
+        let need = std::mem::replace(&mut walk.since, Instant::now()).min(Instant::now());
         let candidates = {
             let mut procs = self.procs();
             procs
@@ -156,7 +202,7 @@ impl Tracker {
             }
             // Within a scan too: a tree of many thousands costs a pidfd, a stat and a map
             // insert each; what is left is adopted at the walk's next turn.
-            if start.elapsed() > MAX_WALK || members.len() >= MAX_HELD {
+            if start.elapsed() > MAX_WALK || !walk.room(members) {
                 return Ok(Scan::Bound);
             }
             let Some(process) = open_as_found(pid, ino)? else {
@@ -181,6 +227,7 @@ impl Tracker {
         seen: &mut HashSet<i32>,
         key: u64,
         start: Instant,
+        walk: &mut Walk,
     ) -> Result<Scan, Error> {
         let mut adopted_any = false;
         let mut doubt = false;
@@ -203,7 +250,7 @@ impl Tracker {
                 Ok(false) | Err(_) => doubt = true,
             }
             for &pid in &listed {
-                if start.elapsed() > MAX_WALK || members.len() >= MAX_HELD {
+                if start.elapsed() > MAX_WALK || !walk.room(members) {
                     return Ok(Scan::Bound);
                 }
                 let fd = match Pidfd::open(pid) {

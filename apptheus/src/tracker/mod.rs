@@ -184,8 +184,10 @@ impl Tracker {
     }
 
     /// Go on with a walk that was cut short: adopt the descendants of `key`'s processes that
-    /// are not tracked yet (bounded like the first walk).
-    pub fn walk_again(&self, key: u64) -> Result<Tracked, Error> {
+    /// are not tracked yet (bounded like the first walk). `since`: a time after the walk's last
+    /// adoptions, so that a listing of /proc begun since serves its first scan (walks that go
+    /// on in one pass share one).
+    pub fn walk_again(&self, key: u64, since: std::time::Instant) -> Result<Tracked, Error> {
         let pids = tracked_under(&self.maps(), key);
         let mut members: Vec<Process> = pids
             .into_iter()
@@ -193,9 +195,10 @@ impl Tracker {
             .collect();
         let mut seen = members.iter().map(Process::pid).collect();
         self.hurry.now();
-        let complete = self.walk(&mut members, &mut seen, key)?;
+        let mut walk = adopt::Walk::new(since, members.len());
+        let complete = self.walk(&mut members, &mut seen, key, &mut walk)?;
         self.maps().publish_adopted(key);
-        Ok(Tracked { members, complete })
+        Ok(walk.tracked(members, complete))
     }
 
     /// Process `pid` held by a pidfd, if it is a live process tracked under `key` (its entry

@@ -192,7 +192,10 @@ pub fn end_all(ctx: &Ctx, d: &Daemon, cs: &mut [Container]) -> Result<Ended> {
     let _ = handle.join();
     if all?.is_none() {
         let s = seen.lock().unwrap_or_else(|e| e.into_inner());
-        let marked = killed.iter().filter(|(id, _)| s.end.contains_key(id)).count();
+        let marked = killed
+            .iter()
+            .filter(|(id, _)| s.end.contains_key(id))
+            .count();
         // A container whose series came and went between two polls (a poll slower than the
         // retention) is never seen ended.
         bail!(
