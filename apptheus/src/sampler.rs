@@ -52,7 +52,11 @@ enum Pass {
 /// What the sampler keeps of one container between passes.
 struct Sampled {
     entry: Entry,
-    stats: Stats,
+    /// Its values, shared with the series published from them (a new one only on a change).
+    /// Where the kernel keeps no peak, the highest usage read stands in `max_usage_bytes`.
+    stats: Arc<Stats>,
+    /// Whether the peak in `stats` is the kernel's.
+    peak_source: PeakSource,
     /// The CPU probe's value at the last pass: unchanged means none of its processes ran.
     probe: Option<u64>,
     /// When all its files were last read.
@@ -73,7 +77,8 @@ impl Sampled {
     fn new(entry: Entry) -> Sampled {
         Sampled {
             entry,
-            stats: Stats::default(),
+            stats: Arc::default(),
+            peak_source: PeakSource::Sampled,
             probe: None,
             last_full: None,
             procs: ProcessCounters::default(),
@@ -120,23 +125,34 @@ impl Sampled {
             && probe.value == self.probe;
         let mut changed = false;
         if !(fresh && quiet) {
-            let stats = if quiet {
+            let read = if quiet {
                 // Idle, but its last read is old: only what moves without running is read again.
-                let mut stats = self.stats.clone();
+                let mut stats = Stats::clone(&self.stats);
                 reader.read_idle(cgroup, &mut stats);
                 stats
-            } else if ended {
-                // A batch system removes a job's cgroup (which may be the container's) as soon
-                // as its last process exits: what was read last stands where nothing is left.
-                reader.read_all(cgroup, &probe).or(&self.stats)
             } else {
                 reader.read_all(cgroup, &probe)
             };
-            changed = stats != self.stats;
-            self.stats = stats;
+            // Memory is read afresh either way: whether it has a peak is the kernel's answer
+            // (nothing read: as before).
+            self.peak_source = match read.memory {
+                Some(m) if m.max_usage_bytes.is_some() => PeakSource::Kernel,
+                Some(_) => PeakSource::Sampled,
+                None => self.peak_source,
+            };
+            let mut stats = if ended {
+                // A batch system removes a job's cgroup (which may be the container's) as soon
+                // as its last process exits: what was read last stands where nothing is left.
+                read.or(&self.stats)
+            } else {
+                read
+            };
+            self.with_peak(&mut stats);
             self.last_full = Some(now);
-            let usage = self.stats.memory.and_then(|m| m.usage_bytes);
-            self.sampled_peak = self.sampled_peak.max(usage);
+            if stats != *self.stats {
+                changed = true;
+                self.stats = Arc::new(stats);
+            }
         }
         self.probe = probe.value;
         if let Some(p) = procs {
@@ -146,25 +162,26 @@ impl Sampled {
         changed
     }
 
+    /// Where the kernel keeps no peak, the highest usage read so far stands in for it (only a
+    /// peak read makes the memory group: an absent group stays one `None`).
+    fn with_peak(&mut self, stats: &mut Stats) {
+        let usage = stats.memory.and_then(|m| m.usage_bytes);
+        self.sampled_peak = self.sampled_peak.max(usage);
+        if self.peak_source == PeakSource::Sampled
+            && let Some(peak) = self.sampled_peak
+        {
+            stats.memory.get_or_insert_default().max_usage_bytes = Some(peak);
+        }
+    }
+
     fn series(&self) -> ContainerSeries {
-        let mut stats = self.stats.clone();
-        let peak_source = match stats.memory.and_then(|m| m.max_usage_bytes) {
-            Some(_) => PeakSource::Kernel,
-            None => {
-                // Only a peak read makes the group (an absent group stays one `None`).
-                if let Some(peak) = self.sampled_peak {
-                    stats.memory.get_or_insert_default().max_usage_bytes = Some(peak);
-                }
-                PeakSource::Sampled
-            }
-        };
         ContainerSeries {
             identity: self.entry.identity.clone(),
             memory_source: self.entry.cgroup.memory_source().as_str(),
-            memory_peak_source: peak_source,
+            memory_peak_source: self.peak_source,
             cpus_allowed: self.allowance,
+            stats: self.stats.clone(),
             end_time: self.entry.end_time.map(unix_seconds),
-            stats,
             procs: self.procs,
             summary: self.summary.clone(),
         }

@@ -4,7 +4,7 @@
 //! never share it.
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write as _},
+    io::{self, Write},
     os::unix::fs::{
         DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
     },
@@ -49,12 +49,6 @@ pub struct SavedContainer {
     pub adopted: Vec<PathBuf>,
 }
 
-#[derive(Serialize)]
-struct Document<'a> {
-    version: u32,
-    containers: &'a [SavedContainer],
-}
-
 /// A document as read: its entries are taken one by one (see `parse`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,22 +89,38 @@ fn entry(value: serde_json::Value) -> Result<SavedContainer> {
     Ok(c)
 }
 
-/// Render the state file's bytes (the inverse of `parse`).
+/// Render the state file's bytes (the inverse of `parse`; the daemon streams it, see `write`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn render(containers: &[SavedContainer]) -> Vec<u8> {
-    let mut containers = containers.to_vec();
-    // Serializing plain strings and numbers cannot fail; non-finite floats become null, which
-    // `parse` then refuses, so they are replaced first.
-    for c in &mut containers {
-        if !c.identity.start_time.is_finite() {
-            c.identity.start_time = 0.0;
+    let mut bytes = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = write(&mut bytes, containers);
+    bytes
+}
+
+/// Write the state document to `out` one entry at a time: at 10,000 containers the whole
+/// document is megabytes, never held in memory.
+fn write(mut out: impl Write, containers: &[SavedContainer]) -> io::Result<()> {
+    write!(out, "{{\"version\":{VERSION},\"containers\":[")?;
+    for (i, c) in containers.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
         }
-        c.end_time = c.end_time.filter(|t| t.is_finite());
+        // Non-finite floats would become null, which `parse` refuses: replaced first.
+        let clean = c.identity.start_time.is_finite() && c.end_time.is_none_or(f64::is_finite);
+        if clean {
+            serde_json::to_writer(&mut out, c)?;
+        } else {
+            let mut c = c.clone();
+            if !c.identity.start_time.is_finite() {
+                c.identity.start_time = 0.0;
+            }
+            c.end_time = c.end_time.filter(|t| t.is_finite());
+            serde_json::to_writer(&mut out, &c)?;
+        }
     }
-    serde_json::to_vec(&Document {
-        version: VERSION,
-        containers: &containers,
-    })
-    .unwrap_or_default()
+    out.write_all(b"]}")?;
+    out.flush()
 }
 
 fn check(saved: &SavedContainer) -> Result<()> {
@@ -277,7 +287,9 @@ impl StateDir {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            f.write_all(&render(containers))?;
+            let mut out = io::BufWriter::new(&mut f);
+            write(&mut out, containers)?;
+            drop(out);
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
             File::open(&self.dir)?.sync_all()

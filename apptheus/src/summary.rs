@@ -581,7 +581,7 @@ mod tests {
             memory_peak_source: PeakSource::Kernel,
             cpus_allowed: None,
             end_time: Some(1_700_000_010.0),
-            stats: Stats {
+            stats: std::sync::Arc::new(Stats {
                 cpu: Some(Cpu {
                     usage_seconds: Some(5.0),
                     user_seconds: Some(4.5),
@@ -612,7 +612,7 @@ mod tests {
                     ..MemoryEvents::default()
                 }),
                 ..Stats::default()
-            },
+            }),
             procs: ProcessCounters {
                 forks: 12,
                 execs: 3,
@@ -721,7 +721,7 @@ mod tests {
         // A sampled peak says so; no peak, no source.
         c.memory_peak_source = PeakSource::Sampled;
         assert_eq!(of(&c, 2, 0.0).memory_peak_source, Some(PeakSource::Sampled));
-        c.stats.memory = None;
+        std::sync::Arc::make_mut(&mut c.stats).memory = None;
         assert_eq!(of(&c, 2, 0.0).memory_peak_source, None);
     }
 

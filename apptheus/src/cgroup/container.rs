@@ -4,6 +4,7 @@ use std::{
     fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,8 +40,8 @@ pub(super) struct Member {
     pub version: Version,
     /// v1: the hierarchy's controllers; v2: what the directory's cgroup.controllers listed when
     /// it was made or opened.
-    pub controllers: Vec<String>,
-    pub mount_point: PathBuf,
+    pub controllers: Arc<[String]>,
+    pub mount_point: Arc<Path>,
     /// The cgroup path of `dir`.
     pub rel: String,
     pub dir: PathBuf,
@@ -523,7 +524,7 @@ fn open_member(
     owned: bool,
 ) -> Member {
     let controllers = match hierarchy.version {
-        Version::V2 => read_controllers(&dir.join("cgroup.controllers")),
+        Version::V2 => read_controllers(&dir.join("cgroup.controllers")).into(),
         Version::V1 => hierarchy.controllers.clone(),
     };
     Member {

@@ -3,6 +3,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use super::{Error, parse};
@@ -45,8 +46,9 @@ pub(super) struct Hierarchy {
     pub version: Version,
     /// The controllers of a v1 hierarchy that the daemon uses (a subset of `V1_CONTROLLERS`);
     /// empty for the unified tree.
-    pub controllers: Vec<String>,
-    pub mount_point: PathBuf,
+    /// Shared with the hierarchy's container directories (one copy however many there are).
+    pub controllers: Arc<[String]>,
+    pub mount_point: Arc<Path>,
     /// The cgroup path that `mount_point` shows (mountinfo's root field): "/" unless only a
     /// sub-tree is mounted, as in a container without a cgroup namespace.
     pub root: String,
@@ -156,8 +158,8 @@ impl Layout {
             }
             let hierarchy = Hierarchy {
                 version: if mount.v2 { Version::V2 } else { Version::V1 },
-                controllers,
-                mount_point: PathBuf::from(&mount.mount_point),
+                controllers: controllers.into(),
+                mount_point: Path::new(&mount.mount_point).into(),
                 root: mount.root,
             };
             match found.iter_mut().find(|(device, _)| *device == mount.device) {

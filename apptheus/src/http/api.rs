@@ -177,7 +177,7 @@ pub(crate) mod tests {
             memory_peak_source: apptheus_api::PeakSource::Kernel,
             cpus_allowed: None,
             end_time,
-            stats: Stats {
+            stats: std::sync::Arc::new(Stats {
                 cpu: Some(Cpu {
                     usage_seconds: Some(12.5),
                     ..Cpu::default()
@@ -188,7 +188,7 @@ pub(crate) mod tests {
                     ..Memory::default()
                 }),
                 ..Stats::default()
-            },
+            }),
             procs: ProcessCounters {
                 live: 3,
                 ..Default::default()

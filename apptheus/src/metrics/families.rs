@@ -701,7 +701,7 @@ pub(crate) mod tests {
                 source: apptheus_api::CpusSource::Quota,
             }),
             end_time: Some(1_700_000_100.25),
-            stats: Stats {
+            stats: std::sync::Arc::new(Stats {
                 cpu: Some(Cpu {
                     usage_seconds: Some(12.5),
                     user_seconds: Some(10.25),
@@ -739,7 +739,7 @@ pub(crate) mod tests {
                     max: Some(42),
                     oom: Some(43),
                 }),
-            },
+            }),
             procs: ProcessCounters {
                 forks: 51,
                 execs: 52,
@@ -768,7 +768,7 @@ pub(crate) mod tests {
         ContainerSeries {
             cpus_allowed: None,
             end_time: None,
-            stats: Stats::default(),
+            stats: Default::default(),
             procs: ProcessCounters::default(),
             ..every_value()
         }

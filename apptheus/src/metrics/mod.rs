@@ -310,7 +310,8 @@ pub struct ContainerSeries {
     pub cpus_allowed: Option<CpusAllowed>,
     /// Unix time the last process exited; none while the container lives.
     pub end_time: Option<f64>,
-    pub stats: Stats,
+    /// Its values: the sampler's own, shared (replaced when a pass reads a change).
+    pub stats: Arc<Stats>,
     pub procs: ProcessCounters,
     /// Its summary record, once its final values were taken (an ended container's).
     pub summary: Option<Arc<Summary>>,

@@ -186,7 +186,7 @@ mod tests {
                 source: apptheus_api::CpusSource::Quota,
             }),
             end_time: None,
-            stats: Stats {
+            stats: std::sync::Arc::new(Stats {
                 cpu: Some(Cpu {
                     usage_seconds: Some(1.25),
                     ..Cpu::default()
@@ -196,7 +196,7 @@ mod tests {
                     ..Memory::default()
                 }),
                 ..Default::default()
-            },
+            }),
             procs: ProcessCounters {
                 forks: 3,
                 execs: 1,
@@ -258,20 +258,20 @@ mod tests {
     /// A container on a v2 host with PSI, a CPU quota and the memory controller.
     fn held_back(id: &str) -> ContainerSeries {
         let mut c = series(id);
-        c.stats.pressure.cpu = Some(Pressure {
+        std::sync::Arc::make_mut(&mut c.stats).pressure.cpu = Some(Pressure {
             waiting_seconds: 2.5,
             stalled_seconds: None,
         });
-        c.stats.pressure.memory = Some(Pressure {
+        std::sync::Arc::make_mut(&mut c.stats).pressure.memory = Some(Pressure {
             waiting_seconds: 0.25,
             stalled_seconds: Some(0.125),
         });
-        c.stats.throttling = Some(Throttling {
+        std::sync::Arc::make_mut(&mut c.stats).throttling = Some(Throttling {
             periods: 30,
             throttled_periods: 28,
             throttled_seconds: 2.75,
         });
-        c.stats.memory_events = Some(MemoryEvents {
+        std::sync::Arc::make_mut(&mut c.stats).memory_events = Some(MemoryEvents {
             high: None,
             max: Some(7),
             oom: Some(1),
