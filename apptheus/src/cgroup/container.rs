@@ -509,7 +509,7 @@ fn create_member(
 /// (cpu, pids), which makes every child "domain invalid" and changes a cgroup the daemon does
 /// not own. The root is exempt from that rule (dedicated placement).
 fn may_enable_controllers(hierarchy: &Hierarchy, dir: &Path) -> bool {
-    let is_root = hierarchy.root == "/" && dir == hierarchy.mount_point;
+    let is_root = hierarchy.root == "/" && *dir == *hierarchy.mount_point;
     is_root
         || files::read_parsed(&dir.join("cgroup.procs"), parse::parse_ids)
             .is_some_and(|pids| pids.is_empty())

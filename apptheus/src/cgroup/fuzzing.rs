@@ -194,10 +194,10 @@ pub fn mountinfo(data: &[u8]) {
         assert!(
             mounts
                 .iter()
-                .any(|m| std::path::Path::new(&m.mount_point) == h.mount_point)
+                .any(|m| std::path::Path::new(&m.mount_point) == &*h.mount_point)
         );
         if let Ok(dir) = h.dir_of(&h.root) {
-            assert_eq!(dir, h.mount_point, "{h:?}");
+            assert_eq!(dir, *h.mount_point, "{h:?}");
         }
     }
 }

@@ -90,7 +90,7 @@ impl Hierarchy {
         };
         let below = below.trim_start_matches('/');
         if below.is_empty() {
-            return Ok(self.mount_point.clone());
+            return Ok(self.mount_point.to_path_buf());
         }
         Ok(self.mount_point.join(below))
     }
@@ -200,14 +200,14 @@ impl Layout {
         self.hierarchies
             .iter()
             .find(|h| h.v2())
-            .map(|h| h.mount_point.as_path())
+            .map(|h| &*h.mount_point)
     }
 
     /// The mount points of the hierarchies the daemon uses (for messages and diagnostics).
     pub fn mount_points(&self) -> Vec<PathBuf> {
         self.hierarchies
             .iter()
-            .map(|h| h.mount_point.clone())
+            .map(|h| h.mount_point.to_path_buf())
             .collect()
     }
 

@@ -498,7 +498,7 @@ impl Reader {
         let limit = Limit::CpuQuota(member.version);
         let own = self.read_limit(&member.dir, limit).flatten();
         let above = match member.dir.parent() {
-            Some(parent) if member.dir != member.mount_point => {
+            Some(parent) if *member.dir != *member.mount_point => {
                 self.ancestors_limit(parent, &member.mount_point, limit)
             }
             _ => None,
@@ -642,7 +642,7 @@ impl Reader {
     /// everything below them (a job's limit). `None` when unlimited, and on v1.
     fn limit_above(&mut self, cgroup: &ContainerCgroup, file: &'static str) -> Option<u64> {
         let member = cgroup.v2_member()?;
-        if member.dir == member.mount_point {
+        if *member.dir == *member.mount_point {
             return None;
         }
         let parent = member.dir.parent()?;
@@ -686,7 +686,7 @@ impl Reader {
     fn effective_limit(&mut self, member: &Member, file: &'static str) -> Option<u64> {
         let own = self.read_limit(&member.dir, Limit::File(file))?;
         let above = match member.dir.parent() {
-            Some(parent) if member.dir != member.mount_point => {
+            Some(parent) if *member.dir != *member.mount_point => {
                 self.ancestors_limit(parent, &member.mount_point, Limit::File(file))
             }
             _ => None,

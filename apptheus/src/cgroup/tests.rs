@@ -78,7 +78,7 @@ fn layout_v1_comounted() {
             "/sys/fs/cgroup/blkio",
         ]
     );
-    assert_eq!(layout.hierarchies[0].controllers, ["cpu", "cpuacct"]);
+    assert_eq!(*layout.hierarchies[0].controllers, ["cpu", "cpuacct"]);
     // Without a unified tree the memory hierarchy names the container.
     assert_eq!(layout.primary(), 2);
 }
