@@ -550,4 +550,47 @@ mod tests {
         assert!(s.sample(&mut reader, forked, t1));
         assert_eq!(s.stats.memory.and_then(|m| m.usage_bytes), Some(3));
     }
+
+    #[test]
+    fn the_values_are_shared_with_the_series_and_a_sampled_peak_kept_in_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Sampled::new(fake_container(dir.path()));
+        let mut reader = Reader::new();
+        let (t0, procs) = (Instant::now(), Some(ProcessCounters::default()));
+        let usage = dir.path().join("memory/job/c_1/memory.usage_in_bytes");
+        let peak = |c: &ContainerSeries| c.stats.memory.and_then(|m| m.max_usage_bytes);
+        assert!(s.sample(&mut reader, procs, t0));
+        let first = s.series();
+        // No max_usage_in_bytes in this tree: the highest usage read stands in.
+        assert_eq!(first.memory_peak_source, PeakSource::Sampled);
+        assert_eq!(peak(&first), Some(4096));
+        assert!(
+            Arc::ptr_eq(&first.stats, &s.stats),
+            "one copy of the values"
+        );
+
+        // Read again, nothing changed: the same values, not a copy.
+        let later = t0 + FULL_SAMPLE_EVERY;
+        assert!(!s.sample(&mut reader, procs, later));
+        assert!(Arc::ptr_eq(&first.stats, &s.series().stats));
+
+        // Usage falls: the peak stays, the published series before keeps its values.
+        fs::write(&usage, "1\n").unwrap();
+        assert!(s.sample(&mut reader, procs, later + FULL_SAMPLE_EVERY));
+        let after = s.series();
+        assert_eq!(after.stats.memory.and_then(|m| m.usage_bytes), Some(1));
+        assert_eq!(peak(&after), Some(4096));
+        assert_eq!(first.stats.memory.and_then(|m| m.usage_bytes), Some(4096));
+
+        // A kernel's own peak is the kernel's.
+        fs::write(
+            dir.path().join("memory/job/c_1/memory.max_usage_in_bytes"),
+            "9000\n",
+        )
+        .unwrap();
+        fs::write(&usage, "2\n").unwrap();
+        assert!(s.sample(&mut reader, procs, later + 2 * FULL_SAMPLE_EVERY));
+        assert_eq!(s.series().memory_peak_source, PeakSource::Kernel);
+        assert_eq!(peak(&s.series()), Some(9000));
+    }
 }
