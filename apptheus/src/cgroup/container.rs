@@ -12,8 +12,8 @@ use super::{
     super::pidfd::Process,
     Error, Source, files,
     layout::{
-        Hierarchy, Launcher, Layout, Version, check_name, join_rel, last_components,
-        read_proc_cgroup, walk_dirs,
+        CROWDED, Crowded, Hierarchy, Launcher, Layout, Version, check_name, join_rel,
+        last_components, read_proc_cgroup, walk_dirs,
     },
     parse,
     probe::ProbeFile,
@@ -108,7 +108,8 @@ impl Layout {
         for (index, hierarchy) in self.hierarchies.iter().enumerate() {
             let member = match launcher {
                 Some(launcher) => launcher.path_in(hierarchy).and_then(|base| {
-                    if base != hierarchy.root && holds_only(hierarchy, base, members) {
+                    if base != hierarchy.root && holds_only(hierarchy, base, members, &self.crowded)
+                    {
                         adopt_member(hierarchy, base)
                     } else {
                         create_member(hierarchy, base, parent, id)
@@ -424,12 +425,22 @@ impl ContainerCgroup {
 }
 
 /// Whether the cgroup `base` holds processes, and only processes of `members`.
-fn holds_only(hierarchy: &Hierarchy, base: &str, members: &[i32]) -> bool {
+fn holds_only(hierarchy: &Hierarchy, base: &str, members: &[i32], crowded: &Crowded) -> bool {
     let Ok(dir) = hierarchy.dir_of(base) else {
         return false;
     };
-    files::read_parsed(&dir.join("cgroup.procs"), parse::parse_ids)
-        .is_some_and(|pids| !pids.is_empty() && pids.iter().all(|p| members.contains(p)))
+    if crowded.recent(&dir) {
+        return false;
+    }
+    let Some(pids) = files::read_parsed(&dir.join("cgroup.procs"), parse::parse_ids) else {
+        return false;
+    };
+    // Distinct pids: this many are not all members.
+    if pids.len() > members.len() + CROWDED {
+        crowded.note(dir);
+        return false;
+    }
+    !pids.is_empty() && pids.iter().all(|p| members.contains(p))
 }
 
 /// Takes the launcher's own cgroup `base` as the container's directory in one hierarchy.

@@ -4,6 +4,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use super::{Error, parse};
@@ -129,6 +130,45 @@ impl Hierarchy {
 pub struct Layout {
     /// The v1 hierarchies in mountinfo order, then the unified tree if mounted.
     pub(super) hierarchies: Vec<Hierarchy>,
+    /// Launchers' cgroups lately seen crowded (shared by the clones).
+    pub(super) crowded: Arc<Crowded>,
+}
+
+/// Launchers' cgroups seen holding many processes besides a container's, taken to hold others
+/// still for a second without reading them again. On v1 a read of `cgroup.procs` makes the
+/// kernel list and sort every process of the cgroup under one lock: with a burst of
+/// launchers in one cgroup (a login session's, a bench's), each admission read all the others,
+/// and admitting N cost O(N²) (10,000 took 97 s here, 6,000 16 s). A cgroup that held more
+/// than `CROWDED` others a second ago is most unlikely to hold only a newcomer's tree now, and
+/// if it did, the container gets a cgroup inside it: measured as exactly, only not adopted.
+#[derive(Debug, Default)]
+pub(super) struct Crowded(parking_lot::Mutex<foldhash::HashMap<PathBuf, Instant>>);
+
+/// Other processes beyond which a cgroup is remembered as crowded.
+pub(super) const CROWDED: usize = 64;
+const CROWDED_FOR: Duration = Duration::from_secs(1);
+/// Entries kept at most (a host has few such cgroups; the bound is for a hostile one).
+const CROWDED_MAX: usize = 1024;
+
+impl Crowded {
+    /// Whether `dir` was seen crowded within the last `CROWDED_FOR`.
+    pub(super) fn recent(&self, dir: &Path) -> bool {
+        self.0
+            .lock()
+            .get(dir)
+            .is_some_and(|at| at.elapsed() < CROWDED_FOR)
+    }
+
+    pub(super) fn note(&self, dir: PathBuf) {
+        let mut seen = self.0.lock();
+        if seen.len() >= CROWDED_MAX {
+            seen.retain(|_, at| at.elapsed() < CROWDED_FOR);
+            if seen.len() >= CROWDED_MAX {
+                return;
+            }
+        }
+        seen.insert(dir, Instant::now());
+    }
 }
 
 impl Layout {
@@ -181,7 +221,10 @@ impl Layout {
                 V1_CONTROLLERS.join(", ")
             )));
         }
-        Ok(Layout { hierarchies })
+        Ok(Layout {
+            hierarchies,
+            crowded: Arc::default(),
+        })
     }
 
     pub fn mode(&self) -> Mode {

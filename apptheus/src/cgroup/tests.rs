@@ -839,6 +839,38 @@ fn a_leaf_shared_with_other_processes_gets_a_child_and_is_not_changed() {
 }
 
 #[test]
+fn a_crowded_leaf_is_not_read_again_for_a_second() {
+    let tree = FakeTree::new();
+    // A launcher among a hundred others (a burst of launchers in one login session's cgroup).
+    let crowd: String = (5000..5100).map(|p| format!("{p}\n")).collect();
+    let (layout, launcher) = launcher_in_leaf(&tree, &format!("4242\n{crowd}"));
+    let first = layout
+        .create(Some(&launcher), "apptheus", "exec_4242", &[4242])
+        .unwrap();
+    assert!(first.adopted().is_empty());
+    // The others left a moment ago: taken to be there still (a child, as for the others).
+    tree.write("unified/job/step/task_0/cgroup.procs", "4243\n");
+    let second = layout
+        .create(Some(&launcher), "apptheus", "exec_4243", &[4243])
+        .unwrap();
+    assert_eq!(second.rel_path(), "/job/step/task_0/apptheus/exec_4243");
+    // A few others are read every time: a leaf they leave is adopted at once.
+    let (layout, launcher) = launcher_in_leaf(&tree, "4244\n999\n");
+    let third = layout
+        .create(Some(&launcher), "apptheus", "exec_4244", &[4244])
+        .unwrap();
+    assert!(third.adopted().is_empty());
+    tree.write("unified/job/step/task_0/cgroup.procs", "4245\n");
+    let fourth = layout
+        .create(Some(&launcher), "apptheus", "exec_4245", &[4245])
+        .unwrap();
+    assert_eq!(fourth.rel_path(), "/job/step/task_0");
+    for c in [first, second, third] {
+        c.remove().unwrap();
+    }
+}
+
+#[test]
 fn the_cpu_probe_reads_the_kernels_cpu_time() {
     let tree = FakeTree::new();
     fake_v1_container(&tree);
