@@ -621,7 +621,7 @@ mod tests {
         let read = |s: &Sampled| s.stats.memory.and_then(|m| m.usage_bytes);
         let at = |k: u32| t0 + FULL_SAMPLE_EVERY * k;
         assert!(s.sample(&mut reader, procs, at(0)));
-        let mut set = |v: u64| fs::write(&usage, format!("{v}\n")).unwrap();
+        let set = |v: u64| fs::write(&usage, format!("{v}\n")).unwrap();
         // Nothing moved at the 30 s re-read: the next is 60 s after it.
         assert!(!s.sample(&mut reader, procs, at(1)));
         set(7);
