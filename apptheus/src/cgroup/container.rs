@@ -101,7 +101,7 @@ impl Layout {
         check_name(id)?;
         let mut container = ContainerCgroup {
             rel_path: String::new(),
-            members: Vec::new(),
+            members: Vec::with_capacity(self.hierarchies.len()),
             primary: self.primary(),
             probe: ProbeFile::default(),
         };
@@ -199,7 +199,7 @@ impl Layout {
             .unwrap_or_default();
         let mut container = ContainerCgroup {
             rel_path: rel.to_string(),
-            members: Vec::new(),
+            members: Vec::with_capacity(self.hierarchies.len()),
             primary: 0,
             probe: ProbeFile::default(),
         };

@@ -150,9 +150,9 @@ impl Admission {
                     limit: descriptors::limit(),
                 },
             )),
-            (Ok(peer), Room::Accept(lease)) => self
-                .clone()
-                .admit(peer, &shutdown)
+            // Boxed: the admission's future is large and over once admitted; the task then
+            // holds only the connection (10,000 of them at once).
+            (Ok(peer), Room::Accept(lease)) => Box::pin(self.clone().admit(peer, &shutdown))
                 .await
                 .map(|admitted| (admitted, lease)),
             (Err(reason), _) => Err(reason),
@@ -259,21 +259,27 @@ const RELEASE_WAIT: Duration = Duration::from_secs(30);
 /// `end <id>` just before the close: it exits only then, so that whatever removes the job's
 /// cgroups after it (slurmstepd) finds them empty. One that never reads (Apptainer's starter)
 /// is unaffected: the writes never block and their errors are ignored.
-async fn hold(mut stream: UnixStream, admitted: &Admitted, shutdown: &CancellationToken) -> bool {
-    use tokio::io::AsyncReadExt as _;
+async fn hold(stream: UnixStream, admitted: &Admitted, shutdown: &CancellationToken) -> bool {
     let id = &admitted.identity.id;
     tell(&stream, "ok", id);
-    let mut buf = [0u8; 512];
     let mut received = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = admitted.gone.cancelled() => break,
-            n = stream.read(&mut buf) => match n {
-                // Whatever launchers send is ignored, up to a bound.
-                Ok(n) if n > 0 && received + n <= MAX_LAUNCHER_BYTES => received += n,
-                _ => return true,
-            },
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return true;
+                }
+                // The buffer lives only for the read, not in the task: at 10,000 held
+                // connections a buffer kept across the await was 5 MB.
+                match stream.try_read(&mut [0u8; 512]) {
+                    // Whatever launchers send is ignored, up to a bound.
+                    Ok(n) if n > 0 && received + n <= MAX_LAUNCHER_BYTES => received += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => return true,
+                }
+            }
         }
     }
     tokio::select! {
