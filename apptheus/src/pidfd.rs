@@ -11,7 +11,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 pub struct Pidfd(OwnedFd);
 
 impl Pidfd {
-    /// A pidfd for `pid`, or `None` if there is no such process.
+    /// A pidfd for `pid`, or `None` if there is no such process (or no live one: see below).
     pub fn open(pid: i32) -> io::Result<Option<Pidfd>> {
         let Some(pid) = rustix::process::Pid::from_raw(pid) else {
             return Ok(None);
@@ -19,6 +19,10 @@ impl Pidfd {
         match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
             Ok(fd) => Ok(Some(Pidfd(fd))),
             Err(rustix::io::Errno::SRCH) => Ok(None),
+            // The pid has no thread-group leader: a process being reaped (its pid not freed
+            // yet: seen on 6.1 for a peer that exited right after connecting), or a thread's
+            // id. Neither is a live process to hold. Kernels say EINVAL (before 6.9) or ENOENT.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -73,5 +77,27 @@ impl Process {
     /// Whether the process is still alive (an error polling counts as gone: never act on it).
     pub fn alive(&self) -> bool {
         matches!(self.fd.has_exited(), Ok(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_that_names_no_process_leader_is_no_process() {
+        assert!(Pidfd::open(std::process::id() as i32).unwrap().is_some());
+        // A thread's id: pidfd_open fails as for a process being reaped (EINVAL or ENOENT).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            let _ = wait.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(Pidfd::open(tid).unwrap().is_none());
+        drop(done);
+        t.join().unwrap();
     }
 }

@@ -255,13 +255,9 @@ impl Tracker {
                 }
                 let fd = match Pidfd::open(pid) {
                     Ok(Some(fd)) => fd,
-                    // Reaped since it was listed (EINVAL: its pid outlives it for a moment):
-                    // the kernel may have skipped a sibling.
+                    // Reaped since it was listed (or being reaped: its pid outlives it for a
+                    // moment): the kernel may have skipped a sibling.
                     Ok(None) => {
-                        doubt = true;
-                        continue;
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         doubt = true;
                         continue;
                     }
