@@ -55,7 +55,7 @@ pub struct Tracked {
 pub(super) struct Walk {
     /// The first listing of /proc may be one begun at or after this (later ones: after the
     /// scan began).
-    pub since: Instant,
+    since: Instant,
     /// The members it began with, whose pidfds are not its to count.
     roots: usize,
     pidfds: Lease,
@@ -183,7 +183,8 @@ impl Tracker {
         // Every process forked before now by a member not tracked then is in a listing begun
         // from now on (another registration's will do); a walk's first scan needs one begun
         // after its members' last adoptions (`since`).
-        let need = std::mem::replace(&mut walk.since, Instant::now()).min(Instant::now());
+        let now = Instant::now();
+        let need = std::mem::replace(&mut walk.since, now).min(now);
         let candidates = {
             let mut procs = self.procs();
             procs
